@@ -1,0 +1,142 @@
+"""InferenceService: an HTTP endpoint serving a trained MoE model, with adaptive early exit.
+
+The operator turns it into a Deployment running the model server and a Service in front of it. Like KServe,
+the annotation `moeops.dev/stop: "true"` scales it to zero and marks it Stopped without deleting it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from .common import (
+    DNS_LABEL_PATTERN,
+    Conditions,
+    KubeModel,
+    PrinterColumn,
+    ResourceInfo,
+    ResourceRequirements,
+    VolumeLocation,
+    cel,
+    name_rules,
+)
+
+KIND = "InferenceService"
+PLURAL = "inferenceservices"
+SINGULAR = "inferenceservice"
+# `isvc` is KServe's; ours must not collide with it.
+SHORT_NAMES = ["moeisvc", "misvc"]
+STOP_ANNOTATION = "moeops.dev/stop"
+CONDITION_TYPES = ("Ready", "Stopped")
+
+
+class TrainingJobRef(KubeModel):
+    """A MoETrainingJob in the same namespace whose newest checkpoint is served."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Its name.")
+
+
+class ModelSource(KubeModel):
+    """The model to serve: from a training job, or from a checkpoint location. Exactly one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.trainingJobRef) != has(self.checkpoint)",
+                    "set exactly one of model.trainingJobRef and model.checkpoint",
+                )
+            ]
+        }
+    )
+
+    training_job_ref: TrainingJobRef | None = Field(default=None, description="Serve this job's checkpoint.")
+    checkpoint: VolumeLocation | None = Field(default=None, description="Serve the checkpoint at this location.")
+
+
+class ReplicaSpec(KubeModel):
+    """Replica bounds and the load each replica should carry."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.min <= self.max", "replicas.min must be at most replicas.max", field_path=".min")
+            ]
+        }
+    )
+
+    min: int = Field(default=1, ge=0, le=1000, description="Fewest replicas; 0 allows scale to zero when idle.")
+    max: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    target_in_flight: int = Field(
+        default=8, ge=1, le=10000, description="Concurrent requests per replica the autoscaler aims for."
+    )
+
+
+class EarlyExitSpec(KubeModel):
+    """Adaptive early exit: a token leaves the network at the first layer confident enough."""
+
+    enabled: bool = Field(default=False, description="Use exit heads when confident.")
+    rule: Literal["softmax-max", "top2-margin"] = Field(
+        default="softmax-max", description="Confidence measure (as compared in CALM)."
+    )
+    threshold: float = Field(
+        default=0.9, ge=0.0, le=1.0, description="Exit when confidence ≥ threshold; 1.0 never exits."
+    )
+    min_layer: int = Field(default=1, ge=1, le=512, description="First layer at which a token may exit.")
+
+
+class BatchingSpec(KubeModel):
+    """Dynamic batching of concurrent requests."""
+
+    max_batch_size: int = Field(default=16, ge=1, le=1024, description="Most sequences per forward pass.")
+    max_latency_ms: int = Field(default=10, ge=1, le=60000, description="Longest a request waits for a batch.")
+
+
+class InferenceServiceSpec(KubeModel):
+    """Desired state of an InferenceService."""
+
+    model: ModelSource = Field(description="The model to serve.")
+    replicas: ReplicaSpec = Field(default_factory=ReplicaSpec, description="Replica bounds and scale target.")
+    gpus: int = Field(default=1, ge=0, le=16, description="GPUs per replica (`nvidia.com/gpu`); 0 serves on CPU.")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Server image; the operator's default if unset.",
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="CPU/memory per replica.")
+    port: int = Field(default=8080, ge=1024, le=65535, description="Port the server listens on.")
+    early_exit: EarlyExitSpec = Field(default_factory=EarlyExitSpec, description="Adaptive early exit.")
+    batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
+
+
+class InferenceServiceStatus(KubeModel):
+    """Observed state of an InferenceService."""
+
+    conditions: Conditions
+    observed_generation: int | None = Field(default=None, ge=0, description="Generation last reconciled.")
+    url: str | None = Field(default=None, description="In-cluster URL of the service.")
+    model: str | None = Field(default=None, description="The checkpoint location being served.")
+    replicas: int = Field(default=0, ge=0, description="Replicas that exist.")
+    ready_replicas: int = Field(default=0, ge=0, description="Replicas ready to serve.")
+
+
+RESOURCE = ResourceInfo(
+    kind=KIND,
+    plural=PLURAL,
+    singular=SINGULAR,
+    short_names=tuple(SHORT_NAMES),
+    description="An HTTP endpoint serving a trained MoE model with adaptive early exit; annotate with"
+    f' `{STOP_ANNOTATION}: "true"` to scale it to zero.',
+    spec_model=InferenceServiceSpec,
+    status_model=InferenceServiceStatus,
+    printer_columns=(
+        PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status', description="Serving."),
+        PrinterColumn("URL", ".status.url", description="In-cluster URL."),
+        PrinterColumn("Replicas", ".status.readyReplicas", "integer", "Ready replicas."),
+        PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        PrinterColumn("Model", ".status.model", description="Checkpoint served.", priority=1),
+    ),
+    root_validations=name_rules(52),
+)

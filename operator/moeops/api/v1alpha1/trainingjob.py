@@ -1,0 +1,346 @@
+"""MoETrainingJob: one distributed training run of a Mixture-of-Experts model.
+
+The operator turns it into a ConfigMap (the resolved config and parallel plan), a headless Service (stable
+worker hostnames for rendezvous) and an Indexed batch/v1 Job (one pod per worker, rank = completion index).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from .common import (
+    DNS_SUBDOMAIN_PATTERN,
+    KubeModel,
+    PrinterColumn,
+    ResourceInfo,
+    ResourceRequirements,
+    Toleration,
+    VolumeLocation,
+    cel,
+    immutable,
+    name_rules,
+)
+from .presets import PresetName
+from .trainingjob_status import MoETrainingJobStatus
+
+KIND = "MoETrainingJob"
+PLURAL = "moetrainingjobs"
+SINGULAR = "moetrainingjob"
+SHORT_NAMES = ["moejob", "mtj"]
+
+
+class ModelSpec(KubeModel):
+    """The model to train: a preset, or an explicit architecture (explicit fields override the preset's)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.preset) || (has(self.layers) && has(self.dModel) && has(self.heads)"
+                    " && has(self.experts) && has(self.topK) && has(self.ffnHidden))",
+                    "set model.preset, or all of layers, dModel, heads, experts, topK and ffnHidden",
+                ),
+                cel(
+                    "!has(self.topK) || !has(self.experts) || self.topK <= self.experts",
+                    "model.topK must be at most model.experts",
+                    field_path=".topK",
+                ),
+                cel(
+                    "!has(self.dModel) || !has(self.heads) || self.dModel % self.heads == 0",
+                    "model.dModel must be a multiple of model.heads",
+                    field_path=".dModel",
+                ),
+            ]
+        }
+    )
+
+    preset: PresetName | None = Field(default=None, description="A named architecture (see the docs).")
+    layers: int | None = Field(default=None, ge=1, le=512, description="Transformer blocks.")
+    d_model: int | None = Field(default=None, ge=8, le=65536, description="Hidden size.")
+    heads: int | None = Field(default=None, ge=1, le=512, description="Attention heads; must divide dModel.")
+    experts: int | None = Field(default=None, ge=1, le=1024, description="Routed experts per MoE layer.")
+    top_k: int | None = Field(default=None, ge=1, le=64, description="Experts per token; at most experts.")
+    ffn_hidden: int | None = Field(default=None, ge=8, le=262144, description="Each expert's FFN hidden size.")
+    shared_experts: int | None = Field(default=None, ge=0, le=8, description="Always-active shared experts.")
+    vocab_size: int | None = Field(default=None, ge=2, le=1048576, description="Vocabulary size.")
+    seq_len: int | None = Field(default=None, ge=8, le=1048576, description="Context length in tokens.")
+
+
+class DataFilterSpec(KubeModel):
+    """The three-level data filter run before training (hash dedup + quality, domain mix, authenticity)."""
+
+    enabled: bool = Field(default=False, description="Run the filter stage before training.")
+    dedup: bool = Field(default=True, description="Level 1: drop exact and near duplicates by hashing.")
+    min_quality: float = Field(default=0.0, ge=0.0, le=1.0, description="Level 1: minimum quality score kept.")
+    rebalance_domains: bool = Field(default=True, description="Level 2: re-balance the domain mix (TF-IDF).")
+    adversarial_validation: bool = Field(default=False, description="Level 3: drop inauthentic samples.")
+
+
+class DataSpec(KubeModel):
+    """Where the training tokens come from."""
+
+    source: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(synthetic|file|pvc|s3|gs|hf)://.+$",
+        description="Dataset URI: `synthetic://<domains>`, `file:///path`, `pvc://<claim>/<path>`,"
+        " `s3://bucket/prefix`, `gs://bucket/prefix` or `hf://org/dataset`.",
+    )
+    format: Literal["jsonl", "text", "parquet", "tokens"] = Field(
+        default="jsonl", description="Record format of the source."
+    )
+    filter: DataFilterSpec = Field(default_factory=DataFilterSpec, description="The data-filter stage.")
+
+
+class TrainingSpec(KubeModel):
+    """Optimisation settings."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.warmupSteps < self.steps", "training.warmupSteps must be less than training.steps")
+            ]
+        }
+    )
+
+    steps: int = Field(ge=1, le=100_000_000, description="Optimizer steps to run.")
+    global_batch_size: int = Field(default=256, ge=1, le=1_000_000, description="Sequences per step, all ranks.")
+    micro_batch_size: int | None = Field(
+        default=None, ge=1, le=65536, description="Sequences per forward pass per rank; chosen if unset."
+    )
+    learning_rate: float = Field(default=0.0003, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup steps before cosine decay.")
+    weight_decay: float = Field(default=0.1, ge=0.0, le=1.0, description="AdamW weight decay.")
+    grad_clip: float = Field(default=1.0, gt=0.0, le=1000.0, description="Global gradient-norm clip.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(default="bf16", description="Compute precision.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for init, data order and dropout.")
+
+
+class WorkerSpec(KubeModel):
+    """The worker pods: one pod per node, each with `gpusPerWorker` GPUs."""
+
+    replicas: int = Field(ge=1, le=100_000, description="Worker pods (nodes) in the job.")
+    gpus_per_worker: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="GPUs per worker pod (`nvidia.com/gpu`); 0 runs on CPU (one rank).",
+    )
+    gpu_memory_gib: float = Field(
+        default=80.0,
+        gt=0.0,
+        le=1024.0,
+        alias="gpuMemoryGiB",
+        description="Memory of one GPU, used by the parallel-plan chooser to check the memory fit.",
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Runtime image; the operator's default if unset.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy of the worker container."
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="CPU/memory per worker pod.")
+    node_selector: dict[str, str] | None = Field(
+        default=None, max_length=32, description="Node labels the workers must run on."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Taints the workers tolerate."
+    )
+
+
+class ParallelismSpec(KubeModel):
+    """How the model is split over the GPUs. `auto` lets the operator choose by cluster scale."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.mode != 'auto' || (!has(self.data) && !has(self.tensor) && !has(self.pipeline)"
+                    " && !has(self.expert))",
+                    "parallelism degrees are chosen by the operator in mode auto; set mode: explicit to give them",
+                ),
+                cel(
+                    "self.mode != 'explicit' || (has(self.data) && has(self.tensor) && has(self.pipeline))",
+                    "parallelism mode explicit needs the data, tensor and pipeline degrees",
+                ),
+                cel(
+                    "!has(self.expert) || !has(self.data) || self.data % self.expert == 0",
+                    "parallelism.expert must divide parallelism.data (experts are sharded within the"
+                    " data-parallel group)",
+                    field_path=".expert",
+                ),
+            ]
+        }
+    )
+
+    mode: Literal["auto", "explicit"] = Field(default="auto", description="`auto` or `explicit`.")
+    data: int | None = Field(default=None, ge=1, le=100_000, description="Data-parallel degree.")
+    tensor: int | None = Field(default=None, ge=1, le=64, description="Tensor-parallel degree (within a node).")
+    pipeline: int | None = Field(default=None, ge=1, le=512, description="Pipeline stages.")
+    expert: int | None = Field(default=None, ge=1, le=1024, description="Expert-parallel degree (default 1).")
+    activation_checkpointing: bool | None = Field(
+        default=None, description="Recompute activations in backward; chosen by the plan if unset."
+    )
+
+
+class CheckpointSpec(KubeModel):
+    """Periodic distributed checkpoints; also written when a worker is preempted (SIGTERM)."""
+
+    interval_steps: int = Field(default=500, ge=1, le=100_000_000, description="Steps between checkpoints.")
+    keep: int = Field(default=3, ge=1, le=1000, description="Most recent checkpoints to keep.")
+    storage: VolumeLocation = Field(default_factory=VolumeLocation, description="Where checkpoints go.")
+
+
+class RebalanceSpec(KubeModel):
+    """Dynamic load rebalancing from worker metrics (data shares, pipeline stages, expert placement)."""
+
+    enabled: bool = Field(default=True, description="Let the rebalancer re-plan this job.")
+    interval_steps: int = Field(default=50, ge=1, le=1_000_000, description="Steps between re-plans.")
+    min_gain: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Minimum predicted step-time gain before a plan is applied."
+    )
+
+
+class CarbonSpec(KubeModel):
+    """Carbon accounting and carbon-aware scheduling."""
+
+    enabled: bool = Field(default=True, description="Attribute GPU/CPU energy and gCO2e to this job.")
+    region: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Grid region for the carbon intensity, e.g. `DE` or `US-CAL`.",
+    )
+    pue: float = Field(default=1.2, ge=1.0, le=3.0, description="Data-centre power usage effectiveness.")
+    max_intensity: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=5000.0,
+        description="gCO2e/kWh above which the job is checkpointed and suspended until the grid is cleaner.",
+    )
+
+
+class RunPolicy(KubeModel):
+    """Lifecycle policy, as in Kubeflow's runPolicy."""
+
+    suspend: bool = Field(default=False, description="Suspend the job: workers stop, state is kept.")
+    backoff_limit: int = Field(
+        default=3, ge=0, le=10000, description="Worker failures tolerated before the job is Failed."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it has been running longer than this."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the job (and its children) this long after it finished."
+    )
+
+
+class SchedulingSpec(KubeModel):
+    """Queueing and gang-scheduling hints."""
+
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label on the worker Job.",
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="PriorityClass of the workers.",
+    )
+    scheduler_name: str | None = Field(
+        default=None, max_length=253, description="Scheduler of the worker pods, e.g. a gang scheduler."
+    )
+    gang: bool = Field(
+        default=False,
+        description="Label the workers as one pod group (`scheduling.x-k8s.io/pod-group`) for a gang scheduler.",
+    )
+
+
+class MoETrainingJobSpec(KubeModel):
+    """Desired state of a MoETrainingJob."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.parallelism.mode == 'auto' || !has(self.parallelism.data)"
+                    " || !has(self.parallelism.tensor) || !has(self.parallelism.pipeline)"
+                    " || self.parallelism.data * self.parallelism.tensor * self.parallelism.pipeline"
+                    " == self.workers.replicas * (self.workers.gpusPerWorker == 0 ? 1 : self.workers.gpusPerWorker)",
+                    "parallelism: data × tensor × pipeline must equal workers.replicas × workers.gpusPerWorker",
+                    field_path=".parallelism",
+                ),
+                cel(
+                    "!has(self.parallelism.expert) || !has(self.model.experts)"
+                    " || self.model.experts % self.parallelism.expert == 0",
+                    "parallelism.expert must divide model.experts",
+                    field_path=".parallelism.expert",
+                ),
+                cel(
+                    "!has(self.parallelism.tensor) || !has(self.model.heads)"
+                    " || self.model.heads % self.parallelism.tensor == 0",
+                    "parallelism.tensor must divide model.heads",
+                    field_path=".parallelism.tensor",
+                ),
+                cel(
+                    "!has(self.parallelism.pipeline) || !has(self.model.layers)"
+                    " || self.parallelism.pipeline <= self.model.layers",
+                    "parallelism.pipeline must be at most model.layers",
+                    field_path=".parallelism.pipeline",
+                ),
+            ]
+        }
+    )
+
+    model: ModelSpec = Field(description="The MoE model to train.", json_schema_extra=immutable("spec.model"))
+    data: DataSpec = Field(description="Training data.", json_schema_extra=immutable("spec.data"))
+    training: TrainingSpec = Field(description="Optimisation.", json_schema_extra=immutable("spec.training"))
+    workers: WorkerSpec = Field(description="Worker pods.", json_schema_extra=immutable("spec.workers"))
+    parallelism: ParallelismSpec = Field(
+        default_factory=ParallelismSpec,
+        description="Data/tensor/pipeline/expert parallel degrees.",
+        json_schema_extra=immutable("spec.parallelism"),
+    )
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec,
+        description="Checkpointing.",
+        json_schema_extra=immutable("spec.checkpoint"),
+    )
+    rebalance: RebalanceSpec = Field(default_factory=RebalanceSpec, description="Dynamic load rebalancing.")
+    carbon: CarbonSpec = Field(default_factory=CarbonSpec, description="Carbon accounting.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Suspend, retries, deadlines, TTL.")
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec,
+        description="Queueing and gang scheduling.",
+        json_schema_extra=immutable("spec.scheduling"),
+    )
+
+
+RESOURCE = ResourceInfo(
+    kind=KIND,
+    plural=PLURAL,
+    singular=SINGULAR,
+    short_names=tuple(SHORT_NAMES),
+    description="A distributed training run of a Mixture-of-Experts model (data, tensor, pipeline and expert"
+    " parallel), reconciled by the moeops operator into an Indexed Job of worker pods.",
+    spec_model=MoETrainingJobSpec,
+    status_model=MoETrainingJobStatus,
+    printer_columns=(
+        PrinterColumn("State", ".status.state", description="Summary of the conditions."),
+        PrinterColumn("Plan", ".status.plan.summary", description="Parallel plan in force."),
+        PrinterColumn("Workers", ".spec.workers.replicas", "integer", "Worker pods."),
+        PrinterColumn("Ready", ".status.workers.ready", "integer", "Worker pods ready."),
+        PrinterColumn("Progress", ".status.progress.percent", "integer", "Percent of steps done."),
+        PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+        PrinterColumn("Reason", ".status.plan.reason", description="Why this plan.", priority=1),
+    ),
+    # The Job adds "-workers"/"-config" and pods add "-<index>" with a 5-digit index at most.
+    root_validations=name_rules(48),
+)

@@ -1,0 +1,90 @@
+"""Observed state of a MoETrainingJob: what the operator, the workers and the services report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from .common import Conditions, KubeModel
+
+State = Literal["Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+CONDITION_TYPES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+
+
+class PlanStatus(KubeModel):
+    """The parallel plan in force and why it was chosen."""
+
+    data: int = Field(ge=1, description="Data-parallel degree.")
+    tensor: int = Field(ge=1, description="Tensor-parallel degree.")
+    pipeline: int = Field(ge=1, description="Pipeline stages.")
+    expert: int = Field(ge=1, description="Expert-parallel degree.")
+    activation_checkpointing: bool = Field(description="Activations recomputed in backward.")
+    optimizer_offload: bool = Field(default=False, description="Optimizer state offloaded to host memory.")
+    memory_per_gpu_gib: float = Field(ge=0.0, description="Estimated peak memory per GPU.")
+    summary: str = Field(description="Short form, e.g. `dp8·tp4·pp2·ep4`.")
+    reason: str = Field(description="One line on why this plan.")
+
+
+class WorkerCounts(KubeModel):
+    """Worker pods by state, from the worker Job."""
+
+    desired: int = Field(default=0, ge=0, description="Workers the job needs.")
+    active: int = Field(default=0, ge=0, description="Pods pending or running.")
+    ready: int = Field(default=0, ge=0, description="Pods running and ready.")
+    succeeded: int = Field(default=0, ge=0, description="Workers that finished successfully.")
+    failed: int = Field(default=0, ge=0, description="Worker pod failures so far.")
+
+
+class Progress(KubeModel):
+    """Training progress, reported by the workers."""
+
+    step: int = Field(default=0, ge=0, description="Last completed optimizer step.")
+    total_steps: int = Field(default=0, ge=0, description="Steps the job runs.")
+    percent: int = Field(default=0, ge=0, le=100, description="step / totalSteps, in percent.")
+    loss: float | None = Field(default=None, description="Training loss at `step`.")
+    tokens_per_second: float | None = Field(default=None, ge=0.0, description="Throughput over all ranks.")
+    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds to completion.")
+
+
+class CheckpointStatus(KubeModel):
+    """The newest complete checkpoint."""
+
+    last_step: int = Field(ge=0, description="Step of the newest complete checkpoint.")
+    location: str = Field(description="Where it is, e.g. `pvc://claim/path/step-00001000`.")
+    time: datetime | None = Field(default=None, description="When it completed.")
+
+
+class CarbonStatus(KubeModel):
+    """Energy and emissions attributed to this job so far."""
+
+    energy_joules: float = Field(default=0.0, ge=0.0, description="All energy (GPU + CPU) × PUE, joules.")
+    gpu_energy_joules: float = Field(default=0.0, ge=0.0, description="GPU energy, joules.")
+    grams_co2e: float = Field(default=0.0, ge=0.0, description="Emissions, grams CO2-equivalent.")
+    intensity_g_per_kwh: float | None = Field(default=None, ge=0.0, description="Intensity last applied.")
+    intensity_source: str | None = Field(default=None, description="Where the intensity came from.")
+    last_update: datetime | None = Field(default=None, description="When these figures were updated.")
+
+
+class RebalanceStatus(KubeModel):
+    """The load rebalancer's view of this job."""
+
+    epoch: int = Field(default=0, ge=0, description="Epoch of the plan in force.")
+    utilization: float | None = Field(default=None, ge=0.0, le=1.0, description="Measured GPU utilization.")
+
+
+class MoETrainingJobStatus(KubeModel):
+    """Observed state of a MoETrainingJob."""
+
+    state: State | None = Field(default=None, description="Summary of the conditions.")
+    conditions: Conditions
+    observed_generation: int | None = Field(default=None, ge=0, description="Generation last reconciled.")
+    plan: PlanStatus | None = Field(default=None, description="The parallel plan in force.")
+    workers: WorkerCounts | None = Field(default=None, description="Worker pods by state.")
+    progress: Progress | None = Field(default=None, description="Training progress.")
+    checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
+    carbon: CarbonStatus | None = Field(default=None, description="Energy and emissions.")
+    rebalance: RebalanceStatus | None = Field(default=None, description="Load rebalancing.")
+    start_time: datetime | None = Field(default=None, description="When the workers first started.")
+    completion_time: datetime | None = Field(default=None, description="When the job succeeded or failed.")

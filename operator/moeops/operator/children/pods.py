@@ -1,0 +1,63 @@
+"""Pod-level pieces shared by workers and model servers: restricted Pod Security, resources, volumes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moeops.api.v1alpha1.common import GPU_RESOURCE, ResourceRequirements, VolumeLocation
+
+RUN_AS_USER = 1000  # the runtime image's non-root user (images/).
+
+# Pod Security Standard "restricted": non-root, no privilege escalation, no capabilities, RuntimeDefault seccomp.
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS_USER,
+    "runAsGroup": RUN_AS_USER,
+    "fsGroup": RUN_AS_USER,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def resources(spec: ResourceRequirements | None, gpus: int) -> dict[str, Any]:
+    """Container resources: the user's CPU/memory plus `nvidia.com/gpu` from the GPU count."""
+    requests = dict(spec.requests or {}) if spec else {}
+    limits = dict(spec.limits or {}) if spec else {}
+    if gpus > 0:
+        requests[GPU_RESOURCE] = str(gpus)
+        limits[GPU_RESOURCE] = str(gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def storage_volume(name: str, location: VolumeLocation, *, read_only: bool) -> dict[str, Any]:
+    """A PVC volume, or an emptyDir when no claim is named (not durable; documented on the field)."""
+    if location.claim_name:
+        return {"name": name, "persistentVolumeClaim": {"claimName": location.claim_name, "readOnly": read_only}}
+    return {"name": name, "emptyDir": {}}
+
+
+def scratch_volumes() -> list[dict[str, Any]]:
+    """Writable /tmp (the root filesystem is read-only) and a RAM-backed /dev/shm for torch's IPC."""
+    return [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+
+
+def scratch_mounts() -> list[dict[str, Any]]:
+    return [{"name": "tmp", "mountPath": "/tmp"}, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def field_env(name: str, field_path: str) -> dict[str, Any]:
+    """An environment variable from the downward API."""
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}

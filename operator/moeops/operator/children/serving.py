@@ -1,0 +1,123 @@
+"""InferenceService → Deployment (model servers) + Service, and the resolution of the model it serves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from moeops.api import env
+from moeops.api.v1alpha1.common import VolumeLocation
+from moeops.api.v1alpha1.inferenceservice import InferenceServiceSpec
+from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
+
+from ..config import OperatorConfig
+from ..errors import InvalidSpec, ModelNotReady
+from ..naming import INFERENCE_SERVICE_LABEL, Owner, metadata, serving_labels
+from . import pods
+from .child import Child
+
+CONTAINER = "server"
+MODEL_MOUNT = "/models"
+SERVICE_PORT = 80
+
+
+def resolve_model(spec: InferenceServiceSpec, training_job: Mapping[str, Any] | None) -> VolumeLocation:
+    """Where the model's files are. Raises InvalidSpec (won't fix itself) or ModelNotReady (will)."""
+    if spec.model.checkpoint is not None:
+        return spec.model.checkpoint
+    ref = spec.model.training_job_ref
+    assert ref is not None  # CEL guarantees exactly one of the two.
+    if training_job is None:
+        raise ModelNotReady(f"MoETrainingJob {ref.name!r} not found in this namespace")
+    storage = ((training_job.get("spec") or {}).get("checkpoint") or {}).get("storage") or {}
+    if not storage.get("claimName"):
+        raise InvalidSpec(
+            "ModelUnreachable",
+            f"spec.model.trainingJobRef: MoETrainingJob {ref.name!r} keeps checkpoints on ephemeral pod storage;"
+            " give it spec.checkpoint.storage.claimName to serve it",
+        )
+    if not (training_job.get("status") or {}).get("checkpoint"):
+        raise ModelNotReady(f"MoETrainingJob {ref.name!r} has no checkpoint yet")
+    return VolumeLocation(claim_name=storage["claimName"], path=storage.get("path", "/"))
+
+
+def model_uri(location: VolumeLocation) -> str:
+    return f"pvc://{location.claim_name}{location.path}" if location.claim_name else f"file://{location.path}"
+
+
+def service_url(owner: Owner) -> str:
+    return f"http://{owner.name}.{owner.namespace}.svc.cluster.local"
+
+
+def desired_replicas(spec: InferenceServiceSpec, stopped: bool) -> int:
+    # Until load-driven scaling owns this number, serve with the minimum (at least one unless stopped).
+    return 0 if stopped else max(spec.replicas.min, 1)
+
+
+def _server_config(owner: Owner, spec: InferenceServiceSpec) -> ServingRuntimeConfig:
+    return ServingRuntimeConfig(
+        service_name=owner.name,
+        namespace=owner.namespace,
+        model_dir=MODEL_MOUNT,
+        port=spec.port,
+        early_exit=spec.early_exit,
+        batching=spec.batching,
+    )
+
+
+def deployment(
+    owner: Owner, spec: InferenceServiceSpec, model: VolumeLocation, stopped: bool, cfg: OperatorConfig
+) -> Child:
+    labels = serving_labels(owner.name)
+    selector = {INFERENCE_SERVICE_LABEL: owner.name}
+    config = _server_config(owner, spec).model_dump_json(by_alias=True)
+    probe = {"httpGet": {"path": "/readyz", "port": cfg.http_port_name}, "periodSeconds": 5}
+    container = {
+        "name": CONTAINER,
+        "image": spec.image or cfg.runtime_image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["moeops", "serve"],
+        "env": [
+            {"name": env.SERVING_CONFIG, "value": config},
+            {"name": env.MODEL_DIR, "value": model.in_mount(MODEL_MOUNT)},
+        ],
+        "ports": [{"name": cfg.http_port_name, "containerPort": spec.port}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "httpGet": {**probe["httpGet"], "path": "/healthz"}, "periodSeconds": 10},
+        "resources": pods.resources(spec.resources, spec.gpus),
+        "securityContext": pods.CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}, *pods.scratch_mounts()],
+    }
+    template = {
+        "metadata": {"labels": {**labels, **selector}},
+        "spec": {
+            "securityContext": pods.POD_SECURITY_CONTEXT,
+            "containers": [container],
+            "volumes": [pods.storage_volume("model", model, read_only=True), *pods.scratch_volumes()],
+        },
+    }
+    replicas = desired_replicas(spec, stopped)
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(owner, owner.name, labels),
+        "spec": {"replicas": replicas, "selector": {"matchLabels": selector}, "template": template},
+    }
+    managed = {"metadata": {"labels": labels}, "spec": {"replicas": replicas, "template": template}}
+    return Child(body, managed=managed)
+
+
+def service(owner: Owner, spec: InferenceServiceSpec, cfg: OperatorConfig) -> Child:
+    labels = serving_labels(owner.name)
+    svc_spec = {
+        "selector": {INFERENCE_SERVICE_LABEL: owner.name},
+        "ports": [{"name": cfg.http_port_name, "port": SERVICE_PORT, "targetPort": cfg.http_port_name}],
+    }
+    body = {"apiVersion": "v1", "kind": "Service", "metadata": metadata(owner, owner.name, labels), "spec": svc_spec}
+    return Child(body, managed={"metadata": {"labels": labels}, "spec": svc_spec})
+
+
+def serving_children(
+    owner: Owner, spec: InferenceServiceSpec, model: VolumeLocation, stopped: bool, cfg: OperatorConfig
+) -> list[Child]:
+    return [service(owner, spec, cfg), deployment(owner, spec, model, stopped, cfg)]

@@ -1,0 +1,224 @@
+"""MoETrainingJob → ConfigMap (resolved config), headless Service (rendezvous) and Indexed Job (workers)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from moeops.api import env
+from moeops.api.v1alpha1.presets import Architecture
+from moeops.api.v1alpha1.runtime import CheckpointConfig, ParallelPlan, TrainingRuntimeConfig, WorldSpec
+from moeops.api.v1alpha1.trainingjob import MoETrainingJobSpec
+
+from ..config import OperatorConfig
+from ..naming import (
+    KUEUE_QUEUE_LABEL,
+    POD_GROUP_LABEL,
+    Owner,
+    config_map_name,
+    metadata,
+    rank0_address,
+    training_labels,
+    worker_job_name,
+    workers_service_name,
+)
+from ..planning import Plan
+from . import pods
+from .child import Child
+
+CONTAINER = "trainer"
+CONFIG_FILE = "config.json"
+CONFIG_MOUNT = "/etc/moeops"
+CHECKPOINT_MOUNT = "/checkpoints"
+ROLE_LABEL = "moeops.dev/role"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def nproc_per_node(spec: MoETrainingJobSpec) -> int:
+    return max(spec.workers.gpus_per_worker, 1)
+
+
+def checkpoint_dir(spec: MoETrainingJobSpec) -> str:
+    return spec.checkpoint.storage.in_mount(CHECKPOINT_MOUNT)
+
+
+def runtime_config(
+    owner: Owner, spec: MoETrainingJobSpec, arch: Architecture, plan: Plan, cfg: OperatorConfig
+) -> TrainingRuntimeConfig:
+    d = plan.degrees
+    return TrainingRuntimeConfig(
+        job_name=owner.name,
+        namespace=owner.namespace,
+        architecture=arch,
+        training=spec.training,
+        data=spec.data,
+        plan=ParallelPlan(
+            data=d.data,
+            tensor=d.tensor,
+            pipeline=d.pipeline,
+            expert=d.expert,
+            activation_checkpointing=d.activation_checkpointing,
+            optimizer_offload=d.optimizer_offload,
+        ),
+        world=WorldSpec(
+            nnodes=spec.workers.replicas, nproc_per_node=nproc_per_node(spec), rendezvous_port=cfg.rendezvous_port
+        ),
+        checkpoint=CheckpointConfig(
+            interval_steps=spec.checkpoint.interval_steps, keep=spec.checkpoint.keep, directory=checkpoint_dir(spec)
+        ),
+        rebalance=spec.rebalance,
+        carbon=spec.carbon,
+    )
+
+
+def config_map(owner: Owner, config: TrainingRuntimeConfig) -> Child:
+    data = {CONFIG_FILE: json.dumps(config.to_wire(), indent=2, sort_keys=True)}
+    labels = training_labels(owner.name)
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, config_map_name(owner.name), labels),
+        "data": data,
+    }
+    return Child(body, managed={"metadata": {"labels": labels}, "data": data})
+
+
+def workers_service(owner: Owner, cfg: OperatorConfig) -> Child:
+    labels = training_labels(owner.name)
+    spec = {
+        "clusterIP": "None",
+        # Rendezvous happens before any worker is Ready: publish addresses regardless of readiness.
+        "publishNotReadyAddresses": True,
+        "selector": {**training_labels(owner.name), ROLE_LABEL: "worker"},
+        "ports": [{"name": "rendezvous", "port": cfg.rendezvous_port, "targetPort": cfg.rendezvous_port}],
+    }
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(owner, workers_service_name(owner.name), labels),
+        "spec": spec,
+    }
+    managed = {"metadata": {"labels": labels}, "spec": {"selector": spec["selector"], "ports": spec["ports"]}}
+    return Child(body, managed=managed)
+
+
+def _worker_env(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> list[dict[str, Any]]:
+    plain = {
+        env.CONFIG_PATH: f"{CONFIG_MOUNT}/{CONFIG_FILE}",
+        env.JOB_NAME: owner.name,
+        env.NAMESPACE: owner.namespace,
+        env.NNODES: str(spec.workers.replicas),
+        env.NPROC_PER_NODE: str(nproc_per_node(spec)),
+        env.MASTER_ADDR: rank0_address(owner.name, owner.namespace),
+        env.MASTER_PORT: str(cfg.rendezvous_port),
+        env.CHECKPOINT_DIR: checkpoint_dir(spec),
+    }
+    return [
+        *({"name": k, "value": v} for k, v in plain.items()),
+        pods.field_env(env.NODE_RANK, f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
+        pods.field_env(env.POD_NAME, "metadata.name"),
+        pods.field_env(env.NODE_NAME, "spec.nodeName"),
+    ]
+
+
+def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> dict[str, Any]:
+    workers, sched = spec.workers, spec.scheduling
+    labels = {**training_labels(owner.name), ROLE_LABEL: "worker"}
+    if sched.gang:
+        labels[POD_GROUP_LABEL] = owner.name
+    container = {
+        "name": CONTAINER,
+        "image": workers.image or cfg.runtime_image,
+        "imagePullPolicy": workers.image_pull_policy or cfg.image_pull_policy,
+        "command": ["moeops", "train", "--config", f"{CONFIG_MOUNT}/{CONFIG_FILE}"],
+        "env": _worker_env(owner, spec, cfg),
+        "ports": [{"name": "rendezvous", "containerPort": cfg.rendezvous_port}],
+        "resources": pods.resources(workers.resources, workers.gpus_per_worker),
+        "securityContext": pods.CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+            *pods.scratch_mounts(),
+        ],
+    }
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",  # the Job controller replaces failed workers (podFailurePolicy needs Never).
+        "subdomain": workers_service_name(owner.name),
+        "terminationGracePeriodSeconds": cfg.worker_grace_seconds,
+        "securityContext": pods.POD_SECURITY_CONTEXT,
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
+            pods.storage_volume("checkpoints", spec.checkpoint.storage, read_only=False),
+            *pods.scratch_volumes(),
+        ],
+    }
+    optional = {
+        "nodeSelector": workers.node_selector,
+        "tolerations": [t.to_wire() for t in workers.tolerations] if workers.tolerations else None,
+        "priorityClassName": sched.priority_class_name,
+        "schedulerName": sched.scheduler_name,
+    }
+    pod.update({k: v for k, v in optional.items() if v})
+    return {"metadata": {"labels": labels}, "spec": pod}
+
+
+def desired_suspend(spec: MoETrainingJobSpec) -> bool | None:
+    """What the operator wants `Job.spec.suspend` to be, or None to leave it to Kueue.
+
+    A queued job is created suspended and Kueue unsuspends it on admission; the operator then only forces
+    suspension when the user asks for it.
+    """
+    if spec.run_policy.suspend:
+        return True
+    return None if spec.scheduling.queue_name else False
+
+
+def worker_job(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> Child:
+    labels = training_labels(owner.name)
+    if spec.scheduling.queue_name:
+        labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
+    suspend = desired_suspend(spec)
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": spec.workers.replicas,
+        "parallelism": spec.workers.replicas,
+        "backoffLimit": spec.run_policy.backoff_limit,
+        "suspend": True if suspend is None else suspend,
+        "podFailurePolicy": {
+            "rules": [
+                # Preemption and eviction are not the job's fault: the trainer checkpointed on SIGTERM.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # A configuration the trainer rejects will be rejected again: fail now, don't retry.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [env.EXIT_CODE_INVALID_CONFIG],
+                    },
+                },
+            ]
+        },
+        "template": _pod_template(owner, spec, cfg),
+    }
+    if spec.run_policy.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    body = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(owner, worker_job_name(owner.name), labels),
+        "spec": job_spec,
+    }
+    managed: dict[str, Any] = {"metadata": {"labels": labels}}
+    if suspend is not None:
+        managed["spec"] = {"suspend": suspend}
+    return Child(body, managed=managed)
+
+
+def training_children(
+    owner: Owner, spec: MoETrainingJobSpec, arch: Architecture, plan: Plan, cfg: OperatorConfig
+) -> list[Child]:
+    """Every child of a MoETrainingJob, in creation order (the Job last: its pods mount the others)."""
+    config = runtime_config(owner, spec, arch, plan, cfg)
+    return [config_map(owner, config), workers_service(owner, cfg), worker_job(owner, spec, cfg)]

@@ -1,0 +1,35 @@
+"""Operator settings: one typed place for defaults, read from the environment by the entry point."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from moeops.api import env
+
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/moeops/runtime:0.1.0"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    """Image of workers and model servers whose spec names none."""
+    image_pull_policy: str = "IfNotPresent"
+    rendezvous_port: int = 29500
+    http_port_name: str = "http"
+    worker_grace_seconds: int = 120
+    """Time a preempted worker has to write its SIGTERM checkpoint."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means the whole cluster."""
+    max_workers: int = 16
+    """Threads for blocking API calls (kopf's executor)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
+        namespaces = tuple(ns for ns in environ.get(env.OPERATOR_NAMESPACES, "").split(",") if ns.strip())
+        return cls(
+            runtime_image=environ.get(env.OPERATOR_RUNTIME_IMAGE, DEFAULT_RUNTIME_IMAGE),
+            image_pull_policy=environ.get(env.OPERATOR_IMAGE_PULL_POLICY, "IfNotPresent"),
+            namespaces=tuple(ns.strip() for ns in namespaces),
+            max_workers=int(environ.get(env.OPERATOR_MAX_WORKERS, "16")),
+        )

@@ -1,0 +1,8 @@
+"""kopf handlers: read the object, call the pure layers, write children and status. Nothing else.
+
+Importing this package registers every handler with kopf's default registry.
+"""
+
+from . import serving, setup, training
+
+__all__ = ["serving", "setup", "training"]

@@ -1,0 +1,108 @@
+"""Plumbing shared by the handlers: the memo, error mapping, events and status writes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+import kopf
+from pydantic import ValidationError
+
+from ..config import OperatorConfig
+from ..drift import is_subset
+from ..kube import ApiError, Kube
+from ..naming import Owner
+from ..status import StatusUpdate
+
+P = ParamSpec("P")
+R = TypeVar("R")
+RETRY_DELAY_SECONDS = 10
+CONFLICT_RETRIES = 5
+
+
+def kube_of(memo: Any) -> Kube:
+    return memo["kube"]  # type: ignore[no-any-return]
+
+
+def config_of(memo: Any) -> OperatorConfig:
+    return memo["config"]  # type: ignore[no-any-return]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def owner_of(body: Mapping[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(
+        api_version=body["apiVersion"],
+        kind=body["kind"],
+        name=meta["name"],
+        namespace=meta["namespace"],
+        uid=meta["uid"],
+        generation=int(meta.get("generation") or 0),
+    )
+
+
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error in API terms: `spec.workers.replicas: Input should be ...`."""
+    parts = []
+    for err in error.errors():
+        path = ".".join(str(p) for p in ("spec", *err["loc"]))
+        parts.append(f"{path}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def post_events(body: Mapping[str, Any], update: StatusUpdate) -> None:
+    for event in update.events:
+        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+
+
+def write_status(kube: Kube, plural: str, body: Mapping[str, Any], update: StatusUpdate) -> None:
+    """Patch the status subresource unless it already says the same; then post the transitions' events.
+
+    The write is conditional on the resourceVersion `body` was read at, so of two handlers racing on the
+    same transition only one writes it and posts its events; the other gets a 409 and recomputes.
+    """
+    if is_subset(update.patch, body.get("status") or {}):
+        return
+    meta = body["metadata"]
+    kube.patch_custom_status(plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"])
+    post_events(body, update)
+
+
+def with_fresh_owner(
+    kube: Kube, plural: str, namespace: str, name: str, compute: Callable[[Mapping[str, Any]], StatusUpdate | None]
+) -> None:
+    """Read the owner, compute its status update, write it; on a write conflict re-read and try again."""
+    for _ in range(CONFLICT_RETRIES):
+        owner = kube.get_custom(plural, namespace, name)
+        if owner is None or owner["metadata"].get("deletionTimestamp"):
+            return
+        update = compute(owner)
+        if update is None:
+            return
+        try:
+            write_status(kube, plural, owner, update)
+            return
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+
+
+def api_errors_to_kopf(fn: Callable[P, R]) -> Callable[P, R]:
+    """Transient API failures become kopf retries with a delay; permanent ones stop retrying."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            if exc.transient:
+                delay = 1 if exc.status == 409 else RETRY_DELAY_SECONDS  # a conflict clears at once
+                raise kopf.TemporaryError(str(exc), delay=delay) from exc
+            raise kopf.PermanentError(str(exc)) from exc
+
+    return wrapper

@@ -1,0 +1,111 @@
+"""InferenceService handlers: resolve the model, reconcile Deployment + Service, follow readiness."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from moeops.api import GROUP
+from moeops.api.v1alpha1 import trainingjob
+from moeops.api.v1alpha1.common import VERSION
+from moeops.api.v1alpha1.inferenceservice import PLURAL, STOP_ANNOTATION, InferenceServiceSpec
+
+from ..children.serving import model_uri, resolve_model, service_url, serving_children
+from ..config import OperatorConfig
+from ..drift import controlled_by
+from ..errors import InvalidSpec, ModelNotReady
+from ..kube import Kube
+from ..naming import INFERENCE_SERVICE_LABEL, MANAGED_BY, OPERATOR_NAME
+from ..status import StatusUpdate, serving_status
+from .common import (
+    api_errors_to_kopf,
+    config_of,
+    kube_of,
+    now,
+    owner_of,
+    validation_message,
+    with_fresh_owner,
+    write_status,
+)
+
+SERVING = (GROUP, VERSION, PLURAL)
+DEPLOYMENT_LABELS = {MANAGED_BY: OPERATOR_NAME, INFERENCE_SERVICE_LABEL: kopf.PRESENT}
+MODEL_RETRY_SECONDS = 30
+
+
+def is_stopped(body: Mapping[str, Any]) -> bool:
+    annotations = body["metadata"].get("annotations") or {}
+    return str(annotations.get(STOP_ANNOTATION, "")).lower() == "true"
+
+
+def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple[StatusUpdate, bool]:
+    """Children and status; the flag says whether to retry later (the model is not ready yet)."""
+    status = body.get("status") or {}
+    generation = int(body["metadata"].get("generation") or 0)
+    owner = owner_of(body)
+    stopped = is_stopped(body)
+
+    def report(deployment: Mapping[str, Any] | None, *, model: str | None, not_ready: tuple[str, str] | None):
+        url = service_url(owner) if deployment else None
+        return serving_status(
+            deployment, status, stopped=stopped, url=url, model=model, not_ready=not_ready,
+            generation=generation, now=now(),
+        )  # fmt: skip
+
+    try:
+        spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
+        ref = spec.model.training_job_ref
+        job = kube.get_custom(trainingjob.PLURAL, owner.namespace, ref.name) if ref else None
+        location = resolve_model(spec, job)
+    except ValidationError as exc:
+        return report(None, model=None, not_ready=("InvalidSpec", validation_message(exc))), False
+    except InvalidSpec as exc:
+        return report(None, model=None, not_ready=(exc.reason, exc.message)), False
+    except ModelNotReady as exc:
+        return report(None, model=None, not_ready=("ModelNotReady", str(exc))), True
+
+    deployment: Mapping[str, Any] = {}
+    for child in serving_children(owner, spec, location, stopped, cfg):
+        _, deployment = kube.ensure(child, owner.uid)  # the Deployment comes last
+    return report(deployment, model=model_uri(location), not_ready=None), False
+
+
+@kopf.on.resume(*SERVING)
+@kopf.on.create(*SERVING)
+@kopf.on.update(*SERVING)
+@api_errors_to_kopf
+def reconcile_inference_service(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    kube = kube_of(memo)
+    update, retry = reconcile(kube, config_of(memo), body)
+    write_status(kube, PLURAL, body, update)
+    if retry:
+        raise kopf.TemporaryError("the model is not ready yet", delay=MODEL_RETRY_SECONDS)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=DEPLOYMENT_LABELS)
+def server_deployment_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Follow the Deployment's replicas into the owner's status; recreate it if it was deleted."""
+    kube, cfg = kube_of(memo), config_of(memo)
+
+    def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
+        status = owner.get("status") or {}
+        if "observedGeneration" not in status or not controlled_by(body, owner["metadata"]["uid"]):
+            return None
+        if event["type"] == "DELETED":
+            return reconcile(kube, cfg, owner)[0]
+        return serving_status(
+            body,
+            status,
+            stopped=is_stopped(owner),
+            url=service_url(owner_of(owner)),
+            model=status.get("model"),
+            not_ready=None,
+            generation=int(owner["metadata"].get("generation") or 0),
+            now=now(),
+        )
+
+    namespace = body.metadata.namespace or ""
+    with_fresh_owner(kube, PLURAL, namespace, body.metadata.labels[INFERENCE_SERVICE_LABEL], compute)

@@ -1,0 +1,58 @@
+"""Operator start-up: settings fit for production and the shared clients in kopf's memo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any
+
+import kopf
+import kubernetes
+
+from ..config import OperatorConfig
+from ..kube import Kube
+
+PEERING_NAME = "moeops"
+
+
+def api_client(max_connections: int) -> kubernetes.client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube/config)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = max_connections  # one connection per handler thread
+    return kubernetes.client.ApiClient(configuration)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    cfg = OperatorConfig.from_env(os.environ)
+    memo["config"] = cfg
+    memo["kube"] = Kube(api_client(cfg.max_workers))
+    memo["ttl_timers"] = {}
+
+    # State in annotations under our own domain, never in .status (the schema would prune kopf's fields).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="moeops.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="moeops.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "moeops.dev/finalizer"
+    # Events come from our status transitions; kopf's own per-handler chatter stays in the logs.
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = cfg.max_workers
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.reconnect_backoff = 1.0
+    settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
+    # Peering: of several replicas, only the highest priority one acts; the rest stand by. A random
+    # priority per process makes that one replica, and another takes over when its lease lapses.
+    settings.peering.name = PEERING_NAME
+    settings.peering.priority = random.randint(0, 2**31)
+    settings.peering.stealth = True
+    settings.peering.lifetime = 60
+    settings.peering.mandatory = False

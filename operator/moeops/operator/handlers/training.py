@@ -1,0 +1,132 @@
+"""MoETrainingJob handlers: reconcile children and status; follow the worker Job; expire after the TTL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from moeops.api import GROUP
+from moeops.api.v1alpha1.common import VERSION
+from moeops.api.v1alpha1.trainingjob import PLURAL, MoETrainingJobSpec
+
+from ..children.training import training_children
+from ..config import OperatorConfig
+from ..drift import controlled_by
+from ..errors import InvalidSpec
+from ..kube import Kube, NotOwned
+from ..naming import MANAGED_BY, OPERATOR_NAME, TRAINING_JOB_LABEL
+from ..planning import plan_training_job
+from ..status import StatusUpdate, invalid_spec_status, is_finished, plan_status, training_status, ttl_expiry
+from .common import (
+    api_errors_to_kopf,
+    config_of,
+    kube_of,
+    now,
+    owner_of,
+    validation_message,
+    with_fresh_owner,
+    write_status,
+)
+
+TRAINING = (GROUP, VERSION, PLURAL)
+JOB_LABELS = {MANAGED_BY: OPERATOR_NAME, TRAINING_JOB_LABEL: kopf.PRESENT}
+
+
+def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> StatusUpdate:
+    """Bring the children in line with the spec and compute the status. Never raises on a bad spec."""
+    status = body.get("status") or {}
+    generation = int(body["metadata"].get("generation") or 0)
+    try:
+        spec = MoETrainingJobSpec.model_validate(body.get("spec") or {})
+        arch, plan = plan_training_job(spec)
+    except ValidationError as exc:
+        return invalid_spec_status(status, "InvalidSpec", validation_message(exc), generation=generation, now=now())
+    except InvalidSpec as exc:
+        return invalid_spec_status(status, exc.reason, exc.message, generation=generation, now=now())
+
+    owner = owner_of(body)
+    job: Mapping[str, Any] = {}
+    for child in training_children(owner, spec, arch, plan, cfg):
+        _, job = kube.ensure(child, owner.uid)  # the Job comes last
+    update = training_status(spec, job, status, generation=generation, now=now())
+    update.patch["plan"] = plan_status(plan)
+    if not status.get("progress"):
+        update.patch["progress"] = {"step": 0, "totalSteps": spec.training.steps, "percent": 0}
+    return update
+
+
+@kopf.on.resume(*TRAINING)
+@kopf.on.create(*TRAINING)
+@kopf.on.update(*TRAINING)
+@api_errors_to_kopf
+def reconcile_training_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if is_finished(body.get("status") or {}):
+        return  # finished jobs keep their outcome; children are never recreated.
+    kube = kube_of(memo)
+    try:
+        update = reconcile(kube, config_of(memo), body)
+    except NotOwned as exc:
+        kopf.warn(dict(body), reason="ChildNameConflict", message=str(exc))
+        raise kopf.TemporaryError(str(exc), delay=60) from exc
+    write_status(kube, PLURAL, body, update)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
+def worker_job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Follow the worker Job (and through it the pods) into the owner's status; recreate it if deleted."""
+    kube, cfg = kube_of(memo), config_of(memo)
+
+    def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
+        status = owner.get("status") or {}
+        # Until the owner's own handler has reconciled once, the status is its to write.
+        if is_finished(status) or "observedGeneration" not in status:
+            return None
+        if not controlled_by(body, owner["metadata"]["uid"]):
+            return None
+        if event["type"] == "DELETED":
+            logger.info("worker Job deleted while the training job is active: recreating it")
+            return reconcile(kube, cfg, owner)
+        try:
+            spec = MoETrainingJobSpec.model_validate(owner.get("spec") or {})
+        except ValidationError:
+            return None  # the owner's own handler reports it.
+        generation = int(owner["metadata"].get("generation") or 0)
+        return training_status(spec, body, status, generation=generation, now=now())
+
+    namespace = body.metadata.namespace or ""
+    with_fresh_owner(kube, PLURAL, namespace, body.metadata.labels[TRAINING_JOB_LABEL], compute)
+
+
+@kopf.on.event(*TRAINING)
+async def schedule_ttl_deletion(
+    event: kopf.RawEvent, body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any
+) -> None:
+    """Delete a finished job `ttlSecondsAfterFinished` after completion.
+
+    No kopf timer: timers need a finalizer on every job, which would block deletion whenever the operator is
+    down. The schedule lives in memory and is rebuilt from the objects when the operator restarts.
+    """
+    scheduled: dict[str, asyncio.TimerHandle] = memo["ttl_timers"]
+    uid = body.metadata.uid or ""
+    expiry = ttl_expiry(body.get("status") or {}, spec.get("runPolicy", {}).get("ttlSecondsAfterFinished"))
+    if event["type"] == "DELETED" or expiry is None:
+        handle = scheduled.pop(uid, None)
+        if handle:
+            handle.cancel()
+        return
+    if uid in scheduled:
+        return
+    loop = asyncio.get_running_loop()
+    kube = kube_of(memo)
+    name, namespace = body.metadata.name or "", body.metadata.namespace or ""
+
+    def expire() -> None:
+        scheduled.pop(uid, None)
+        loop.run_in_executor(None, kube.delete_custom, PLURAL, namespace, name, uid)
+
+    delay = max(0.0, (expiry - now()).total_seconds())
+    scheduled[uid] = loop.call_later(delay, expire)

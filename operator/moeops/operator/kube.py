@@ -1,0 +1,177 @@
+"""The Kubernetes edge: the only module of the operator that talks to the API server.
+
+Blocking calls through the official client (kopf runs sync handlers in its thread pool). Responses are read
+as plain JSON dicts (`_preload_content=False`): the pure layers work on dicts, and skipping the client's model
+deserialisation is several times cheaper per call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from moeops.api import GROUP
+from moeops.api.v1alpha1.common import VERSION
+
+from .children import Child
+from .drift import controlled_by, drift_patch
+from .naming import FIELD_MANAGER
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ApiError(Exception):
+    """An API call failed. `transient` says whether retrying can help (timeouts, 429, 5xx, conflicts)."""
+
+    def __init__(self, message: str, *, status: int | None, transient: bool) -> None:
+        super().__init__(message)
+        self.status = status
+        self.transient = transient
+
+
+class NotOwned(ApiError):
+    """A child's name is taken by an object some other controller (or a user) owns: we never adopt it."""
+
+
+def _error(exc: ApiException, what: str) -> ApiError:
+    status = exc.status
+    transient = status is None or status in (409, 429) or status >= 500
+    detail = exc.reason
+    with contextlib.suppress(ValueError, AttributeError):
+        detail = json.loads(exc.body or "{}").get("message") or detail
+    return ApiError(f"{what}: {status} {detail}", status=status, transient=transient)
+
+
+def _json(response: Any) -> dict[str, Any]:
+    return dict(json.loads(response.data))
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """The typed client methods of one built-in kind."""
+
+    api: Callable[[kubernetes.client.ApiClient], Any]
+    suffix: str
+
+
+_KINDS: dict[tuple[str, str], _Kind] = {
+    ("v1", "ConfigMap"): _Kind(kubernetes.client.CoreV1Api, "namespaced_config_map"),
+    ("v1", "Service"): _Kind(kubernetes.client.CoreV1Api, "namespaced_service"),
+    ("batch/v1", "Job"): _Kind(kubernetes.client.BatchV1Api, "namespaced_job"),
+    ("apps/v1", "Deployment"): _Kind(kubernetes.client.AppsV1Api, "namespaced_deployment"),
+}
+
+EnsureOutcome = Literal["created", "patched", "unchanged"]
+
+
+class Kube:
+    """Thin, typed-by-convention access to the objects the operator reads and writes."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self._client = api_client
+        self._custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    def _method(self, api_version: str, kind: str, verb: str) -> Callable[..., Any]:
+        spec = _KINDS[(api_version, kind)]
+        return getattr(spec.api(self._client), f"{verb}_{spec.suffix}")  # type: ignore[no-any-return]
+
+    # Built-in children -------------------------------------------------------------------------------
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _json(self._method(api_version, kind, "read")(name, namespace, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _error(exc, f"read {kind} {namespace}/{name}") from exc
+
+    def ensure(self, child: Child, owner_uid: str) -> tuple[EnsureOutcome, dict[str, Any]]:
+        """Create the child, or patch its managed fields back if they drifted. Idempotent."""
+        live = self.get(child.api_version, child.kind, child.namespace, child.name)
+        if live is None:
+            try:
+                create = self._method(child.api_version, child.kind, "create")
+                created = create(child.namespace, child.body, field_manager=FIELD_MANAGER, _preload_content=False)
+                return "created", _json(created)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise _error(exc, f"create {child.kind} {child.namespace}/{child.name}") from exc
+            # Someone (an earlier run of ours, most likely) created it between our read and create.
+            live = self.get(child.api_version, child.kind, child.namespace, child.name)
+            if live is None:
+                raise ApiError(f"{child.kind} {child.name} vanished during create", status=409, transient=True)
+        if not controlled_by(live, owner_uid):
+            raise NotOwned(
+                f"{child.kind} {child.namespace}/{child.name} exists and is not controlled by this resource",
+                status=409,
+                transient=False,
+            )
+        patch = drift_patch(child.managed, live)
+        if not patch:
+            return "unchanged", live
+        try:
+            patcher = self._method(child.api_version, child.kind, "patch")
+            patched = patcher(
+                child.name,
+                child.namespace,
+                patch,
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            raise _error(exc, f"patch {child.kind} {child.namespace}/{child.name}") from exc
+        return "patched", _json(patched)
+
+    # Our custom resources ----------------------------------------------------------------------------
+
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            response = self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _error(exc, f"read {plural} {namespace}/{name}") from exc
+        return _json(response)
+
+    def patch_custom_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> None:
+        """Merge-patch `.status`, only if the object is still at `resource_version` (else a 409 ApiError):
+        two writers computing from the same old status must not both win (and both post its events)."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                body,
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # deleted meanwhile: nothing left to report on.
+            raise _error(exc, f"patch status of {plural} {namespace}/{name}") from exc
+
+    def delete_custom(self, plural: str, namespace: str, name: str, uid: str) -> None:
+        """Delete one exact object (the uid precondition spares a same-named successor)."""
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Background"}
+        try:
+            self._custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body=body, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise _error(exc, f"delete {plural} {namespace}/{name}") from exc

@@ -1,0 +1,62 @@
+"""Peak memory per GPU of a parallel plan: a first-order estimate to check that a plan fits.
+
+Assumptions (those of the trainer): data parallelism shards parameters, gradients and AdamW state over the whole
+mesh (FSDP2 `fully_shard`, ZeRO-3 style) and all-gathers one block at a time with one block prefetched; tensor
+parallelism with sequence parallelism divides activations by the TP degree; flash attention (no s² scores);
+1F1B pipeline schedule, whose first stage holds `pipeline` micro-batches of `layers/pipeline` blocks, i.e. the
+activations of all layers for one micro-batch; activation checkpointing keeps only each block's input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moeops.api.v1alpha1.presets import Architecture
+
+from .sizing import model_size
+
+GIB = 1024**3
+WORKSPACE_BYTES = 1 * GIB  # CUDA context, NCCL buffers, allocator slack.
+ADAMW_STATE_BYTES = 4 + 4 + 4  # fp32 master weights, exp_avg, exp_avg_sq.
+
+
+@dataclass(frozen=True)
+class Degrees:
+    """Parallel degrees and memory switches of one plan."""
+
+    data: int
+    tensor: int
+    pipeline: int
+    expert: int = 1
+    activation_checkpointing: bool = False
+    optimizer_offload: bool = False
+
+    @property
+    def world_size(self) -> int:
+        return self.data * self.tensor * self.pipeline
+
+
+def bytes_per_element(precision: str) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def estimate_bytes_per_gpu(arch: Architecture, d: Degrees, micro_batch_size: int, precision: str) -> int:
+    size = model_size(arch)
+    elem = bytes_per_element(precision)
+    # Weights + gradients in compute precision, AdamW state in fp32 (on the host when offloaded).
+    state_per_param = 2 * elem + (0 if d.optimizer_offload else ADAMW_STATE_BYTES)
+    sharded_states = size.total_params * state_per_param / d.world_size
+
+    per_expert = 3 * arch.d_model * arch.ffn_hidden
+    block_params = (size.dense_params / arch.layers) + arch.experts * per_expert / d.expert
+    gathered_blocks = 2 * block_params * elem / d.tensor
+
+    tokens = micro_batch_size * arch.seq_len
+    block_activation_elems = tokens * (10 * arch.d_model + 3 * (arch.top_k + arch.shared_experts) * arch.ffn_hidden)
+    block_activations = block_activation_elems * elem / d.tensor
+    if d.activation_checkpointing:
+        stored = arch.layers * tokens * arch.d_model * elem / d.tensor + block_activations
+    else:
+        stored = arch.layers * block_activations
+    logits = tokens * arch.vocab_size * 4 / d.tensor  # fp32 logits for the loss, on the last stage.
+    return int(sharded_states + gathered_blocks + stored + logits + WORKSPACE_BYTES)

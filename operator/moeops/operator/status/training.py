@@ -1,0 +1,181 @@
+"""MoETrainingJob status from its worker Job: conditions follow the Job (and through it, the pods)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from moeops.api.v1alpha1.trainingjob import MoETrainingJobSpec
+from moeops.api.v1alpha1.trainingjob_status import PlanStatus
+
+from ..planning import Plan
+from ..planning.memory import GIB
+from .conditions import Event, EventType, StatusUpdate, set_condition, timestamp, transitions
+
+EVENT_TYPES: dict[str, EventType] = {
+    "Created": "Normal",
+    "Running": "Normal",
+    "Restarting": "Warning",
+    "Suspended": "Normal",
+    "Succeeded": "Normal",
+    "Failed": "Warning",
+}
+# Order of precedence for the one-word `state`.
+STATE_ORDER = ("Failed", "Succeeded", "Suspended", "Restarting", "Running", "Created")
+FINISHED_STATES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the operator needs from a batch/v1 Job, read defensively (any field may be absent)."""
+
+    active: int
+    ready: int
+    succeeded: int
+    failed: int
+    suspended: bool
+    finished_ok: Mapping[str, Any] | None
+    finished_failed: Mapping[str, Any] | None
+    start_time: str | None
+    completion_time: str | None
+
+    @classmethod
+    def of(cls, job: Mapping[str, Any]) -> JobView:
+        status = job.get("status") or {}
+        conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        # SuccessCriteriaMet/FailureTarget come first; Complete/Failed once every pod has terminated.
+        return cls(
+            active=int(status.get("active") or 0),
+            ready=int(status.get("ready") or 0),
+            succeeded=int(status.get("succeeded") or 0),
+            failed=int(status.get("failed") or 0),
+            suspended="Suspended" in conds,
+            finished_ok=conds.get("Complete") or conds.get("SuccessCriteriaMet"),
+            finished_failed=conds.get("Failed") or conds.get("FailureTarget"),
+            start_time=status.get("startTime"),
+            completion_time=status.get("completionTime"),
+        )
+
+
+def _state(conditions: Sequence[Mapping[str, Any]]) -> str:
+    true = {c["type"] for c in conditions if c["status"] == "True"}
+    return next((s for s in STATE_ORDER if s in true), "Pending")
+
+
+def training_status(
+    spec: MoETrainingJobSpec,
+    job: Mapping[str, Any],
+    previous: Mapping[str, Any],
+    *,
+    generation: int,
+    now: datetime,
+) -> StatusUpdate:
+    """The status patch for a job whose children exist; `previous` is the current `.status`."""
+    view = JobView.of(job)
+    desired = spec.workers.replicas
+    before: list[dict[str, Any]] = list(previous.get("conditions") or [])
+
+    def put(conds: list[dict[str, Any]], type_: str, on: bool, reason: str, message: str) -> list[dict[str, Any]]:
+        return set_condition(conds, type_, on, reason, message, now=now, generation=generation)
+
+    c = put(before, "Created", True, "ChildrenCreated", "ConfigMap, headless Service and worker Job created")
+    failed = view.finished_failed
+    succeeded = view.finished_ok if not failed else None
+    terminal = failed or succeeded
+    c = put(c, "Failed", bool(failed), *(_reason_message(failed, "JobFailed") if failed else ("NotFailed", "")))
+    c = put(c, "Succeeded", bool(succeeded), "AllWorkersSucceeded" if succeeded else "NotSucceeded", "")
+
+    user_suspended = spec.run_policy.suspend
+    suspended = not terminal and (view.suspended or user_suspended)
+    if suspended:
+        reason = "SuspendedByUser" if user_suspended else "WaitingForQueue"
+        c = put(c, "Suspended", True, reason, "workers stopped; state kept")
+    else:
+        was = any(x["type"] == "Suspended" and x["status"] == "True" for x in before)
+        c = put(c, "Suspended", False, "Resumed" if was else "NotSuspended", "")
+
+    all_ready = view.ready >= desired
+    running = not terminal and not suspended and all_ready
+    ready_msg = f"{view.ready}/{desired} workers ready"
+    if terminal:
+        c = put(c, "Running", False, "JobFinished", "")
+    elif suspended:
+        c = put(c, "Running", False, "Suspended", "")
+    else:
+        c = put(c, "Running", running, "AllWorkersReady" if running else "WaitingForWorkers", ready_msg)
+
+    restarting = not terminal and not suspended and view.failed > 0 and not all_ready
+    limit = spec.run_policy.backoff_limit
+    if restarting:
+        msg = f"{view.failed} worker failure(s), backoffLimit {limit}: replacing failed workers"
+        c = put(c, "Restarting", True, "WorkerFailed", msg)
+    else:
+        c = put(c, "Restarting", False, "WorkersRecovered" if view.failed else "NoFailures", "")
+
+    patch: dict[str, Any] = {
+        "state": _state(c),
+        "conditions": c,
+        "observedGeneration": generation,
+        "workers": {
+            "desired": desired,
+            "active": view.active,
+            "ready": view.ready,
+            "succeeded": view.succeeded,
+            "failed": view.failed,
+        },
+    }
+    if view.start_time:
+        patch["startTime"] = view.start_time
+    finished_at = view.completion_time or (failed or {}).get("lastTransitionTime")
+    if terminal and finished_at:
+        patch["completionTime"] = finished_at
+    events = transitions(before, c, EVENT_TYPES)
+    if any(x["type"] == "Suspended" and x["status"] == "True" for x in before) and not suspended and not terminal:
+        events.append(Event("Normal", "Resumed", "workers resumed"))
+    return StatusUpdate(patch, events)
+
+
+def _reason_message(cond: Mapping[str, Any], default_reason: str) -> tuple[str, str]:
+    reason = str(cond.get("reason") or default_reason)
+    return reason, str(cond.get("message") or "")
+
+
+def invalid_spec_status(
+    previous: Mapping[str, Any], reason: str, message: str, *, generation: int, now: datetime
+) -> StatusUpdate:
+    """A spec only the operator could reject: Failed with the reason, no children created."""
+    before: list[dict[str, Any]] = list(previous.get("conditions") or [])
+    c = set_condition(before, "Created", False, reason, message, now=now, generation=generation)
+    c = set_condition(c, "Failed", True, reason, message, now=now, generation=generation)
+    patch = {"state": "Failed", "conditions": c, "observedGeneration": generation, "completionTime": timestamp(now)}
+    return StatusUpdate(patch, transitions(before, c, EVENT_TYPES))
+
+
+def plan_status(plan: Plan) -> dict[str, Any]:
+    """`.status.plan`: the degrees in force and the one-line reason."""
+    d = plan.degrees
+    return PlanStatus(
+        data=d.data,
+        tensor=d.tensor,
+        pipeline=d.pipeline,
+        expert=d.expert,
+        activation_checkpointing=d.activation_checkpointing,
+        optimizer_offload=d.optimizer_offload,
+        memory_per_gpu_gib=round(plan.memory_per_gpu_bytes / GIB, 1),
+        summary=plan.summary,
+        reason=plan.reason,
+    ).to_wire()
+
+
+def ttl_expiry(status: Mapping[str, Any], ttl_seconds: int | None) -> datetime | None:
+    """When a finished job with a TTL should be deleted; None if it isn't finished or has no TTL."""
+    if ttl_seconds is None or status.get("state") not in FINISHED_STATES or not status.get("completionTime"):
+        return None
+    finished = datetime.fromisoformat(str(status["completionTime"]).replace("Z", "+00:00"))
+    return finished + timedelta(seconds=ttl_seconds)
+
+
+def is_finished(status: Mapping[str, Any]) -> bool:
+    return status.get("state") in FINISHED_STATES
