@@ -58,7 +58,11 @@ class FakeKubelet:
             "metadata": {"name": meta["name"]},
             "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
         }
-        self.core.create_namespaced_binding(meta["namespace"], body, _preload_content=False)
+        try:
+            self.core.create_namespaced_binding(meta["namespace"], body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 409:  # 409: already bound (the caller held an older copy of the pod)
+                raise
 
     def _patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         meta = pod["metadata"]

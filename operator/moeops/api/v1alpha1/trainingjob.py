@@ -305,7 +305,8 @@ class MoETrainingJobSpec(KubeModel):
     workers: WorkerSpec = Field(description="Worker pods.", json_schema_extra=immutable("spec.workers"))
     parallelism: ParallelismSpec = Field(
         default_factory=ParallelismSpec,
-        description="Data/tensor/pipeline/expert parallel degrees.",
+        description="How the model is split over the GPUs: `auto` lets the operator choose by cluster scale;"
+        " `explicit` takes the data/tensor/pipeline/expert degrees given here.",
         json_schema_extra=immutable("spec.parallelism"),
     )
     checkpoint: CheckpointSpec = Field(

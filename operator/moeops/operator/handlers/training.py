@@ -83,13 +83,14 @@ def worker_job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, l
     def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
         status = owner.get("status") or {}
         # Until the owner's own handler has reconciled once, the status is its to write.
-        if is_finished(status) or "observedGeneration" not in status:
-            return None
-        if not controlled_by(body, owner["metadata"]["uid"]):
+        if "observedGeneration" not in status or not controlled_by(body, owner["metadata"]["uid"]):
             return None
         if event["type"] == "DELETED":
+            if is_finished(status):
+                return None  # a finished job's children are never recreated.
             logger.info("worker Job deleted while the training job is active: recreating it")
             return reconcile(kube, cfg, owner)
+        # A finished job still takes the Job's final counts (they may land after the terminal condition).
         try:
             spec = MoETrainingJobSpec.model_validate(owner.get("spec") or {})
         except ValidationError:

@@ -128,7 +128,7 @@ def training_status(
     }
     if view.start_time:
         patch["startTime"] = view.start_time
-    finished_at = view.completion_time or (failed or {}).get("lastTransitionTime")
+    finished_at = view.completion_time or (terminal or {}).get("lastTransitionTime")
     if terminal and finished_at:
         patch["completionTime"] = finished_at
     events = transitions(before, c, EVENT_TYPES)

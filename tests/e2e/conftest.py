@@ -1,0 +1,82 @@
+"""The e2e fixtures: a real control plane (or any cluster named by MOEOPS_E2E_KUBECONFIG), the real
+kubectl, the operator as a separate process, and a fake kubelet that moves pods through phases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import Cluster, OperatorProcess, wait_for
+
+from moeops.devcluster import ControlPlane, FakeKubelet, find_binaries
+
+REPO = Path(__file__).resolve().parents[2]
+EXTERNAL_KUBECONFIG = os.environ.get("MOEOPS_E2E_KUBECONFIG")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    if EXTERNAL_KUBECONFIG:
+        yield Path(EXTERNAL_KUBECONFIG)
+        return
+    if find_binaries() is None:
+        message = (
+            "e2e tests need etcd, kube-apiserver and kube-controller-manager: run hack/controlplane/build.sh"
+            " (the README's test command does it when Go is installed)"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    work = tmp_path_factory.mktemp("controlplane")
+    with ControlPlane(work) as plane:
+        yield plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def cluster(kubeconfig: Path) -> Cluster:
+    c = Cluster(kubeconfig)
+    c.kubectl("apply", "-f", str(REPO / "crds"))
+    c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+    # The OpenAPI document (what `kubectl explain` and field validation read) is published a moment later.
+    for resource in ("moetrainingjobs.moeops.dev", "inferenceservices.moeops.dev"):
+        wait_for(f"OpenAPI of {resource}", lambda r=resource: c.kubectl("explain", r, check=False).returncode == 0)
+    return c
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"))
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def kubelet(cluster: Cluster) -> Iterator[FakeKubelet]:
+    if EXTERNAL_KUBECONFIG:
+        pytest.skip("the fake kubelet only drives node-less clusters; this cluster has real kubelets")
+    fake = FakeKubelet(cluster.api_client)
+    fake.ensure_node()
+    fake.start_reaper()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace that enforces the `restricted` Pod Security Standard on every pod."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.core.create_namespace(
+        {"metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    yield name
+    cluster.core.delete_namespace(name, _preload_content=False)

@@ -1,0 +1,222 @@
+"""The CRDs on a real API server: they install, `kubectl explain` reads well, and bad specs are rejected
+at apply time with a message that names the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from harness import Cluster
+from manifests import DELETE, inference_service, merge, training_job
+
+
+def test_kubectl_explain_prints_the_model_descriptions(cluster: Cluster) -> None:
+    def explain(path: str) -> str:
+        return " ".join(cluster.kubectl("explain", path).stdout.split())  # kubectl wraps long lines
+
+    spec = explain("moetrainingjob.spec")
+    assert "Desired state of a MoETrainingJob" in spec
+    assert "parallelism" in spec and "runPolicy" in spec
+    par = explain("moetrainingjob.spec.parallelism")
+    assert "`auto` lets the operator choose by cluster scale" in par
+    assert "Tensor-parallel degree (within a node)" in par
+    isvc = explain("inferenceservices.moeops.dev.spec.earlyExit")
+    assert "Exit when confidence" in isvc
+
+
+def test_short_names_do_not_collide_with_kserve(cluster: Cluster) -> None:
+    resources = cluster.kubectl("api-resources", "--api-group=moeops.dev").stdout
+    assert "moejob" in resources and "misvc" in resources
+    assert " isvc" not in resources
+
+
+BAD_TRAINING_SPECS: list[tuple[str, dict, str]] = [
+    ("missing model", {"model": DELETE}, "spec.model: Required value"),
+    ("missing data source", {"data": {"source": DELETE}}, "spec.data.source: Required value"),
+    ("steps of the wrong type", {"training": {"steps": "ten"}}, "spec.training.steps"),
+    ("zero steps", {"training": {"steps": 0}}, "spec.training.steps"),
+    ("negative workers", {"workers": {"replicas": -1}}, "spec.workers.replicas"),
+    ("too many GPUs per worker", {"workers": {"gpusPerWorker": 17}}, "spec.workers.gpusPerWorker"),
+    ("unknown preset", {"model": {"preset": "gpt-5"}}, "spec.model.preset: Unsupported value"),
+    ("explicit model half given", {"model": {"preset": DELETE, "layers": 4}}, "set model.preset, or all of"),
+    (
+        "topK above experts",
+        {"model": {"preset": DELETE, "layers": 2, "dModel": 64, "heads": 4, "experts": 4, "topK": 8, "ffnHidden": 64}},
+        "model.topK must be at most model.experts",
+    ),
+    (
+        "dModel not divisible by heads",
+        {"model": {"preset": DELETE, "layers": 2, "dModel": 65, "heads": 4, "experts": 4, "topK": 2, "ffnHidden": 64}},
+        "model.dModel must be a multiple of model.heads",
+    ),
+    ("explicit mode without degrees", {"parallelism": {"mode": "explicit", "data": 2}}, "mode explicit needs"),
+    ("auto mode with a degree", {"parallelism": {"data": 2}}, "chosen by the operator in mode auto"),
+    (
+        "degrees that don't multiply out",
+        {"parallelism": {"mode": "explicit", "data": 4, "tensor": 1, "pipeline": 1}},
+        "data × tensor × pipeline must equal workers.replicas × workers.gpusPerWorker",
+    ),
+    (
+        "expert degree not dividing data",
+        {
+            "workers": {"replicas": 3},
+            "parallelism": {"mode": "explicit", "data": 3, "tensor": 1, "pipeline": 1, "expert": 2},
+        },
+        "parallelism.expert must divide parallelism.data",
+    ),
+    (
+        "expert degree not dividing experts",
+        {
+            "model": {
+                "preset": DELETE,
+                "layers": 2,
+                "dModel": 64,
+                "heads": 4,
+                "experts": 3,
+                "topK": 1,
+                "ffnHidden": 64,
+            },
+            "parallelism": {"mode": "explicit", "data": 2, "tensor": 1, "pipeline": 1, "expert": 2},
+        },
+        "parallelism.expert must divide model.experts",
+    ),
+    (
+        "tensor degree not dividing heads",
+        {
+            "model": {
+                "preset": DELETE,
+                "layers": 2,
+                "dModel": 60,
+                "heads": 3,
+                "experts": 4,
+                "topK": 1,
+                "ffnHidden": 64,
+            },
+            "parallelism": {"mode": "explicit", "data": 1, "tensor": 2, "pipeline": 1},
+        },
+        "parallelism.tensor must divide model.heads",
+    ),
+    (
+        "more pipeline stages than layers",
+        {
+            "model": {
+                "preset": DELETE,
+                "layers": 1,
+                "dModel": 64,
+                "heads": 4,
+                "experts": 4,
+                "topK": 1,
+                "ffnHidden": 64,
+            },
+            "parallelism": {"mode": "explicit", "data": 1, "tensor": 1, "pipeline": 2},
+        },
+        "parallelism.pipeline must be at most model.layers",
+    ),
+    ("warmup as long as training", {"training": {"steps": 10, "warmupSteps": 10}}, "warmupSteps must be less than"),
+    ("zero learning rate", {"training": {"learningRate": 0}}, "spec.training.learningRate"),
+    ("unknown precision", {"training": {"precision": "fp8"}}, "spec.training.precision: Unsupported value"),
+    ("unsupported data scheme", {"data": {"source": "ftp://host/data"}}, "spec.data.source"),
+    (
+        "GPUs in resources",
+        {"workers": {"resources": {"limits": {"nvidia.com/gpu": "8"}}}},
+        "do not set nvidia.com/gpu in resources",
+    ),
+    (
+        "malformed quantity",
+        {"workers": {"resources": {"requests": {"cpu": "lots"}}}},
+        "spec.workers.resources.requests.cpu",
+    ),
+    ("relative checkpoint path", {"checkpoint": {"storage": {"path": "ckpt"}}}, "spec.checkpoint.storage.path"),
+    (
+        "checkpoint path escaping the volume",
+        {"checkpoint": {"storage": {"path": "/a/../../etc"}}},
+        "must not contain '..'",
+    ),
+    ("negative backoff limit", {"runPolicy": {"backoffLimit": -1}}, "spec.runPolicy.backoffLimit"),
+    ("PUE below 1", {"carbon": {"pue": 0.5}}, "spec.carbon.pue"),
+    ("invalid queue name", {"scheduling": {"queueName": "Bad_Queue"}}, "spec.scheduling.queueName"),
+    ("unknown field", {"gpus": 8}, 'unknown field "spec.gpus"'),
+]
+
+
+@pytest.mark.parametrize(("case", "override", "message"), BAD_TRAINING_SPECS, ids=[c[0] for c in BAD_TRAINING_SPECS])
+def test_invalid_training_job_is_rejected_naming_the_field(
+    cluster: Cluster, case: str, override: dict, message: str
+) -> None:
+    manifest = training_job("bad", "default", override)
+    result = cluster.kubectl.apply(manifest, "--dry-run=server", check=False)
+    assert result.returncode != 0, f"{case}: accepted but should be rejected"
+    assert message in result.stderr, f"{case}: {result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("x" * 49, "metadata.name must be at most 48 characters"),
+        ("1st-job", "metadata.name must be a DNS-1035 label"),
+    ],
+)
+def test_invalid_training_job_names_are_rejected(cluster: Cluster, name: str, message: str) -> None:
+    result = cluster.kubectl.apply(training_job(name, "default"), "--dry-run=server", check=False)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+BAD_INFERENCE_SPECS: list[tuple[str, dict, str]] = [
+    (
+        "both model sources",
+        {"model": {"trainingJobRef": {"name": "j"}}},
+        "set exactly one of model.trainingJobRef and model.checkpoint",
+    ),
+    (
+        "no model source",
+        {"model": {"checkpoint": DELETE}},
+        "set exactly one of model.trainingJobRef and model.checkpoint",
+    ),
+    ("min above max replicas", {"replicas": {"min": 3, "max": 2}}, "replicas.min must be at most replicas.max"),
+    ("negative replicas", {"replicas": {"min": -1}}, "spec.replicas.min"),
+    ("threshold above 1", {"earlyExit": {"threshold": 1.5}}, "spec.earlyExit.threshold"),
+    ("unknown confidence rule", {"earlyExit": {"rule": "entropy"}}, "spec.earlyExit.rule: Unsupported value"),
+    ("privileged port", {"port": 80}, "spec.port"),
+    ("zero batch size", {"batching": {"maxBatchSize": 0}}, "spec.batching.maxBatchSize"),
+]
+
+
+@pytest.mark.parametrize(("case", "override", "message"), BAD_INFERENCE_SPECS, ids=[c[0] for c in BAD_INFERENCE_SPECS])
+def test_invalid_inference_service_is_rejected_naming_the_field(
+    cluster: Cluster, case: str, override: dict, message: str
+) -> None:
+    result = cluster.kubectl.apply(inference_service("bad", "default", override), "--dry-run=server", check=False)
+    assert result.returncode != 0, f"{case}: accepted but should be rejected"
+    assert message in result.stderr, f"{case}: {result.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("case", "change", "message"),
+    [
+        ("model", {"model": {"preset": "moe-small"}}, "spec.model is immutable"),
+        ("workers", {"workers": {"replicas": 3}}, "spec.workers is immutable"),
+        ("training", {"training": {"steps": 5}}, "spec.training is immutable"),
+        ("parallelism", {"parallelism": {"activationCheckpointing": True}}, "spec.parallelism is immutable"),
+        ("checkpoint", {"checkpoint": {"intervalSteps": 7}}, "spec.checkpoint is immutable"),
+    ],
+)
+def test_immutable_fields_cannot_change(cluster: Cluster, case: str, change: dict, message: str) -> None:
+    name = f"immutable-{case}"
+    original = training_job(name, "default", {"runPolicy": {"suspend": True}})
+    cluster.kubectl.apply(original)
+    try:
+        result = cluster.kubectl.apply(merge(original, {"spec": change}), check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        # Mutable fields still change.
+        cluster.kubectl.apply(merge(original, {"spec": {"runPolicy": {"backoffLimit": 4}}}))
+    finally:
+        cluster.kubectl("delete", "moetrainingjob", name, "--wait=false")
+
+
+def test_defaults_are_filled_in_by_the_api_server(cluster: Cluster) -> None:
+    result = cluster.kubectl.apply(training_job("defaults", "default"), "--dry-run=server", "-o", "json")
+    spec = json.loads(result.stdout)["spec"]
+    assert spec["parallelism"] == {"mode": "auto"}
+    assert spec["checkpoint"] == {"intervalSteps": 500, "keep": 3, "storage": {"path": "/"}}
+    assert spec["runPolicy"]["suspend"] is False
+    assert spec["training"]["precision"] == "bf16"
