@@ -14,6 +14,7 @@ from ..config import OperatorConfig
 from ..kube import Kube
 
 PEERING_NAME = "moeops"
+KOPF_PREFIX = "kopf.moeops.dev"
 
 
 def api_client(max_connections: int) -> kubernetes.client.ApiClient:
@@ -34,10 +35,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["kube"] = Kube(api_client(cfg.max_workers))
     memo["ttl_timers"] = {}
 
-    # State in annotations under our own domain, never in .status (the schema would prune kopf's fields).
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="moeops.dev")
+    # kopf's state goes in annotations, never in .status (the schema would prune it), under a prefix of its
+    # own: kopf ignores every annotation sharing its storage prefix, so with plain `moeops.dev` it would
+    # miss user-facing ones such as `moeops.dev/stop`.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="moeops.dev", key="last-handled-configuration"
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = "moeops.dev/finalizer"
     # Events come from our status transitions; kopf's own per-handler chatter stays in the logs.

@@ -1,0 +1,132 @@
+"""Pure child builders: a spec in, the desired objects out, checked without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from moeops.api.v1alpha1 import InferenceServiceSpec, MoETrainingJobSpec
+from moeops.api.v1alpha1.common import VolumeLocation
+from moeops.operator.children.serving import desired_replicas, resolve_model, serving_children
+from moeops.operator.children.training import desired_suspend, training_children
+from moeops.operator.config import OperatorConfig
+from moeops.operator.errors import InvalidSpec, ModelNotReady
+from moeops.operator.naming import Owner
+from moeops.operator.planning import plan_training_job
+
+OWNER = Owner("moeops.dev/v1alpha1", "MoETrainingJob", "demo", "ml", "uid-1", 1)
+CFG = OperatorConfig()
+
+
+def job_spec(**overrides: dict) -> MoETrainingJobSpec:
+    spec = {
+        "model": {"preset": "moe-debug"},
+        "data": {"source": "synthetic://x"},
+        "training": {"steps": 10, "globalBatchSize": 64},
+        "workers": {"replicas": 4, "gpusPerWorker": 8},
+    }
+    spec.update(overrides)
+    return MoETrainingJobSpec.model_validate(spec)
+
+
+def build(spec: MoETrainingJobSpec) -> dict[str, dict]:
+    arch, plan = plan_training_job(spec)
+    return {c.kind: c.body for c in training_children(OWNER, spec, arch, plan, CFG)}
+
+
+def test_training_children_are_configmap_service_job_owned_by_the_cr() -> None:
+    children = build(job_spec())
+    assert list(children) == ["ConfigMap", "Service", "Job"]
+    for body in children.values():
+        assert body["metadata"]["ownerReferences"] == [OWNER.reference()]
+        assert body["metadata"]["labels"]["moeops.dev/training-job"] == "demo"
+
+
+def test_job_is_indexed_with_one_pod_per_worker_and_gpus_per_pod() -> None:
+    job = build(job_spec())["Job"]["spec"]
+    assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == 4
+    container = job["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MOEOPS_NPROC_PER_NODE"]["value"] == "8"
+    assert "job-completion-index" in env["MOEOPS_NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"]
+
+
+def test_pods_meet_the_restricted_pod_security_standard() -> None:
+    pod = build(job_spec())["Job"]["spec"]["template"]["spec"]
+    assert (
+        pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
+    for container in pod["containers"]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI"}
+    for volume in pod["volumes"]:
+        assert set(volume) - {"name"} <= allowed
+
+
+def test_config_map_holds_the_resolved_config_and_plan() -> None:
+    config = json.loads(build(job_spec())["ConfigMap"]["data"]["config.json"])
+    assert config["architecture"]["experts"] == 4 and config["plan"]["data"] == 32
+    assert config["world"] == {"nnodes": 4, "nprocPerNode": 8, "rendezvousPort": 29500}
+
+
+def test_run_policy_and_scheduling_pass_through() -> None:
+    spec = job_spec(
+        runPolicy={"backoffLimit": 7, "activeDeadlineSeconds": 3600, "suspend": True},
+        scheduling={"priorityClassName": "high", "gang": True, "schedulerName": "volcano"},
+    )
+    job = build(spec)["Job"]
+    assert job["spec"]["backoffLimit"] == 7 and job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["spec"]["suspend"] is True
+    pod = job["spec"]["template"]
+    assert pod["spec"]["priorityClassName"] == "high" and pod["spec"]["schedulerName"] == "volcano"
+    assert pod["metadata"]["labels"]["scheduling.x-k8s.io/pod-group"] == "demo"
+
+
+def test_suspend_is_left_to_kueue_for_queued_jobs() -> None:
+    assert desired_suspend(job_spec()) is False
+    assert desired_suspend(job_spec(runPolicy={"suspend": True})) is True
+    queued = job_spec(scheduling={"queueName": "team-a"})
+    assert desired_suspend(queued) is None
+    job = next(c for c in training_children(OWNER, queued, *plan_training_job(queued), CFG) if c.kind == "Job")
+    assert job.body["spec"]["suspend"] is True  # created suspended for Kueue to admit
+    assert "spec" not in job.managed  # and never forced afterwards
+    assert job.body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_children_are_a_pure_function_of_the_spec() -> None:
+    assert build(job_spec()) == build(job_spec())
+
+
+ISVC_OWNER = Owner("moeops.dev/v1alpha1", "InferenceService", "chat", "ml", "uid-2", 1)
+
+
+def isvc_spec(**overrides: dict) -> InferenceServiceSpec:
+    return InferenceServiceSpec.model_validate({"model": {"checkpoint": {"claimName": "m", "path": "/x"}}, **overrides})
+
+
+def test_serving_children_and_stop() -> None:
+    spec = isvc_spec(replicas={"min": 0, "max": 3})
+    location = resolve_model(spec, None)
+    service, deployment = serving_children(ISVC_OWNER, spec, location, False, CFG)
+    assert deployment.body["spec"]["replicas"] == 1  # min 0 still serves until load-driven scaling exists
+    assert desired_replicas(spec, stopped=True) == 0
+    container = deployment.body["spec"]["template"]["spec"]["containers"][0]
+    config = json.loads(next(e["value"] for e in container["env"] if e["name"] == "MOEOPS_SERVING_CONFIG"))
+    assert config["modelDir"] == "/models" and config["earlyExit"]["threshold"] == 0.9
+    assert service.body["spec"]["selector"] == {"moeops.dev/inference-service": "chat"}
+
+
+def test_model_resolution_from_a_training_job() -> None:
+    spec = isvc_spec(model={"trainingJobRef": {"name": "t"}})
+    with pytest.raises(ModelNotReady, match="not found"):
+        resolve_model(spec, None)
+    job = {"spec": {"checkpoint": {"storage": {"claimName": "ckpt", "path": "/t"}}}, "status": {}}
+    with pytest.raises(ModelNotReady, match="no checkpoint yet"):
+        resolve_model(spec, job)
+    job["status"] = {"checkpoint": {"lastStep": 100, "location": "pvc://ckpt/t/step-100"}}
+    assert resolve_model(spec, job) == VolumeLocation(claim_name="ckpt", path="/t")
+    with pytest.raises(InvalidSpec, match="ephemeral"):
+        resolve_model(spec, {"spec": {"checkpoint": {"storage": {"path": "/"}}}, "status": job["status"]})
