@@ -4,7 +4,8 @@ from . import inferenceservice, trainingjob
 from .common import VERSION, Condition
 from .inferenceservice import InferenceServiceSpec, InferenceServiceStatus
 from .presets import PRESETS, Architecture
-from .trainingjob import MoETrainingJobSpec, MoETrainingJobStatus
+from .trainingjob import MoETrainingJobSpec
+from .trainingjob_status import MoETrainingJobStatus
 
 __all__ = [
     "PRESETS",

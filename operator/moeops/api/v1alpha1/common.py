@@ -23,9 +23,9 @@ QUANTITY_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[numkMGTPE]i?|Ki)?$"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
-def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """One CEL validation rule as it appears in `x-kubernetes-validations`."""
-    entry = {"rule": rule, "message": message}
+    entry: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         entry["fieldPath"] = field_path
     if reason:
@@ -193,7 +193,7 @@ class ResourceInfo:
     spec_model: type[KubeModel]
     status_model: type[KubeModel]
     printer_columns: tuple[PrinterColumn, ...] = ()
-    root_validations: tuple[dict[str, str], ...] = ()
+    root_validations: tuple[dict[str, Any], ...] = ()
     categories: tuple[str, ...] = ("moeops",)
     group: str = "moeops.dev"
     version: str = VERSION
@@ -207,7 +207,7 @@ class ResourceInfo:
         return f"{self.group}/{self.version}"
 
 
-def name_rules(max_length: int) -> tuple[dict[str, str], ...]:
+def name_rules(max_length: int) -> tuple[dict[str, Any], ...]:
     """CEL rules on metadata.name: children derive their names (and pod hostnames) from it."""
     return (
         cel(

@@ -71,7 +71,7 @@ def deployment(
     labels = serving_labels(owner.name)
     selector = {INFERENCE_SERVICE_LABEL: owner.name}
     config = _server_config(owner, spec).model_dump_json(by_alias=True)
-    probe = {"httpGet": {"path": "/readyz", "port": cfg.http_port_name}, "periodSeconds": 5}
+    probe: dict[str, Any] = {"httpGet": {"path": "/readyz", "port": cfg.http_port_name}, "periodSeconds": 5}
     container = {
         "name": CONTAINER,
         "image": spec.image or cfg.runtime_image,

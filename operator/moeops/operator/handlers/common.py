@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import kopf
 from pydantic import ValidationError
@@ -57,7 +57,8 @@ def validation_message(error: ValidationError) -> str:
 
 def post_events(body: Mapping[str, Any], update: StatusUpdate) -> None:
     for event in update.events:
-        kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+        # kopf types its event targets as bodies; a plain dict with apiVersion/kind/metadata is what it reads.
+        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
 
 def write_status(kube: Kube, plural: str, body: Mapping[str, Any], update: StatusUpdate) -> None:

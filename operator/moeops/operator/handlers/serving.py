@@ -32,7 +32,10 @@ from .common import (
 )
 
 SERVING = (GROUP, VERSION, PLURAL)
-DEPLOYMENT_LABELS = {MANAGED_BY: OPERATOR_NAME, INFERENCE_SERVICE_LABEL: kopf.PRESENT}
+DEPLOYMENT_LABELS: Mapping[str, Any] = {
+    MANAGED_BY: OPERATOR_NAME,
+    INFERENCE_SERVICE_LABEL: kopf.PRESENT,
+}
 MODEL_RETRY_SECONDS = 30
 
 
@@ -48,7 +51,9 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
     owner = owner_of(body)
     stopped = is_stopped(body)
 
-    def report(deployment: Mapping[str, Any] | None, *, model: str | None, not_ready: tuple[str, str] | None):
+    def report(
+        deployment: Mapping[str, Any] | None, *, model: str | None, not_ready: tuple[str, str] | None
+    ) -> StatusUpdate:
         url = service_url(owner) if deployment else None
         return serving_status(
             deployment, status, stopped=stopped, url=url, model=model, not_ready=not_ready,

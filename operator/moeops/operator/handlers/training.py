@@ -33,7 +33,7 @@ from .common import (
 )
 
 TRAINING = (GROUP, VERSION, PLURAL)
-JOB_LABELS = {MANAGED_BY: OPERATOR_NAME, TRAINING_JOB_LABEL: kopf.PRESENT}
+JOB_LABELS: Mapping[str, Any] = {MANAGED_BY: OPERATOR_NAME, TRAINING_JOB_LABEL: kopf.PRESENT}
 
 
 def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> StatusUpdate:
@@ -70,7 +70,7 @@ def reconcile_training_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     try:
         update = reconcile(kube, config_of(memo), body)
     except NotOwned as exc:
-        kopf.warn(dict(body), reason="ChildNameConflict", message=str(exc))
+        kopf.warn(body, reason="ChildNameConflict", message=str(exc))
         raise kopf.TemporaryError(str(exc), delay=60) from exc
     write_status(kube, PLURAL, body, update)
 
