@@ -30,7 +30,7 @@ def operator_run(namespaces: tuple[str, ...], standalone: bool, liveness: str | 
 
     import moeops.operator.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),

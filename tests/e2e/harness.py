@@ -125,9 +125,10 @@ class Cluster:
 class OperatorProcess:
     """`moeops operator run` as a child process, the way it runs in a pod."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+    def __init__(self, kubeconfig: Path, log_dir: Path, *, standalone: bool = True) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
+        self.standalone = standalone
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_file: IO[bytes] | None = None
         self.starts = 0
@@ -137,8 +138,9 @@ class OperatorProcess:
         self.starts += 1
         self.log_file = log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "moeops.cli", "operator", "run", "--standalone",
-               "--liveness", f"http://127.0.0.1:{port}/healthz"]  # fmt: skip
+        cmd = [sys.executable, "-m", "moeops.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz"]
+        if self.standalone:
+            cmd.append("--standalone")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
         def healthy() -> bool:

@@ -91,18 +91,28 @@ class Kube:
                 return None
             raise _error(exc, f"read {kind} {namespace}/{name}") from exc
 
-    def ensure(self, child: Child, owner_uid: str) -> tuple[EnsureOutcome, dict[str, Any]]:
-        """Create the child, or patch its managed fields back if they drifted. Idempotent."""
-        live = self.get(child.api_version, child.kind, child.namespace, child.name)
+    def _create(self, child: Child) -> dict[str, Any] | None:
+        """The created object, or None if one of that name exists already."""
+        try:
+            create = self._method(child.api_version, child.kind, "create")
+            return _json(create(child.namespace, child.body, field_manager=FIELD_MANAGER, _preload_content=False))
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise _error(exc, f"create {child.kind} {child.namespace}/{child.name}") from exc
+
+    def ensure(self, child: Child, owner_uid: str, *, likely_new: bool = False) -> tuple[EnsureOutcome, dict[str, Any]]:
+        """Create the child, or patch its managed fields back if they drifted. Idempotent.
+
+        `likely_new` (the owner was never reconciled) tries the create first: one call instead of two for
+        the common case of a new resource; a 409 falls back to read-and-patch.
+        """
+        live = None if likely_new else self.get(child.api_version, child.kind, child.namespace, child.name)
         if live is None:
-            try:
-                create = self._method(child.api_version, child.kind, "create")
-                created = create(child.namespace, child.body, field_manager=FIELD_MANAGER, _preload_content=False)
-                return "created", _json(created)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise _error(exc, f"create {child.kind} {child.namespace}/{child.name}") from exc
-            # Someone (an earlier run of ours, most likely) created it between our read and create.
+            created = self._create(child)
+            if created is not None:
+                return "created", created
+            # It exists: an earlier run of ours created it (or someone else did; checked below).
             live = self.get(child.api_version, child.kind, child.namespace, child.name)
             if live is None:
                 raise ApiError(f"{child.kind} {child.name} vanished during create", status=409, transient=True)

@@ -75,11 +75,20 @@ def write_status(kube: Kube, plural: str, body: Mapping[str, Any], update: Statu
 
 
 def with_fresh_owner(
-    kube: Kube, plural: str, namespace: str, name: str, compute: Callable[[Mapping[str, Any]], StatusUpdate | None]
+    kube: Kube,
+    plural: str,
+    namespace: str,
+    name: str,
+    compute: Callable[[Mapping[str, Any]], StatusUpdate | None],
+    cached: Mapping[str, Any] | None = None,
 ) -> None:
-    """Read the owner, compute its status update, write it; on a write conflict re-read and try again."""
-    for _ in range(CONFLICT_RETRIES):
-        owner = kube.get_custom(plural, namespace, name)
+    """Compute the owner's status update and write it; on a write conflict re-read and try again.
+
+    `cached` (the owner as kopf's index last saw it) saves the read in the common case; if it was stale
+    the conditional write fails with a 409 and the next attempt reads the owner afresh.
+    """
+    for attempt in range(CONFLICT_RETRIES):
+        owner = cached if attempt == 0 and cached is not None else kube.get_custom(plural, namespace, name)
         if owner is None or owner["metadata"].get("deletionTimestamp"):
             return
         update = compute(owner)

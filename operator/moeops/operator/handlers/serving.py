@@ -73,8 +73,9 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
         return report(None, model=None, not_ready=("ModelNotReady", str(exc))), True
 
     deployment: Mapping[str, Any] = {}
+    likely_new = "observedGeneration" not in status
     for child in serving_children(owner, spec, location, stopped, cfg):
-        _, deployment = kube.ensure(child, owner.uid)  # the Deployment comes last
+        _, deployment = kube.ensure(child, owner.uid, likely_new=likely_new)  # the Deployment comes last
     return report(deployment, model=model_uri(location), not_ready=None), False
 
 

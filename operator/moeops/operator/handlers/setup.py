@@ -52,10 +52,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
     settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
-    # Peering: of several replicas, only the highest priority one acts; the rest stand by. A random
-    # priority per process makes that one replica, and another takes over when its lease lapses.
+    # Peering (needs the ClusterKopfPeering object of deploy/peering.yaml): of several replicas only the
+    # highest priority one acts, the rest pause. Equal priorities would pause them all, so each process
+    # draws a random one; when the active replica's record lapses (`lifetime`), the next one resumes.
     settings.peering.name = PEERING_NAME
-    settings.peering.priority = random.randint(0, 2**31)
-    settings.peering.stealth = True
+    settings.peering.priority = random.randint(1, 2**31)
+    settings.peering.stealth = False
     settings.peering.lifetime = 60
     settings.peering.mandatory = False

@@ -50,8 +50,9 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> Statu
 
     owner = owner_of(body)
     job: Mapping[str, Any] = {}
+    likely_new = "observedGeneration" not in status
     for child in training_children(owner, spec, arch, plan, cfg):
-        _, job = kube.ensure(child, owner.uid)  # the Job comes last
+        _, job = kube.ensure(child, owner.uid, likely_new=likely_new)  # the Job comes last
     update = training_status(spec, job, status, generation=generation, now=now())
     update.patch["plan"] = plan_status(plan)
     if not status.get("progress"):
@@ -75,8 +76,20 @@ def reconcile_training_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     write_status(kube, PLURAL, body, update)
 
 
+@kopf.index(*TRAINING)
+def training_jobs_by_name(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """The training jobs as last seen, so following a worker Job needs no read of its owner."""
+    return {(namespace, name): dict(body)}
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
-def worker_job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+def worker_job_changed(
+    event: kopf.RawEvent,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
     """Follow the worker Job (and through it the pods) into the owner's status; recreate it if deleted."""
     kube, cfg = kube_of(memo), config_of(memo)
 
@@ -98,8 +111,10 @@ def worker_job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, l
         generation = int(owner["metadata"].get("generation") or 0)
         return training_status(spec, body, status, generation=generation, now=now())
 
-    namespace = body.metadata.namespace or ""
-    with_fresh_owner(kube, PLURAL, namespace, body.metadata.labels[TRAINING_JOB_LABEL], compute)
+    key = (body.metadata.namespace, body.metadata.labels[TRAINING_JOB_LABEL])
+    index: kopf.Index[Any, Any] = kwargs["training_jobs_by_name"]  # kopf passes indices by their name
+    cached = next(iter(index.get(key, [])), None)
+    with_fresh_owner(kube, PLURAL, key[0] or "", key[1], compute, cached=cached)
 
 
 @kopf.on.event(*TRAINING)
