@@ -98,7 +98,7 @@ def server_deployment_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.
 
     def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
         status = owner.get("status") or {}
-        if "observedGeneration" not in status or not controlled_by(body, owner["metadata"]["uid"]):
+        if not controlled_by(body, owner["metadata"]["uid"]):
             return None
         if event["type"] == "DELETED":
             return reconcile(kube, cfg, owner)[0]

@@ -95,8 +95,9 @@ def worker_job_changed(
 
     def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
         status = owner.get("status") or {}
-        # Until the owner's own handler has reconciled once, the status is its to write.
-        if "observedGeneration" not in status or not controlled_by(body, owner["metadata"]["uid"]):
+        # No waiting for the owner's own handler to write first: that would drop a Job change that lands
+        # in between. Both may compute the same transition; the conditional write lets one of them win.
+        if not controlled_by(body, owner["metadata"]["uid"]):
             return None
         if event["type"] == "DELETED":
             if is_finished(status):
