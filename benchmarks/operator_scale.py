@@ -5,7 +5,8 @@ Baseline, run in the same process against the same control plane: a hand-rolled 
 same children with the same pure builders and creates them from a thread pool as large as the operator's
 (no kopf, no status, no events): the floor set by the API server and the builders on this machine.
 
-    .venv/bin/python benchmarks/operator_scale.py --jobs 500
+    .venv/bin/python benchmarks/operator_scale.py --jobs 500             # all at once
+    .venv/bin/python benchmarks/operator_scale.py --jobs 500 --rate 10   # a steady 10 applies/s
 """
 
 from __future__ import annotations
@@ -78,12 +79,16 @@ class JobWatcher:
         self._stop.set()
 
 
-def apply_all(api: kubernetes.client.ApiClient, namespace: str, n: int) -> dict[str, float]:
+def apply_all(api: kubernetes.client.ApiClient, namespace: str, n: int, rate: float | None) -> dict[str, float]:
+    """Create n jobs: all at once (rate None), or `rate` per second."""
     custom = kubernetes.client.CustomObjectsApi(api)
     applied: dict[str, float] = {}
+    start = time.monotonic()
 
     def create(i: int) -> None:
         name = f"bench-{i:04d}"
+        if rate:
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
         applied[name] = time.monotonic()
         custom.create_namespaced_custom_object(
             "moeops.dev", "v1alpha1", namespace, "moetrainingjobs", manifest(name, namespace), _preload_content=False
@@ -134,7 +139,7 @@ def baseline_controller(api: kubernetes.client.ApiClient, namespace: str, stop: 
     pool.shutdown(wait=True)
 
 
-def run_baseline(api: kubernetes.client.ApiClient, n: int, timeout: float) -> list[float]:
+def run_baseline(api: kubernetes.client.ApiClient, n: int, rate: float | None, timeout: float) -> list[float]:
     namespace = "bench-baseline"
     kubernetes.client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     stop = threading.Event()
@@ -142,14 +147,16 @@ def run_baseline(api: kubernetes.client.ApiClient, n: int, timeout: float) -> li
     controller.start()
     watcher = JobWatcher(api, namespace)
     time.sleep(1)
-    applied = apply_all(api, namespace, n)
+    applied = apply_all(api, namespace, n, rate)
     wait_all(watcher, set(applied), timeout)
     stop.set()
     watcher.stop()
     return latencies(applied, watcher.seen)
 
 
-def run_operator(api: kubernetes.client.ApiClient, kubeconfig: Path, n: int, timeout: float, log: Path):
+def run_operator(
+    api: kubernetes.client.ApiClient, kubeconfig: Path, n: int, rate: float | None, timeout: float, log: Path
+) -> tuple[list[float], int, int]:
     namespace = "bench-operator"
     kubernetes.client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
@@ -171,7 +178,7 @@ def run_operator(api: kubernetes.client.ApiClient, kubeconfig: Path, n: int, tim
         watcher = JobWatcher(api, namespace)
         time.sleep(4)  # the operator's start-up (imports, first listing)
         idle_rss = peak[0]
-        applied = apply_all(api, namespace, n)
+        applied = apply_all(api, namespace, n, rate)
         wait_all(watcher, set(applied), timeout)
         time.sleep(5)  # the status writes and events that follow the children
         done.set()
@@ -184,6 +191,7 @@ def run_operator(api: kubernetes.client.ApiClient, kubeconfig: Path, n: int, tim
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=None, help="applies per second (default: all at once)")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, ControlPlane(Path(tmp) / "cp") as plane:
@@ -192,10 +200,12 @@ def main() -> None:
         time.sleep(2)
         api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
         api.configuration.connection_pool_maxsize = 32
-        base = run_baseline(api, args.jobs, args.timeout)
-        ours, idle_rss, peak_rss = run_operator(api, plane.kubeconfig, args.jobs, args.timeout, Path(tmp) / "op.log")
+        base = run_baseline(api, args.jobs, args.rate, args.timeout)
+        log = Path(tmp) / "op.log"
+        ours, idle_rss, peak_rss = run_operator(api, plane.kubeconfig, args.jobs, args.rate, args.timeout, log)
     result = {
         "jobs": args.jobs,
+        "rate_per_s": args.rate or "burst",
         "cpus": os.cpu_count(),
         "operator_p50_s": round(pct(ours, 0.5), 2),
         "operator_p99_s": round(pct(ours, 0.99), 2),

@@ -18,6 +18,8 @@ from ..status import StatusUpdate
 
 P = ParamSpec("P")
 R = TypeVar("R")
+StatusFn = Callable[[Mapping[str, Any]], "StatusUpdate | None"]
+"""Computes a status update from the owner as read (None: nothing to write)."""
 RETRY_DELAY_SECONDS = 10
 CONFLICT_RETRIES = 5
 
@@ -79,7 +81,7 @@ def with_fresh_owner(
     plural: str,
     namespace: str,
     name: str,
-    compute: Callable[[Mapping[str, Any]], StatusUpdate | None],
+    compute: StatusFn,
     cached: Mapping[str, Any] | None = None,
 ) -> None:
     """Compute the owner's status update and write it; on a write conflict re-read and try again.
@@ -100,6 +102,7 @@ def with_fresh_owner(
         except ApiError as exc:
             if exc.status != 409:
                 raise
+    raise ApiError(f"{plural} {namespace}/{name}: status kept changing under us", status=409, transient=True)
 
 
 def api_errors_to_kopf(fn: Callable[P, R]) -> Callable[P, R]:

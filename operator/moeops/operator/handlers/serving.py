@@ -21,6 +21,7 @@ from ..kube import Kube
 from ..naming import INFERENCE_SERVICE_LABEL, MANAGED_BY, OPERATOR_NAME
 from ..status import StatusUpdate, serving_status
 from .common import (
+    StatusFn,
     api_errors_to_kopf,
     config_of,
     kube_of,
@@ -28,7 +29,6 @@ from .common import (
     owner_of,
     validation_message,
     with_fresh_owner,
-    write_status,
 )
 
 SERVING = (GROUP, VERSION, PLURAL)
@@ -44,19 +44,19 @@ def is_stopped(body: Mapping[str, Any]) -> bool:
     return str(annotations.get(STOP_ANNOTATION, "")).lower() == "true"
 
 
-def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple[StatusUpdate, bool]:
-    """Children and status; the flag says whether to retry later (the model is not ready yet)."""
-    status = body.get("status") or {}
+def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple[StatusFn, bool]:
+    """Bring the children in line; return how to compute the status from the owner as (re-)read, and
+    whether to retry later (the model is not ready yet)."""
     generation = int(body["metadata"].get("generation") or 0)
     owner = owner_of(body)
     stopped = is_stopped(body)
 
     def report(
         deployment: Mapping[str, Any] | None, *, model: str | None, not_ready: tuple[str, str] | None
-    ) -> StatusUpdate:
+    ) -> StatusFn:
         url = service_url(owner) if deployment else None
-        return serving_status(
-            deployment, status, stopped=stopped, url=url, model=model, not_ready=not_ready,
+        return lambda fresh: serving_status(
+            deployment, fresh.get("status") or {}, stopped=stopped, url=url, model=model, not_ready=not_ready,
             generation=generation, now=now(),
         )  # fmt: skip
 
@@ -73,7 +73,7 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
         return report(None, model=None, not_ready=("ModelNotReady", str(exc))), True
 
     deployment: Mapping[str, Any] = {}
-    likely_new = "observedGeneration" not in status
+    likely_new = "observedGeneration" not in (body.get("status") or {})
     for child in serving_children(owner, spec, location, stopped, cfg):
         _, deployment = kube.ensure(child, owner.uid, likely_new=likely_new)  # the Deployment comes last
     return report(deployment, model=model_uri(location), not_ready=None), False
@@ -85,8 +85,9 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
 @api_errors_to_kopf
 def reconcile_inference_service(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     kube = kube_of(memo)
-    update, retry = reconcile(kube, config_of(memo), body)
-    write_status(kube, PLURAL, body, update)
+    status_of, retry = reconcile(kube, config_of(memo), body)
+    meta = body["metadata"]
+    with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
     if retry:
         raise kopf.TemporaryError("the model is not ready yet", delay=MODEL_RETRY_SECONDS)
 
@@ -101,7 +102,7 @@ def server_deployment_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.
         if not controlled_by(body, owner["metadata"]["uid"]):
             return None
         if event["type"] == "DELETED":
-            return reconcile(kube, cfg, owner)[0]
+            return reconcile(kube, cfg, owner)[0](owner)
         return serving_status(
             body,
             status,

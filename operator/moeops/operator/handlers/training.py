@@ -22,6 +22,7 @@ from ..naming import MANAGED_BY, OPERATOR_NAME, TRAINING_JOB_LABEL
 from ..planning import plan_training_job
 from ..status import StatusUpdate, invalid_spec_status, is_finished, plan_status, training_status, ttl_expiry
 from .common import (
+    StatusFn,
     api_errors_to_kopf,
     config_of,
     kube_of,
@@ -29,35 +30,45 @@ from .common import (
     owner_of,
     validation_message,
     with_fresh_owner,
-    write_status,
 )
 
 TRAINING = (GROUP, VERSION, PLURAL)
 JOB_LABELS: Mapping[str, Any] = {MANAGED_BY: OPERATOR_NAME, TRAINING_JOB_LABEL: kopf.PRESENT}
 
 
-def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> StatusUpdate:
-    """Bring the children in line with the spec and compute the status. Never raises on a bad spec."""
-    status = body.get("status") or {}
+def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> StatusFn:
+    """Bring the children in line with the spec. Never raises on a bad spec.
+
+    Returns how to compute the status from the owner as (re-)read, so that a write conflict costs a read
+    and a recomputation, not another round of the children.
+    """
     generation = int(body["metadata"].get("generation") or 0)
     try:
         spec = MoETrainingJobSpec.model_validate(body.get("spec") or {})
         arch, plan = plan_training_job(spec)
-    except ValidationError as exc:
-        return invalid_spec_status(status, "InvalidSpec", validation_message(exc), generation=generation, now=now())
-    except InvalidSpec as exc:
-        return invalid_spec_status(status, exc.reason, exc.message, generation=generation, now=now())
+    except (ValidationError, InvalidSpec) as exc:
+        reason, message = (
+            ("InvalidSpec", validation_message(exc)) if isinstance(exc, ValidationError) else (exc.reason, exc.message)
+        )
+        return lambda owner: invalid_spec_status(
+            owner.get("status") or {}, reason, message, generation=generation, now=now()
+        )
 
-    owner = owner_of(body)
+    owner_ref = owner_of(body)
     job: Mapping[str, Any] = {}
-    likely_new = "observedGeneration" not in status
-    for child in training_children(owner, spec, arch, plan, cfg):
-        _, job = kube.ensure(child, owner.uid, likely_new=likely_new)  # the Job comes last
-    update = training_status(spec, job, status, generation=generation, now=now())
-    update.patch["plan"] = plan_status(plan)
-    if not status.get("progress"):
-        update.patch["progress"] = {"step": 0, "totalSteps": spec.training.steps, "percent": 0}
-    return update
+    likely_new = "observedGeneration" not in (body.get("status") or {})
+    for child in training_children(owner_ref, spec, arch, plan, cfg):
+        _, job = kube.ensure(child, owner_ref.uid, likely_new=likely_new)  # the Job comes last
+
+    def status_of(owner: Mapping[str, Any]) -> StatusUpdate:
+        status = owner.get("status") or {}
+        update = training_status(spec, job, status, generation=generation, now=now())
+        update.patch["plan"] = plan_status(plan)
+        if not status.get("progress"):
+            update.patch["progress"] = {"step": 0, "totalSteps": spec.training.steps, "percent": 0}
+        return update
+
+    return status_of
 
 
 @kopf.on.resume(*TRAINING)
@@ -69,11 +80,12 @@ def reconcile_training_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         return  # finished jobs keep their outcome; children are never recreated.
     kube = kube_of(memo)
     try:
-        update = reconcile(kube, config_of(memo), body)
+        status_of = reconcile(kube, config_of(memo), body)
     except NotOwned as exc:
         kopf.warn(body, reason="ChildNameConflict", message=str(exc))
         raise kopf.TemporaryError(str(exc), delay=60) from exc
-    write_status(kube, PLURAL, body, update)
+    meta = body["metadata"]
+    with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
 
 
 @kopf.index(*TRAINING)
@@ -103,7 +115,7 @@ def worker_job_changed(
             if is_finished(status):
                 return None  # a finished job's children are never recreated.
             logger.info("worker Job deleted while the training job is active: recreating it")
-            return reconcile(kube, cfg, owner)
+            return reconcile(kube, cfg, owner)(owner)
         # A finished job still takes the Job's final counts (they may land after the terminal condition).
         try:
             spec = MoETrainingJobSpec.model_validate(owner.get("spec") or {})
