@@ -90,7 +90,7 @@ def main() -> None:
                 while True:
                     time.sleep(3600)
         except KeyboardInterrupt:
-            pass
+            print("\ndemo: stopping", flush=True)
         finally:
             kubelet.stop()
             operator.terminate()

@@ -35,7 +35,7 @@ CONTROLLERS = (
 
 
 class ControlPlaneError(RuntimeError):
-    pass
+    """A control-plane process failed to start or become ready (its log file is named in the message)."""
 
 
 def find_binaries(bin_dir: Path | None = None) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 from moeops.api import env
@@ -45,21 +46,13 @@ def checkpoint_dir(spec: MoETrainingJobSpec) -> str:
 def runtime_config(
     owner: Owner, spec: MoETrainingJobSpec, arch: Architecture, plan: Plan, cfg: OperatorConfig
 ) -> TrainingRuntimeConfig:
-    d = plan.degrees
     return TrainingRuntimeConfig(
         job_name=owner.name,
         namespace=owner.namespace,
         architecture=arch,
         training=spec.training,
         data=spec.data,
-        plan=ParallelPlan(
-            data=d.data,
-            tensor=d.tensor,
-            pipeline=d.pipeline,
-            expert=d.expert,
-            activation_checkpointing=d.activation_checkpointing,
-            optimizer_offload=d.optimizer_offload,
-        ),
+        plan=ParallelPlan(**asdict(plan.degrees)),
         world=WorldSpec(
             nnodes=spec.workers.replicas, nproc_per_node=nproc_per_node(spec), rendezvous_port=cfg.rendezvous_port
         ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -155,14 +155,8 @@ def invalid_spec_status(
 
 def plan_status(plan: Plan) -> dict[str, Any]:
     """`.status.plan`: the degrees in force and the one-line reason."""
-    d = plan.degrees
     return PlanStatus(
-        data=d.data,
-        tensor=d.tensor,
-        pipeline=d.pipeline,
-        expert=d.expert,
-        activation_checkpointing=d.activation_checkpointing,
-        optimizer_offload=d.optimizer_offload,
+        **asdict(plan.degrees),
         memory_per_gpu_gib=round(plan.memory_per_gpu_bytes / GIB, 1),
         summary=plan.summary,
         reason=plan.reason,
