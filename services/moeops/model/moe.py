@@ -1,0 +1,214 @@
+"""The Mixture-of-Experts layer: router, token dispatch, grouped experts, load-balancing losses.
+
+MoE.forward, step by step:
+  1. route: fp32 scores x_TD·W_router → softmax probabilities; the top-k of (probs + bias) picks the experts,
+     the picked *probabilities* (bias excluded) renormalised are the gate weights;
+  2. dispatch: sort the T·K assignments by expert (stable), count tokens per expert, gather the rows;
+  3. experts: one grouped matmul per projection over all experts (SwiGLU), in cache-sized slices of rows;
+  4. combine: scale each row by its gate and scatter-add back to its token; add the shared experts;
+  5. balance: Switch/GShard auxiliary loss and router z-loss (returned), per-expert token counts (kept).
+Dropless by default; an optional capacity factor drops assignments beyond each expert's capacity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Rows of the sorted assignments processed at once: big enough for efficient matmuls, small enough that the
+# (rows × F) temporaries stay in cache instead of faulting in fresh pages (the CPU cost that dominates).
+DEFAULT_SLICE_ROWS = 2048
+
+
+def grouped_mm_supported(dtype: torch.dtype, *dims: int) -> bool:
+    """grouped_mm exists in this torch, takes this dtype, and every row stride is a multiple of 16 bytes."""
+    if not hasattr(F, "grouped_mm") or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    per_16_bytes = 16 // torch.tensor([], dtype=dtype).element_size()
+    return all(d % per_16_bytes == 0 for d in dims)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: grouped_mm's backward rejects
+    the expanded (stride-0) gradients that e.g. a sum produces."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        return grad.contiguous()
+
+
+def _grouped_mm(a_RX: Tensor, b_EXY: Tensor, offs_E: Tensor) -> Tensor:
+    out: Tensor = _ContiguousGrad.apply(F.grouped_mm(a_RX, b_EXY, offs=offs_E))
+    return out
+
+
+class Router(nn.Module):
+    """Top-k softmax router with DeepSeek-V3's auxiliary-loss-free bias (selection only)."""
+
+    selection_bias_E: Tensor
+
+    def __init__(self, dim: int, experts: int, top_k: int) -> None:
+        super().__init__()
+        if not 1 <= top_k <= experts:
+            raise ValueError(f"top_k ({top_k}) must be between 1 and the number of experts ({experts})")
+        self.experts, self.top_k = experts, top_k
+        self.gate = nn.Linear(dim, experts, bias=False)
+        # Added to the probabilities only to choose experts; updated outside the optimizer (update_bias).
+        self.register_buffer("selection_bias_E", torch.zeros(experts), persistent=True)
+
+    def forward(self, x_TD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns (scores_TE fp32, gates_TK, experts_TK)."""
+        scores_TE = F.linear(x_TD.float(), self.gate.weight.float())
+        probs_TE = scores_TE.softmax(dim=-1)
+        _, experts_TK = torch.topk(probs_TE + self.selection_bias_E, self.top_k, dim=-1)
+        gates_TK = probs_TE.gather(-1, experts_TK)
+        gates_TK = gates_TK / gates_TK.sum(dim=-1, keepdim=True)
+        return scores_TE, gates_TK, experts_TK
+
+    @torch.no_grad()
+    def update_bias(self, tokens_per_expert_E: Tensor, rate: float) -> None:
+        """Nudge under-loaded experts up and over-loaded ones down (sign rule of DeepSeek-V3)."""
+        load_E = tokens_per_expert_E.float()
+        self.selection_bias_E += rate * torch.sign(load_E.mean() - load_E)
+
+
+class GroupedExperts(nn.Module):
+    """E SwiGLU experts as three stacked weight tensors, run as grouped matmuls over sorted rows."""
+
+    def __init__(self, dim: int, hidden: int, experts: int, slice_rows: int = DEFAULT_SLICE_ROWS) -> None:
+        super().__init__()
+        self.experts, self.slice_rows = experts, slice_rows
+        self.w1_EFD = nn.Parameter(torch.empty(experts, hidden, dim))
+        self.w2_EDF = nn.Parameter(torch.empty(experts, dim, hidden))
+        self.w3_EFD = nn.Parameter(torch.empty(experts, hidden, dim))
+        self.use_grouped_mm = True  # where supported; tests switch it off to compare with the fallback
+
+    def forward(self, x_AD: Tensor, counts_E: Tensor) -> Tensor:
+        """x_AD: assignments sorted by expert; counts_E: rows per expert (sums to A)."""
+        if x_AD.shape[0] == 0:
+            return x_AD.new_zeros(x_AD.shape)
+        ends_E = torch.cumsum(counts_E, dim=0)
+        hidden, dim = self.w1_EFD.shape[1:]
+        if self.use_grouped_mm and grouped_mm_supported(x_AD.dtype, hidden, dim):
+            return self._grouped(x_AD, ends_E)
+        return self._looped(x_AD, counts_E)
+
+    def _grouped(self, x_AD: Tensor, ends_E: Tensor) -> Tensor:
+        w1_EDF, w3_EDF = self.w1_EFD.transpose(-2, -1), self.w3_EFD.transpose(-2, -1)
+        w2_EFD = self.w2_EDF.transpose(-2, -1)
+        outputs = []
+        rows = x_AD.shape[0]
+        for start in range(0, rows, self.slice_rows):
+            stop = min(start + self.slice_rows, rows)
+            # Group boundaries relative to this slice (empty groups are allowed).
+            offs_E = (ends_E.clamp(min=start, max=stop) - start).to(torch.int32)
+            x_RD = x_AD[start:stop]
+            h_RF = F.silu(_grouped_mm(x_RD, w1_EDF, offs_E)) * _grouped_mm(x_RD, w3_EDF, offs_E)
+            outputs.append(_grouped_mm(h_RF, w2_EFD, offs_E))
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def _looped(self, x_AD: Tensor, counts_E: Tensor) -> Tensor:
+        """Fallback where grouped_mm is missing (device/dtype): one matmul per expert (host sync on counts)."""
+        out_AD = torch.empty_like(x_AD)
+        start = 0
+        for e, n in enumerate(counts_E.tolist()):
+            if n:
+                x = x_AD[start : start + n]
+                h = F.silu(x @ self.w1_EFD[e].T) * (x @ self.w3_EFD[e].T)
+                out_AD[start : start + n] = h @ self.w2_EDF[e].T
+            start += n
+        return out_AD
+
+
+class SwiGLU(nn.Module):
+    """A dense SwiGLU FFN: the shared experts, and the dense baselines."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return out
+
+
+@dataclass
+class MoEOutput:
+    out_TD: Tensor
+    aux_loss: Tensor
+    """Switch/GShard load-balancing loss: E · Σ_e (fraction of assignments to e) · (mean probability of e)."""
+    z_loss: Tensor
+    """Router z-loss: mean over tokens of logsumexp(scores)²."""
+    tokens_per_expert_E: Tensor
+    """Assignments per expert this step (before any capacity drop), detached."""
+
+
+class MoE(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        experts: int,
+        top_k: int,
+        shared_experts: int = 0,
+        capacity_factor: float | None = None,
+        slice_rows: int = DEFAULT_SLICE_ROWS,
+    ) -> None:
+        super().__init__()
+        self.router = Router(dim, experts, top_k)
+        self.experts = GroupedExperts(dim, hidden, experts, slice_rows)
+        self.shared = SwiGLU(dim, hidden * shared_experts) if shared_experts else None
+        self.capacity_factor = capacity_factor
+        self.top_k = top_k
+
+    def forward(self, x_TD: Tensor) -> MoEOutput:
+        T = x_TD.shape[0]
+        E, K = self.router.experts, self.top_k
+        scores_TE, gates_TK, experts_TK = self.router(x_TD)
+
+        experts_A = experts_TK.reshape(-1)
+        order_A = torch.argsort(experts_A, stable=True)
+        counts_E = torch.bincount(experts_A, minlength=E)
+        token_A = order_A // K
+        gates_A = gates_TK.reshape(-1)[order_A]
+        if self.capacity_factor is not None:
+            order_A, token_A, gates_A, kept_E = self._apply_capacity(
+                experts_A[order_A], order_A, token_A, gates_A, counts_E, T
+            )
+        else:
+            kept_E = counts_E
+
+        y_AD = self.experts(x_TD[token_A], kept_E)
+        y_AD = y_AD * gates_A.to(y_AD.dtype).unsqueeze(-1)
+        out_TD = torch.zeros_like(x_TD).index_add_(0, token_A, y_AD)
+        if self.shared is not None:
+            out_TD = out_TD + self.shared(x_TD)
+
+        probs_TE = scores_TE.softmax(dim=-1)
+        fraction_E = counts_E.float() / (T * K)
+        aux_loss = E * torch.sum(fraction_E * probs_TE.mean(dim=0))
+        z_loss = torch.logsumexp(scores_TE, dim=-1).square().mean()
+        return MoEOutput(out_TD, aux_loss, z_loss, counts_E.detach())
+
+    def _apply_capacity(
+        self, sorted_experts_A: Tensor, order_A: Tensor, token_A: Tensor, gates_A: Tensor, counts_E: Tensor, T: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Keep at most `capacity` assignments per expert (earliest tokens first); the rest pass through
+        the residual connection only."""
+        assert self.capacity_factor is not None
+        E, K = counts_E.shape[0], self.top_k
+        capacity = max(1, math.ceil(self.capacity_factor * T * K / E))
+        starts_E = torch.cumsum(counts_E, 0) - counts_E
+        rank_A = torch.arange(order_A.shape[0], device=order_A.device) - starts_E[sorted_experts_A]
+        keep_A = rank_A < capacity
+        return order_A[keep_A], token_A[keep_A], gates_A[keep_A], counts_E.clamp(max=capacity)
