@@ -39,6 +39,18 @@ def operator_run(namespaces: tuple[str, ...], standalone: bool, liveness: str | 
     )
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True), required=True,
+              help="The resolved training config (the operator's ConfigMap `config.json`).")  # fmt: skip
+@click.option("--nproc", type=int, default=None, help="Local processes (default: from the pod's environment).")
+@click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
+def train(config: Path, nproc: int | None, worker_args: tuple[str, ...]) -> None:
+    """Train: torch's elastic launcher starts the worker processes (extra args go to each worker)."""
+    from moeops.trainer.launch import launch
+
+    sys.exit(launch(config, nproc, list(worker_args)))
+
+
 @main.command()
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("crds"), show_default=True)
 @click.option("--check", is_flag=True, help="Fail if the files differ from what the models generate.")

@@ -115,6 +115,16 @@ class TrainingSpec(KubeModel):
     weight_decay: float = Field(default=0.1, ge=0.0, le=1.0, description="AdamW weight decay.")
     grad_clip: float = Field(default=1.0, gt=0.0, le=1000.0, description="Global gradient-norm clip.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="bf16", description="Compute precision.")
+    aux_loss_coef: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Weight of the Switch/GShard load-balancing loss (0 disables)."
+    )
+    z_loss_coef: float = Field(default=0.001, ge=0.0, le=1.0, description="Weight of the router z-loss.")
+    bias_update_rate: float = Field(
+        default=0.001,
+        ge=0.0,
+        le=1.0,
+        description="Step of DeepSeek-V3's auxiliary-loss-free balancing bias per optimizer step (0 disables).",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for init, data order and dropout.")
 
 

@@ -1,0 +1,99 @@
+"""Distributed checkpoints with torch.distributed.checkpoint: model, optimizer, RNG and data position.
+
+A checkpoint is a directory `step-XXXXXXXX` under the job's checkpoint directory (shared by all ranks,
+e.g. a ReadWriteMany PVC). It is written under a temporary name and renamed by rank 0 once every rank has
+finished, so a directory with the final name is always complete: a worker killed mid-save leaves only a
+temporary directory, which the next save overwrites and `latest` ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
+
+from .distributed import World, barrier
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def latest(root: Path) -> tuple[int, Path] | None:
+    """The newest complete checkpoint: (step, directory)."""
+    if not root.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return max(found) if found else None
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(
+    root: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    world: World,
+    meta: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Write the checkpoint of completed step `step` (all ranks call this)."""
+    final, tmp = step_dir(root, step), root / f".step-{step:08d}.tmp"
+    if world.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(world)
+    model_state, optim_state = get_state_dict(model, optimizer)
+    dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
+    torch.save({"rng": _rng_state(), "step": step}, tmp / f"rank-{world.rank:05d}.pt")
+    barrier(world)
+    if world.is_main:
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "world_size": world.world_size, **meta}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        _prune(root, keep)
+    barrier(world)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
+    for _, path in steps[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, world: World) -> int:
+    """Restore model, optimizer and (same world size) RNG state; returns the completed step."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+    dcp_load(state, checkpoint_id=path)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    rank_file = path / f"rank-{world.rank:05d}.pt"
+    meta = json.loads((path / "meta.json").read_text())
+    if rank_file.exists() and meta.get("world_size") == world.world_size:
+        _set_rng_state(torch.load(rank_file, weights_only=False)["rng"])
+    return int(meta["step"])

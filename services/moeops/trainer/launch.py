@@ -1,0 +1,49 @@
+"""`moeops train`: start the worker processes with torch's elastic launcher (torchrun).
+
+Locally: `--nproc N` processes on this machine (standalone rendezvous). In a pod of the operator's Indexed
+Job: the node count, node rank and rank-0 address come from the environment the operator sets, and each pod
+starts `nproc_per_node` processes (one per GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import get_args_parser
+from torch.distributed.run import run as torchrun
+
+from moeops.api import env
+
+from .errors import EXIT_PREEMPTED
+
+
+def launcher_args(config: Path, nproc: int | None, worker_args: list[str]) -> list[str]:
+    """torchrun's arguments: standalone for a local run, static rendezvous from the pod's environment."""
+    module = ["-m", "moeops.trainer.worker", "--config", str(config), *worker_args]
+    if nproc is not None or env.NNODES not in os.environ:
+        return ["--standalone", f"--nproc-per-node={nproc or 1}", *module]
+    return [
+        f"--nnodes={os.environ[env.NNODES]}",
+        f"--nproc-per-node={os.environ.get(env.NPROC_PER_NODE, '1')}",
+        f"--node-rank={os.environ.get(env.NODE_RANK, '0')}",
+        f"--master-addr={os.environ[env.MASTER_ADDR]}",
+        f"--master-port={os.environ.get(env.MASTER_PORT, '29500')}",
+        *module,
+    ]
+
+
+def launch(config: Path, nproc: int | None, worker_args: list[str]) -> int:
+    """Run the workers to completion; returns the exit code of the first failed worker, else 0."""
+    args = get_args_parser().parse_args(launcher_args(config, nproc, worker_args))
+    try:
+        torchrun(args)  # type: ignore[no-untyped-call]
+    except ChildFailedError as exc:
+        first = min(exc.failures.values(), key=lambda f: f.timestamp)
+        return first.exitcode if first.exitcode > 0 else 1
+    except SignalException:
+        # SIGTERM (preemption): torchrun passed it on to the workers, which checkpointed and stopped.
+        return EXIT_PREEMPTED
+    return 0

@@ -1,0 +1,84 @@
+"""One training process (what torchrun starts N of): load the config, train, checkpoint, exit with a code
+the Job controller can act on: 0 done, 78 configuration error (fail now), 143 preempted (replace me)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
+
+from .distributed import World, init_world, shutdown
+from .errors import EXIT_PREEMPTED, ConfigError
+from .loop import Trainer, evaluate
+from .metrics import BackgroundSink, JsonlSink, MetricsSink, NullSink
+
+log = logging.getLogger("moeops.trainer")
+
+
+def load_config(path: Path) -> TrainingRuntimeConfig:
+    try:
+        return TrainingRuntimeConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config {path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid config {path}: {problems}") from exc
+
+
+def _sink(path: Path | None, world: World) -> MetricsSink:
+    if path is None:
+        return NullSink()
+    return BackgroundSink(JsonlSink(path.with_name(f"{path.stem}.rank{world.rank}{path.suffix}")))
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    world = init_world(config.plan)
+    root = Path(args.checkpoint_dir or config.checkpoint.directory)
+    sink = _sink(args.metrics, world)
+    trainer = Trainer(config, world, sink, root)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "preempt_requested", True))
+    if world.is_main:
+        log.info("training %s from step %d to %d on %d rank(s)", config.job_name, trainer.step,
+                 config.training.steps, world.world_size)  # fmt: skip
+    try:
+        result = trainer.fit(args.max_steps)
+    finally:
+        sink.close()
+    if result.preempted:
+        log.warning("rank %d: preempted at step %d; checkpoint written", world.rank, result.last_step)
+        return EXIT_PREEMPTED
+    if world.is_main and args.eval_per_domain:
+        accuracy = evaluate(trainer, args.eval_per_domain)
+        print(json.dumps({"step": result.last_step, "exact_match": accuracy}), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="moeops-train-worker")
+    parser.add_argument("--config", type=Path, required=True, help="TrainingRuntimeConfig JSON")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, help="overrides checkpoint.directory")
+    parser.add_argument("--metrics", type=Path, default=None, help="JSON-lines file per rank (suffix .rankN)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop earlier than training.steps")
+    parser.add_argument("--eval-per-domain", type=int, default=0, help="exact-match examples per domain at the end")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        code = run(args)
+    except ConfigError as exc:
+        print(f"moeops train: configuration error: {exc}", file=sys.stderr, flush=True)
+        code = exc.exit_code
+    finally:
+        shutdown()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
