@@ -40,14 +40,35 @@ def operator_run(namespaces: tuple[str, ...], standalone: bool, liveness: str | 
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("--config", "config", type=click.Path(path_type=Path, exists=True), required=True,
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True), default=None,
               help="The resolved training config (the operator's ConfigMap `config.json`).")  # fmt: skip
+@click.option("--job", type=click.Path(path_type=Path, exists=True), default=None,
+              help="A MoETrainingJob manifest, resolved locally as the operator would for --nproc ranks.")  # fmt: skip
 @click.option("--nproc", type=int, default=None, help="Local processes (default: from the pod's environment).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=Path(".tmp/train"), show_default=True,
+              help="With --job: where the resolved config and the checkpoints go.")  # fmt: skip
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
-def train(config: Path, nproc: int | None, worker_args: tuple[str, ...]) -> None:
+def train(
+    config: Path | None, job: Path | None, nproc: int | None, work_dir: Path, worker_args: tuple[str, ...]
+) -> None:
     """Train: torch's elastic launcher starts the worker processes (extra args go to each worker)."""
     from moeops.trainer.launch import launch
 
+    if (config is None) == (job is None):
+        raise click.UsageError("give exactly one of --config and --job")
+    if job is not None:
+        from moeops.local import local_config
+
+        run_dir = work_dir / job.stem
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            resolved = local_config(job, nproc or 1, run_dir / "checkpoints")
+        except ValueError as exc:  # pydantic's ValidationError and InvalidSpec are ValueErrors
+            raise click.ClickException(f"{job}: {exc}") from exc
+        config = run_dir / "config.json"
+        config.write_text(resolved.model_dump_json(by_alias=True, indent=2))
+        click.echo(f"resolved {job} for {nproc or 1} local rank(s): {resolved.plan} -> {config}", err=True)
+    assert config is not None
     sys.exit(launch(config, nproc, list(worker_args)))
 
 
