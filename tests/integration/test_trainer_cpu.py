@@ -142,3 +142,10 @@ def test_an_unreadable_config_is_a_configuration_error(tmp_path: Path) -> None:
     path.write_text(json.dumps({"jobName": "x"}))
     result = train(path, 1)
     assert result.returncode == 78 and "invalid config" in result.stderr
+
+
+def test_fp16_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace('"precision":"fp32"', '"precision":"fp16"'))
+    result = train(config, 1)
+    assert result.returncode == 78 and "fp16 is not supported" in result.stderr

@@ -7,6 +7,7 @@ is then exactly that of the global mean, whatever the split: a run on 2 ranks fo
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,15 @@ def build_corpus(config: TrainingRuntimeConfig) -> SyntheticCorpus:
     return SyntheticCorpus(domains, seed=config.training.seed, seq_len=config.architecture.seq_len, tokenizer=tokenizer)
 
 
+def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """bf16 autocast on GPU (weights and optimizer stay fp32); CPU runs compute in fp32 whatever is asked."""
+    if precision == "fp16":
+        raise ConfigError("training.precision fp16 is not supported by this trainer version: use bf16")
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """No weight decay on norms (1-D parameters)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -71,6 +81,7 @@ class Trainer:
                 f" data-parallel degree ({world.world_size})"
             )
         self.batch_per_rank = training.global_batch_size // world.world_size
+        autocast_for(training.precision, world.device)  # refuses an unsupported precision before any work
         self.corpus = build_corpus(config)
         torch.manual_seed(training.seed)  # the same initial weights on every rank
         self.model = Transformer(config.architecture).to(world.device)
@@ -108,7 +119,8 @@ class Trainer:
         answers = all_reduce_sum((targets_BS != -100).sum().float(), world).clamp(min=1.0)
         comm += time.perf_counter() - counted
 
-        out = self.ddp(inputs_BS)
+        with autocast_for(t.precision, world.device):
+            out = self.ddp(inputs_BS)
         ce_sum = F.cross_entropy(out.logits_BSV.flatten(0, 1).float(), targets_BS.flatten(), reduction="sum")
         loss = ce_sum / answers * world.world_size + t.aux_loss_coef * out.aux_loss + t.z_loss_coef * out.z_loss
         loss.backward()
