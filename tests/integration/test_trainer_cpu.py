@@ -22,7 +22,9 @@ from moeops.api.v1alpha1.trainingjob import CarbonSpec, DataSpec, RebalanceSpec,
 TINY = Architecture(layers=2, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=32, vocab_size=128, seq_len=48)
 
 
-def write_config(tmp: Path, *, data: int = 1, steps: int = 6, aux: float = 0.0, **training: Any) -> Path:
+def write_config(
+    tmp: Path, *, data: int = 1, expert: int = 1, steps: int = 6, aux: float = 0.0, **training: Any
+) -> Path:
     config = TrainingRuntimeConfig(
         job_name="test",
         namespace="local",
@@ -38,7 +40,7 @@ def write_config(tmp: Path, *, data: int = 1, steps: int = 6, aux: float = 0.0, 
             **training,
         ),
         data=DataSpec(source="synthetic://all"),
-        plan=ParallelPlan(data=data, tensor=1, pipeline=1, expert=1, activation_checkpointing=False),
+        plan=ParallelPlan(data=data, tensor=1, pipeline=1, expert=expert, activation_checkpointing=False),
         world=WorldSpec(nnodes=1, nproc_per_node=data, rendezvous_port=29500),
         checkpoint=CheckpointConfig(interval_steps=2, keep=5, directory=str(tmp / "ckpt")),
         rebalance=RebalanceSpec(),
@@ -65,12 +67,13 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
 
 
-def test_two_data_parallel_ranks_follow_the_single_process_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
+def test_two_ranks_follow_the_single_process_run(tmp_path: Path, expert: int) -> None:
     single, double = tmp_path / "w1", tmp_path / "w2"
     for d in (single, double):
         d.mkdir()
     r1 = train(write_config(single, data=1), 1)
-    r2 = train(write_config(double, data=2), 2)
+    r2 = train(write_config(double, data=2, expert=expert), 2)
     assert r1.returncode == 0, r1.stderr[-3000:]
     assert r2.returncode == 0, r2.stderr[-3000:]
     one, two = losses(single), losses(double)
@@ -80,14 +83,15 @@ def test_two_data_parallel_ranks_follow_the_single_process_run(tmp_path: Path) -
     assert one[6] < one[1]  # it learns
 
 
-def test_a_killed_worker_resumes_from_the_checkpoint_on_the_same_trajectory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
+def test_a_killed_worker_resumes_from_the_checkpoint_on_the_same_trajectory(tmp_path: Path, expert: int) -> None:
     reference, interrupted = tmp_path / "ref", tmp_path / "int"
     for d in (reference, interrupted):
         d.mkdir()
-    assert train(write_config(reference, data=2, steps=8), 2).returncode == 0
+    assert train(write_config(reference, data=2, expert=expert, steps=8), 2).returncode == 0
     expected = losses(reference)
 
-    config = write_config(interrupted, data=2, steps=8)
+    config = write_config(interrupted, data=2, expert=expert, steps=8)
     proc = subprocess.Popen(train_cmd(config, 2), env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     metrics = interrupted / "metrics.rank0.jsonl"
@@ -106,6 +110,21 @@ def test_a_killed_worker_resumes_from_the_checkpoint_on_the_same_trajectory(tmp_
     after = losses(interrupted)  # the file holds both runs; later lines win for the replayed steps
     for step in range(int(kept[-1][-8:]) + 1, 9):
         assert after[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), (step, after, expected)
+
+
+def test_an_expert_parallel_checkpoint_resumes_on_one_process(tmp_path: Path) -> None:
+    """Checkpoints hold full expert tensors: a run on 2 ranks with experts sharded continues on 1 rank."""
+    reference, resharded = tmp_path / "ref", tmp_path / "re"
+    for d in (reference, resharded):
+        d.mkdir()
+    assert train(write_config(reference, data=1), 1).returncode == 0
+    first = train(write_config(resharded, data=2, expert=2), 2, "--max-steps", "4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = train(write_config(resharded, data=1), 1)
+    assert second.returncode == 0, second.stderr[-3000:]
+    expected, after = losses(reference), losses(resharded)
+    for step in (5, 6):
+        assert after[step] == pytest.approx(expected[step], rel=1e-4), (step, after, expected)
 
 
 def test_sigterm_checkpoints_and_exits_preempted(tmp_path: Path) -> None:

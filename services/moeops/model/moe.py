@@ -13,6 +13,7 @@ Dropless by default; an optional capacity factor drops assignments beyond each e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -170,6 +171,9 @@ class MoE(nn.Module):
         self.shared = SwiGLU(dim, hidden * shared_experts) if shared_experts else None
         self.capacity_factor = capacity_factor
         self.top_k = top_k
+        # Expert parallelism installs a callable that runs the sorted rows on the experts' owning ranks;
+        # None runs them here. (The trainer owns distribution; the model only offers the seam.)
+        self.dispatcher: Callable[[Tensor, Tensor, GroupedExperts], Tensor] | None = None
 
     def forward(self, x_TD: Tensor) -> MoEOutput:
         T = x_TD.shape[0]
@@ -188,7 +192,8 @@ class MoE(nn.Module):
         else:
             kept_E = counts_E
 
-        y_AD = self.experts(x_TD[token_A], kept_E)
+        x_AD = x_TD[token_A]
+        y_AD = self.experts(x_AD, kept_E) if self.dispatcher is None else self.dispatcher(x_AD, kept_E, self.experts)
         y_AD = y_AD * gates_A.to(y_AD.dtype).unsqueeze(-1)
         out_TD = torch.zeros_like(x_TD).index_add_(0, token_A, y_AD)
         if self.shared is not None:

@@ -13,7 +13,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -52,6 +52,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Sharding(Protocol):
+    """Turns rank-local shards into full tensors for saving and back after loading (expert parallelism)."""
+
+    def gather(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
+
+    def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
+
+    def keep_local(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
+
+
 def save(
     root: Path,
     step: int,
@@ -60,6 +70,7 @@ def save(
     world: World,
     meta: dict[str, Any],
     keep: int,
+    sharding: Sharding | None = None,
 ) -> Path:
     """Write the checkpoint of completed step `step` (all ranks call this)."""
     final, tmp = step_dir(root, step), root / f".step-{step:08d}.tmp"
@@ -68,6 +79,8 @@ def save(
         tmp.mkdir(parents=True)
     barrier(world)
     model_state, optim_state = get_state_dict(model, optimizer)
+    if sharding is not None:
+        sharding.gather(model_state, optim_state)
     dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
     torch.save({"rng": _rng_state(), "step": step}, tmp / f"rank-{world.rank:05d}.pt")
     barrier(world)
@@ -86,11 +99,17 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, world: World) -> int:
+def load(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, world: World, sharding: Sharding | None = None
+) -> int:
     """Restore model, optimizer and (same world size) RNG state; returns the completed step."""
     model_state, optim_state = get_state_dict(model, optimizer)
+    if sharding is not None:
+        sharding.full_placeholders(model_state, optim_state)
     state: dict[str, Any] = {"model": model_state, "optim": optim_state}
     dcp_load(state, checkpoint_id=path)
+    if sharding is not None:
+        sharding.keep_local(state["model"], state["optim"])
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rank_file = path / f"rank-{world.rank:05d}.pt"
     meta = json.loads((path / "meta.json").read_text())

@@ -1,7 +1,7 @@
 """Process group and device mesh from the operator's plan: gloo on CPU, NCCL on GPU.
 
 torchrun (the elastic launcher) sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is one process.
-This version composes data parallelism only: a plan with tensor, pipeline or expert degrees above 1 is
+This version composes data and expert parallelism: a plan with tensor or pipeline degrees above 1 is
 refused with a configuration error rather than silently trained another way.
 """
 
@@ -44,10 +44,12 @@ def check_plan(plan: ParallelPlan, world_size: int) -> None:
             f"plan data×tensor×pipeline = {plan.data}×{plan.tensor}×{plan.pipeline} = {product}, "
             f"but {world_size} processes were started"
         )
-    unsupported = {name: getattr(plan, name) for name in ("tensor", "pipeline", "expert") if getattr(plan, name) > 1}
+    unsupported = {name: getattr(plan, name) for name in ("tensor", "pipeline") if getattr(plan, name) > 1}
     if unsupported:
         degrees = ", ".join(f"{k}={v}" for k, v in unsupported.items())
-        raise ConfigError(f"this trainer version runs data parallel only; the plan asks for {degrees}")
+        raise ConfigError(f"this trainer version runs data and expert parallel only; the plan asks for {degrees}")
+    if plan.data % plan.expert:
+        raise ConfigError(f"plan expert degree {plan.expert} must divide the data degree {plan.data}")
 
 
 def init_world(plan: ParallelPlan) -> World:

@@ -25,6 +25,15 @@ from moeops.model.moe import MoE
 from . import checkpoint
 from .distributed import World, all_reduce_sum
 from .errors import ConfigError
+from .expert_parallel import (
+    ExpertGroups,
+    ExpertStateSharding,
+    build_expert_groups,
+    clip_grad_norm,
+    expert_param_names,
+    shard_experts,
+    sync_expert_grads,
+)
 from .metrics import MetricsSink, StepMetrics
 from .schedule import lr_at
 
@@ -86,6 +95,16 @@ class Trainer:
         torch.manual_seed(training.seed)  # the same initial weights on every rank
         self.model = Transformer(config.architecture).to(world.device)
         self.moe_layers = [m for m in self.model.modules() if isinstance(m, MoE)]
+        self.experts: ExpertGroups | None = None
+        self.sharding: ExpertStateSharding | None = None
+        if config.plan.expert > 1:
+            self.experts = build_expert_groups(world, config.plan.expert, config.architecture.experts)
+            shard_experts(self.model, self.experts)
+            self.sharding = ExpertStateSharding(self.model, self.experts)
+            # Expert shards differ by rank: DDP must not average them (sync_expert_grads reduces them).
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
+                self.model, expert_param_names(self.model)
+            )
         self.ddp: nn.Module = (
             DistributedDataParallel(self.model, device_ids=None if world.device.type == "cpu" else [world.device])
             if world.distributed
@@ -98,7 +117,7 @@ class Trainer:
         self.preempt_requested = False
         found = checkpoint.latest(checkpoint_root)
         if found:
-            self.step = checkpoint.load(found[1], self.model, self.optimizer, world)
+            self.step = checkpoint.load(found[1], self.model, self.optimizer, world, self.sharding)
 
     def _set_lr(self, step: int) -> float:
         t = self.config.training
@@ -124,7 +143,11 @@ class Trainer:
         ce_sum = F.cross_entropy(out.logits_BSV.flatten(0, 1).float(), targets_BS.flatten(), reduction="sum")
         loss = ce_sum / answers * world.world_size + t.aux_loss_coef * out.aux_loss + t.z_loss_coef * out.z_loss
         loss.backward()
-        nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        if self.experts is not None:
+            synced = time.perf_counter()
+            sync_expert_grads(self.model, self.experts, world.world_size)
+            comm += time.perf_counter() - synced
+        clip_grad_norm(self.model, self.experts, t.grad_clip)
         lr = self._set_lr(self.step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -157,7 +180,9 @@ class Trainer:
     def save(self, loss: float) -> Path:
         cfg = self.config.checkpoint
         meta = {"loss": loss, "job": self.config.job_name}
-        return checkpoint.save(self.checkpoint_root, self.step, self.model, self.optimizer, self.world, meta, cfg.keep)
+        return checkpoint.save(
+            self.checkpoint_root, self.step, self.model, self.optimizer, self.world, meta, cfg.keep, self.sharding
+        )
 
     def fit(self, max_steps: int | None = None) -> FitResult:
         """Train to `training.steps` (or `max_steps`), checkpointing every interval, at the end, and when
