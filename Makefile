@@ -13,8 +13,10 @@ bootstrap:
 crds: bootstrap          ## regenerate crds/ from the API models
 	.venv/bin/moeops crds
 
-benchmark: bootstrap     ## the operator at scale (docs/benchmarks.md)
+benchmark: bootstrap     ## the benchmarks of docs/benchmarks.md
+	.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
 	.venv/bin/python benchmarks/operator_scale.py
+	.venv/bin/python benchmarks/moe_layer.py
 
 clean:
 	rm -rf .venv .cache .tmp

@@ -76,7 +76,7 @@ def test_selection_bias_changes_the_choice_never_the_gate_weights() -> None:
     moe = make_moe()
     x_TD = torch.randn(T, D)
     moe.router.selection_bias_E[3] = 10.0
-    scores_TE, gates_TK, experts_TK = moe.router(x_TD)
+    scores_TE, _, gates_TK, experts_TK = moe.router(x_TD)
     assert (experts_TK == 3).any(dim=-1).all()  # everyone now picks expert 3
     probs_TE = scores_TE.softmax(-1)
     picked = probs_TE.gather(-1, experts_TK)
