@@ -27,3 +27,36 @@ def test_received_rows_are_regrouped_expert_major() -> None:
 def test_regrouping_handles_empty_blocks() -> None:
     recv_PL = torch.tensor([[0, 3], [2, 0]])
     assert _expert_major(recv_PL).tolist() == [3, 4, 0, 1, 2]
+
+
+def test_publishing_metrics_never_blocks_and_counts_drops() -> None:
+    import threading
+    import time
+
+    from moeops.trainer.metrics import BackgroundSink, StepMetrics
+
+    started, release, received = threading.Event(), threading.Event(), []
+
+    class SlowSink:
+        def publish(self, record: StepMetrics) -> None:
+            started.set()
+            release.wait(10)
+            received.append(record.step)
+
+        def close(self) -> None:
+            """Nothing to release."""
+
+    def record(step: int) -> StepMetrics:
+        return StepMetrics(step, 0, 1.0, 0.0, 1, 0.1, 0.1, 0.0, 0.001)
+
+    sink = BackgroundSink(SlowSink(), capacity=4)
+    sink.publish(record(0))
+    assert started.wait(10)  # the drain thread now holds record 0 inside the slow sink
+    began = time.perf_counter()
+    for step in range(1, 8):
+        sink.publish(record(step))
+    assert time.perf_counter() - began < 0.5  # no publish waited for the slow sink
+    assert sink.dropped == 3  # 4 fit in the buffer
+    release.set()
+    sink.close()
+    assert received == [0, 1, 2, 3, 4]

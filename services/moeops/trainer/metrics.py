@@ -37,11 +37,13 @@ class MetricsSink(Protocol):
 
 
 class NullSink:
+    """Discards every record (no metrics destination configured)."""
+
     def publish(self, record: StepMetrics) -> None:
-        pass
+        """Nothing to send."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
 
 class JsonlSink:
