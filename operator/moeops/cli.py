@@ -68,6 +68,7 @@ def train(
         config = run_dir / "config.json"
         config.write_text(resolved.model_dump_json(by_alias=True, indent=2))
         click.echo(f"resolved {job} for {nproc or 1} local rank(s): {resolved.plan} -> {config}", err=True)
+        worker_args = ("--progress", *worker_args)
     assert config is not None
     sys.exit(launch(config, nproc, list(worker_args)))
 

@@ -60,3 +60,18 @@ def test_publishing_metrics_never_blocks_and_counts_drops() -> None:
     release.set()
     sink.close()
     assert received == [0, 1, 2, 3, 4]
+
+
+def test_progress_lines_every_n_steps_off_a_terminal() -> None:
+    import io
+
+    from moeops.trainer.metrics import ProgressSink, StepMetrics
+
+    stream = io.StringIO()
+    sink = ProgressSink(total_steps=5, stream=stream, every=2)
+    for step in range(1, 6):
+        sink.publish(StepMetrics(step, 0, 2.5, 0.0, 100, 0.1, 0.1, 0.0, 0.001))
+    sink.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["2/5", "4/5", "5/5"]
+    assert "loss 2.500" in lines[-1] and "[" + "=" * ProgressSink.WIDTH + "]" in lines[-1]

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,49 @@ class BackgroundSink:
         self._queue.put(None)
         self._thread.join(timeout=10)
         self._inner.close()
+
+
+class ProgressSink:
+    """A one-line progress bar on a terminal (a line every `every` steps otherwise), for rank 0."""
+
+    WIDTH = 30
+
+    def __init__(self, total_steps: int, stream: TextIO, every: int = 20) -> None:
+        self._total, self._stream, self._every = total_steps, stream, every
+        self._tty = stream.isatty()
+        self._started = time.monotonic()
+        self._tokens = 0
+
+    def publish(self, record: StepMetrics) -> None:
+        self._tokens += record.tokens
+        if not self._tty and record.step % self._every and record.step != self._total:
+            return
+        done = record.step / max(1, self._total)
+        elapsed = time.monotonic() - self._started
+        rate = self._tokens / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / done - elapsed if done > 0 else 0.0
+        bar = "=" * int(done * self.WIDTH)
+        line = (f"step {record.step}/{self._total} [{bar:<{self.WIDTH}}] loss {record.loss:.3f}"
+                f" {rate:,.0f} tok/s/rank eta {eta:.0f}s")  # fmt: skip
+        self._stream.write(("\r" + line) if self._tty else line + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+class FanOut:
+    """Publishes every record to several sinks."""
+
+    def __init__(self, *sinks: MetricsSink) -> None:
+        self._sinks = sinks
+
+    def publish(self, record: StepMetrics) -> None:
+        for sink in self._sinks:
+            sink.publish(record)
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()

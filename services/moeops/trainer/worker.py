@@ -17,7 +17,7 @@ from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 from .distributed import World, init_world, shutdown
 from .errors import EXIT_PREEMPTED, ConfigError
 from .loop import Trainer, evaluate
-from .metrics import BackgroundSink, JsonlSink, MetricsSink, NullSink
+from .metrics import BackgroundSink, FanOut, JsonlSink, MetricsSink, NullSink, ProgressSink
 
 log = logging.getLogger("moeops.trainer")
 
@@ -32,17 +32,23 @@ def load_config(path: Path) -> TrainingRuntimeConfig:
         raise ConfigError(f"invalid config {path}: {problems}") from exc
 
 
-def _sink(path: Path | None, world: World) -> MetricsSink:
-    if path is None:
+def _sink(path: Path | None, world: World, progress_total: int | None) -> MetricsSink:
+    sinks: list[MetricsSink] = []
+    if path is not None:
+        sinks.append(JsonlSink(path.with_name(f"{path.stem}.rank{world.rank}{path.suffix}")))
+    if progress_total and world.is_main:
+        sinks.append(ProgressSink(progress_total, sys.stderr))
+    if not sinks:
         return NullSink()
-    return BackgroundSink(JsonlSink(path.with_name(f"{path.stem}.rank{world.rank}{path.suffix}")))
+    return BackgroundSink(FanOut(*sinks))
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     world = init_world(config.plan)
     root = Path(args.checkpoint_dir or config.checkpoint.directory)
-    sink = _sink(args.metrics, world)
+    total = min(config.training.steps, args.max_steps or config.training.steps)
+    sink = _sink(args.metrics, world, total if args.progress else None)
     trainer = Trainer(config, world, sink, root)
     signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "preempt_requested", True))
     if world.is_main:
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", type=Path, default=None, help="JSON-lines file per rank (suffix .rankN)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop earlier than training.steps")
     parser.add_argument("--eval-per-domain", type=int, default=0, help="exact-match examples per domain at the end")
+    parser.add_argument("--progress", action="store_true", help="a progress bar on rank 0's stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
