@@ -56,6 +56,12 @@ def main() -> None:
         print(f"demo: control plane up at {cluster.server} (KUBECONFIG={kc})", flush=True)
         kubectl(kc, "apply", "-f", str(ROOT / "crds"))
         kubectl(kc, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s", show=False)
+        # API discovery lags the Established condition by a moment; an operator started before discovery lists
+        # the new group would not see it until the next CRD change.
+        wait(
+            "API discovery of moeops.dev",
+            lambda: "moetrainingjobs" in kubectl(kc, "api-resources", "--api-group=moeops.dev", show=False),
+        )
         log = (work / "operator.log").open("wb")
         env = {**os.environ, "KUBECONFIG": str(kc)}
         operator = subprocess.Popen(
