@@ -24,13 +24,17 @@ def operator() -> None:
 @click.option("--standalone", is_flag=True, help="No peering with other replicas (single replica only).")
 @click.option("--liveness", default=None, help="Serve liveness probes, e.g. http://0.0.0.0:8080/healthz.")
 @click.option("--verbose", "-v", is_flag=True, help="Debug logging.")
-def operator_run(namespaces: tuple[str, ...], standalone: bool, liveness: str | None, verbose: bool) -> None:
+@click.option("--log-format", type=click.Choice(["full", "json", "plain"]), default="full", show_default=True,
+              help="json: one object per line, with the Kubernetes object each record is about.")  # fmt: skip
+def operator_run(
+    namespaces: tuple[str, ...], standalone: bool, liveness: str | None, verbose: bool, log_format: str
+) -> None:
     """Run the operator until interrupted (in a pod, or against your kubeconfig)."""
     import kopf
 
     import moeops.operator.handlers  # noqa: F401  (registers the handlers)
 
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat[log_format.upper()])
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),

@@ -138,7 +138,8 @@ class OperatorProcess:
         self.starts += 1
         self.log_file = log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "moeops.cli", "operator", "run", "--liveness", f"http://127.0.0.1:{port}/healthz"]
+        cmd = [sys.executable, "-m", "moeops.cli", "operator", "run", "--log-format", "json",
+               "--liveness", f"http://127.0.0.1:{port}/healthz"]  # fmt: skip
         if self.standalone:
             cmd.append("--standalone")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -169,6 +170,16 @@ class OperatorProcess:
         if self.log_file:
             self.log_file.close()
             self.log_file = None
+
+    def records(self) -> list[dict[str, Any]]:
+        """The operator's JSON log records (lines that are not JSON, e.g. tracebacks, are skipped)."""
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
 
     def log(self) -> str:
         path = self.log_dir / f"operator-{self.starts}.log"
