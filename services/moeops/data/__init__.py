@@ -1,10 +1,16 @@
-"""Training data for the runtime: for now the built-in synthetic corpus (`synthetic://<domains>`).
+"""Training data for the runtime: the built-in synthetic corpus (`synthetic://<domains>`) and text corpora
+(`file://` sources in the `text` or `jsonl` format) with a byte-level BPE tokenizer.
 
-The corpus exists to make expert specialisation measurable on one machine: six character-level domains with
-different rules, each scored by exact match, and batches that are a pure function of (seed, step, row) so that
-resuming or changing the world size never changes what the model sees.
+The synthetic corpus exists to make expert specialisation measurable on one machine: six character-level
+domains with different rules, each scored by exact match. The text corpus trains on your own documents: it
+tokenizes them with a tokenizer loaded from a `tokenizer.json` or trained offline on the corpus itself, packs
+them into one stream and serves shuffled windows of it, a fresh order each epoch. Both serve batches that are
+a pure function of (seed, step, row) for a given global batch size, so that resuming or changing the world
+size never changes what the model sees.
 """
 
+from .bpe import EOD_TOKEN, PAD_TOKEN, BpeTokenizer, check_vocab, train_bpe
+from .documents import Documents, read_documents, read_files
 from .synthetic import (
     DOMAINS,
     CharTokenizer,
@@ -15,14 +21,26 @@ from .synthetic import (
     make_example,
     parse_source,
 )
+from .text import TextCorpus, load_text_corpus, train_tokenizer
 
 __all__ = [
     "DOMAINS",
+    "EOD_TOKEN",
+    "PAD_TOKEN",
+    "BpeTokenizer",
     "CharTokenizer",
+    "Documents",
     "Example",
     "SyntheticCorpus",
+    "TextCorpus",
+    "check_vocab",
     "exact_match",
     "greedy_generate",
+    "load_text_corpus",
     "make_example",
     "parse_source",
+    "read_documents",
+    "read_files",
+    "train_bpe",
+    "train_tokenizer",
 ]

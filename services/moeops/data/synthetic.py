@@ -214,7 +214,7 @@ def parse_source(source: str) -> tuple[str, ...]:
 # -- the corpus ----------------------------------------------------------------------------------------------
 
 
-def _stream_seed(*parts: object) -> int:
+def stream_seed(*parts: object) -> int:
     """A stable 64-bit seed from the parts (not hash(): that is randomised per process for str)."""
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
@@ -237,13 +237,13 @@ class SyntheticCorpus:
         """Whether this prompt belongs to the evaluation set. By content, not only by rng stream, so that a
         prompt that comes up by chance in both streams (short bracket strings, template combinations) is
         still never trained on and exact match measures generalisation, not recall."""
-        return _stream_seed(self.seed, "held-out", example.domain, example.prompt) % HELD_OUT_ONE_IN == 0
+        return stream_seed(self.seed, "held-out", example.domain, example.prompt) % HELD_OUT_ONE_IN == 0
 
     def _row(self, step: int, row: int) -> tuple[list[int], list[int]]:
         """Global row `row` of step `step`: examples packed whole (one that doesn't fit ends the row; the rest
         is PAD), BOS prompt SEP answer EOS each. Returns seq_len+1 tokens and, per token, whether the loss
         counts it (answer characters and the EOS after them)."""
-        rng = random.Random(_stream_seed(self.seed, "train", step, row))
+        rng = random.Random(stream_seed(self.seed, "train", step, row))
         tok = self.tokenizer
         tokens: list[int] = []
         counted: list[int] = []
@@ -282,7 +282,7 @@ class SyntheticCorpus:
         prompts (see is_held_out), drawn from their own rng stream; a shorter count is a prefix of a longer one.
         Duplicates are possible where a domain has few distinct prompts (brackets, template)."""
         _check_domain(domain)
-        rng = random.Random(_stream_seed(self.seed, "eval", domain))
+        rng = random.Random(stream_seed(self.seed, "eval", domain))
         out: list[Example] = []
         while len(out) < count:
             example = make_example(domain, rng)

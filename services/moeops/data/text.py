@@ -1,0 +1,122 @@
+"""Training on your own text: a `file://` corpus (text or jsonl), a byte-level BPE tokenizer, packed windows.
+
+Packing: each document is tokenized and followed by the end-of-document token, and the documents are joined
+in reading order (see moeops.data.documents) into one token stream. The stream is cut into W windows of
+seq_len+1 tokens, window i starting at token i*seq_len, so consecutive windows share one token and every
+token but the first is a target exactly once per epoch; the last window is padded if the stream runs out.
+
+Order: the g-th sequence of a run, g = step * global_batch + row, is window perm_e[g mod W] of epoch
+e = g div W, where perm_e is a permutation of the windows seeded by (seed, e). Each epoch therefore sees every
+window once, in a fresh order, and a batch is a pure function of (seed, step, row, global batch size): a
+resumed run or another world size with the same global batch sees exactly the same data.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .bpe import BpeTokenizer, check_vocab, train_bpe
+from .documents import read_documents, read_files
+from .synthetic import IGNORE_INDEX, stream_seed
+
+DEFAULT_TRAINED_VOCAB_SIZE = 4096
+"""Size of a tokenizer trained on the corpus when the caller gives no model vocab_size."""
+
+_CACHED_EPOCHS = 2
+"""Permutations kept in memory: a global batch spans at most two epochs unless it exceeds the corpus."""
+
+
+class TextCorpus:
+    """Packed, shuffled windows of tokenized documents, served as batch(step, ...) like SyntheticCorpus."""
+
+    def __init__(self, documents: Sequence[str], tokenizer: BpeTokenizer, seq_len: int, seed: int) -> None:
+        if not documents:
+            raise ValueError("a text corpus needs at least one document")
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be at least 1, got {seq_len}")
+        self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
+        self.vocab_size = tokenizer.vocab_size
+        self.document_count = len(documents)
+        eod = [tokenizer.eod_id]
+        ids = tokenizer.encode_batch(documents)
+        # int32 halves the memory of a large stream; batches widen to int64.
+        self.stream = torch.tensor(list(itertools.chain.from_iterable(d + eod for d in ids)), dtype=torch.int32)
+        self.windows = -(-(len(self.stream) - 1) // seq_len)  # ceil: the last, partial window is padded
+        self._permutations: dict[int, Tensor] = {}
+
+    def _permutation(self, epoch: int) -> Tensor:
+        """The window order of `epoch`. Memoised (a pure function of seed and epoch, so the cache changes
+        nothing but speed)."""
+        if epoch not in self._permutations:
+            if len(self._permutations) >= _CACHED_EPOCHS:
+                del self._permutations[min(self._permutations)]
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, "text-epoch", epoch))
+            self._permutations[epoch] = torch.randperm(self.windows, generator=generator)
+        return self._permutations[epoch]
+
+    def window_of(self, sequence: int) -> int:
+        """Which window the run's `sequence`-th sequence (counting from 0 over all steps and rows) reads."""
+        epoch, position = divmod(sequence, self.windows)
+        return int(self._permutation(epoch)[position])
+
+    def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> tuple[Tensor, Tensor]:
+        """(inputs_BS, targets_BS), int64, shape (batch_size, seq_len), for this rank's share of global step `step`.
+        The global batch of a step is batch_size * world_size sequences; rank r takes its rows
+        r*batch_size..(r+1)*batch_size-1. No state is carried between calls (see the module docstring).
+        targets = the next token of every input; -100 only where the last window is padded."""
+        if step < 0 or batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad batch request: step={step} batch_size={batch_size} rank={rank}/{world_size}")
+        first = (step * world_size + rank) * batch_size
+        tokens_BS1 = torch.full((batch_size, self.seq_len + 1), self.tokenizer.pad_id, dtype=torch.int64)
+        real_BS1 = torch.zeros((batch_size, self.seq_len + 1), dtype=torch.bool)
+        for row in range(batch_size):
+            start = self.window_of(first + row) * self.seq_len
+            window = self.stream[start : start + self.seq_len + 1]
+            tokens_BS1[row, : len(window)] = window
+            real_BS1[row, : len(window)] = True
+        targets_BS = tokens_BS1[:, 1:].masked_fill(~real_BS1[:, 1:], IGNORE_INDEX)
+        return tokens_BS1[:, :-1].contiguous(), targets_BS
+
+
+def train_tokenizer(
+    files: Sequence[str | Path], vocab_size: int, out_path: str | Path, *, fmt: str = "text", text_field: str = "text"
+) -> BpeTokenizer:
+    """Train a byte-level BPE tokenizer on the documents of these files (read as `fmt`, like a corpus) and save
+    it as `tokenizer.json` at out_path. Offline: nothing is downloaded."""
+    tokenizer = train_bpe(read_files(files, fmt, text_field).texts, vocab_size)
+    tokenizer.save(out_path)
+    return tokenizer
+
+
+def load_text_corpus(
+    source: str,
+    fmt: str,
+    seq_len: int,
+    seed: int,
+    tokenizer_path: str | None,
+    *,
+    vocab_size: int | None = None,
+    text_field: str = "text",
+) -> TextCorpus:
+    """The corpus of a `file://` source in format `text` or `jsonl` (DataSpec.source and DataSpec.format).
+
+    tokenizer_path: a `tokenizer.json` to load; None trains a byte-level BPE tokenizer on this corpus's own
+    documents. That training is deterministic (it depends only on the documents and the size), so every
+    rank of a job trains the same tokenizer without talking to the others; save `corpus.tokenizer` next to
+    the checkpoint to decode the model's output later.
+    vocab_size: the model's architecture.vocab_size. A trained tokenizer gets at most that many tokens
+    (DEFAULT_TRAINED_VOCAB_SIZE if None) and a loaded one must fit in it (see check_vocab).
+    Raises ValueError naming the path for a missing path, an empty corpus, or a format other than text/jsonl."""
+    documents = read_documents(source, fmt, text_field).texts
+    if tokenizer_path is None:
+        tokenizer = train_bpe(documents, vocab_size or DEFAULT_TRAINED_VOCAB_SIZE)
+    else:
+        tokenizer = BpeTokenizer.load(tokenizer_path)
+    if vocab_size is not None:
+        check_vocab(tokenizer.vocab_size, vocab_size)
+    return TextCorpus(documents, tokenizer, seq_len, seed)
