@@ -4,6 +4,7 @@ with the same active parameters computed in token chunks. Outputs and gradients 
 
     .venv/bin/python benchmarks/moe_layer.py            # d=512, ffn=1024, top-2: 8 experts × 4k/16k tokens, 32 × 8k
     .venv/bin/python benchmarks/moe_layer.py --repeats 9
+    .venv/bin/python benchmarks/moe_layer.py --device cuda --dtype bf16   # what benchmarks/gpu.py runs
 
 Variants alternate within each repeat (these machines drift 20-50% run to run); figures are medians.
 """
@@ -27,6 +28,8 @@ from moeops.model.moe import SwiGLU
 D, FFN, TOP_K = 512, 1024, 2
 CASES = ((8, 4096), (8, 16384), (32, 8192))
 DENSE_CHUNK = 2048
+CPU = torch.device("cpu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def hf_block(ours: MoE, experts: int, implementation: str | None) -> MixtralSparseMoeBlock:
@@ -53,39 +56,54 @@ class ChunkedDense(nn.Module):
         return torch.cat([self.ffn(chunk) for chunk in x_TD.split(DENSE_CHUNK)])
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def step(fn: Callable[[Tensor], Tensor], x_TD: Tensor, g_TD: Tensor) -> float:
     x = x_TD.detach().requires_grad_()
+    _sync(x.device)
     started = time.perf_counter()
     (fn(x) * g_TD).sum().backward()
+    _sync(x.device)
     return time.perf_counter() - started
 
 
 def check_equal(ours: MoE, hf: MixtralSparseMoeBlock, x_TD: Tensor, g_TD: Tensor) -> None:
+    # bf16 rounds differently in the two implementations (fused vs split projections): looser there.
+    tight = x_TD.dtype == torch.float32
+    out_tol = {"rtol": 1e-4, "atol": 1e-5} if tight else {"rtol": 5e-2, "atol": 5e-3}
+    grad_tol = {"rtol": 1e-3, "atol": 1e-4} if tight else {"rtol": 1e-1, "atol": 5e-2}
     xa, xb = x_TD.clone().requires_grad_(), x_TD.clone().requires_grad_()
     ya, yb = ours(xa).out_TD, hf(xb.unsqueeze(0)).squeeze(0)
-    torch.testing.assert_close(ya, yb, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ya, yb, **out_tol)
     (ya * g_TD).sum().backward()
     (yb * g_TD).sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(xa.grad, xb.grad, **out_tol)
     hf_w13 = hf.experts.gate_up_proj.grad
-    torch.testing.assert_close(torch.cat([ours.experts.w1_EFD.grad, ours.experts.w3_EFD.grad], 1), hf_w13,
-                               rtol=1e-3, atol=1e-4)  # fmt: skip
-    torch.testing.assert_close(ours.experts.w2_EDF.grad, hf.experts.down_proj.grad, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(torch.cat([ours.experts.w1_EFD.grad, ours.experts.w3_EFD.grad], 1), hf_w13, **grad_tol)
+    torch.testing.assert_close(ours.experts.w2_EDF.grad, hf.experts.down_proj.grad, **grad_tol)
     for module in (ours, hf):
         module.zero_grad(set_to_none=True)
 
 
-def run_case(experts: int, tokens: int, repeats: int) -> dict[str, object]:
+def run_case(
+    experts: int, tokens: int, repeats: int, device: torch.device = CPU, dtype: torch.dtype = torch.float32
+) -> dict[str, object]:
     torch.manual_seed(0)
     ours = MoE(D, FFN, experts, TOP_K)
     for p in ours.parameters():
         nn.init.normal_(p, std=0.02)
-    x_TD, g_TD = torch.randn(tokens, D), torch.randn(tokens, D)
+    x_TD, g_TD = torch.randn(tokens, D, device=device, dtype=dtype), torch.randn(tokens, D, device=device, dtype=dtype)
     hf_eager, hf_grouped = hf_block(ours, experts, None), hf_block(ours, experts, "grouped_mm")
+    ours.to(device, dtype)
+    hf_eager.to(device, dtype)
+    hf_grouped.to(device, dtype)
     check_small = slice(0, 512)
     check_equal(ours, hf_eager, x_TD[check_small], g_TD[check_small])
     check_equal(ours, hf_grouped, x_TD[check_small], g_TD[check_small])
-    dense = ChunkedDense()
+    dense = ChunkedDense().to(device, dtype)
     variants: dict[str, Callable[[Tensor], Tensor]] = {
         "moeops": lambda x: ours(x).out_TD,
         "hf_eager": lambda x: hf_eager(x.unsqueeze(0)).squeeze(0),
@@ -112,10 +130,13 @@ def run_case(experts: int, tokens: int, repeats: int) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    results = [run_case(e, t, args.repeats) for e, t in CASES]
-    print(json.dumps({"threads": torch.get_num_threads(), "d": D, "ffn": FFN, "top_k": TOP_K, "cases": results},
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    results = [run_case(e, t, args.repeats, device, dtype) for e, t in CASES]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(json.dumps({"device": where, "dtype": args.dtype, "d": D, "ffn": FFN, "top_k": TOP_K, "cases": results},
                      indent=2))  # fmt: skip
 
 

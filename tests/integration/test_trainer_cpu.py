@@ -1,5 +1,5 @@
-"""The trainer end to end on CPU with gloo, as `moeops train` runs it: data-parallel parity with one
-process, exact resume after a worker is killed, preemption by SIGTERM, and configuration errors."""
+"""The trainer end to end on CPU with gloo, as `moeops train` runs it: exact resume after a worker is killed,
+preemption by SIGTERM, and configuration errors. (Parity of the parallel layouts: test_parallel_parity.py.)"""
 
 from __future__ import annotations
 
@@ -7,80 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-
-from moeops.api.v1alpha1.presets import Architecture
-from moeops.api.v1alpha1.runtime import CheckpointConfig, ParallelPlan, TrainingRuntimeConfig, WorldSpec
-from moeops.api.v1alpha1.trainingjob import CarbonSpec, DataSpec, RebalanceSpec, TrainingSpec
-
-TINY = Architecture(layers=2, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=32, vocab_size=128, seq_len=48)
-
-
-def write_config(
-    tmp: Path, *, data: int = 1, expert: int = 1, steps: int = 6, aux: float = 0.0, **training: Any
-) -> Path:
-    config = TrainingRuntimeConfig(
-        job_name="test",
-        namespace="local",
-        architecture=TINY,
-        training=TrainingSpec(
-            steps=steps,
-            global_batch_size=8,
-            learning_rate=0.003,
-            warmup_steps=1,
-            precision="fp32",
-            seed=1,
-            aux_loss_coef=aux,
-            **training,
-        ),
-        data=DataSpec(source="synthetic://all"),
-        plan=ParallelPlan(data=data, tensor=1, pipeline=1, expert=expert, activation_checkpointing=False),
-        world=WorldSpec(nnodes=1, nproc_per_node=data, rendezvous_port=29500),
-        checkpoint=CheckpointConfig(interval_steps=2, keep=5, directory=str(tmp / "ckpt")),
-        rebalance=RebalanceSpec(),
-        carbon=CarbonSpec(),
-    )
-    path = tmp / "config.json"
-    path.write_text(config.model_dump_json(by_alias=True))
-    return path
-
-
-def train_cmd(config: Path, nproc: int, *extra: str) -> list[str]:
-    metrics = config.parent / "metrics.jsonl"
-    return [sys.executable, "-m", "moeops.cli", "train", "--config", str(config), "--nproc", str(nproc),
-            "--metrics", str(metrics), *extra]  # fmt: skip
-
-
-def train(config: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(train_cmd(config, nproc, *extra), capture_output=True, text=True, timeout=300, env=env)
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    path = run_dir / "metrics.rank0.jsonl"
-    return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
-
-
-@pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
-def test_two_ranks_follow_the_single_process_run(tmp_path: Path, expert: int) -> None:
-    single, double = tmp_path / "w1", tmp_path / "w2"
-    for d in (single, double):
-        d.mkdir()
-    r1 = train(write_config(single, data=1), 1)
-    r2 = train(write_config(double, data=2, expert=expert), 2)
-    assert r1.returncode == 0, r1.stderr[-3000:]
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    one, two = losses(single), losses(double)
-    assert sorted(one) == sorted(two) == list(range(1, 7))
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-4), (step, one, two)
-    assert one[6] < one[1]  # it learns
+from trainer_runs import losses, train, train_cmd, write_config
 
 
 @pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
@@ -144,14 +76,24 @@ def test_sigterm_checkpoints_and_exits_preempted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("case", "data", "nproc", "message"),
+    ("case", "plan", "nproc", "message"),
     [
-        ("world size mismatch", 2, 1, "but 1 processes were started"),
-        ("batch not divisible", 3, 3, "globalBatchSize (8) must be divisible by the data-parallel degree (3)"),
+        ("world size mismatch", {"data": 2}, 1, "but 1 processes were started"),
+        (
+            "batch not divisible",
+            {"data": 3},
+            3,
+            "globalBatchSize (8) must be divisible by the data-parallel degree (3)",
+        ),
+        ("tensor does not divide heads", {"tensor": 3}, 3, "tensor degree 3 must divide architecture.heads (4)"),
+        ("more stages than layers", {"pipeline": 3}, 3, "pipeline degree 3 exceeds the model's layers (2)"),
+        ("expert degree", {"data": 3, "expert": 3}, 3, "expert degree 3 must divide the experts per layer (4)"),
     ],
 )
-def test_bad_configs_fail_fast_with_exit_78(tmp_path: Path, case: str, data: int, nproc: int, message: str) -> None:
-    result = train(write_config(tmp_path, data=data), nproc)
+def test_bad_configs_fail_fast_with_exit_78(
+    tmp_path: Path, case: str, plan: dict[str, int], nproc: int, message: str
+) -> None:
+    result = train(write_config(tmp_path, **plan), nproc)
     assert result.returncode == 78, (case, result.stderr[-2000:])
     assert message in result.stderr
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 # Rows of the sorted assignments processed at once, to bound the (rows × F) temporaries. Measured on 2 CPU
 # cores (benchmarks/moe_layer.py): slices of 1-8k rows were 5-40% *slower* than one pass at d=512, F=1024 —
@@ -46,6 +47,10 @@ class _ContiguousGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
         return grad.contiguous()
+
+
+def _local(w: Tensor) -> Tensor:
+    return w.to_local() if isinstance(w, DTensor) else w
 
 
 def _grouped_mm(a_RX: Tensor, b_EXY: Tensor, offs_E: Tensor) -> Tensor:
@@ -97,16 +102,19 @@ class GroupedExperts(nn.Module):
     def forward(self, x_AD: Tensor, counts_E: Tensor) -> Tensor:
         """x_AD: assignments sorted by expert; counts_E: rows per expert (sums to A)."""
         if x_AD.shape[0] == 0:
-            return x_AD.new_zeros(x_AD.shape)
-        ends_E = torch.cumsum(counts_E, dim=0)
-        hidden, dim = self.w1_EFD.shape[1:]
+            # Still an output of x_AD in the autograd graph: under expert parallelism the backward all-to-all
+            # must run on every rank, including one that received no rows.
+            return x_AD * 0.0
+        # Under tensor parallelism the weights are DTensors: compute with this rank's hidden units (the
+        # trainer sums the partial outputs over the group).
+        w1_EFD, w2_EDF, w3_EFD = (_local(w) for w in (self.w1_EFD, self.w2_EDF, self.w3_EFD))
+        hidden, dim = w1_EFD.shape[1:]
         if self.use_grouped_mm and grouped_mm_supported(x_AD.dtype, hidden, dim):
-            return self._grouped(x_AD, ends_E)
-        return self._looped(x_AD, counts_E)
+            return self._grouped(x_AD, torch.cumsum(counts_E, dim=0), w1_EFD, w2_EDF, w3_EFD)
+        return self._looped(x_AD, counts_E, w1_EFD, w2_EDF, w3_EFD)
 
-    def _grouped(self, x_AD: Tensor, ends_E: Tensor) -> Tensor:
-        w1_EDF, w3_EDF = self.w1_EFD.transpose(-2, -1), self.w3_EFD.transpose(-2, -1)
-        w2_EFD = self.w2_EDF.transpose(-2, -1)
+    def _grouped(self, x_AD: Tensor, ends_E: Tensor, w1_EFD: Tensor, w2_EDF: Tensor, w3_EFD: Tensor) -> Tensor:
+        w1_EDF, w3_EDF, w2_EFD = w1_EFD.transpose(-2, -1), w3_EFD.transpose(-2, -1), w2_EDF.transpose(-2, -1)
         outputs = []
         rows = x_AD.shape[0]
         for start in range(0, rows, self.slice_rows):
@@ -118,15 +126,16 @@ class GroupedExperts(nn.Module):
             outputs.append(_grouped_mm(h_RF, w2_EFD, offs_E))
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
-    def _looped(self, x_AD: Tensor, counts_E: Tensor) -> Tensor:
+    @staticmethod
+    def _looped(x_AD: Tensor, counts_E: Tensor, w1_EFD: Tensor, w2_EDF: Tensor, w3_EFD: Tensor) -> Tensor:
         """Fallback where grouped_mm is missing (device/dtype): one matmul per expert (host sync on counts)."""
         out_AD = torch.empty_like(x_AD)
         start = 0
         for e, n in enumerate(counts_E.tolist()):
             if n:
                 x = x_AD[start : start + n]
-                h = F.silu(x @ self.w1_EFD[e].T) * (x @ self.w3_EFD[e].T)
-                out_AD[start : start + n] = h @ self.w2_EDF[e].T
+                h = F.silu(x @ w1_EFD[e].T) * (x @ w3_EFD[e].T)
+                out_AD[start : start + n] = h @ w2_EDF[e].T
             start += n
         return out_AD
 

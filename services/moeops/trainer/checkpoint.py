@@ -116,3 +116,11 @@ def load(
     if rank_file.exists() and meta.get("world_size") == world.world_size:
         _set_rng_state(torch.load(rank_file, weights_only=False)["rng"])
     return int(meta["step"])
+
+
+def load_model_weights(path: Path, model: nn.Module) -> None:
+    """Load a checkpoint's model weights into an unsharded model in this process alone (evaluation, serving):
+    no collectives, so it works on one rank of a running job or in a process without a process group."""
+    state = {"model": model.state_dict()}
+    dcp_load(state, checkpoint_id=path, no_dist=True)
+    model.load_state_dict(state["model"])

@@ -1,8 +1,7 @@
 """Process group and device mesh from the operator's plan: gloo on CPU, NCCL on GPU.
 
 torchrun (the elastic launcher) sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is one process.
-This version composes data and expert parallelism: a plan with tensor or pipeline degrees above 1 is
-refused with a configuration error rather than silently trained another way.
+How the ranks are arranged into pipeline, data, tensor and expert groups is topology.py's business.
 """
 
 from __future__ import annotations
@@ -13,10 +12,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-
-from moeops.api.v1alpha1.runtime import ParallelPlan
-
-from .errors import ConfigError
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
@@ -37,26 +32,10 @@ class World:
         return self.rank == 0
 
 
-def check_plan(plan: ParallelPlan, world_size: int) -> None:
-    product = plan.data * plan.tensor * plan.pipeline
-    if product != world_size:
-        raise ConfigError(
-            f"plan data×tensor×pipeline = {plan.data}×{plan.tensor}×{plan.pipeline} = {product}, "
-            f"but {world_size} processes were started"
-        )
-    unsupported = {name: getattr(plan, name) for name in ("tensor", "pipeline") if getattr(plan, name) > 1}
-    if unsupported:
-        degrees = ", ".join(f"{k}={v}" for k, v in unsupported.items())
-        raise ConfigError(f"this trainer version runs data and expert parallel only; the plan asks for {degrees}")
-    if plan.data % plan.expert:
-        raise ConfigError(f"plan expert degree {plan.expert} must divide the data degree {plan.data}")
-
-
-def init_world(plan: ParallelPlan) -> World:
+def init_world() -> World:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    check_plan(plan, world_size)
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)

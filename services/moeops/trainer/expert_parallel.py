@@ -4,55 +4,25 @@ travels to the rank that holds its expert and back with all_to_all_single (gloo 
 The EP groups are carved out of the data-parallel ranks (as in torchtitan and Megatron): with data degree D
 and expert degree P, ranks form a (D/P) × P mesh; a row of the mesh is an EP group, a column is the group of
 replicas of one expert shard ("edp"). Expert parameters are therefore not replicated over all ranks: DDP
-ignores them and `sync_expert_grads` reduces them over their replicas instead.
+ignores them and `grads.sync_sharded_grads` reduces them over their replicas instead (see topology.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
-from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor
 
 from moeops.model.moe import GroupedExperts, MoE
 
-from .distributed import World
-from .errors import ConfigError
+from .topology import Axis
 
 EXPERT_PARAMS = ("w1_EFD", "w2_EDF", "w3_EFD")
-
-
-@dataclass(frozen=True)
-class ExpertGroups:
-    size: int
-    """P: ranks sharing one layer's experts."""
-    rank: int
-    """This rank's index in its EP group: it holds experts [rank·E/P, (rank+1)·E/P)."""
-    ep_group: Any
-    edp_group: Any
-    """Ranks holding the same expert shard (size D/P), or None when there is one replica."""
-    edp_size: int
-
-
-def build_expert_groups(world: World, expert: int, experts_per_layer: int) -> ExpertGroups:
-    if experts_per_layer % expert or world.world_size % expert:
-        raise ConfigError(
-            f"expert degree {expert} must divide the experts per layer ({experts_per_layer}) and the"
-            f" data-parallel degree ({world.world_size})"
-        )
-    mesh = init_device_mesh(world.device.type, (world.world_size // expert, expert), mesh_dim_names=("edp", "ep"))
-    edp_size = world.world_size // expert
-    return ExpertGroups(
-        size=expert,
-        rank=mesh.get_local_rank("ep"),
-        ep_group=mesh.get_group("ep"),
-        edp_group=mesh.get_group("edp") if edp_size > 1 else None,
-        edp_size=edp_size,
-    )
 
 
 def _expert_major(recv_PL: Tensor) -> Tensor:
@@ -71,12 +41,12 @@ def _expert_major(recv_PL: Tensor) -> Tensor:
 class ExpertDispatcher:
     """Runs a MoE layer's sorted rows on the experts' owning ranks (installed on MoE.dispatcher)."""
 
-    def __init__(self, groups: ExpertGroups, experts_total: int) -> None:
-        self.groups = groups
-        self.local = experts_total // groups.size
+    def __init__(self, ep: Axis, experts_total: int) -> None:
+        self.ep = ep
+        self.local = experts_total // ep.size
 
     def __call__(self, x_AD: Tensor, counts_E: Tensor, experts: GroupedExperts) -> Tensor:
-        P, L, group = self.groups.size, self.local, self.groups.ep_group
+        P, L, group = self.ep.size, self.local, self.ep.group
         counts_PL = counts_E.view(P, L).contiguous()
         recv_PL = torch.empty_like(counts_PL)
         dist.all_to_all_single(recv_PL, counts_PL, group=group)  # how many rows each source sends each local expert
@@ -99,54 +69,30 @@ def expert_param_names(model: nn.Module) -> list[str]:
     return [f"{name}.experts.{p}" for name, _ in moe_layers(model) for p in EXPERT_PARAMS]
 
 
-def shard_experts(model: nn.Module, groups: ExpertGroups) -> None:
+def shard_experts(model: nn.Module, ep: Axis) -> None:
     """Keep this rank's slice of every layer's experts (all ranks built the same full model first, so the
     sharded model starts from exactly the weights of a single-process run)."""
     for _, moe in moe_layers(model):
         total = moe.experts.experts
-        local = total // groups.size
-        lo = groups.rank * local
+        local = total // ep.size
+        lo = ep.rank * local
         for name in EXPERT_PARAMS:
             full = getattr(moe.experts, name)
             setattr(moe.experts, name, nn.Parameter(full.detach()[lo : lo + local].clone()))
         moe.experts.experts = local
-        moe.dispatcher = ExpertDispatcher(groups, total)
+        moe.dispatcher = ExpertDispatcher(ep, total)
 
 
 def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [getattr(moe.experts, p) for _, moe in moe_layers(model) for p in EXPERT_PARAMS]
 
 
-def sync_expert_grads(model: nn.Module, groups: ExpertGroups, world_size: int) -> None:
-    """Each expert's gradient holds Σ over the ranks that sent it tokens of (world_size × their loss share):
-    sum over the shard's replicas, divide by the world size — the gradient of the global mean loss."""
-    for p in expert_parameters(model):
-        if p.grad is None:
-            continue
-        if groups.edp_group is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM, group=groups.edp_group)
-        p.grad.div_(world_size)
-
-
-def clip_grad_norm(model: nn.Module, groups: ExpertGroups | None, max_norm: float) -> float:
-    """Clip by the norm of the *whole* model's gradient: replicated parameters count once, expert shards are
-    summed over their EP group. Equals nn.utils.clip_grad_norm_ on the unsharded model."""
-    sharded = {id(p) for p in expert_parameters(model)} if groups else set()
-    with_grads = [p for p in model.parameters() if p.grad is not None]
-    device = with_grads[0].device if with_grads else torch.device("cpu")
-    squares = {True: torch.zeros((), device=device), False: torch.zeros((), device=device)}  # by "is a shard"
-    for p in with_grads:
-        assert p.grad is not None
-        squares[id(p) in sharded] += p.grad.float().square().sum()
-    if groups is not None:
-        dist.all_reduce(squares[True], op=dist.ReduceOp.SUM, group=groups.ep_group)
-    total = float((squares[False] + squares[True]).sqrt())
-    coef = max_norm / (total + 1e-6)  # as torch.nn.utils.clip_grad_norm_ does
-    if coef < 1.0:
-        for p in with_grads:
-            assert p.grad is not None
-            p.grad.mul_(coef)
-    return total
+def _map_local(t: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply `fn` to the rank-local tensor; a tensor-parallel DTensor keeps its mesh and placements (expert
+    rows are never split by tensor parallelism, only their hidden units)."""
+    if isinstance(t, DTensor):
+        return DTensor.from_local(fn(t.to_local()), t.device_mesh, t.placements, run_check=False)
+    return fn(t)
 
 
 class ExpertStateSharding:
@@ -155,13 +101,13 @@ class ExpertStateSharding:
 
     OPTIM_KEYS = ("exp_avg", "exp_avg_sq")
 
-    def __init__(self, model: nn.Module, groups: ExpertGroups) -> None:
+    def __init__(self, model: nn.Module, ep: Axis) -> None:
         self.names = expert_param_names(model)
-        self.groups = groups
+        self.ep = ep
 
     def _gather(self, t: Tensor) -> Tensor:
-        parts = [torch.empty_like(t) for _ in range(self.groups.size)]
-        dist.all_gather(parts, t.contiguous(), group=self.groups.ep_group)
+        parts = [torch.empty_like(t) for _ in range(self.ep.size)]
+        dist.all_gather(parts, t.contiguous(), group=self.ep.group)
         return torch.cat(parts)
 
     def _tensors(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
@@ -178,15 +124,19 @@ class ExpertStateSharding:
 
     def gather(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
         for container, key in self._tensors(model_sd, optim_sd):
-            container[key] = self._gather(container[key])
+            container[key] = _map_local(container[key], self._gather)
 
     def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
+        def full(t: Tensor) -> Tensor:
+            return t.new_empty((t.shape[0] * self.ep.size, *t.shape[1:]))
+
         for container, key in self._tensors(model_sd, optim_sd):
-            local = container[key]
-            container[key] = local.new_empty((local.shape[0] * self.groups.size, *local.shape[1:]))
+            container[key] = _map_local(container[key], full)
 
     def keep_local(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
+        def mine(t: Tensor) -> Tensor:
+            rows = t.shape[0] // self.ep.size
+            return t[self.ep.rank * rows : (self.ep.rank + 1) * rows].clone()
+
         for container, key in self._tensors(model_sd, optim_sd):
-            full = container[key]
-            local = full.shape[0] // self.groups.size
-            container[key] = full[self.groups.rank * local : (self.groups.rank + 1) * local].clone()
+            container[key] = _map_local(container[key], mine)

@@ -1,20 +1,24 @@
-"""The training loop: data-parallel steps with exact loss normalisation, checkpoints, metrics, preemption.
+"""The training loop: steps with exact loss normalisation on any layout, checkpoints, metrics, preemption.
 
 Loss normalisation: each rank sums the cross-entropy over its answer tokens and divides by the *global*
-count of answer tokens (one all-reduce), times the world size because DDP averages gradients. The gradient
-is then exactly that of the global mean, whatever the split: a run on 2 ranks follows the 1-rank run.
+count of answer tokens (one all-reduce), times the data-parallel degree because DDP averages gradients. The
+gradient is then exactly that of the global mean, whatever the split: a run on 4 ranks in any layout
+follows the 1-rank run (tests/integration/test_parallel_parity.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
@@ -25,19 +29,17 @@ from moeops.model.moe import MoE
 from . import checkpoint
 from .distributed import World, all_reduce_sum
 from .errors import ConfigError
-from .expert_parallel import (
-    ExpertGroups,
-    ExpertStateSharding,
-    build_expert_groups,
-    clip_grad_norm,
-    expert_param_names,
-    shard_experts,
-    sync_expert_grads,
-)
+from .expert_parallel import ExpertStateSharding, shard_experts
+from .grads import clip_grad_norm, sharded_param_names, sharded_params, sync_sharded_grads
 from .metrics import MetricsSink, StepMetrics
+from .runners import LocalRunner, PipelineRunner, StepRunner, micro_batches
 from .schedule import lr_at
+from .stage import TransformerStage, split_layers
+from .tensor_parallel import apply_tensor_parallel
+from .topology import Axis, build_topology, check_plan
 
 ADAM_BETAS = (0.9, 0.95)
+log = logging.getLogger("moeops.trainer")
 
 
 @dataclass
@@ -73,6 +75,26 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
     return contextlib.nullcontext()
 
 
+def _all_reduce(t: Tensor, axis: Axis) -> Tensor:
+    if axis.active:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=axis.group)
+    return t
+
+
+class Stopwatch:
+    """Accumulates the time spent inside `with` blocks (here: blocked in collectives)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self.seconds += time.perf_counter() - self._started
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """No weight decay on norms (1-D parameters)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -83,35 +105,59 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, objec
 class Trainer:
     def __init__(self, config: TrainingRuntimeConfig, world: World, sink: MetricsSink, checkpoint_root: Path) -> None:
         self.config, self.world, self.sink, self.checkpoint_root = config, world, sink, checkpoint_root
-        training = config.training
-        if training.global_batch_size % world.world_size:
+        training, plan, arch = config.training, config.plan, config.architecture
+        check_plan(plan, arch, world.world_size)
+        if training.global_batch_size % plan.data:
             raise ConfigError(
                 f"training.globalBatchSize ({training.global_batch_size}) must be divisible by the"
-                f" data-parallel degree ({world.world_size})"
+                f" data-parallel degree ({plan.data})"
             )
-        self.batch_per_rank = training.global_batch_size // world.world_size
+        self.batch_per_rank = training.global_batch_size // plan.data
+        self.micro = micro = micro_batches(training.micro_batch_size, self.batch_per_rank, plan.pipeline)
         autocast_for(training.precision, world.device)  # refuses an unsupported precision before any work
         self.corpus = build_corpus(config)
-        torch.manual_seed(training.seed)  # the same initial weights on every rank
-        self.model = Transformer(config.architecture).to(world.device)
-        self.moe_layers = [m for m in self.model.modules() if isinstance(m, MoE)]
-        self.experts: ExpertGroups | None = None
+        self.topo = topo = build_topology(world, plan)
+
+        torch.manual_seed(training.seed)  # the same full model on every rank, then each keeps its part
+        layers = split_layers(arch.layers, plan.pipeline)[topo.pp.rank]
+        full = Transformer(arch)
+        self.model = TransformerStage(full, layers, first=topo.first_stage, last=topo.last_stage).to(world.device)
+        self.model.activation_checkpointing = plan.activation_checkpointing
+        if plan.optimizer_offload and world.is_main:
+            log.warning("the plan asks for optimizer offload, which this trainer does not do yet: AdamW state stays"
+                        " on the device")  # fmt: skip
+        self.model.set_loss_weights(training.aux_loss_coef / micro, training.z_loss_coef / micro)
         self.sharding: ExpertStateSharding | None = None
-        if config.plan.expert > 1:
-            self.experts = build_expert_groups(world, config.plan.expert, config.architecture.experts)
-            shard_experts(self.model, self.experts)
-            self.sharding = ExpertStateSharding(self.model, self.experts)
-            # Expert shards differ by rank: DDP must not average them (sync_expert_grads reduces them).
+        if topo.ep.active:
+            shard_experts(self.model, topo.ep)
+            self.sharding = ExpertStateSharding(self.model, topo.ep)
+        if topo.tp_mesh is not None:
+            apply_tensor_parallel(self.model, topo.tp_mesh)
+        self.sharded = sharded_params(self.model, topo)
+        self.module: nn.Module = self.model
+        if topo.dp.active:
+            # Shards differ by rank: DDP must not average them (sync_sharded_grads reduces them).
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
-                self.model, expert_param_names(self.model)
+                self.model, sharded_param_names(self.model, topo)
             )
-        self.ddp: nn.Module = (
-            DistributedDataParallel(self.model, device_ids=None if world.device.type == "cpu" else [world.device])
-            if world.distributed
-            else self.model
+            self.module = DistributedDataParallel(
+                self.model,
+                process_group=topo.dp.group,
+                device_ids=None if world.device.type == "cpu" else [world.device],
+            )
+        precision = training.precision
+        autocast = functools.partial(autocast_for, precision, world.device)
+        self.runner: StepRunner = (
+            PipelineRunner(self.module, topo, micro, autocast, world.device)
+            if topo.pp.active
+            else LocalRunner(self.module, topo, micro, autocast)
         )
+        # foreach kernels refuse a mix of DTensor and plain tensors (tensor parallelism leaves both).
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, training.weight_decay), lr=training.learning_rate, betas=ADAM_BETAS
+            _param_groups(self.model, training.weight_decay),
+            lr=training.learning_rate,
+            betas=ADAM_BETAS,
+            foreach=None if topo.tp_mesh is None else False,
         )
         self.step = 0
         self.preempt_requested = False
@@ -128,54 +174,66 @@ class Trainer:
 
     def train_step(self) -> StepMetrics:
         """Run optimizer step `self.step + 1`."""
-        t, world = self.config.training, self.world
+        t, world, topo = self.config.training, self.world, self.topo
         started = time.perf_counter()
-        inputs_BS, targets_BS = (
-            x.to(world.device) for x in self.corpus.batch(self.step, self.batch_per_rank, world.rank, world.world_size)
-        )
-        comm = 0.0
-        counted = time.perf_counter()
-        answers = all_reduce_sum((targets_BS != -100).sum().float(), world).clamp(min=1.0)
-        comm += time.perf_counter() - counted
+        batch = self.corpus.batch(self.step, self.batch_per_rank, topo.dp.rank, topo.dp.size)
+        inputs_BS, targets_BS = (x.to(world.device) for x in batch)
+        comm = Stopwatch()
+        with comm:
+            answers = _all_reduce((targets_BS != -100).sum().float(), topo.dp).clamp(min=1.0)
 
-        with autocast_for(t.precision, world.device):
-            out = self.ddp(inputs_BS)
-        ce_sum = F.cross_entropy(out.logits_BSV.flatten(0, 1).float(), targets_BS.flatten(), reduction="sum")
-        loss = ce_sum / answers * world.world_size + t.aux_loss_coef * out.aux_loss + t.z_loss_coef * out.z_loss
-        loss.backward()
-        if self.experts is not None:
-            synced = time.perf_counter()
-            sync_expert_grads(self.model, self.experts, world.world_size)
-            comm += time.perf_counter() - synced
-        clip_grad_norm(self.model, self.experts, t.grad_clip)
+        ce_sum = self.runner.forward_backward(inputs_BS, targets_BS, answers)
+        with comm:
+            sync_sharded_grads(self.sharded, topo.dp.size)
+        clip_grad_norm(self.model, self.sharded, topo, t.grad_clip)
         lr = self._set_lr(self.step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-        reduced = time.perf_counter()
-        stats = all_reduce_sum(torch.stack([ce_sum.detach().float(), out.aux_loss.detach().float()]), world)
-        counts_LE = out.tokens_per_expert_LE
-        if counts_LE is not None:
-            counts_LE = all_reduce_sum(counts_LE.clone(), world)
-        comm += time.perf_counter() - reduced
-        if counts_LE is not None and t.bias_update_rate > 0:
-            for layer, counts_E in zip(self.moe_layers, counts_LE, strict=True):
-                layer.router.update_bias(counts_E, t.bias_update_rate)  # identical on every rank
+        with comm:
+            ce_total, aux, counts_LE = self._reduce_stats(ce_sum)
+        if t.bias_update_rate > 0:
+            for layer, moe in self.moe_layers.items():
+                moe.router.update_bias(counts_LE[layer], t.bias_update_rate)  # identical on every replica
         self.step += 1
         elapsed = time.perf_counter() - started
         return StepMetrics(
             step=self.step,
             rank=world.rank,
-            loss=float(stats[0] / answers),
-            aux_loss=float(stats[1]) / world.world_size,
+            loss=float(ce_total / answers),
+            aux_loss=aux,
             tokens=int(inputs_BS.numel()),
             step_seconds=elapsed,
-            compute_seconds=elapsed - comm,
-            comm_seconds=comm,
+            compute_seconds=elapsed - comm.seconds,
+            comm_seconds=comm.seconds,
             lr=lr,
-            tokens_per_expert=[] if out.tokens_per_expert_LE is None else out.tokens_per_expert_LE.tolist(),
+            tokens_per_expert=counts_LE.long().tolist(),
             max_memory_bytes=torch.cuda.max_memory_allocated() if world.device.type == "cuda" else 0,
         )
+
+    @property
+    def moe_layers(self) -> dict[int, MoE]:
+        blocks = {int(i): block for i, block in self.model.blocks.items()}
+        return {i: block.moe for i, block in blocks.items() if isinstance(block.moe, MoE)}
+
+    def _reduce_stats(self, ce_sum: Tensor | None) -> tuple[Tensor, float, Tensor]:
+        """One all-reduce over every rank: the global cross-entropy sum (from the last stage), the mean
+        balancing loss and the token counts of every layer (from each stage), each counted once per
+        data-parallel rank (tensor-parallel replicas hold copies: only tp index 0 contributes)."""
+        topo, arch = self.topo, self.config.architecture
+        record = self.model.take_record()
+        owner = topo.tp.rank == 0
+        head = torch.zeros(2, device=self.world.device)
+        counts_LE = torch.zeros(arch.layers, arch.experts, device=self.world.device)
+        if owner:
+            if ce_sum is not None:
+                head[0] = ce_sum
+            if record.aux_loss is not None:
+                head[1] = record.aux_loss / self.micro
+            for layer, counts_E in record.tokens_per_expert.items():
+                counts_LE[layer] = counts_E.float()
+        flat = all_reduce_sum(torch.cat([head, counts_LE.flatten()]), self.world)
+        return flat[0], float(flat[1]) / topo.dp.size, flat[2:].view_as(counts_LE)
 
     def save(self, loss: float) -> Path:
         cfg = self.config.checkpoint
@@ -207,18 +265,19 @@ class Trainer:
         return bool(all_reduce_sum(value, self.world).item() > 0)
 
 
-def evaluate(trainer: Trainer, count_per_domain: int) -> dict[str, float]:
-    """Exact-match accuracy per domain with greedy decoding (call on one rank)."""
+def evaluate(
+    config: TrainingRuntimeConfig, checkpoint_path: Path, device: torch.device, count_per_domain: int
+) -> dict[str, float]:
+    """Exact-match accuracy per domain with greedy decoding, on the whole model loaded from a checkpoint
+    (whatever layout wrote it); one process, no collectives."""
     from moeops.data.synthetic import exact_match, greedy_generate
 
-    model = trainer.model
-    model.eval()
-    try:
-        with torch.no_grad():
-            return exact_match(
-                lambda prompt, n: greedy_generate(model, prompt.to(trainer.world.device), n).cpu(),
-                trainer.corpus,
-                count_per_domain,
-            )
-    finally:
-        model.train()
+    model = Transformer(config.architecture)
+    checkpoint.load_model_weights(checkpoint_path, model)
+    model.to(device).eval()
+    with torch.no_grad():
+        return exact_match(
+            lambda prompt, n: greedy_generate(model, prompt.to(device), n).cpu(),
+            build_corpus(config),
+            count_per_domain,
+        )

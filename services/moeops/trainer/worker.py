@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 
+from . import checkpoint
 from .distributed import World, init_world, shutdown
 from .errors import EXIT_PREEMPTED, ConfigError
 from .loop import Trainer, evaluate
@@ -45,7 +46,7 @@ def _sink(path: Path | None, world: World, progress_total: int | None) -> Metric
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    world = init_world(config.plan)
+    world = init_world()
     root = Path(args.checkpoint_dir or config.checkpoint.directory)
     total = min(config.training.steps, args.max_steps or config.training.steps)
     sink = _sink(args.metrics, world, total if args.progress else None)
@@ -61,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     if result.preempted:
         log.warning("rank %d: preempted at step %d; checkpoint written", world.rank, result.last_step)
         return EXIT_PREEMPTED
-    if world.is_main and args.eval_per_domain:
-        accuracy = evaluate(trainer, args.eval_per_domain)
+    final = checkpoint.latest(root)
+    if world.is_main and args.eval_per_domain and final:
+        accuracy = evaluate(config, final[1], world.device, args.eval_per_domain)
         print(json.dumps({"step": result.last_step, "exact_match": accuracy}), flush=True)
     return 0
 
