@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from trainer_runs import losses, train, train_cmd, write_config
+from trainer_runs import TINY, losses, train, train_cmd, write_config
 
 
 @pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
@@ -110,3 +110,30 @@ def test_fp16_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace('"precision":"fp32"', '"precision":"fp16"'))
     result = train(config, 1)
     assert result.returncode == 78 and "fp16 is not supported" in result.stderr
+
+
+def test_trains_on_jsonl_files_with_a_tokenizer_trained_on_them(tmp_path: Path) -> None:
+    """file:// JSONL: malformed lines skipped, a BPE tokenizer trained at start and kept with the checkpoints,
+    and the same data on 1 and 2 ranks (the losses match)."""
+    corpus = tmp_path / "corpus.jsonl"
+    animals, foods = ("cat", "dog", "owl", "fox"), ("fish", "corn", "mice", "plums")
+    records = [{"text": f"the {a} eats {f} at {h} o'clock."} for a in animals for f in foods for h in range(1, 13)]
+    corpus.write_text("\n".join([*map(json.dumps, records), "{truncated"]) + "\n")
+    arch = TINY.model_copy(update={"vocab_size": 320})
+    runs = {}
+    for data in (1, 2):
+        run_dir = tmp_path / f"w{data}"
+        run_dir.mkdir()
+        result = train(write_config(run_dir, data=data, arch=arch, source=f"file://{corpus}"), data)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert (run_dir / "ckpt" / "tokenizer.json").is_file()
+        runs[data] = losses(run_dir)
+    for step, loss in runs[1].items():
+        assert runs[2][step] == pytest.approx(loss, rel=1e-4), (step, runs)
+    assert runs[1][6] < runs[1][1]
+
+
+def test_a_missing_corpus_is_a_configuration_error(tmp_path: Path) -> None:
+    result = train(write_config(tmp_path, source=f"file://{tmp_path}/nowhere.jsonl"), 1)
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert "nowhere.jsonl" in result.stderr

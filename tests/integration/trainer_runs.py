@@ -27,6 +27,7 @@ def write_config(
     aux: float = 0.0,
     arch: Architecture = TINY,
     activation_checkpointing: bool = False,
+    source: str = "synthetic://all",
     **training: Any,
 ) -> Path:
     config = TrainingRuntimeConfig(
@@ -43,7 +44,7 @@ def write_config(
             aux_loss_coef=aux,
             **training,
         ),
-        data=DataSpec(source="synthetic://all"),
+        data=DataSpec(source=source),
         plan=ParallelPlan(
             data=data,
             tensor=tensor,

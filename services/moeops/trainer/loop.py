@@ -22,11 +22,12 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
-from moeops.data.synthetic import CharTokenizer, SyntheticCorpus, parse_source
+from moeops.data.synthetic import SyntheticCorpus
 from moeops.model import Transformer
 from moeops.model.moe import MoE
 
 from . import checkpoint
+from .corpus import build_corpus, save_tokenizer
 from .distributed import World, all_reduce_sum
 from .errors import ConfigError
 from .expert_parallel import ExpertStateSharding, shard_experts
@@ -47,23 +48,6 @@ class FitResult:
     last_step: int
     """The last completed step (steps are 1-based in logs and checkpoints)."""
     preempted: bool
-
-
-def build_corpus(config: TrainingRuntimeConfig) -> SyntheticCorpus:
-    source = config.data.source
-    if not source.startswith("synthetic://"):
-        raise ConfigError(f"data.source {source!r}: this trainer version reads synthetic:// corpora only")
-    try:
-        domains = parse_source(source)
-    except ValueError as exc:
-        raise ConfigError(f"data.source: {exc}") from exc
-    tokenizer = CharTokenizer()
-    if config.architecture.vocab_size < tokenizer.vocab_size:
-        raise ConfigError(
-            f"architecture.vocabSize ({config.architecture.vocab_size}) is smaller than the synthetic corpus's"
-            f" vocabulary ({tokenizer.vocab_size})"
-        )
-    return SyntheticCorpus(domains, seed=config.training.seed, seq_len=config.architecture.seq_len, tokenizer=tokenizer)
 
 
 def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -116,6 +100,8 @@ class Trainer:
         self.micro = micro = micro_batches(training.micro_batch_size, self.batch_per_rank, plan.pipeline)
         autocast_for(training.precision, world.device)  # refuses an unsupported precision before any work
         self.corpus = build_corpus(config)
+        if world.is_main:
+            save_tokenizer(self.corpus, checkpoint_root)
         self.topo = topo = build_topology(world, plan)
 
         torch.manual_seed(training.seed)  # the same full model on every rank, then each keeps its part
@@ -272,12 +258,15 @@ def evaluate(
     (whatever layout wrote it); one process, no collectives."""
     from moeops.data.synthetic import exact_match, greedy_generate
 
+    corpus = build_corpus(config)
+    if not isinstance(corpus, SyntheticCorpus):
+        raise ConfigError("per-domain exact-match accuracy needs a synthetic:// corpus")
     model = Transformer(config.architecture)
     checkpoint.load_model_weights(checkpoint_path, model)
     model.to(device).eval()
     with torch.no_grad():
         return exact_match(
             lambda prompt, n: greedy_generate(model, prompt.to(device), n).cpu(),
-            build_corpus(config),
+            corpus,
             count_per_domain,
         )

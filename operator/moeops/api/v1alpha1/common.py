@@ -104,6 +104,16 @@ class Toleration(KubeModel):
     )
 
 
+ABSOLUTE_PATH_PATTERN = r"^/[-A-Za-z0-9._/]*$"
+NO_PARENT_SEGMENTS_RULE = cel("!self.contains('/../') && !self.endsWith('/..')", "path must not contain '..' segments")
+
+
+def reject_parent_segments(path: str | None) -> str | None:
+    if path is not None and ".." in path.split("/"):
+        raise ValueError("path must not contain '..' segments")
+    return path
+
+
 class VolumeLocation(KubeModel):
     """A directory on a PersistentVolumeClaim (or, without a claim, on the pod's ephemeral disk)."""
 
@@ -118,21 +128,12 @@ class VolumeLocation(KubeModel):
         default="/",
         min_length=1,
         max_length=1024,
-        pattern=r"^/[-A-Za-z0-9._/]*$",
+        pattern=ABSOLUTE_PATH_PATTERN,
         description="Directory inside the volume, from its root (`/` is the whole volume); no `..` segments.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel("!self.contains('/../') && !self.endsWith('/..')", "path must not contain '..' segments")
-            ]
-        },
+        json_schema_extra={"x-kubernetes-validations": [NO_PARENT_SEGMENTS_RULE]},
     )
 
-    @field_validator("path")
-    @classmethod
-    def _no_parent_segments(cls, path: str) -> str:
-        if ".." in path.split("/"):
-            raise ValueError("path must not contain '..' segments")
-        return path
+    _no_parent_segments = field_validator("path")(reject_parent_segments)
 
     def in_mount(self, mount_path: str) -> str:
         """This location's directory once the volume is mounted at `mount_path`."""

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from .common import (
+    ABSOLUTE_PATH_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
+    NO_PARENT_SEGMENTS_RULE,
     KubeModel,
     PrinterColumn,
     ResourceInfo,
@@ -21,6 +23,7 @@ from .common import (
     cel,
     immutable,
     name_rules,
+    reject_parent_segments,
 )
 from .presets import PresetName
 from .trainingjob_status import MoETrainingJobStatus
@@ -92,6 +95,21 @@ class DataSpec(KubeModel):
         default="jsonl", description="Record format of the source."
     )
     filter: DataFilterSpec = Field(default_factory=DataFilterSpec, description="The data-filter stage.")
+    tokenizer: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1024,
+        pattern=ABSOLUTE_PATH_PATTERN,
+        description="A tokenizer.json (Hugging Face tokenizers format) inside the pod, for text and jsonl"
+        " sources. Unset: a byte-level BPE tokenizer of at most architecture.vocabSize tokens is trained on"
+        " the corpus at start (deterministic: the same on every rank) and saved next to the checkpoints.",
+        json_schema_extra={"x-kubernetes-validations": [NO_PARENT_SEGMENTS_RULE]},
+    )
+    text_field: str = Field(
+        default="text", min_length=1, max_length=253, description="The field of a jsonl record that holds its text."
+    )
+
+    _no_parent_segments = field_validator("tokenizer")(reject_parent_segments)
 
 
 class TrainingSpec(KubeModel):

@@ -1,0 +1,67 @@
+"""The training data a job's `data` section names: the built-in synthetic corpus, or text/JSONL files with a
+BPE tokenizer (loaded, or trained on the corpus at start). Any problem is a configuration error (exit 78)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
+from moeops.data.synthetic import CharTokenizer, SyntheticCorpus, parse_source
+from moeops.data.text import TextCorpus, load_text_corpus
+
+from .errors import ConfigError
+
+Corpus = SyntheticCorpus | TextCorpus
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def _synthetic(config: TrainingRuntimeConfig) -> SyntheticCorpus:
+    try:
+        domains = parse_source(config.data.source)
+    except ValueError as exc:
+        raise ConfigError(f"data.source: {exc}") from exc
+    tokenizer = CharTokenizer()
+    if config.architecture.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"architecture.vocabSize ({config.architecture.vocab_size}) is smaller than the synthetic corpus's"
+            f" vocabulary ({tokenizer.vocab_size})"
+        )
+    return SyntheticCorpus(domains, seed=config.training.seed, seq_len=config.architecture.seq_len, tokenizer=tokenizer)
+
+
+def _text(config: TrainingRuntimeConfig) -> TextCorpus:
+    data, arch = config.data, config.architecture
+    try:
+        return load_text_corpus(
+            data.source,
+            data.format,
+            arch.seq_len,
+            config.training.seed,
+            data.tokenizer,
+            vocab_size=arch.vocab_size,
+            text_field=data.text_field,
+        )
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"data: {exc}") from exc
+
+
+def build_corpus(config: TrainingRuntimeConfig) -> Corpus:
+    source = config.data.source
+    if source.startswith("synthetic://"):
+        return _synthetic(config)
+    if source.startswith("file://"):
+        return _text(config)
+    scheme = source.split("://", 1)[0]
+    raise ConfigError(
+        f"data.source {source!r}: this trainer version reads synthetic:// and file:// ({scheme}:// not yet)"
+    )
+
+
+def save_tokenizer(corpus: Corpus, checkpoint_root: Path) -> Path | None:
+    """Keep a trained tokenizer next to the checkpoints (the model's ids mean nothing without it)."""
+    if not isinstance(corpus, TextCorpus):
+        return None
+    checkpoint_root.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_root / TOKENIZER_FILE
+    corpus.tokenizer.save(path)
+    return path
