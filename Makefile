@@ -19,6 +19,7 @@ benchmark: bootstrap     ## the benchmarks of docs/benchmarks.md
 	.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
 	.venv/bin/python benchmarks/operator_scale.py
 	.venv/bin/python benchmarks/moe_layer.py
+	.venv/bin/python benchmarks/moe_vs_dense.py
 
 clean:
 	rm -rf .venv .cache .tmp
