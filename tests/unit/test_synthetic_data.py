@@ -237,6 +237,14 @@ def test_exact_match_scores_an_oracle_1_and_garbage_0() -> None:
         return torch.tensor([TOK.encode("?")[0]] * max_new_tokens + [500])
 
     assert exact_match(oracle, corpus, 20) == dict.fromkeys(DOMAINS, 1.0)
+    longest = max(len(ex.answer) for d in DOMAINS for ex in corpus.eval_examples(d, 20))
+    assert longest > 16  # the budget follows the answer (a fixed 16 once scored long answers wrong)
+
+    def exactly_the_budget(prompt_1S: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        answer = TOK.encode(answers[tuple(prompt_1S[0].tolist())])
+        return torch.tensor([*answer, TOK.EOS][:max_new_tokens])
+
+    assert exact_match(exactly_the_budget, corpus, 20) == dict.fromkeys(DOMAINS, 1.0)
     assert exact_match(garbage, corpus, 20) == dict.fromkeys(DOMAINS, 0.0)
 
 

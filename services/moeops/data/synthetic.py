@@ -336,19 +336,25 @@ def _answer(tokenizer: CharTokenizer, ids: Sequence[int]) -> str | None:
 
 
 def exact_match(
-    generate: Callable[[Tensor, int], Tensor], corpus: SyntheticCorpus, count_per_domain: int, max_new_tokens: int = 16
+    generate: Callable[[Tensor, int], Tensor],
+    corpus: SyntheticCorpus,
+    count_per_domain: int,
+    max_new_tokens: int | None = None,
 ) -> dict[str, float]:
     """Per-domain exact-match accuracy on the corpus's held-out examples. `generate(prompt_ids_1S, max_new_tokens)`
     gets BOS prompt SEP on the CPU and returns the generated ids (1D tensor, greedy); the answer is the decoded
-    text up to the first EOS."""
+    text up to the first EOS. max_new_tokens None gives each example its answer's length + 1 (the EOS): the
+    score of unbounded generation (a longer output is wrong anyway) at the least cost; a fixed budget
+    shorter than some answers would score them wrong whatever the model does."""
     if count_per_domain < 1:
         raise ValueError(f"count_per_domain must be at least 1, got {count_per_domain}")
     tok = corpus.tokenizer
     scores: dict[str, float] = {}
     for domain in corpus.domains:
         examples = corpus.eval_examples(domain, count_per_domain)
-        right = sum(
-            _answer(tok, generate(prompt_ids(tok, ex.prompt), max_new_tokens).tolist()) == ex.answer for ex in examples
-        )
+        right = 0
+        for ex in examples:
+            budget = max_new_tokens or len(tok.encode(ex.answer)) + 1
+            right += _answer(tok, generate(prompt_ids(tok, ex.prompt), budget).tolist()) == ex.answer
         scores[domain] = right / len(examples)
     return scores
