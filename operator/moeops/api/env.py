@@ -22,6 +22,15 @@ CHECKPOINT_DIR = "MOEOPS_CHECKPOINT_DIR"
 MASTER_ADDR = "MASTER_ADDR"  # torch.distributed's own names for the static rendezvous endpoint.
 MASTER_PORT = "MASTER_PORT"
 
+# The NATS bus (moeops.bus.connection), read by every pod that publishes or consumes metrics and plans.
+NATS_URL = "MOEOPS_NATS_URL"  # comma-separated server URLs, e.g. nats://nats-0.nats:4222,nats://nats-1.nats:4222
+NATS_TOKEN = "MOEOPS_NATS_TOKEN"  # an auth token (from a Secret)
+NATS_CREDS = "MOEOPS_NATS_CREDS"  # path of a .creds file: user JWT + nkey seed (decentralised auth)
+NATS_NKEY_SEED = "MOEOPS_NATS_NKEY_SEED"  # path of a file holding an nkey seed (SU...)
+NATS_TLS_CA = "MOEOPS_NATS_TLS_CA"  # path of the CA bundle that signed the servers' certificates
+NATS_TLS_CERT = "MOEOPS_NATS_TLS_CERT"  # path of a client certificate (mutual TLS), with NATS_TLS_KEY
+NATS_TLS_KEY = "MOEOPS_NATS_TLS_KEY"
+
 # Set by the operator on every server pod of an InferenceService.
 SERVING_CONFIG = "MOEOPS_SERVING_CONFIG"
 MODEL_DIR = "MOEOPS_MODEL_DIR"

@@ -1,0 +1,118 @@
+"""JetStream storage of the bus, set up idempotently by whoever starts first (rebalancer, operator, tests).
+
+- Stream MOEOPS_METRICS holds `moeops.metrics.>` with limits retention: the last hour, at most
+  `max_msgs_per_subject` steps per rank, oldest discarded first. A restarted rebalancer rebuilds its averages
+  from it; messages carry a `Nats-Msg-Id`, so a retried publish within the duplicate window is stored once.
+- KV bucket `moeops-plans` keeps the latest plan of each job (history 1) under `<namespace>.<job>`, and
+  republishes every stored plan on `moeops.plans.<namespace>.<job>`: ranks can read the current plan when they
+  start and follow new ones with a plain subscription.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RePublish,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamInfo,
+)
+from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from .messages import RebalancePlan, decode, encode
+from .subjects import METRICS_ROOT, METRICS_STREAM, PLANS_BUCKET, PLANS_KV_ROOT, PLANS_ROOT, plan_key, plans_subject
+
+STREAM_NAME_IN_USE = 10058
+"""JetStream's error code for creating a stream that exists with another configuration."""
+
+
+@dataclass(frozen=True)
+class MetricsRetention:
+    max_age_s: float = 3600.0
+    max_msgs_per_subject: int = 1000
+    """Per rank: the recent steps a restarted rebalancer needs, not the whole run."""
+    max_bytes: int = -1
+    """-1: bounded by age and count only; set it where the server's disk is small."""
+    duplicate_window_s: float = 120.0
+    replicas: int = 1
+    storage: StorageType = StorageType.FILE
+    """On disk, so that the metrics outlive a server restart."""
+
+
+def metrics_stream_config(retention: MetricsRetention | None = None) -> StreamConfig:
+    retention = retention or MetricsRetention()
+    return StreamConfig(
+        name=METRICS_STREAM,
+        description="moeops worker step metrics",
+        subjects=[f"{METRICS_ROOT}.>"],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        max_age=retention.max_age_s,
+        max_msgs_per_subject=retention.max_msgs_per_subject,
+        max_bytes=retention.max_bytes,
+        duplicate_window=retention.duplicate_window_s,
+        num_replicas=retention.replicas,
+        storage=retention.storage,
+    )
+
+
+async def ensure_metrics_stream(js: JetStreamContext, retention: MetricsRetention | None = None) -> StreamInfo:
+    """Creates the metrics stream, or brings an existing one to this configuration."""
+    config = metrics_stream_config(retention)
+    try:
+        return await js.add_stream(config)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        return await js.update_stream(config)
+
+
+async def ensure_plans_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The plans bucket, created if missing (an existing bucket is used as it is)."""
+    try:
+        return await js.key_value(PLANS_BUCKET)
+    except BucketNotFoundError:
+        pass
+    config = KeyValueConfig(
+        bucket=PLANS_BUCKET,
+        description="moeops: the latest rebalance plan of each job",
+        history=1,
+        replicas=replicas,
+        storage=StorageType.FILE,
+        republish=RePublish(src=f"{PLANS_KV_ROOT}.>", dest=f"{PLANS_ROOT}.>"),
+    )
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        return await js.key_value(PLANS_BUCKET)  # another process created it first, with its own settings
+
+
+async def put_plan(kv: KeyValue, plan: RebalancePlan, *, last_revision: int | None = None) -> int:
+    """Stores `plan` as its job's latest and returns the revision.
+
+    With `last_revision` (0 for "no plan yet") the write succeeds only if the stored plan is still that revision
+    (nats raises KeyWrongLastSequenceError otherwise), so two planners can't silently overwrite each other."""
+    if last_revision is None:
+        return await kv.put(plan.key, encode(plan))
+    return await kv.update(plan.key, encode(plan), last=last_revision)
+
+
+async def latest_plan(kv: KeyValue, namespace: str, job: str) -> tuple[RebalancePlan, int] | None:
+    """The job's stored plan and its revision, or None if it has none; BadMessage if the stored bytes are bad."""
+    try:
+        entry = await kv.get(plan_key(namespace, job))
+    except KeyNotFoundError:
+        return None
+    if entry.value is None or entry.revision is None:
+        return None
+    plan = decode(plans_subject(namespace, job), entry.value)
+    assert isinstance(plan, RebalancePlan)  # decode picks the schema from the plans subject
+    return plan, entry.revision
