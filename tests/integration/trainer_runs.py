@@ -68,9 +68,14 @@ def train_cmd(config: Path, nproc: int, *extra: str) -> list[str]:
             "--metrics", str(metrics), *extra]  # fmt: skip
 
 
-def train(config: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(train_cmd(config, nproc, *extra), capture_output=True, text=True, timeout=300, env=env)
+def train_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def train(config: Path, nproc: int, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        train_cmd(config, nproc, *extra), capture_output=True, text=True, timeout=300, env=env or train_env()
+    )
 
 
 def losses(run_dir: Path) -> dict[int, float]:

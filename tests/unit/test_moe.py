@@ -47,7 +47,7 @@ def reference(moe: MoE, x_TD: torch.Tensor, capacity: int | None = None) -> torc
 @pytest.mark.parametrize("shared", [0, 1])
 def test_moe_output_equals_the_reference(grouped: bool, shared: int) -> None:
     moe = make_moe(shared_experts=shared, slice_rows=7)  # slices smaller than the rows: exercises slicing
-    moe.experts.use_grouped_mm = grouped
+    moe.experts.kernel = "grouped" if grouped else "loop"
     x_TD = torch.randn(T, D)
     torch.testing.assert_close(moe(x_TD).out_TD, reference(moe, x_TD), rtol=1e-5, atol=1e-5)
 
@@ -58,7 +58,7 @@ def test_grouped_and_looped_paths_have_equal_gradients() -> None:
     grads = []
     for grouped in (True, False):
         moe = make_moe()
-        moe.experts.use_grouped_mm = grouped
+        moe.experts.kernel = "grouped" if grouped else "loop"
         x = x_TD.clone().requires_grad_()
         moe(x).out_TD.sum().backward()  # a sum: the stride-0 gradient grouped_mm's backward rejects raw
         grads.append([x.grad, *(p.grad for p in moe.parameters())])
@@ -151,3 +151,13 @@ def test_a_few_steps_fit_a_tiny_batch() -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_auto_kernel_loops_on_cpu_and_groups_elsewhere() -> None:
+    experts = make_moe().experts
+    x_AD = torch.randn(8, D)
+    assert not experts._grouped_here(x_AD, HIDDEN, D)  # CPU: the per-expert loop measured faster
+    experts.kernel = "grouped"
+    assert experts._grouped_here(x_AD, HIDDEN, D)
+    experts.kernel = "auto"
+    assert experts._grouped_here(torch.empty(8, D, device="meta"), HIDDEN, D)

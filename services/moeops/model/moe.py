@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,10 @@ from torch.distributed.tensor import DTensor
 # cutting expert groups into more, smaller matmuls costs more than the page faults it saves — so slicing only
 # caps memory on very large batches (65,536 rows × F=1024 fp32 = 256 MiB per temporary).
 DEFAULT_SLICE_ROWS = 65536
+
+
+ExpertKernel = Literal["auto", "grouped", "loop"]
+"""How GroupedExperts runs its experts: grouped_mm, one matmul per expert, or the faster for the device."""
 
 
 def grouped_mm_supported(dtype: torch.dtype, *dims: int) -> bool:
@@ -97,7 +102,7 @@ class GroupedExperts(nn.Module):
         self.w1_EFD = nn.Parameter(torch.empty(experts, hidden, dim))
         self.w2_EDF = nn.Parameter(torch.empty(experts, dim, hidden))
         self.w3_EFD = nn.Parameter(torch.empty(experts, hidden, dim))
-        self.use_grouped_mm = True  # where supported; tests switch it off to compare with the fallback
+        self.kernel: ExpertKernel = "auto"
 
     def forward(self, x_AD: Tensor, counts_E: Tensor) -> Tensor:
         """x_AD: assignments sorted by expert; counts_E: rows per expert (sums to A)."""
@@ -109,9 +114,17 @@ class GroupedExperts(nn.Module):
         # trainer sums the partial outputs over the group).
         w1_EFD, w2_EDF, w3_EFD = (_local(w) for w in (self.w1_EFD, self.w2_EDF, self.w3_EFD))
         hidden, dim = w1_EFD.shape[1:]
-        if self.use_grouped_mm and grouped_mm_supported(x_AD.dtype, hidden, dim):
+        if self._grouped_here(x_AD, hidden, dim):
             return self._grouped(x_AD, torch.cumsum(counts_E, dim=0), w1_EFD, w2_EDF, w3_EFD)
         return self._looped(x_AD, counts_E, w1_EFD, w2_EDF, w3_EFD)
+
+    def _grouped_here(self, x_AD: Tensor, hidden: int, dim: int) -> bool:
+        if self.kernel == "loop" or not grouped_mm_supported(x_AD.dtype, hidden, dim):
+            return False
+        # auto: grouped on accelerators (no per-expert host sync or launch). On CPU grouped_mm is itself a
+        # loop of GEMMs, and the per-expert loop over contiguous slices measured 1.03-1.31x faster at d=512,
+        # ffn=1024 (docs/benchmarks.md, moe_layer); there the host sync on the counts costs nothing.
+        return self.kernel == "grouped" or x_AD.device.type != "cpu"
 
     def _grouped(self, x_AD: Tensor, ends_E: Tensor, w1_EFD: Tensor, w2_EDF: Tensor, w3_EFD: Tensor) -> Tensor:
         w1_EDF, w3_EDF, w2_EFD = w1_EFD.transpose(-2, -1), w3_EFD.transpose(-2, -1), w2_EDF.transpose(-2, -1)
@@ -128,16 +141,14 @@ class GroupedExperts(nn.Module):
 
     @staticmethod
     def _looped(x_AD: Tensor, counts_E: Tensor, w1_EFD: Tensor, w2_EDF: Tensor, w3_EFD: Tensor) -> Tensor:
-        """Fallback where grouped_mm is missing (device/dtype): one matmul per expert (host sync on counts)."""
-        out_AD = torch.empty_like(x_AD)
-        start = 0
-        for e, n in enumerate(counts_E.tolist()):
-            if n:
-                x = x_AD[start : start + n]
-                h = F.silu(x @ w1_EFD[e].T) * (x @ w3_EFD[e].T)
-                out_AD[start : start + n] = h @ w2_EDF[e].T
-            start += n
-        return out_AD
+        """One matmul per expert (a host sync on the counts). split/unbind/cat rather than indexing: their
+        backward writes each input gradient once, where per-expert slicing would add E full-size zeros."""
+        xs = torch.split(x_AD, counts_E.tolist())
+        outputs = [
+            (F.silu(x @ w1.T) * (x @ w3.T)) @ w2.T
+            for x, w1, w2, w3 in zip(xs, w1_EFD.unbind(0), w2_EDF.unbind(0), w3_EFD.unbind(0), strict=True)
+        ]
+        return torch.cat(outputs)
 
 
 class SwiGLU(nn.Module):

@@ -6,13 +6,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from moeops.api import env
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
+from moeops.bus.connection import BusConfigError, ConnectionOptions
+from moeops.bus.publisher import NatsMetricsSink
 from moeops.data.synthetic import SyntheticCorpus
 
 from . import checkpoint
@@ -34,15 +38,26 @@ def load_config(path: Path) -> TrainingRuntimeConfig:
         raise ConfigError(f"invalid config {path}: {problems}") from exc
 
 
-def _sink(path: Path | None, world: World, progress_total: int | None) -> MetricsSink:
-    sinks: list[MetricsSink] = []
+def _sink(config: TrainingRuntimeConfig, path: Path | None, world: World, progress_total: int | None) -> MetricsSink:
+    """Local sinks (files, progress bar) behind one background thread; NATS, when MOEOPS_NATS_URL is set and
+    the job wants rebalancing, through its own non-blocking sink (it buffers and reconnects by itself)."""
+    local: list[MetricsSink] = []
     if path is not None:
-        sinks.append(JsonlSink(path.with_name(f"{path.stem}.rank{world.rank}{path.suffix}")))
+        local.append(JsonlSink(path.with_name(f"{path.stem}.rank{world.rank}{path.suffix}")))
     if progress_total and world.is_main:
-        sinks.append(ProgressSink(progress_total, sys.stderr))
+        local.append(ProgressSink(progress_total, sys.stderr))
+    sinks: list[MetricsSink] = [BackgroundSink(FanOut(*local))] if local else []
+    if os.environ.get(env.NATS_URL) and config.rebalance.enabled:
+        try:
+            options = ConnectionOptions.from_env(name=f"moeops-trainer-{config.job_name}-{world.rank}")
+            sinks.append(
+                NatsMetricsSink(options, namespace=config.namespace, job=config.job_name, world_size=world.world_size)
+            )
+        except (BusConfigError, ValueError) as exc:
+            raise ConfigError(f"metrics bus: {exc}") from exc
     if not sinks:
         return NullSink()
-    return BackgroundSink(FanOut(*sinks))
+    return sinks[0] if len(sinks) == 1 else FanOut(*sinks)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     world = init_world()
     root = Path(args.checkpoint_dir or config.checkpoint.directory)
     total = min(config.training.steps, args.max_steps or config.training.steps)
-    sink = _sink(args.metrics, world, total if args.progress else None)
+    sink = _sink(config, args.metrics, world, total if args.progress else None)
     trainer = Trainer(config, world, sink, root)
     signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "preempt_requested", True))
     if world.is_main:
