@@ -1,0 +1,163 @@
+"""Load factors: EWMA-smoothed per-rank throughput and per-expert token counts, from `WorkerMetrics`.
+
+The aggregator is pure and deterministic: the same records in the same order give the same snapshot. Records may
+arrive interleaved across ranks (each rank publishes on its own subject); per rank, only a step newer than the last
+one folded in is used, so a redelivered (duplicate) or late (stale) record never counts twice or moves an average
+backwards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+from moeops.bus.messages import WorkerMetrics
+
+DEFAULT_SMOOTHING = 0.2
+"""Weight of the newest sample: about the last 1/0.2 = 5 steps dominate, enough to ride out one noisy step."""
+
+
+def ewma(previous: float | None, sample: float, smoothing: float) -> float:
+    """previous + smoothing·(sample − previous); the first sample is taken as is (no bias towards 0)."""
+    if previous is None:
+        return sample
+    return previous + smoothing * (sample - previous)
+
+
+class Ingested(Enum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    """The (rank, step) already folded in: a redelivery."""
+    STALE = "stale"
+    """Older than the rank's newest step folded in: arrived late, its information is superseded."""
+    NOT_USABLE = "not_usable"
+    """No time measured (zero seconds) or no tokens: nothing to learn a rate from."""
+
+
+@dataclass(frozen=True)
+class RankLoad:
+    rank: int
+    tokens_per_second: float
+    """Smoothed tokens / compute_seconds: the rank's own speed (see `LoadAggregator.ingest`)."""
+    compute_seconds: float
+    """Smoothed compute time per step (the stage's time when the rank runs a pipeline stage)."""
+    step_seconds: float
+    """Smoothed wall time per step, waits included."""
+    last_step: int
+    samples: int
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    world_size: int
+    max_step: int
+    """The newest step any rank reported; plans are scheduled after it."""
+    ranks: tuple[RankLoad, ...]
+    """Ranks that reported at least once, by rank."""
+    expert_tokens: tuple[tuple[float, ...], ...]
+    """Per MoE layer, per expert, smoothed tokens routed per step (global over the data-parallel ranks)."""
+    counts: dict[Ingested, int]
+
+    def throughput(self) -> list[float]:
+        """Tokens/s per rank 0..world_size-1; a rank that never reported gets the mean of those that did."""
+        known = {load.rank: load.tokens_per_second for load in self.ranks}
+        fallback = math.fsum(known.values()) / len(known) if known else 1.0
+        return [known.get(rank, fallback) for rank in range(self.world_size)]
+
+    @property
+    def complete(self) -> bool:
+        """Every rank has reported: a plan made before that would guess for the silent ones."""
+        return len(self.ranks) == self.world_size
+
+
+@dataclass
+class _RankState:
+    last_step: int
+    tokens_per_second: float
+    compute_seconds: float
+    step_seconds: float
+    samples: int = 1
+
+
+@dataclass
+class LoadAggregator:
+    smoothing: float = DEFAULT_SMOOTHING
+    world_size: int = 0
+    _ranks: dict[int, _RankState] = field(default_factory=dict)
+    _expert_tokens: list[list[float]] = field(default_factory=list)
+    _expert_step: int = -1
+    _max_step: int = -1
+    _counts: dict[Ingested, int] = field(default_factory=lambda: dict.fromkeys(Ingested, 0))
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
+
+    def ingest(self, metrics: WorkerMetrics) -> Ingested:
+        """Fold one record in; returns what became of it (counted in the snapshot either way).
+
+        Throughput is tokens / compute_seconds, not / step_seconds: in synchronous data parallelism every rank's
+        step time is the slowest rank's (the fast ones wait in the all-reduce), so step time hides the straggler
+        the shares must correct. Without a compute time (0), the step time is the best estimate left.
+        """
+        outcome = self._classify(metrics)
+        self._counts[outcome] += 1
+        if outcome is not Ingested.ACCEPTED:
+            return outcome
+        self.world_size = max(self.world_size, metrics.world_size)
+        self._max_step = max(self._max_step, metrics.step)
+        seconds = metrics.compute_seconds if metrics.compute_seconds > 0 else metrics.step_seconds
+        rate = metrics.tokens / seconds
+        state = self._ranks.get(metrics.rank)
+        if state is None:
+            self._ranks[metrics.rank] = _RankState(metrics.step, rate, seconds, metrics.step_seconds)
+        else:
+            state.last_step = metrics.step
+            state.tokens_per_second = ewma(state.tokens_per_second, rate, self.smoothing)
+            state.compute_seconds = ewma(state.compute_seconds, seconds, self.smoothing)
+            state.step_seconds = ewma(state.step_seconds, metrics.step_seconds, self.smoothing)
+            state.samples += 1
+        self._fold_expert_counts(metrics)
+        return outcome
+
+    def _classify(self, metrics: WorkerMetrics) -> Ingested:
+        state = self._ranks.get(metrics.rank)
+        if state is not None and metrics.step == state.last_step:
+            return Ingested.DUPLICATE
+        if state is not None and metrics.step < state.last_step:
+            return Ingested.STALE
+        seconds = metrics.compute_seconds if metrics.compute_seconds > 0 else metrics.step_seconds
+        if seconds <= 0 or metrics.tokens == 0:
+            return Ingested.NOT_USABLE
+        return Ingested.ACCEPTED
+
+    def _fold_expert_counts(self, metrics: WorkerMetrics) -> None:
+        # The trainer all-reduces the counts, so every rank reports the same global counts for a step: fold each
+        # step in once (from whichever rank reports it first), and never an older step after a newer one.
+        if not metrics.tokens_per_expert or metrics.step <= self._expert_step:
+            return
+        shape_changed = [len(layer) for layer in metrics.tokens_per_expert] != [
+            len(layer) for layer in self._expert_tokens
+        ]
+        if shape_changed:  # first record, or the model changed: averages of other experts mean nothing
+            self._expert_tokens = [[float(count) for count in layer] for layer in metrics.tokens_per_expert]
+        else:
+            self._expert_tokens = [
+                [ewma(old, float(new), self.smoothing) for old, new in zip(old_layer, new_layer, strict=True)]
+                for old_layer, new_layer in zip(self._expert_tokens, metrics.tokens_per_expert, strict=True)
+            ]
+        self._expert_step = metrics.step
+
+    def snapshot(self) -> LoadSnapshot:
+        ranks = tuple(
+            RankLoad(rank, s.tokens_per_second, s.compute_seconds, s.step_seconds, s.last_step, s.samples)
+            for rank, s in sorted(self._ranks.items())
+        )
+        return LoadSnapshot(
+            world_size=self.world_size,
+            max_step=self._max_step,
+            ranks=ranks,
+            expert_tokens=tuple(tuple(layer) for layer in self._expert_tokens),
+            counts=dict(self._counts),
+        )

@@ -1,0 +1,88 @@
+"""Hysteresis and plan building: re-plan only when it is worth it, and make every rank switch at the same step.
+
+A plan that would change the distribution for a small predicted gain costs more than it saves (the switch itself,
+the noise in the measurements it was based on), and re-planning every step would chase that noise: hence a minimum
+relative gain and a minimum interval between plans (`RebalanceSpec.min_gain`, `RebalanceSpec.interval_steps`).
+
+Ranks read the plan asynchronously, so it carries the step at which all of them apply it: after the newest step any
+rank has reported plus a safety margin long enough for the plan to reach every rank before that step starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from moeops.api.v1alpha1.trainingjob import RebalanceSpec
+from moeops.bus.messages import RebalancePlan
+
+DEFAULT_APPLY_MARGIN_STEPS = 5
+"""Steps between the newest reported step and the switch: at ≥ 0.1 s a step, 0.5 s for the plan to reach every
+rank through NATS (milliseconds normally), with room for a rank that is a step or two ahead of its last report."""
+
+
+class Verdict(Enum):
+    PLAN = "plan"
+    DISABLED = "disabled"
+    TOO_SOON = "too_soon"
+    """Inside the minimum interval since the last plan's switch."""
+    GAIN_TOO_SMALL = "gain_too_small"
+
+
+@dataclass(frozen=True)
+class Hysteresis:
+    min_gain: float = 0.05
+    interval_steps: int = 50
+    apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS
+    enabled: bool = True
+
+    @classmethod
+    def from_spec(cls, spec: RebalanceSpec, apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS) -> Hysteresis:
+        return cls(spec.min_gain, spec.interval_steps, apply_margin_steps, spec.enabled)
+
+    def verdict(self, *, current_step: int, last_applied_step: int | None, predicted_gain: float) -> Verdict:
+        """Whether to publish a plan now. The interval counts from the step the last plan took effect: the
+        measurements before it describe the old distribution."""
+        if not self.enabled:
+            return Verdict.DISABLED
+        if last_applied_step is not None and current_step - last_applied_step < self.interval_steps:
+            return Verdict.TOO_SOON
+        # Strictly more than min_gain: with min_gain 0 an exact tie (no gain at all) still changes nothing.
+        if predicted_gain <= self.min_gain:
+            return Verdict.GAIN_TOO_SMALL
+        return Verdict.PLAN
+
+
+def build_plan(
+    *,
+    namespace: str,
+    job: str,
+    previous: RebalancePlan | None,
+    max_step: int,
+    apply_margin_steps: int,
+    data_shares: Sequence[float],
+    stage_layers: Sequence[tuple[int, int]],
+    expert_placement: Sequence[Sequence[Sequence[int]]],
+    predicted_gain: float,
+    now_unix_s: float,
+) -> RebalancePlan:
+    """The next plan: epoch one past the previous plan's (0 for the first), applied at max_step + margin."""
+    return RebalancePlan(
+        namespace=namespace,
+        job=job,
+        epoch=0 if previous is None else previous.epoch + 1,
+        apply_at_step=max_step + apply_margin_steps,
+        data_shares=list(data_shares),
+        stage_layers=list(stage_layers),
+        expert_placement=[[list(ranks) for ranks in layer] for layer in expert_placement],
+        predicted_gain=predicted_gain,
+        created_at_unix_s=now_unix_s,
+    )
+
+
+def combined_gain(step_seconds_before: float, step_seconds_after: float) -> float:
+    """Relative step-time reduction, 0 when nothing was measured."""
+    if step_seconds_before <= 0:
+        return 0.0
+    return 1.0 - step_seconds_after / step_seconds_before

@@ -1,0 +1,128 @@
+"""Expert placement: equal slots per rank, balanced loads, hot experts replicated; migration cost gates moves."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from moeops.rebalancer.experts import (
+    ExpertPlacement,
+    imbalance,
+    migration_pays_off,
+    migration_seconds,
+    pack_replicas,
+    place_experts,
+    replicate_hot_experts,
+)
+
+
+def zipf_loads(rng: random.Random, experts: int) -> list[float]:
+    loads = [1000.0 / (rank + 1) ** rng.uniform(0.5, 1.5) for rank in range(experts)]
+    rng.shuffle(loads)
+    return loads
+
+
+def check(placement: ExpertPlacement, loads: list[float], ranks: int, spare: int) -> None:
+    assert len(placement.rank_experts) == ranks
+    assert {len(slots) for slots in placement.rank_experts} == {(len(loads) + spare) // ranks}
+    replicas = placement.replicas()
+    assert all(replicas[e] for e in range(len(loads)))  # every expert placed
+    assert all(len(set(r)) == len(r) for r in replicas)  # at most once per rank
+    rank_loads = placement.rank_loads(loads)
+    assert sum(rank_loads) == pytest.approx(sum(loads))
+    heaviest_replica = max(loads[e] / len(replicas[e]) for e in range(len(loads)))
+    # The greedy (list-scheduling) bound: no rank exceeds the mean by more than one replica's load.
+    assert max(rank_loads) <= sum(rank_loads) / ranks + heaviest_replica + 1e-6
+
+
+def test_global_placement_on_random_zipf_loads() -> None:
+    rng = random.Random(3)
+    for _ in range(100):
+        ranks = rng.choice([2, 4, 8, 16])
+        per_rank = rng.randint(1, 6)
+        spare = rng.randint(0, ranks)
+        experts = ranks * per_rank + spare - 2 * spare  # experts + spare slots fill the ranks exactly
+        if experts < 1:
+            continue
+        loads = zipf_loads(rng, experts)
+        check(place_experts(loads, ranks, redundant_slots=spare), loads, ranks, spare)
+
+
+def test_hierarchical_placement_on_random_zipf_loads() -> None:
+    rng = random.Random(5)
+    for _ in range(60):
+        nodes = rng.choice([2, 4])
+        gpus_per_node = rng.choice([2, 4])
+        ranks = nodes * gpus_per_node
+        spare = ranks * rng.randint(0, 1)  # a spare slot per GPU, or none
+        experts = ranks * rng.randint(1, 4)
+        loads = zipf_loads(rng, experts)
+        placement = place_experts(loads, ranks, redundant_slots=spare, nodes=nodes, groups=nodes * 2)
+        check(placement, loads, ranks, spare)
+        # Each expert's replicas stay within one node.
+        for holders in placement.replicas():
+            assert len({rank // gpus_per_node for rank in holders}) == 1
+
+
+def test_spare_slots_go_to_the_hottest_experts() -> None:
+    assert replicate_hot_experts([100.0, 10.0, 40.0, 10.0], 7, max_replicas=4) == [3, 1, 2, 1]
+    assert replicate_hot_experts([100.0, 1.0], 4, max_replicas=2) == [2, 2]  # capped at the rank count
+
+
+def test_replication_lowers_the_imbalance() -> None:
+    loads = [800.0] + [100.0] * 7
+    without = place_experts(loads, 4, redundant_slots=0)
+    spare = place_experts(loads, 4, redundant_slots=4)
+    assert imbalance(spare.rank_loads(loads)) < imbalance(without.rank_loads(loads))
+    assert len(spare.replicas()[0]) > 1
+
+
+def test_packing_never_puts_an_expert_twice_on_a_rank() -> None:
+    # Many replicas of few experts: the greedy corner the swap in pack_replicas gets out of.
+    rng = random.Random(11)
+    for _ in range(200):
+        ranks = rng.randint(2, 6)
+        experts = rng.randint(1, ranks)
+        copies = [rng.randint(1, ranks) for _ in range(experts)]
+        while sum(copies) % ranks:
+            grow = [e for e in range(experts) if copies[e] < ranks]
+            copies[rng.choice(grow)] += 1
+        loads = [rng.uniform(1, 100) for _ in range(experts)]
+        held = pack_replicas(loads, copies, ranks)
+        assert all(len(h) == len(set(h)) == sum(copies) // ranks for h in held)
+        assert sorted(e for h in held for e in h) == sorted(e for e in range(experts) for _ in range(copies[e]))
+
+
+def test_uneven_slots_are_refused() -> None:
+    with pytest.raises(ValueError, match="do not fill"):
+        place_experts([1.0] * 7, 2)
+
+
+def test_migration_cost_is_the_busiest_receivers_bytes_over_bandwidth() -> None:
+    current = [[0], [1], [0], [1]]
+    assert migration_seconds(current, current, 1e9, 1e9) == 0.0
+    proposed = [[0, 1], [0], [1], [1]]  # rank 1 receives expert 0 and 2, rank 0 receives expert 1
+    assert migration_seconds(current, proposed, 2e9, 1e9) == pytest.approx(4.0)
+
+
+def test_a_move_is_refused_when_it_costs_more_than_it_saves() -> None:
+    loads = [800.0] + [100.0] * 7
+    old = place_experts(loads, 4, redundant_slots=4)
+    new_loads = [100.0] * 7 + [800.0]
+    new = place_experts(new_loads, 4, redundant_slots=4)
+    cost = migration_seconds(old.replicas(), new.replicas(), bytes_per_expert=3e9, bandwidth_bytes_per_s=25e9)
+    assert cost > 0
+    seconds_per_token = 1e-4
+    gain = (max(old.rank_loads(new_loads)) - max(new.rank_loads(new_loads))) * seconds_per_token
+    assert gain > 0
+    steps_to_break_even = cost / gain
+    assert not migration_pays_off(gain, int(steps_to_break_even) - 1, cost)
+    assert migration_pays_off(gain, int(steps_to_break_even) + 1, cost)
+
+
+def test_bus_form_round_trips() -> None:
+    placement = place_experts([5.0, 1.0, 3.0, 2.0], 2, redundant_slots=2)
+    again = ExpertPlacement.from_replicas(placement.replicas(), 2)
+    assert again.replicas() == placement.replicas()
+    assert [sorted(s) for s in again.rank_experts] == [sorted(s) for s in placement.rank_experts]

@@ -1,0 +1,132 @@
+"""Load factors: EWMA throughput and expert counts; duplicates and stale records never count."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from moeops.bus.messages import WorkerMetrics
+from moeops.rebalancer.load import Ingested, LoadAggregator, ewma
+
+
+def metrics(
+    rank: int,
+    step: int,
+    *,
+    tokens: int = 1000,
+    compute_seconds: float = 1.0,
+    step_seconds: float = 1.5,
+    experts: list[list[int]] | None = None,
+    world_size: int = 2,
+) -> WorkerMetrics:
+    return WorkerMetrics(
+        namespace="ns",
+        job="job",
+        world_size=world_size,
+        rank=rank,
+        step=step,
+        loss=2.0,
+        aux_loss=0.0,
+        tokens=tokens,
+        step_seconds=step_seconds,
+        compute_seconds=compute_seconds,
+        comm_seconds=max(step_seconds - compute_seconds, 0.0),
+        lr=1e-3,
+        tokens_per_expert=experts if experts is not None else [],
+        measured_at_unix_s=0.0,
+    )
+
+
+def test_ewma_takes_the_first_sample_as_is_then_moves_by_the_smoothing_factor() -> None:
+    assert ewma(None, 10.0, 0.5) == 10.0
+    assert ewma(10.0, 20.0, 0.5) == 15.0
+    assert ewma(10.0, 20.0, 1.0) == 20.0
+
+
+def test_throughput_is_tokens_per_compute_second_smoothed() -> None:
+    aggregator = LoadAggregator(smoothing=0.5)
+    aggregator.ingest(metrics(0, 1, tokens=1000, compute_seconds=1.0))
+    aggregator.ingest(metrics(0, 2, tokens=1000, compute_seconds=0.5))
+    (rank0,) = aggregator.snapshot().ranks
+    assert rank0.tokens_per_second == pytest.approx(1500.0)  # 1000, then halfway to 2000
+    assert rank0.compute_seconds == pytest.approx(0.75)
+    assert rank0.samples == 2
+
+
+def test_step_time_is_the_fallback_when_no_compute_time_was_measured() -> None:
+    aggregator = LoadAggregator()
+    aggregator.ingest(metrics(0, 1, tokens=1000, compute_seconds=0.0, step_seconds=2.0))
+    assert aggregator.snapshot().ranks[0].tokens_per_second == pytest.approx(500.0)
+
+
+def test_duplicates_and_stale_records_are_counted_and_ignored() -> None:
+    aggregator = LoadAggregator(smoothing=0.5)
+    assert aggregator.ingest(metrics(0, 5, compute_seconds=1.0)) is Ingested.ACCEPTED
+    assert aggregator.ingest(metrics(0, 5, compute_seconds=0.1)) is Ingested.DUPLICATE
+    assert aggregator.ingest(metrics(0, 3, compute_seconds=0.1)) is Ingested.STALE
+    assert aggregator.ingest(metrics(0, 6, tokens=0)) is Ingested.NOT_USABLE
+    snapshot = aggregator.snapshot()
+    assert snapshot.ranks[0].tokens_per_second == pytest.approx(1000.0)
+    assert snapshot.ranks[0].last_step == 5
+    assert snapshot.counts == {
+        Ingested.ACCEPTED: 1,
+        Ingested.DUPLICATE: 1,
+        Ingested.STALE: 1,
+        Ingested.NOT_USABLE: 1,
+    }
+
+
+def test_interleaving_of_ranks_does_not_change_the_snapshot() -> None:
+    rng = random.Random(4)
+    records = [metrics(rank, step, compute_seconds=rng.uniform(0.5, 2.0)) for step in range(1, 20) for rank in (0, 1)]
+    by_rank = {rank: [r for r in records if r.rank == rank] for rank in (0, 1)}
+    shuffled: list[WorkerMetrics] = []
+    queues = {rank: list(rs) for rank, rs in by_rank.items()}
+    while any(queues.values()):  # a random merge that keeps each rank's own order
+        rank = rng.choice([r for r, q in queues.items() if q])
+        shuffled.append(queues[rank].pop(0))
+    a, b = LoadAggregator(), LoadAggregator()
+    for record in records:
+        a.ingest(record)
+    for record in shuffled:
+        b.ingest(record)
+    assert a.snapshot().ranks == b.snapshot().ranks
+
+
+def test_a_redelivered_history_changes_nothing() -> None:
+    records = [metrics(rank, step, compute_seconds=0.5 + step / 10) for step in range(1, 10) for rank in (0, 1)]
+    aggregator = LoadAggregator()
+    for record in records:
+        aggregator.ingest(record)
+    before = aggregator.snapshot()
+    for record in reversed(records):  # e.g. a JetStream replay after a reconnect
+        aggregator.ingest(record)
+    after = aggregator.snapshot()
+    assert after.ranks == before.ranks
+    assert after.expert_tokens == before.expert_tokens
+    assert after.counts[Ingested.DUPLICATE] + after.counts[Ingested.STALE] == len(records)
+
+
+def test_expert_counts_are_global_so_each_step_is_folded_in_once() -> None:
+    aggregator = LoadAggregator(smoothing=0.5)
+    aggregator.ingest(metrics(0, 1, experts=[[10, 0], [4, 6]]))
+    aggregator.ingest(metrics(1, 1, experts=[[10, 0], [4, 6]]))  # the same all-reduced counts from rank 1
+    aggregator.ingest(metrics(1, 2, experts=[[0, 10], [4, 6]]))
+    aggregator.ingest(metrics(0, 2, experts=[[0, 10], [4, 6]]))
+    assert aggregator.snapshot().expert_tokens == ((5.0, 5.0), (4.0, 6.0))
+
+
+def test_snapshot_reports_the_newest_step_and_fills_in_silent_ranks() -> None:
+    aggregator = LoadAggregator()
+    aggregator.ingest(metrics(0, 7, world_size=3, compute_seconds=1.0))
+    aggregator.ingest(metrics(2, 9, world_size=3, compute_seconds=0.5))
+    snapshot = aggregator.snapshot()
+    assert snapshot.max_step == 9
+    assert not snapshot.complete
+    assert snapshot.throughput() == pytest.approx([1000.0, 1500.0, 2000.0])
+
+
+def test_smoothing_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError, match="smoothing"):
+        LoadAggregator(smoothing=0.0)
