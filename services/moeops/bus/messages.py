@@ -99,7 +99,8 @@ class WorkerMetrics(BusMessage):
     """Time blocked in collectives."""
     lr: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
     tokens_per_expert: list[list[NonNegativeInt]] = Field(default_factory=list)
-    """Per MoE layer, token assignments per expert on this rank (the rebalancer's load input)."""
+    """Per MoE layer (all layers, every pipeline stage), assignments per expert summed over the data-parallel
+    ranks this step: the same on every rank (the rebalancer's load input)."""
     max_memory_bytes: NonNegativeInt = 0
     measured_at_unix_s: FiniteFloat
     """Wall-clock time the worker handed the record over (Unix seconds); the rebalancer measures lag from it."""

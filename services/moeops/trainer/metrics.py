@@ -27,7 +27,8 @@ class StepMetrics:
     """Time blocked in collectives this rank measured (gradient all-reduce and metric reductions)."""
     lr: float
     tokens_per_expert: list[list[int]] = field(default_factory=list)
-    """Per MoE layer, assignments per expert on this rank (the rebalancer's load input)."""
+    """Per MoE layer (all layers, every pipeline stage), assignments per expert summed over the data-parallel
+    ranks this step: the same on every rank (the rebalancer's load input)."""
     max_memory_bytes: int = 0
 
 
