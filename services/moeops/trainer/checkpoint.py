@@ -12,6 +12,7 @@ import json
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -122,5 +123,8 @@ def load_model_weights(path: Path, model: nn.Module) -> None:
     """Load a checkpoint's model weights into an unsharded model in this process alone (evaluation, serving):
     no collectives, so it works on one rank of a running job or in a process without a process group."""
     state = {"model": model.state_dict()}
-    dcp_load(state, checkpoint_id=path, no_dist=True)
+    with warnings.catch_warnings():
+        # DCP warns that it "assumes the intent is to load in a single process": it is.
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp_load(state, checkpoint_id=path, no_dist=True)
     model.load_state_dict(state["model"])
