@@ -1,0 +1,173 @@
+"""The rebalancer's NATS edge against a real nats-server: metrics in through the stream, a plan out to the KV
+bucket; bad bytes counted, never fatal; a restart keeps the epoch and does not re-read acked metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import nats
+import pytest
+from nats.js import JetStreamContext
+
+from moeops.bus.connection import ConnectionOptions
+from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, encode
+from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan
+from moeops.bus.subjects import MSG_ID_HEADER, metrics_subject
+from moeops.devcluster.nats_server import NatsServer
+from moeops.rebalancer.edge import UNKNOWN_JOB, JobSettings, RebalancerService
+from moeops.rebalancer.policy import Hysteresis
+from moeops.rebalancer.replan import sequences_from_fractions
+
+pytestmark = pytest.mark.nats
+
+NAMESPACE, JOB = "team-a", "llm.v2"
+WORLD, BATCH = 4, 32
+
+
+def worker_metrics(rank: int, step: int, speed: float, *, job: str = JOB) -> WorkerMetrics:
+    compute = 0.1 / speed
+    return WorkerMetrics(
+        namespace=NAMESPACE,
+        job=job,
+        world_size=WORLD,
+        rank=rank,
+        step=step,
+        loss=2.0,
+        aux_loss=0.0,
+        tokens=2048,
+        step_seconds=0.1 / 0.6,
+        compute_seconds=compute,
+        comm_seconds=0.1 / 0.6 - compute,
+        lr=1e-3,
+        measured_at_unix_s=time.time(),
+    )
+
+
+async def publish_steps(js: JetStreamContext, steps: range, speeds: list[float]) -> None:
+    for step in steps:
+        for rank, speed in enumerate(speeds):
+            message = worker_metrics(rank, step, speed)
+            await js.publish(message.subject, encode(message), headers={MSG_ID_HEADER: message.msg_id})
+
+
+@asynccontextmanager
+async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
+    client = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=3)
+    try:
+        js = client.jetstream()
+        await ensure_metrics_stream(js)
+        await ensure_plans_bucket(js)
+        yield js
+    finally:
+        await client.close()
+
+
+@asynccontextmanager
+async def running(service: RebalancerService) -> AsyncIterator[RebalancerService]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait_for(service.ready.wait(), timeout=20)
+        yield service
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=20)  # re-raises what ended the service, if anything did
+
+
+def make_service(url: str) -> RebalancerService:
+    settings = JobSettings(
+        NAMESPACE,
+        JOB,
+        BATCH,
+        Hysteresis(min_gain=0.05, interval_steps=20, apply_margin_steps=5),
+        stage_layers=((0, 4),),
+    )
+    options = ConnectionOptions(servers=(url,), name="test-rebalancer", reconnect_wait_s=0.05)
+    return RebalancerService(options, [settings], fetch_timeout_s=0.2)
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not after {timeout_s}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+async def stored_plan(js: JetStreamContext, epoch: int) -> RebalancePlan:
+    kv = await ensure_plans_bucket(js)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        stored = await latest_plan(kv, NAMESPACE, JOB)
+        if stored is not None and stored[0].epoch >= epoch:
+            return stored[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no plan of epoch {epoch} in the bucket")
+
+
+async def test_a_straggler_gets_a_smaller_share_through_the_bus(nats_server: NatsServer) -> None:
+    async with jetstream(nats_server.url) as js, running(make_service(nats_server.url)) as service:
+        await publish_steps(js, range(10), [1.0, 1.0, 1.0, 0.6])
+        plan = await stored_plan(js, 0)
+        assert plan.epoch == 0
+        assert 4 + 5 <= plan.apply_at_step <= 9 + 5  # planned once every rank reported 5 steps
+        assert sequences_from_fractions(plan.data_shares, BATCH) == [9, 9, 9, 5]
+        assert plan.stage_layers == [(0, 4)]
+        assert plan.predicted_gain > 0.3
+        await eventually(lambda: service.counters.ingested["accepted"] == 40, "all 40 records folded in")
+        assert service.counters.plans_published == 1  # later steps are inside the interval
+        assert service.counters.verdicts["too_soon"] >= 1
+        assert service.latest(NAMESPACE, JOB) == plan
+
+
+async def test_bad_messages_are_counted_and_dropped(nats_server: NatsServer) -> None:
+    subject = metrics_subject(NAMESPACE, JOB, 0)
+    good = encode(worker_metrics(0, 0, 1.0))
+    wrong_version = good.replace(b'"schema_version":1', b'"schema_version":99')
+    assert wrong_version != good
+    other_job = worker_metrics(0, 0, 1.0, job="other")
+    async with jetstream(nats_server.url) as js, running(make_service(nats_server.url)) as service:
+        await js.publish(subject, b"\x00\xffnot json at all")
+        await js.publish(subject, good[: len(good) // 2])
+        await js.publish(subject, wrong_version)
+        await js.publish(subject, b'{"schema_version": 1, "namespace": "team-a"}')
+        await js.publish(metrics_subject(NAMESPACE, JOB, 1), good)  # rank 0's body on rank 1's subject
+        await js.publish(other_job.subject, encode(other_job))  # another job: not in this service's filter
+        await eventually(lambda: service.counters.received == 5, "five bad messages received")
+        assert service.bad_messages == {
+            BadMessageReason.NOT_JSON.value: 1,
+            BadMessageReason.TRUNCATED.value: 1,
+            BadMessageReason.WRONG_SCHEMA_VERSION.value: 1,
+            BadMessageReason.INVALID.value: 1,
+            BadMessageReason.SUBJECT_MISMATCH.value: 1,
+        }
+        assert UNKNOWN_JOB not in service.bad_messages
+        # Still serving: good metrics after the garbage produce a plan.
+        await publish_steps(js, range(10), [1.0, 0.6, 1.0, 1.0])
+        plan = await stored_plan(js, 0)
+        assert sequences_from_fractions(plan.data_shares, BATCH) == [9, 5, 9, 9]
+
+
+async def test_a_restarted_service_keeps_the_epoch_and_skips_acked_metrics(nats_server: NatsServer) -> None:
+    async with jetstream(nats_server.url) as js:
+        async with running(make_service(nats_server.url)) as first:
+            await publish_steps(js, range(10), [1.0, 1.0, 1.0, 0.6])
+            plan = await stored_plan(js, 0)
+            await eventually(lambda: first.counters.ingested["accepted"] == 40, "all 40 records folded in")
+        assert plan.epoch == 0
+
+        async with running(make_service(nats_server.url)) as second:
+            assert second.latest(NAMESPACE, JOB) == plan  # read back from the bucket on start
+            await asyncio.sleep(1.0)  # several fetches: acked metrics must not come back
+            assert second.counters.received == 0
+            # After the interval, the straggler has moved: rank 0 is slow now, rank 3 recovered.
+            await publish_steps(js, range(plan.apply_at_step + 20, plan.apply_at_step + 30), [0.6, 1.0, 1.0, 1.0])
+            replanned = await stored_plan(js, 1)
+            assert replanned.epoch == plan.epoch + 1
+            assert sequences_from_fractions(replanned.data_shares, BATCH) == [5, 9, 9, 9]
+            await eventually(lambda: second.counters.received == 40, "only the 40 new records received")
+            await asyncio.sleep(0.5)
+            assert second.counters.received == 40
