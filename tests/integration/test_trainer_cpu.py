@@ -137,3 +137,11 @@ def test_a_missing_corpus_is_a_configuration_error(tmp_path: Path) -> None:
     result = train(write_config(tmp_path, source=f"file://{tmp_path}/nowhere.jsonl"), 1)
     assert result.returncode == 78, result.stderr[-2000:]
     assert "nowhere.jsonl" in result.stderr
+
+
+def test_top_k_above_the_experts_is_a_configuration_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace('"topK":2', '"topK":5'))
+    result = train(config, 1)
+    assert result.returncode == 78, result.stderr[-2000:]
+    assert "topK (5) must be at most experts (4)" in result.stderr

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .common import KubeModel
 
@@ -27,6 +27,15 @@ class Architecture(KubeModel):
     shared_experts: int = Field(default=0, ge=0, le=8, description="Always-active experts (DeepSeek-style).")
     vocab_size: int = Field(default=32000, ge=2, le=1048576, description="Tokenizer vocabulary size.")
     seq_len: int = Field(default=2048, ge=8, le=1048576, description="Training context length in tokens.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Architecture:
+        # The CRD's CEL rules check these on the spec; a runtime config file is checked here (exit 78, not a crash).
+        if self.top_k > self.experts:
+            raise ValueError(f"topK ({self.top_k}) must be at most experts ({self.experts})")
+        if self.d_model % self.heads:
+            raise ValueError(f"dModel ({self.d_model}) must be a multiple of heads ({self.heads})")
+        return self
 
 
 PRESETS: dict[str, Architecture] = {
