@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
+from polling import eventually
 
 from moeops.api import env
 from moeops.bus.connection import ConnectionOptions, connect
@@ -75,14 +76,6 @@ async def jetstream(url: str) -> AsyncIterator[tuple[Client, JetStreamContext]]:
         yield client, client.jetstream()
     finally:
         await client.close()
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not after {timeout_s}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def stored(js: JetStreamContext, count: int) -> list[Msg]:

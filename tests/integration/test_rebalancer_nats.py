@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import nats
 import pytest
 from nats.js import JetStreamContext
+from polling import eventually
 
 from moeops.bus.connection import ConnectionOptions
 from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, encode
@@ -87,14 +88,6 @@ def make_service(url: str) -> RebalancerService:
     )
     options = ConnectionOptions(servers=(url,), name="test-rebalancer", reconnect_wait_s=0.05)
     return RebalancerService(options, [settings], fetch_timeout_s=0.2)
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not after {timeout_s}s: {what}")
-        await asyncio.sleep(0.02)
 
 
 async def stored_plan(js: JetStreamContext, epoch: int) -> RebalancePlan:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 from pathlib import Path
 
 import nats
 import nats.errors
+from polling import wait_until
 from trainer_runs import train, train_cmd, train_env, write_config
 
 from moeops.api import env
@@ -54,13 +54,6 @@ def _lines(path: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def _wait(condition: object, what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not after {timeout_s}s: {what}"
-        time.sleep(0.05)
-
-
 def test_every_rank_publishes_every_step(nats_server: NatsServer, tmp_path: Path) -> None:
     asyncio.run(_ensure_stream(nats_server.url))
     result = train(write_config(tmp_path, data=2, steps=6), 2, env=train_env(**{env.NATS_URL: nats_server.url}))
@@ -81,10 +74,10 @@ def test_training_outlives_a_lost_nats_server(nats_server: NatsServer, tmp_path:
     )  # fmt: skip
     progress = tmp_path / "metrics.rank0.jsonl"
     try:
-        _wait(lambda: _lines(progress) >= 5, "the first steps")
+        wait_until(lambda: _lines(progress) >= 5, "the first steps")
         nats_server.stop(crash=True)
         lost_at = _lines(progress)
-        _wait(lambda: _lines(progress) >= lost_at + 30, "training going on without NATS")
+        wait_until(lambda: _lines(progress) >= lost_at + 30, "training going on without NATS")
         nats_server.start()
         _, stderr = proc.communicate(timeout=300)
     finally:

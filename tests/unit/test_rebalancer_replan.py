@@ -7,7 +7,7 @@ import pytest
 from moeops.bus.messages import RebalancePlan, WorkerMetrics
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import Hysteresis, Verdict
-from moeops.rebalancer.replan import replan, replan_outcome, sequences_from_fractions
+from moeops.rebalancer.replan import replan_outcome, sequences_from_fractions
 
 WORLD = 4
 BATCH = 32
@@ -52,7 +52,7 @@ def plan_for(snap: LoadSnapshot, hysteresis: Hysteresis | None = None, **changes
         "now_unix_s": 123.0,
         "stage_layers": [(0, 4)],
     } | changes
-    return replan(snap, **arguments)  # type: ignore[arg-type]
+    return replan_outcome(snap, **arguments).plan  # type: ignore[arg-type]
 
 
 def test_a_straggler_gets_a_smaller_share_and_the_fast_ranks_more() -> None:

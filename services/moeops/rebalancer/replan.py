@@ -51,7 +51,15 @@ def replan_outcome(
     max_sequences_per_rank: int | Sequence[int] | None = None,
     min_samples: int = 1,
 ) -> ReplanOutcome:
-    """See `replan`; also returns the verdict and the planned sequences."""
+    """The next plan (`.plan`, or None), with the verdict and the planned sequences. No plan: no complete
+    snapshot yet (a rank never reported), inside the minimum interval
+    since `last_applied_step`, a predicted gain not above `hysteresis.min_gain`, or rebalancing disabled.
+
+    `current_shares` (sequences per rank; None: an even split) is what the gain is measured against. The new
+    plan's epoch follows `previous` (0 without one); stages and expert placement are carried over from
+    `previous`, else `stage_layers` and no placement. No plan either until every rank has folded in at least
+    `min_samples` steps.
+    """
     if snapshot.world_size < 1 or not snapshot.complete or snapshot.max_step < 0:
         return ReplanOutcome(None, None)
     if min(load.samples for load in snapshot.ranks) < min_samples:
@@ -83,42 +91,3 @@ def replan_outcome(
         now_unix_s=now_unix_s,
     )
     return ReplanOutcome(plan, verdict, shares.sequences)
-
-
-def replan(
-    snapshot: LoadSnapshot,
-    *,
-    global_batch: int,
-    current_shares: Sequence[int] | None,
-    hysteresis: Hysteresis,
-    last_applied_step: int | None,
-    previous: RebalancePlan | None,
-    namespace: str,
-    job: str,
-    now_unix_s: float,
-    stage_layers: Sequence[tuple[int, int]] = ((0, 1),),
-    max_sequences_per_rank: int | Sequence[int] | None = None,
-    min_samples: int = 1,
-) -> RebalancePlan | None:
-    """The next plan, or None: no complete snapshot yet (a rank never reported), inside the minimum interval
-    since `last_applied_step`, a predicted gain not above `hysteresis.min_gain`, or rebalancing disabled.
-
-    `current_shares` (sequences per rank; None: an even split) is what the gain is measured against. The new
-    plan's epoch follows `previous` (0 without one); stages and expert placement are carried over from
-    `previous`, else `stage_layers` and no placement. No plan either until every rank has folded in at least
-    `min_samples` steps.
-    """
-    return replan_outcome(
-        snapshot,
-        global_batch=global_batch,
-        current_shares=current_shares,
-        hysteresis=hysteresis,
-        last_applied_step=last_applied_step,
-        previous=previous,
-        namespace=namespace,
-        job=job,
-        now_unix_s=now_unix_s,
-        stage_layers=stage_layers,
-        max_sequences_per_rank=max_sequences_per_rank,
-        min_samples=min_samples,
-    ).plan

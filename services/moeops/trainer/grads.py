@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 
 from .expert_parallel import expert_parameters
 from .tensor_parallel import local, tensor_sharded
-from .topology import Axis, Topology
+from .topology import Axis, Topology, all_reduce
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,6 @@ def sync_sharded_grads(params: list[ShardedParam], dp_size: int) -> None:
         grad.div_(dp_size)
 
 
-def _all_reduce(t: Tensor, axis: Axis) -> Tensor:
-    if axis.active:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=axis.group)
-    return t
-
-
 def clip_grad_norm(model: nn.Module, params: list[ShardedParam], topo: Topology, max_norm: float) -> float:
     """Clip by the norm of the whole (unsharded, all stages) model's gradient: equals
     nn.utils.clip_grad_norm_ on the single-process model. Replicated parameters count once."""
@@ -76,9 +70,9 @@ def clip_grad_norm(model: nn.Module, params: list[ShardedParam], topo: Topology,
         assert p.grad is not None
         squares[kinds.get(id(p), (False, False))] += local(p.grad).float().square().sum()
     # Tensor-sharded: experts summed over their EP group first, then everything over the TP group.
-    tensor_part = _all_reduce(squares[True, True], topo.ep) + squares[False, True]
-    stage = _all_reduce(tensor_part, topo.tp) + _all_reduce(squares[True, False], topo.ep) + squares[False, False]
-    total = float(_all_reduce(stage, topo.pp).sqrt())
+    tensor_part = all_reduce(squares[True, True], topo.ep) + squares[False, True]
+    stage = all_reduce(tensor_part, topo.tp) + all_reduce(squares[True, False], topo.ep) + squares[False, False]
+    total = float(all_reduce(stage, topo.pp).sqrt())
     coef = max_norm / (total + 1e-6)  # as torch.nn.utils.clip_grad_norm_ does
     if coef < 1.0:
         for p in with_grads:

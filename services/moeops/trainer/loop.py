@@ -17,7 +17,6 @@ from pathlib import Path
 from types import TracebackType
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,7 +36,7 @@ from .runners import LocalRunner, PipelineRunner, StepRunner, micro_batches
 from .schedule import lr_at
 from .stage import TransformerStage, split_layers
 from .tensor_parallel import apply_tensor_parallel
-from .topology import Axis, build_topology, check_plan
+from .topology import all_reduce, build_topology, check_plan
 
 ADAM_BETAS = (0.9, 0.95)
 log = logging.getLogger("moeops.trainer")
@@ -57,12 +56,6 @@ def autocast_for(precision: str, device: torch.device) -> contextlib.AbstractCon
     if precision == "bf16" and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def _all_reduce(t: Tensor, axis: Axis) -> Tensor:
-    if axis.active:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=axis.group)
-    return t
 
 
 class Stopwatch:
@@ -166,7 +159,7 @@ class Trainer:
         inputs_BS, targets_BS = (x.to(world.device) for x in batch)
         comm = Stopwatch()
         with comm:
-            answers = _all_reduce((targets_BS != -100).sum().float(), topo.dp).clamp(min=1.0)
+            answers = all_reduce((targets_BS != -100).sum().float(), topo.dp).clamp(min=1.0)
 
         ce_sum = self.runner.forward_backward(inputs_BS, targets_BS, answers)
         with comm:
@@ -252,15 +245,16 @@ class Trainer:
 
 
 def evaluate(
-    config: TrainingRuntimeConfig, checkpoint_path: Path, device: torch.device, count_per_domain: int
+    config: TrainingRuntimeConfig,
+    corpus: SyntheticCorpus,
+    checkpoint_path: Path,
+    device: torch.device,
+    count_per_domain: int,
 ) -> dict[str, float]:
     """Exact-match accuracy per domain with greedy decoding, on the whole model loaded from a checkpoint
     (whatever layout wrote it); one process, no collectives."""
     from moeops.data.synthetic import exact_match, greedy_generate
 
-    corpus = build_corpus(config)
-    if not isinstance(corpus, SyntheticCorpus):
-        raise ConfigError("per-domain exact-match accuracy needs a synthetic:// corpus")
     model = Transformer(config.architecture)
     checkpoint.load_model_weights(checkpoint_path, model)
     model.to(device).eval()

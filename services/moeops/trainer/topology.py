@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch.distributed as dist
+from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from moeops.api.v1alpha1.presets import Architecture
@@ -55,6 +57,13 @@ class Axis:
 
 
 SOLO = Axis(size=1, rank=0, group=None)
+
+
+def all_reduce(t: Tensor, axis: Axis) -> Tensor:
+    """Sum over the axis's group, in place (a no-op for a size-1 axis)."""
+    if axis.active:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=axis.group)
+    return t
 
 
 @dataclass(frozen=True)

@@ -79,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
         log.warning("rank %d: preempted at step %d; checkpoint written", world.rank, result.last_step)
         return EXIT_PREEMPTED
     final = checkpoint.latest(root)
-    if world.is_main and args.eval_per_domain and final and not isinstance(trainer.corpus, SyntheticCorpus):
-        log.warning("--eval-per-domain: exact-match accuracy needs a synthetic:// corpus; skipped")
-    elif world.is_main and args.eval_per_domain and final:
-        accuracy = evaluate(config, final[1], world.device, args.eval_per_domain)
-        print(json.dumps({"step": result.last_step, "exact_match": accuracy}), flush=True)
+    if world.is_main and args.eval_per_domain and final:
+        if isinstance(trainer.corpus, SyntheticCorpus):
+            accuracy = evaluate(config, trainer.corpus, final[1], world.device, args.eval_per_domain)
+            print(json.dumps({"step": result.last_step, "exact_match": accuracy}), flush=True)
+        else:
+            log.warning("--eval-per-domain: exact-match accuracy needs a synthetic:// corpus; skipped")
     return 0
 
 
