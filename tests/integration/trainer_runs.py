@@ -28,6 +28,8 @@ def write_config(
     arch: Architecture = TINY,
     activation_checkpointing: bool = False,
     source: str = "synthetic://all",
+    global_batch: int = 8,
+    rebalance: RebalanceSpec | None = None,
     **training: Any,
 ) -> Path:
     config = TrainingRuntimeConfig(
@@ -36,7 +38,7 @@ def write_config(
         architecture=arch,
         training=TrainingSpec(
             steps=steps,
-            global_batch_size=8,
+            global_batch_size=global_batch,
             learning_rate=0.003,
             warmup_steps=1,
             precision="fp32",
@@ -54,7 +56,7 @@ def write_config(
         ),
         world=WorldSpec(nnodes=1, nproc_per_node=data * tensor * pipeline, rendezvous_port=29500),
         checkpoint=CheckpointConfig(interval_steps=2, keep=5, directory=str(tmp / "ckpt")),
-        rebalance=RebalanceSpec(),
+        rebalance=rebalance or RebalanceSpec(),
         carbon=CarbonSpec(),
     )
     path = tmp / "config.json"

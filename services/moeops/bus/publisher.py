@@ -165,7 +165,7 @@ class NatsMetricsSink:
         except Exception:
             logger.exception("NATS metrics thread failed")
         finally:
-            _cancel_remaining_tasks(self._loop)
+            cancel_remaining_tasks(self._loop)
             self._loop.close()
 
     def _begin_close(self) -> None:
@@ -306,7 +306,7 @@ class NatsMetricsSink:
             self._dropped += 1
 
 
-def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
+def cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
     """What asyncio.run does on exit: nats-py's reader, flusher and ping tasks end cancelled, not destroyed."""
     tasks = asyncio.all_tasks(loop)
     for task in tasks:

@@ -271,7 +271,14 @@ class SyntheticCorpus:
         after an answer set to -100 (loss only on answers)."""
         if step < 0 or batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch request: step={step} batch_size={batch_size} rank={rank}/{world_size}")
-        rows = [self._row(step, rank * batch_size + i) for i in range(batch_size)]
+        return self.rows(step, rank * batch_size, batch_size, batch_size * world_size)
+
+    def rows(self, step: int, first: int, count: int, global_batch: int) -> tuple[Tensor, Tensor]:
+        """Rows first..first+count-1 of global step `step`'s batch of `global_batch` sequences (an uneven split
+        of the batch over ranks takes any contiguous range; `batch` is the even split)."""
+        if step < 0 or count < 1 or first < 0 or first + count > global_batch:
+            raise ValueError(f"bad rows request: step={step} rows [{first}, {first + count}) of {global_batch}")
+        rows = [self._row(step, first + i) for i in range(count)]
         tokens_BS1 = torch.tensor([t for t, _ in rows], dtype=torch.int64)
         counted_BS1 = torch.tensor([c for _, c in rows], dtype=torch.bool)
         targets_BS = tokens_BS1[:, 1:].masked_fill(~counted_BS1[:, 1:], IGNORE_INDEX)

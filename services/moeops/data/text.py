@@ -71,11 +71,18 @@ class TextCorpus:
         targets = the next token of every input; -100 only where the last window is padded."""
         if step < 0 or batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch request: step={step} batch_size={batch_size} rank={rank}/{world_size}")
-        first = (step * world_size + rank) * batch_size
-        tokens_BS1 = torch.full((batch_size, self.seq_len + 1), self.tokenizer.pad_id, dtype=torch.int64)
-        real_BS1 = torch.zeros((batch_size, self.seq_len + 1), dtype=torch.bool)
-        for row in range(batch_size):
-            start = self.window_of(first + row) * self.seq_len
+        return self.rows(step, rank * batch_size, batch_size, batch_size * world_size)
+
+    def rows(self, step: int, first: int, count: int, global_batch: int) -> tuple[Tensor, Tensor]:
+        """Rows first..first+count-1 of global step `step`'s batch of `global_batch` sequences (an uneven split
+        of the batch over ranks takes any contiguous range; `batch` is the even split)."""
+        if step < 0 or count < 1 or first < 0 or first + count > global_batch:
+            raise ValueError(f"bad rows request: step={step} rows [{first}, {first + count}) of {global_batch}")
+        first_window = step * global_batch + first
+        tokens_BS1 = torch.full((count, self.seq_len + 1), self.tokenizer.pad_id, dtype=torch.int64)
+        real_BS1 = torch.zeros((count, self.seq_len + 1), dtype=torch.bool)
+        for row in range(count):
+            start = self.window_of(first_window + row) * self.seq_len
             window = self.stream[start : start + self.seq_len + 1]
             tokens_BS1[row, : len(window)] = window
             real_BS1[row, : len(window)] = True

@@ -113,10 +113,16 @@ def load(
         sharding.keep_local(state["model"], state["optim"])
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     rank_file = path / f"rank-{world.rank:05d}.pt"
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_meta(path)
     if rank_file.exists() and meta.get("world_size") == world.world_size:
         _set_rng_state(torch.load(rank_file, weights_only=False)["rng"])
     return int(meta["step"])
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's meta.json (step, world size, loss, job, pipeline split)."""
+    meta: dict[str, Any] = json.loads((path / "meta.json").read_text())
+    return meta
 
 
 def load_model_weights(path: Path, model: nn.Module) -> None:

@@ -9,6 +9,7 @@ ignores them and `grads.sync_sharded_grads` reduces them over their replicas ins
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +21,8 @@ from torch.distributed.tensor import DTensor
 
 from moeops.model.moe import GroupedExperts, MoE
 
+from .expert_placement import EXPERT_PARAMS, OPTIM_KEYS, Placement, gather_blocks, rows_by_slot
 from .topology import Axis
-
-EXPERT_PARAMS = ("w1_EFD", "w2_EDF", "w3_EFD")
 
 
 def _expert_major(recv_PL: Tensor) -> Tensor:
@@ -30,12 +30,7 @@ def _expert_major(recv_PL: Tensor) -> Tensor:
     expert, then source (what the grouped matmul needs)."""
     sizes_PL = recv_PL
     starts_PL = (torch.cumsum(sizes_PL.flatten(), 0) - sizes_PL.flatten()).view_as(sizes_PL)
-    sizes, starts = sizes_PL.T.flatten(), starts_PL.T.flatten()  # expert-major block order
-    total = int(sizes.sum())
-    block_of_row = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
-    first_row_of_block = torch.cumsum(sizes, 0) - sizes
-    offset_in_block = torch.arange(total) - first_row_of_block[block_of_row]
-    return starts[block_of_row] + offset_in_block
+    return gather_blocks(sizes_PL.T.flatten(), starts_PL.T.flatten())  # expert-major block order
 
 
 class ExpertDispatcher:
@@ -44,8 +39,20 @@ class ExpertDispatcher:
     def __init__(self, ep: Axis, experts_total: int) -> None:
         self.ep = ep
         self.local = experts_total // ep.size
+        self.placement = Placement.contiguous(experts_total, ep.size)
+        """Which slot holds which expert; the trainer swaps it when it moves experts (expert_placement.py)."""
 
     def __call__(self, x_AD: Tensor, counts_E: Tensor, experts: GroupedExperts) -> Tensor:
+        placement = self.placement
+        if placement.identity:
+            return self._by_slot(x_AD, counts_E, experts)
+        # Rows come sorted by expert id: regroup them by slot, run, and put the outputs back in id order.
+        perm_A = rows_by_slot(counts_E, placement).to(x_AD.device)
+        out_AD = self._by_slot(x_AD[perm_A], counts_E[placement.expert_of_slot.to(counts_E.device)], experts)
+        return torch.empty_like(out_AD).index_copy(0, perm_A, out_AD)
+
+    def _by_slot(self, x_AD: Tensor, counts_E: Tensor, experts: GroupedExperts) -> Tensor:
+        """x_AD sorted by physical slot, counts_E per slot."""
         P, L, group = self.ep.size, self.local, self.ep.group
         counts_PL = counts_E.view(P, L).contiguous()
         recv_PL = torch.empty_like(counts_PL)
@@ -63,10 +70,6 @@ class ExpertDispatcher:
 
 def moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]
-
-
-def expert_param_names(model: nn.Module) -> list[str]:
-    return [f"{name}.experts.{p}" for name, _ in moe_layers(model) for p in EXPERT_PARAMS]
 
 
 def shard_experts(model: nn.Module, ep: Axis) -> None:
@@ -96,47 +99,56 @@ def _map_local(t: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
 
 
 class ExpertStateSharding:
-    """Checkpoints hold full expert tensors (gathered over the EP group), so a checkpoint restores at any
-    expert degree: gather before saving, load into full-size placeholders, then keep this rank's slice."""
-
-    OPTIM_KEYS = ("exp_avg", "exp_avg_sq")
+    """Checkpoints hold full expert tensors in expert-id order (gathered over the EP group), so a checkpoint
+    restores at any expert degree and any placement: gather before saving, load into full-size placeholders,
+    then keep the rows of this rank's slots."""
 
     def __init__(self, model: nn.Module, ep: Axis) -> None:
-        self.names = expert_param_names(model)
+        self.layers = moe_layers(model)
         self.ep = ep
 
-    def _gather(self, t: Tensor) -> Tensor:
-        parts = [torch.empty_like(t) for _ in range(self.ep.size)]
-        dist.all_gather(parts, t.contiguous(), group=self.ep.group)
-        return torch.cat(parts)
+    def placement(self, moe: MoE) -> Placement:
+        assert isinstance(moe.dispatcher, ExpertDispatcher), "shard_experts installs the dispatcher first"
+        return moe.dispatcher.placement
 
-    def _tensors(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
-        """(container, key) of every expert tensor in the model and optimizer state dicts."""
-        found = [(model_sd, name) for name in self.names]
+    def _tensors(
+        self, model_sd: dict[str, Any], optim_sd: dict[str, Any]
+    ) -> list[tuple[dict[str, Any], str, Placement]]:
+        """(container, key, placement) of every expert tensor in the model and optimizer state dicts."""
+        found = []
         states = optim_sd.get("state", {})
-        for name in self.names:
-            if name not in states:
-                continue
-            # A copy: the optimizer state dict shares these per-parameter dicts with the live optimizer.
-            state = states[name] = dict(states[name])
-            found += [(state, key) for key in self.OPTIM_KEYS if key in state]
+        for layer, moe in self.layers:
+            placement = self.placement(moe)
+            for param in EXPERT_PARAMS:
+                name = f"{layer}.experts.{param}"
+                found.append((model_sd, name, placement))
+                if name not in states:
+                    continue
+                # A copy: the optimizer state dict shares these per-parameter dicts with the live optimizer.
+                state = states[name] = dict(states[name])
+                found += [(state, key, placement) for key in OPTIM_KEYS if key in state]
         return found
 
     def gather(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
-        for container, key in self._tensors(model_sd, optim_sd):
-            container[key] = _map_local(container[key], self._gather)
+        def by_expert(t: Tensor, placement: Placement) -> Tensor:
+            parts = [torch.empty_like(t) for _ in range(self.ep.size)]
+            dist.all_gather(parts, t.contiguous(), group=self.ep.group)
+            return torch.cat(parts)[placement.slot_of_expert.to(t.device)]  # slot order → expert-id order
+
+        for container, key, placement in self._tensors(model_sd, optim_sd):
+            container[key] = _map_local(container[key], functools.partial(by_expert, placement=placement))
 
     def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
         def full(t: Tensor) -> Tensor:
             return t.new_empty((t.shape[0] * self.ep.size, *t.shape[1:]))
 
-        for container, key in self._tensors(model_sd, optim_sd):
+        for container, key, _ in self._tensors(model_sd, optim_sd):
             container[key] = _map_local(container[key], full)
 
     def keep_local(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
-        def mine(t: Tensor) -> Tensor:
-            rows = t.shape[0] // self.ep.size
-            return t[self.ep.rank * rows : (self.ep.rank + 1) * rows].clone()
+        def rows_of(t: Tensor, rows: Tensor) -> Tensor:
+            return t[rows.to(t.device)].clone()
 
-        for container, key in self._tensors(model_sd, optim_sd):
-            container[key] = _map_local(container[key], mine)
+        for container, key, placement in self._tensors(model_sd, optim_sd):
+            mine = placement.experts_on(self.ep.rank)
+            container[key] = _map_local(container[key], functools.partial(rows_of, rows=mine))

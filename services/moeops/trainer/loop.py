@@ -29,9 +29,13 @@ from . import checkpoint
 from .corpus import build_corpus, save_tokenizer
 from .distributed import World, all_reduce_sum
 from .errors import ConfigError
-from .expert_parallel import ExpertStateSharding, shard_experts
+from .expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_experts
+from .expert_placement import move_experts
+from .faults import slow_down
 from .grads import clip_grad_norm, sharded_param_names, sharded_params, sync_sharded_grads
 from .metrics import MetricsSink, StepMetrics
+from .plans import PlanChanges, StageLayers, TrainerShape, even_shares, first_row, splits_layers
+from .rebalance import PlanFollower, PlanSource
 from .runners import LocalRunner, PipelineRunner, StepRunner, micro_batches
 from .schedule import lr_at
 from .stage import TransformerStage, split_layers
@@ -80,8 +84,19 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, objec
 
 
 class Trainer:
-    def __init__(self, config: TrainingRuntimeConfig, world: World, sink: MetricsSink, checkpoint_root: Path) -> None:
+    def __init__(
+        self,
+        config: TrainingRuntimeConfig,
+        world: World,
+        sink: MetricsSink,
+        checkpoint_root: Path,
+        plans: PlanSource | None = None,
+        slowdown: float = 1.0,
+    ) -> None:
+        """`plans`: where rank 0 reads rebalance plans (None: never rebalance). `slowdown` < 1 makes this rank
+        that much slower (fault injection for tests of the rebalancer: faults.py)."""
         self.config, self.world, self.sink, self.checkpoint_root = config, world, sink, checkpoint_root
+        self.slowdown = slowdown
         training, plan, arch = config.training, config.plan, config.architecture
         check_plan(plan, arch, world.world_size)
         if training.global_batch_size % plan.data:
@@ -89,22 +104,46 @@ class Trainer:
                 f"training.globalBatchSize ({training.global_batch_size}) must be divisible by the"
                 f" data-parallel degree ({plan.data})"
             )
-        self.batch_per_rank = training.global_batch_size // plan.data
-        self.micro = micro = micro_batches(training.micro_batch_size, self.batch_per_rank, plan.pipeline)
+        self.shares = even_shares(training.global_batch_size, plan.data)
+        """Sequences of the global batch per data-parallel rank; rebalance plans change them."""
+        self.micro = micro_batches(training.micro_batch_size, self.shares[0], plan.pipeline)
         autocast_for(training.precision, world.device)  # refuses an unsupported precision before any work
         self.corpus = build_corpus(config)
         if world.is_main:
             save_tokenizer(self.corpus, checkpoint_root)
-        self.topo = topo = build_topology(world, plan)
+        self.topo = build_topology(world, plan)
 
-        torch.manual_seed(training.seed)  # the same full model on every rank, then each keeps its part
-        layers = split_layers(arch.layers, plan.pipeline)[topo.pp.rank]
-        full = Transformer(arch)
-        self.model = TransformerStage(full, layers, first=topo.first_stage, last=topo.last_stage).to(world.device)
-        self.model.activation_checkpointing = plan.activation_checkpointing
+        self.follower = PlanFollower(world, plans)
+        self.step = 0
+        self.preempt_requested = False
+        found = checkpoint.latest(checkpoint_root)
+        stages = tuple((r.start, r.stop) for r in split_layers(arch.layers, plan.pipeline))
+        if found:  # a pipeline split a rebalance plan chose survives a restart
+            saved = checkpoint.read_meta(found[1]).get("stage_layers")
+            if isinstance(saved, list) and splits_layers(saved, plan.pipeline, arch.layers):
+                stages = tuple((start, stop) for start, stop in saved)
+        self._build(stages)
         if plan.optimizer_offload and world.is_main:
             log.warning("the plan asks for optimizer offload, which this trainer does not do yet: AdamW state stays"
                         " on the device")  # fmt: skip
+        if found:
+            self.step = checkpoint.load(found[1], self.model, self.optimizer, world, self.sharding)
+
+    def _build(self, stage_layers: StageLayers) -> None:
+        """This rank's part of the model (pipeline stage, expert and tensor shards), its DDP wrapper, step runner
+        and optimizer, from the seed's initial weights (a checkpoint load follows when resuming)."""
+        config, world, topo = self.config, self.world, self.topo
+        training, plan, arch, micro = config.training, config.plan, config.architecture, self.micro
+        self.stage_layers = stage_layers
+        start, stop = stage_layers[topo.pp.rank]
+        torch.manual_seed(training.seed)  # the same full model on every rank, then each keeps its part
+        full = Transformer(arch)
+        self.model = TransformerStage(full, range(start, stop), first=topo.first_stage, last=topo.last_stage).to(
+            world.device
+        )
+        if self.slowdown < 1.0:
+            slow_down(self.model, self.slowdown)
+        self.model.activation_checkpointing = plan.activation_checkpointing
         self.model.set_loss_weights(training.aux_loss_coef / micro, training.z_loss_coef / micro)
         self.sharding: ExpertStateSharding | None = None
         if topo.ep.active:
@@ -138,11 +177,6 @@ class Trainer:
             betas=ADAM_BETAS,
             foreach=None if topo.tp_mesh is None else False,
         )
-        self.step = 0
-        self.preempt_requested = False
-        found = checkpoint.latest(checkpoint_root)
-        if found:
-            self.step = checkpoint.load(found[1], self.model, self.optimizer, world, self.sharding)
 
     def _set_lr(self, step: int) -> float:
         t = self.config.training
@@ -155,13 +189,18 @@ class Trainer:
         """Run optimizer step `self.step + 1`."""
         t, world, topo = self.config.training, self.world, self.topo
         started = time.perf_counter()
-        batch = self.corpus.batch(self.step, self.batch_per_rank, topo.dp.rank, topo.dp.size)
+        if (changes := self.follower.due(self.step + 1)) is not None:
+            self._apply(changes)
+        batch = self.corpus.rows(
+            self.step, first_row(self.shares, topo.dp.rank), self.shares[topo.dp.rank], t.global_batch_size
+        )
         inputs_BS, targets_BS = (x.to(world.device) for x in batch)
         comm = Stopwatch()
         with comm:
             answers = all_reduce((targets_BS != -100).sum().float(), topo.dp).clamp(min=1.0)
 
         ce_sum = self.runner.forward_backward(inputs_BS, targets_BS, answers)
+        comm.seconds += self.runner.wait_seconds
         with comm:
             sync_sharded_grads(self.sharded, topo.dp.size)
         clip_grad_norm(self.model, self.sharded, topo, t.grad_clip)
@@ -216,7 +255,7 @@ class Trainer:
 
     def save(self, loss: float) -> Path:
         cfg = self.config.checkpoint
-        meta = {"loss": loss, "job": self.config.job_name}
+        meta = {"loss": loss, "job": self.config.job_name, "stage_layers": [list(r) for r in self.stage_layers]}
         return checkpoint.save(
             self.checkpoint_root, self.step, self.model, self.optimizer, self.world, meta, cfg.keep, self.sharding
         )
@@ -231,17 +270,45 @@ class Trainer:
             metrics = self.train_step()
             loss = metrics.loss
             self.sink.publish(metrics)
-            preempt = self._agree(self.preempt_requested)
+            preempt = self.follower.agree(self.preempt_requested, self.shape())
             if preempt or self.step % interval == 0 or self.step == total:
                 self.save(loss)
             if preempt:
                 return FitResult(self.step, preempted=True)
         return FitResult(self.step, preempted=False)
 
-    def _agree(self, flag: bool) -> bool:
-        """True on every rank if any rank got the signal (they must checkpoint the same step together)."""
-        value = torch.tensor([1.0 if flag else 0.0])
-        return bool(all_reduce_sum(value, self.world).item() > 0)
+    def shape(self) -> TrainerShape:
+        plan, arch = self.config.plan, self.config.architecture
+        return TrainerShape(
+            global_batch=self.config.training.global_batch_size,
+            data=plan.data,
+            micro_batches=self.micro,
+            pipeline=plan.pipeline,
+            expert=plan.expert,
+            layers=arch.layers,
+            experts=arch.experts,
+            stage_layers=self.stage_layers,
+        )
+
+    def _apply(self, changes: PlanChanges) -> None:
+        """Switch to a plan's data shares, expert placement and pipeline split (every rank, same step)."""
+        if changes.shares is not None:
+            self.shares = changes.shares
+        if changes.placements is not None:
+            for layer, moe in self.moe_layers.items():
+                assert isinstance(moe.dispatcher, ExpertDispatcher)
+                new = changes.placements[layer]
+                move_experts(moe.experts, self.optimizer, self.topo.ep, moe.dispatcher.placement, new)
+                moe.dispatcher.placement = new
+        if changes.stage_layers is not None:
+            # Layers change hands with their optimizer state: through a checkpoint, which is layout-free.
+            path = self.save(float("nan"))
+            self._build(changes.stage_layers)
+            self.step = checkpoint.load(path, self.model, self.optimizer, self.world, self.sharding)
+        if self.world.is_main:
+            log.info("plan epoch %d applied before step %d: shares %s, experts %s, stages %s", changes.epoch,
+                     self.step + 1, list(self.shares), "moved" if changes.placements else "kept",
+                     list(self.stage_layers))  # fmt: skip
 
 
 def evaluate(

@@ -10,12 +10,15 @@ see stage.py). Each returns this rank's cross-entropy sum on the last stage, Non
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._distributed_c10d import GradBucket
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 from torch.nn.parallel import DistributedDataParallel
 
@@ -44,6 +47,9 @@ def _cross_entropy_sum(logits_BSV: Tensor, targets_BS: Tensor) -> Tensor:
 
 
 class StepRunner(Protocol):
+    wait_seconds: float
+    """Of the last forward_backward, the time spent waiting for other ranks' gradients (0 when unknown)."""
+
     def forward_backward(self, inputs_BS: Tensor, targets_BS: Tensor, answers: Tensor) -> Tensor | None: ...
 
 
@@ -52,10 +58,25 @@ class LocalRunner:
 
     def __init__(self, module: nn.Module, topo: Topology, micro: int, autocast: AutocastFactory) -> None:
         self.module, self.topo, self.micro, self.autocast = module, topo, micro, autocast
+        self.wait_seconds = 0.0
+        self._last_bucket_at: float | None = None
+        if isinstance(module, DistributedDataParallel):
+            # A lambda: DDP checks the hook's `bucket` annotation, which postponed annotations turn into a string.
+            module.register_comm_hook(topo.dp.group, lambda group, bucket: self._timed_all_reduce(group, bucket))
+
+    def _timed_all_reduce(self, group: object, bucket: GradBucket) -> torch.futures.Future[Tensor]:
+        """DDP's own all-reduce, noting when the last bucket is handed over: this rank's backward is done then,
+        and what follows until backward() returns is waiting for slower ranks (the rebalancer must not count
+        it as this rank's compute, or every rank looks as slow as the straggler)."""
+        if bucket.is_last():
+            self._last_bucket_at = time.perf_counter()
+        return default_hooks.allreduce_hook(group, bucket)  # type: ignore[arg-type]
 
     def forward_backward(self, inputs_BS: Tensor, targets_BS: Tensor, answers: Tensor) -> Tensor | None:
         total = torch.zeros((), device=inputs_BS.device)
-        pairs = list(zip(inputs_BS.chunk(self.micro), targets_BS.chunk(self.micro), strict=True))
+        self._last_bucket_at = None
+        # tensor_split: exactly `micro` parts even when a rebalanced share does not divide evenly.
+        pairs = list(zip(inputs_BS.tensor_split(self.micro), targets_BS.tensor_split(self.micro), strict=True))
         for i, (x_BS, y_BS) in enumerate(pairs):
             defer = isinstance(self.module, DistributedDataParallel) and i < len(pairs) - 1
             with self.module.no_sync() if defer else contextlib.nullcontext():  # type: ignore[operator]
@@ -64,6 +85,8 @@ class LocalRunner:
                 ce = _cross_entropy_sum(logits_BSV, y_BS)
                 (ce / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
             total += ce.detach()
+        ready = self._last_bucket_at
+        self.wait_seconds = time.perf_counter() - ready if ready is not None else 0.0
         return total
 
 
@@ -75,6 +98,7 @@ class PipelineRunner:
         self, module: nn.Module, topo: Topology, micro: int, autocast: AutocastFactory, device: torch.device
     ) -> None:
         self.topo, self.autocast = topo, autocast
+        self.wait_seconds = 0.0  # stages wait on each other inside the schedule: not separable here
         self.answers = torch.ones(())
         stage = PipelineStage(module, topo.pp.rank, topo.pp.size, device, group=topo.pp.group)
         schedule_type = Schedule1F1B if micro >= topo.pp.size else ScheduleGPipe

@@ -16,12 +16,14 @@ from pydantic import ValidationError
 from moeops.api import env
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 from moeops.bus.connection import BusConfigError, ConnectionOptions
+from moeops.bus.plan_watch import PlanWatcher
 from moeops.bus.publisher import NatsMetricsSink
 from moeops.data.synthetic import SyntheticCorpus
 
 from . import checkpoint
 from .distributed import World, init_world, shutdown
 from .errors import EXIT_PREEMPTED, ConfigError
+from .faults import SLOWDOWN_ENV, slowdown_for
 from .loop import Trainer, evaluate
 from .metrics import BackgroundSink, FanOut, JsonlSink, MetricsSink, NullSink, ProgressSink
 
@@ -47,17 +49,37 @@ def _sink(config: TrainingRuntimeConfig, path: Path | None, world: World, progre
     if progress_total and world.is_main:
         local.append(ProgressSink(progress_total, sys.stderr))
     sinks: list[MetricsSink] = [BackgroundSink(FanOut(*local))] if local else []
-    if os.environ.get(env.NATS_URL) and config.rebalance.enabled:
+    if options := _bus_options(config, world, "trainer"):
         try:
-            options = ConnectionOptions.from_env(name=f"moeops-trainer-{config.job_name}-{world.rank}")
             sinks.append(
                 NatsMetricsSink(options, namespace=config.namespace, job=config.job_name, world_size=world.world_size)
             )
-        except (BusConfigError, ValueError) as exc:
+        except ValueError as exc:
             raise ConfigError(f"metrics bus: {exc}") from exc
     if not sinks:
         return NullSink()
     return sinks[0] if len(sinks) == 1 else FanOut(*sinks)
+
+
+def _bus_options(config: TrainingRuntimeConfig, world: World, role: str) -> ConnectionOptions | None:
+    """NATS settings when MOEOPS_NATS_URL is set and the job wants rebalancing; None otherwise."""
+    if not (os.environ.get(env.NATS_URL) and config.rebalance.enabled):
+        return None
+    try:
+        return ConnectionOptions.from_env(name=f"moeops-{role}-{config.job_name}-{world.rank}")
+    except (BusConfigError, ValueError) as exc:
+        raise ConfigError(f"metrics bus: {exc}") from exc
+
+
+def _plan_watcher(config: TrainingRuntimeConfig, world: World) -> PlanWatcher | None:
+    """Rank 0 follows the job's rebalance plans (the others get them from rank 0: rebalance.py)."""
+    options = _bus_options(config, world, "plans") if world.is_main else None
+    if options is None:
+        return None
+    try:
+        return PlanWatcher(options, namespace=config.namespace, job=config.job_name)
+    except ValueError as exc:
+        raise ConfigError(f"plans bus: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.checkpoint_dir or config.checkpoint.directory)
     total = min(config.training.steps, args.max_steps or config.training.steps)
     sink = _sink(config, args.metrics, world, total if args.progress else None)
-    trainer = Trainer(config, world, sink, root)
+    plans = _plan_watcher(config, world)
+    slowdown = slowdown_for(world.rank)
+    if slowdown < 1.0:
+        log.warning("rank %d: %s asks to run at %.2f× speed (fault injection)", world.rank, SLOWDOWN_ENV, slowdown)
+    trainer = Trainer(config, world, sink, root, plans=plans, slowdown=slowdown)
     signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "preempt_requested", True))
     if world.is_main:
         log.info("training %s from step %d to %d on %d rank(s)", config.job_name, trainer.step,
@@ -75,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         result = trainer.fit(args.max_steps)
     finally:
         sink.close()
+        if plans is not None:
+            plans.close()
     if result.preempted:
         log.warning("rank %d: preempted at step %d; checkpoint written", world.rank, result.last_step)
         return EXIT_PREEMPTED

@@ -1,0 +1,98 @@
+"""The newest rebalance plan of one job, read from the plans KV bucket by a background thread.
+
+The trainer's rank 0 holds one of these and asks `newest()` once per step (a lock and an attribute read): the
+training thread never waits on NATS. The thread polls the bucket every `poll_s` seconds rather than holding a
+KV watch: a poll is one request, survives server restarts without re-subscribing, and a plan is announced
+several steps before it applies (policy.DEFAULT_APPLY_MARGIN_STEPS), far longer than the polling period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+
+import nats.errors
+from nats.aio.client import Client
+from nats.js.kv import KeyValue
+
+from .connection import ConnectionOptions, connect
+from .messages import BadMessage, RebalancePlan
+from .publisher import cancel_remaining_tasks
+from .streams import ensure_plans_bucket, latest_plan
+from .subjects import token
+
+logger = logging.getLogger(__name__)
+
+
+class PlanWatcher:
+    """`newest()` is the newest plan seen for (namespace, job), or None; `close()` stops the thread."""
+
+    def __init__(self, options: ConnectionOptions, *, namespace: str, job: str, poll_s: float = 0.5) -> None:
+        token(namespace)
+        token(job)
+        self._options, self._namespace, self._job, self._poll_s = options, namespace, job, poll_s
+        self._lock = threading.Lock()
+        self._newest: RebalancePlan | None = None
+        self.bad_plans = 0
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name=f"nats-plans-{job}", daemon=True)
+        self._thread.start()
+
+    def newest(self) -> RebalancePlan | None:
+        with self._lock:
+            return self._newest
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has already closed
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self._poll_s + 3.0)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        except Exception:
+            logger.exception("the plan watcher failed: plans are no longer followed")
+        finally:
+            cancel_remaining_tasks(self._loop)
+            self._loop.close()
+
+    async def _main(self) -> None:
+        connecting = asyncio.create_task(connect(self._options))
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():
+            connecting.cancel()
+            return
+        client = connecting.result()
+        try:
+            kv: KeyValue | None = None
+            while not self._stop.is_set():
+                kv = await self._poll(client, kv)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self._poll_s)
+        finally:
+            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                await asyncio.wait_for(client.close(), 1.0)
+
+    async def _poll(self, client: Client, kv: KeyValue | None) -> KeyValue | None:
+        """One look at the bucket; returns the bucket handle to reuse (None: look it up again next time)."""
+        try:
+            kv = kv or await ensure_plans_bucket(client.jetstream(timeout=2.0))
+            found = await latest_plan(kv, self._namespace, self._job)
+        except BadMessage as exc:
+            self.bad_plans += 1
+            logger.warning("ignoring the stored plan of %s/%s: %s", self._namespace, self._job, exc)
+            return kv
+        except (nats.errors.Error, OSError, TimeoutError) as exc:  # the server is away: nats-py reconnects
+            logger.debug("plan poll failed: %s", exc)
+            return None
+        if found is not None:
+            plan = found[0]
+            with self._lock:
+                if self._newest is None or plan.epoch > self._newest.epoch:
+                    self._newest = plan
+        return kv

@@ -1,0 +1,76 @@
+"""Following the rebalancer's plans: every rank switches to the same plan at the same step.
+
+Only rank 0 reads plans (a `PlanSource`, the NATS plan watcher in production). Once per step the ranks already
+agree on preemption with one tiny all-reduce; rank 0 adds the epoch of the newest plan it holds to it. When that
+epoch is new, rank 0 broadcasts the plan (rare: a few times per run), every rank interprets it identically
+(plans.py) and keeps it pending until its `apply_at_step`. A plan that arrives after its step is applied at the
+next one: ranks cannot disagree on what they run, they can only be late together.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+
+from moeops.bus.messages import RebalancePlan
+
+from .distributed import World, all_reduce_sum
+from .plans import PlanChanges, TrainerShape, interpret
+
+log = logging.getLogger("moeops.trainer")
+
+
+class PlanSource(Protocol):
+    def newest(self) -> RebalancePlan | None: ...
+
+
+class PlanFollower:
+    def __init__(self, world: World, source: PlanSource | None) -> None:
+        self.world = world
+        self.source = source if world.is_main else None
+        self.seen_epoch = -1
+        """The newest epoch every rank has received (and interpreted)."""
+        self.applied_epoch = -1
+        self.pending: PlanChanges | None = None
+
+    def agree(self, preempt: bool, shape: TrainerShape) -> bool:
+        """One all-reduce: whether any rank must stop (SIGTERM), and whether rank 0 holds a new plan (then
+        broadcast and interpreted, and pending from now on). Returns the agreed preemption flag."""
+        plan = self.source.newest() if self.source is not None else None
+        offered = plan.epoch + 1 if plan is not None and plan.epoch > self.seen_epoch else 0
+        flags = all_reduce_sum(
+            torch.tensor([1.0 if preempt else 0.0, float(offered)], device=self.world.device), self.world
+        )
+        if flags[1] > 0:
+            self._receive(plan, shape)
+        return bool(flags[0] > 0)
+
+    def _receive(self, plan: RebalancePlan | None, shape: TrainerShape) -> None:
+        box: list[RebalancePlan | None] = [plan]
+        if self.world.distributed:
+            device = None if self.world.device.type == "cpu" else self.world.device
+            dist.broadcast_object_list(box, src=0, device=device)
+        received = box[0]
+        assert received is not None, "rank 0 offered a plan it then did not send"
+        self.seen_epoch = received.epoch
+        changes = interpret(received, shape)
+        if self.world.is_main:
+            for reason in changes.refused:
+                log.warning("plan epoch %d: not applied: %s", received.epoch, reason)
+            log.info("plan epoch %d received; applies at step %d", received.epoch, received.apply_at_step)
+        self.pending = None if changes.empty else changes
+        if changes.empty:
+            self.applied_epoch = received.epoch  # nothing to do: it is as applied as it will be
+
+    def due(self, next_step: int) -> PlanChanges | None:
+        """The pending changes when step `next_step` is the plan's step or later (then no longer pending)."""
+        if self.pending is None or next_step < self.pending.apply_at_step:
+            return None
+        due, self.pending = self.pending, None
+        self.applied_epoch = due.epoch
+        if self.world.is_main and next_step > due.apply_at_step:
+            log.warning("plan epoch %d applied at step %d, after its step %d", due.epoch, next_step, due.apply_at_step)
+        return due

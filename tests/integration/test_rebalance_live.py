@@ -1,0 +1,133 @@
+"""The rebalancing loop live, on CPU with gloo and a real nats-server: workers publish metrics, the rebalancer
+plans, rank 0 reads the plan from the KV bucket, and every rank switches at the plan's step.
+
+- A straggler (fault injection: MOEOPS_FAULT_SLOWDOWN) gets a smaller data share and the step gets faster.
+- Moving experts between EP ranks (weights and AdamW moments) leaves the loss exactly as without the move, and
+  the checkpoint written after the move holds the same weights as the one written without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+import pytest
+import torch
+from trainer_runs import TINY, losses, train, train_env, write_config
+
+from moeops.api import env
+from moeops.api.v1alpha1.trainingjob import RebalanceSpec
+from moeops.bus.messages import RebalancePlan
+from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, put_plan
+from moeops.devcluster.nats_server import NatsServer
+from moeops.model import Transformer
+from moeops.trainer import checkpoint
+
+NAMESPACE, JOB = "local", "test"  # what trainer_runs.write_config names the job
+APPLIED = re.compile(r"plan epoch (\d+) applied before step (\d+): shares \[([\d, ]+)\]")
+
+
+async def _store(url: str, plan: RebalancePlan | None = None) -> None:
+    client = await nats.connect(url, connect_timeout=2)
+    try:
+        js = client.jetstream()
+        await ensure_metrics_stream(js)
+        kv = await ensure_plans_bucket(js)
+        if plan is not None:
+            await put_plan(kv, plan)
+    finally:
+        await client.close()
+
+
+def _step_records(run_dir: Path, rank: int = 0) -> list[dict[str, float]]:
+    path = run_dir / f"metrics.rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    found = checkpoint.latest(run_dir / "ckpt")
+    assert found is not None
+    model = Transformer(TINY)
+    checkpoint.load_model_weights(found[1], model)
+    return model.state_dict()
+
+
+def test_an_expert_move_keeps_the_loss_identical(nats_server: NatsServer, tmp_path: Path) -> None:
+    steps = 8
+    without = tmp_path / "without"
+    without.mkdir()
+    result = train(write_config(without, data=2, expert=2, steps=steps), 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Layer 0: experts 1 and 3 to rank 0, 0 and 2 to rank 1 (all four move); layer 1: 0 and 1 swap with 2 and 3.
+    plan = RebalancePlan(
+        namespace=NAMESPACE,
+        job=JOB,
+        epoch=0,
+        apply_at_step=4,
+        data_shares=[0.5, 0.5],
+        stage_layers=[(0, 2)],
+        expert_placement=[[[1], [0], [1], [0]], [[1], [1], [0], [0]]],
+        predicted_gain=0.1,
+        created_at_unix_s=time.time(),
+    )
+    asyncio.run(_store(nats_server.url, plan))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    result = train(
+        write_config(moved, data=2, expert=2, steps=steps), 2, env=train_env(**{env.NATS_URL: nats_server.url})
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    applied = APPLIED.search(result.stderr)
+    assert applied is not None, result.stderr[-3000:]
+    assert int(applied.group(2)) <= steps, "the plan came too late to test anything"
+
+    assert losses(moved) == losses(without)
+    after, before = _final_weights(moved), _final_weights(without)
+    assert after.keys() == before.keys()
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+
+
+def _rebalancer(url: str, global_batch: int) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "moeops.rebalancer.edge", "--namespace", NAMESPACE, "--job", JOB,
+               "--global-batch", str(global_batch), "--layers", str(TINY.layers), "--interval-steps", "1000",
+               "--min-gain", "0.05", "--min-samples", "4"]  # fmt: skip
+    return subprocess.Popen(command, env=train_env(**{env.NATS_URL: url}), stderr=subprocess.PIPE, text=True)
+
+
+def test_a_straggler_gets_less_data_and_the_step_gets_faster(nats_server: NatsServer, tmp_path: Path) -> None:
+    steps, global_batch = 40, 32
+    asyncio.run(_store(nats_server.url))
+    rebalancer = _rebalancer(nats_server.url, global_batch)
+    try:
+        config = write_config(
+            tmp_path, data=4, steps=steps, global_batch=global_batch, rebalance=RebalanceSpec(min_gain=0.05)
+        )
+        result = train(config, 4, env=train_env(**{env.NATS_URL: nats_server.url, "MOEOPS_FAULT_SLOWDOWN": "3:0.4"}))
+    finally:
+        rebalancer.terminate()
+        _, rebalancer_log = rebalancer.communicate(timeout=10)
+    assert result.returncode == 0, result.stderr[-3000:]
+    applied = APPLIED.search(result.stderr)
+    assert applied is not None, f"no plan applied.\ntrainer: {result.stderr[-2000:]}\nrebalancer: {rebalancer_log}"
+    at_step = int(applied.group(2))
+    shares = [int(share) for share in applied.group(3).split(",")]
+    assert sum(shares) == global_batch and shares[3] == min(shares) and shares[3] < global_batch // 4
+
+    records = _step_records(tmp_path)
+    seconds = {int(r["step"]): float(r["step_seconds"]) for r in records}
+    before = [seconds[s] for s in range(3, at_step)]  # step 1-2: warm-up
+    after = [seconds[s] for s in range(at_step + 1, steps + 1)]
+    if len(after) < 5:
+        pytest.fail(f"the plan applied at step {at_step}, too late to measure its effect")
+    ratio = statistics.median(after) / statistics.median(before)
+    print(f"step time after/before the plan: {ratio:.2f} (shares {shares})")
+    assert ratio < 0.9, f"step time after/before = {ratio:.2f}; shares {shares}"
