@@ -130,3 +130,18 @@ def test_model_resolution_from_a_training_job() -> None:
     assert resolve_model(spec, job) == VolumeLocation(claim_name="ckpt", path="/t")
     with pytest.raises(InvalidSpec, match="ephemeral"):
         resolve_model(spec, {"spec": {"checkpoint": {"storage": {"path": "/"}}}, "status": job["status"]})
+
+
+def test_workers_get_the_bus_only_when_the_operator_has_one_and_the_job_rebalances() -> None:
+    def worker_env(spec: MoETrainingJobSpec, cfg: OperatorConfig) -> dict[str, dict]:
+        arch, plan = plan_training_job(spec)
+        job = next(c.body for c in training_children(OWNER, spec, arch, plan, cfg) if c.kind == "Job")
+        return {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    bus = OperatorConfig(nats_url="nats://nats.moeops:4222", nats_token_secret="moeops-nats")
+    env = worker_env(job_spec(), bus)
+    assert env["MOEOPS_NATS_URL"]["value"] == "nats://nats.moeops:4222"
+    assert env["MOEOPS_NATS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "moeops-nats", "key": "token"}
+    assert "MOEOPS_NATS_URL" not in worker_env(job_spec(rebalance={"enabled": False}), bus)
+    assert "MOEOPS_NATS_URL" not in worker_env(job_spec(), CFG)
+    assert OperatorConfig.from_env({"MOEOPS_NATS_URL": "nats://a:4222"}).nats_url == "nats://a:4222"

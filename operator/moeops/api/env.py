@@ -8,6 +8,8 @@ OPERATOR_RUNTIME_IMAGE = "MOEOPS_RUNTIME_IMAGE"
 OPERATOR_IMAGE_PULL_POLICY = "MOEOPS_IMAGE_PULL_POLICY"
 OPERATOR_NAMESPACES = "MOEOPS_WATCH_NAMESPACES"
 OPERATOR_MAX_WORKERS = "MOEOPS_OPERATOR_MAX_WORKERS"
+OPERATOR_NATS_TOKEN_SECRET = "MOEOPS_NATS_TOKEN_SECRET"  # a Secret (key `token`) in each job's namespace
+# The operator also reads NATS_URL below and hands it to the worker pods of jobs that want rebalancing.
 
 # Set by the operator on every worker pod of a MoETrainingJob.
 CONFIG_PATH = "MOEOPS_CONFIG"

@@ -23,6 +23,10 @@ class OperatorConfig:
     """Namespaces to watch; empty means the whole cluster."""
     max_workers: int = 16
     """Threads for blocking API calls (kopf's executor)."""
+    nats_url: str = ""
+    """The metrics bus; set on the workers of jobs with `rebalance.enabled` (empty: no bus, no rebalancing)."""
+    nats_token_secret: str = ""
+    """A Secret in the job's namespace whose `token` key authenticates the workers to NATS (empty: none)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -32,4 +36,6 @@ class OperatorConfig:
             image_pull_policy=environ.get(env.OPERATOR_IMAGE_PULL_POLICY, "IfNotPresent"),
             namespaces=tuple(ns.strip() for ns in namespaces),
             max_workers=int(environ.get(env.OPERATOR_MAX_WORKERS, "16")),
+            nats_url=environ.get(env.NATS_URL, ""),
+            nats_token_secret=environ.get(env.OPERATOR_NATS_TOKEN_SECRET, ""),
         )

@@ -1,20 +1,33 @@
 """One planning round: a load snapshot → the next `RebalancePlan`, or None when re-planning is not worth it.
 
-Pure (no NATS): the edge calls it after folding in new metrics. Only the data-parallel shares are re-planned here;
-the pipeline stages and the expert placement are carried over unchanged from the previous plan (or the job's
-current layout), so a plan never moves layers or experts the trainer cannot yet move on the fly.
+Pure (no NATS): the edge calls it after folding in new metrics. Three parts, each judged on its own predicted
+gain against `Hysteresis.min_gain`; a part that does not pay keeps the previous plan's setting:
+- data shares per data-parallel replica, from the replicas' measured speeds (not under pipeline parallelism,
+  where every stage needs micro-batches of one shape: the trainer refuses uneven shares there);
+- expert placement per MoE layer (EP > 1), from the smoothed token counts: EPLB's packing without spare slots
+  (the trainer runs one copy of each expert), ranks relabelled to keep experts in place, and published only when
+  the step time it saves until the next re-plan beats the time to move weights and optimizer state;
+- pipeline stages (PP > 1), re-split from per-layer times estimated from the stages' compute times.
+The plan's predicted gain combines the parts that pay: 1 − Π(1 − gain).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moeops.bus.messages import RebalancePlan
 
-from .data_shares import largest_remainder, plan_data_shares
+from .data_shares import even_split, largest_remainder, plan_data_shares
+from .experts import ExpertPlacement, migration_pays_off, migration_seconds, place_experts
+from .layout import JobLayout, replica_rates, stage_times
 from .load import LoadSnapshot
 from .policy import Hysteresis, Verdict, build_plan
+from .stages import layer_seconds_from_stages, partition_layers
+
+Placement = list[list[list[int]]]
+"""Per layer, per expert, the ranks holding it (`RebalancePlan.expert_placement`)."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +38,9 @@ class ReplanOutcome:
     verdict: Verdict | None
     """None when there was nothing to judge yet (no complete snapshot)."""
     sequences: tuple[int, ...] | None = None
-    """The planned sequences per rank when `plan` is set."""
+    """The planned sequences per data-parallel replica when `plan` is set."""
+    parts: tuple[str, ...] = ()
+    """Which parts the plan changes: "data", "experts", "stages"."""
 
 
 def sequences_from_fractions(fractions: Sequence[float], global_batch: int) -> list[int]:
@@ -34,6 +49,57 @@ def sequences_from_fractions(fractions: Sequence[float], global_batch: int) -> l
     return largest_remainder(
         [fraction * global_batch for fraction in fractions], global_batch, [1] * ranks, [global_batch] * ranks
     )
+
+
+def contiguous_placement(layers: int, experts: int, ranks: int) -> Placement:
+    """How the trainer starts: rank r holds experts r·E/P … (r+1)·E/P − 1 of every layer."""
+    return [[[expert * ranks // experts] for expert in range(experts)] for _ in range(layers)]
+
+
+def expert_part(
+    expert_tokens: Sequence[Sequence[float]],
+    layout: JobLayout,
+    current: Placement,
+    *,
+    step_seconds: float,
+    steps_until_next_plan: int,
+) -> tuple[Placement | None, float]:
+    """A better placement and its predicted step-time gain, or (None, 0) when none pays for its move.
+
+    The expert phase of a layer takes as long as its busiest rank: the gain is the relative drop of the summed
+    per-layer maxima, times the share of the step spent in experts (`JobLayout.expert_time_share`)."""
+    ranks = layout.expert
+    before = after = 0.0
+    proposed: Placement = []
+    for loads, now in zip(expert_tokens, current, strict=True):
+        placed = place_experts(loads, ranks, nodes=layout.ep_nodes, current=now)
+        before += max(ExpertPlacement.from_replicas(now, ranks).rank_loads(loads))
+        after += max(placed.rank_loads(loads))
+        proposed.append(placed.replicas())
+    if before <= 0 or after >= before:
+        return None, 0.0
+    gain = (1.0 - after / before) * layout.expert_time_share
+    cost = math.fsum(
+        migration_seconds(now, new, layout.bytes_per_expert, layout.link_bytes_per_s)
+        for now, new in zip(current, proposed, strict=True)
+    )
+    if not migration_pays_off(gain * step_seconds, steps_until_next_plan, cost):
+        return None, 0.0
+    return proposed, gain
+
+
+def stage_part(
+    compute_seconds: Sequence[float], layout: JobLayout, current: Sequence[tuple[int, int]]
+) -> tuple[tuple[tuple[int, int], ...] | None, float]:
+    """A pipeline split with a faster slowest stage and its predicted gain, or (None, 0)."""
+    measured = stage_times(compute_seconds, layout)
+    if len(current) != layout.pipeline or max(measured) <= 0:
+        return None, 0.0
+    plan = partition_layers(layer_seconds_from_stages(measured, current), layout.pipeline)
+    gain = 1.0 - plan.bottleneck_seconds / max(measured)
+    if plan.ranges == tuple(current) or gain <= 0:
+        return None, 0.0
+    return plan.ranges, gain
 
 
 def replan_outcome(
@@ -50,44 +116,76 @@ def replan_outcome(
     stage_layers: Sequence[tuple[int, int]] = ((0, 1),),
     max_sequences_per_rank: int | Sequence[int] | None = None,
     min_samples: int = 1,
+    layout: JobLayout | None = None,
 ) -> ReplanOutcome:
     """The next plan (`.plan`, or None), with the verdict and the planned sequences. No plan: no complete
-    snapshot yet (a rank never reported), inside the minimum interval
-    since `last_applied_step`, a predicted gain not above `hysteresis.min_gain`, or rebalancing disabled.
+    snapshot yet (a rank never reported), inside the minimum interval since `last_applied_step`, no part with
+    a predicted gain above `hysteresis.min_gain`, or rebalancing disabled.
 
-    `current_shares` (sequences per rank; None: an even split) is what the gain is measured against. The new
-    plan's epoch follows `previous` (0 without one); stages and expert placement are carried over from
-    `previous`, else `stage_layers` and no placement. No plan either until every rank has folded in at least
-    `min_samples` steps.
+    `current_shares` (sequences per data-parallel replica; None: an even split) is what the data part's gain is
+    measured against. `layout` (default: pure data parallelism over `stage_layers`' layers) says which parts
+    apply. The new plan's epoch follows `previous` (0 without one); parts that are not re-planned keep
+    `previous`'s setting, else the job's (`stage_layers`, contiguous experts). No plan either until every rank
+    has folded in at least `min_samples` steps.
     """
     if snapshot.world_size < 1 or not snapshot.complete or snapshot.max_step < 0:
         return ReplanOutcome(None, None)
     if min(load.samples for load in snapshot.ranks) < min_samples:
         return ReplanOutcome(None, None)
-    if current_shares is not None and len(current_shares) != snapshot.world_size:
+    layout = layout or JobLayout(layers=stage_layers[-1][1])
+    data = layout.data(snapshot.world_size)
+    if current_shares is not None and len(current_shares) != data:
         current_shares = None  # the world changed size: the old split means nothing, compare with an even one
-    shares = plan_data_shares(
-        snapshot.throughput(),
-        global_batch,
-        current=current_shares,
-        max_sequences_per_rank=max_sequences_per_rank,
-    )
-    gain = shares.predicted_gain
+    loads = sorted(snapshot.ranks, key=lambda load: load.rank)
+    gains: dict[str, float] = {}
+
+    shares = None
+    if layout.pipeline == 1:
+        rates = replica_rates(snapshot.throughput(), layout)
+        shares = plan_data_shares(
+            rates, global_batch, current=current_shares, max_sequences_per_rank=max_sequences_per_rank
+        )
+        gains["data"] = shares.predicted_gain
+    placement = None
+    placed_before = list(previous.expert_placement) if previous is not None else []
+    expert_counts = snapshot.expert_tokens
+    if (
+        layout.expert > 1
+        and layout.experts
+        and [len(layer) for layer in expert_counts] == [layout.experts] * layout.layers
+    ):
+        current = placed_before or contiguous_placement(layout.layers, layout.experts, layout.expert)
+        placement, gains["experts"] = expert_part(
+            expert_counts,
+            layout,
+            current,
+            step_seconds=math.fsum(load.step_seconds for load in loads) / len(loads),
+            steps_until_next_plan=hysteresis.interval_steps,
+        )
+    stages = None
+    staged_before = list(previous.stage_layers) if previous is not None else list(stage_layers)
+    if layout.pipeline > 1:
+        stages, gains["stages"] = stage_part([load.compute_seconds for load in loads], layout, staged_before)
+
+    paying = {part: gain for part, gain in gains.items() if gain > hysteresis.min_gain}
+    combined = 1.0 - math.prod(1.0 - gain for gain in paying.values())
     verdict = hysteresis.verdict(
-        current_step=snapshot.max_step, last_applied_step=last_applied_step, predicted_gain=gain
+        current_step=snapshot.max_step, last_applied_step=last_applied_step, predicted_gain=combined
     )
     if verdict is not Verdict.PLAN:
         return ReplanOutcome(None, verdict)
+    sequences = shares.sequences if shares is not None and "data" in paying else None
+    sequences = sequences or tuple(current_shares or even_split(global_batch, data))
     plan = build_plan(
         namespace=namespace,
         job=job,
         previous=previous,
         max_step=snapshot.max_step,
         apply_margin_steps=hysteresis.apply_margin_steps,
-        data_shares=shares.fractions,
-        stage_layers=previous.stage_layers if previous is not None else stage_layers,
-        expert_placement=previous.expert_placement if previous is not None else [],
-        predicted_gain=gain,
+        data_shares=[count / global_batch for count in sequences],
+        stage_layers=stages if stages is not None and "stages" in paying else staged_before,
+        expert_placement=placement if placement is not None and "experts" in paying else placed_before,
+        predicted_gain=combined,
         now_unix_s=now_unix_s,
     )
-    return ReplanOutcome(plan, verdict, shares.sequences)
+    return ReplanOutcome(plan, verdict, tuple(sequences), tuple(sorted(paying)))

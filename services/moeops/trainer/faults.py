@@ -15,9 +15,10 @@ from typing import Any
 from torch import nn
 
 from .errors import ConfigError
+from .runners import FORWARD_SHARE_OF_WORK
 
 SLOWDOWN_ENV = "MOEOPS_FAULT_SLOWDOWN"
-FORWARD_SHARE_OF_STEP = 3.0
+FORWARD_SHARE_OF_STEP = FORWARD_SHARE_OF_WORK
 
 
 def slowdown_for(rank: int, environ: dict[str, str] | None = None) -> float:

@@ -25,6 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from .errors import ConfigError
 from .topology import Topology
 
+FORWARD_SHARE_OF_WORK = 3.0
+"""A training step's work per forward pass: the forward and a backward of about twice its cost."""
+
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[object]]
 
 
@@ -98,7 +101,12 @@ class PipelineRunner:
         self, module: nn.Module, topo: Topology, micro: int, autocast: AutocastFactory, device: torch.device
     ) -> None:
         self.topo, self.autocast = topo, autocast
-        self.wait_seconds = 0.0  # stages wait on each other inside the schedule: not separable here
+        self.wait_seconds = 0.0
+        # Stages wait on each other inside the schedule, so the stage's own work is estimated from its forward
+        # passes (timed by hooks) as FORWARD_SHARE_OF_WORK × their time; the rest of the step is waiting.
+        self._forward_seconds, self._forward_started = 0.0, 0.0
+        module.register_forward_pre_hook(lambda *_: setattr(self, "_forward_started", time.perf_counter()))
+        module.register_forward_hook(lambda *_: self._forward_done())
         self.answers = torch.ones(())
         stage = PipelineStage(module, topo.pp.rank, topo.pp.size, device, group=topo.pp.group)
         schedule_type = Schedule1F1B if micro >= topo.pp.size else ScheduleGPipe
@@ -107,7 +115,11 @@ class PipelineRunner:
     def _loss(self, logits_BSV: Tensor, targets_BS: Tensor) -> Tensor:
         return _cross_entropy_sum(logits_BSV, targets_BS) / self.answers * self.topo.dp.size
 
+    def _forward_done(self) -> None:
+        self._forward_seconds += time.perf_counter() - self._forward_started
+
     def forward_backward(self, inputs_BS: Tensor, targets_BS: Tensor, answers: Tensor) -> Tensor | None:
+        started, self._forward_seconds = time.perf_counter(), 0.0
         self.answers = answers
         losses: list[Tensor] = []
         args = (inputs_BS,) if self.topo.first_stage else ()
@@ -116,6 +128,8 @@ class PipelineRunner:
                 self.schedule.step(*args, target=targets_BS, losses=losses)
             else:
                 self.schedule.step(*args)
+        elapsed = time.perf_counter() - started
+        self.wait_seconds = max(0.0, elapsed - FORWARD_SHARE_OF_WORK * self._forward_seconds)
         if not self.topo.last_stage:
             return None
         return torch.stack(losses).sum().detach() * answers / self.topo.dp.size

@@ -106,8 +106,15 @@ def _worker_env(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> 
         env.MASTER_PORT: str(cfg.rendezvous_port),
         env.CHECKPOINT_DIR: checkpoint_dir(spec),
     }
+    bus: list[dict[str, Any]] = []
+    if cfg.nats_url and spec.rebalance.enabled:  # workers publish step metrics and rank 0 follows plans
+        bus.append({"name": env.NATS_URL, "value": cfg.nats_url})
+        if cfg.nats_token_secret:
+            secret = {"name": cfg.nats_token_secret, "key": "token"}
+            bus.append({"name": env.NATS_TOKEN, "valueFrom": {"secretKeyRef": secret}})
     return [
         *({"name": k, "value": v} for k, v in plain.items()),
+        *bus,
         pods.field_env(env.NODE_RANK, f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
         pods.field_env(env.POD_NAME, "metadata.name"),
         pods.field_env(env.NODE_NAME, "spec.nodeName"),

@@ -1,0 +1,90 @@
+"""The planner's expert and pipeline parts, and how ranks map to stages and data-parallel replicas."""
+
+from __future__ import annotations
+
+import pytest
+
+from moeops.bus.messages import WorkerMetrics
+from moeops.rebalancer.layout import JobLayout, replica_rates, stage_times
+from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
+from moeops.rebalancer.policy import Hysteresis
+from moeops.rebalancer.replan import contiguous_placement, expert_part, replan_outcome, stage_part
+
+HOT = [[900.0, 800.0, 10.0, 10.0, 50.0, 50.0, 40.0, 40.0]]
+"""One layer, 8 experts, the two hottest on rank 0 under the contiguous placement over 4 ranks."""
+SMALL_EXPERTS = JobLayout(expert=4, layers=1, experts=8, params_per_expert=3 * 64 * 128)
+
+
+def test_ranks_map_to_stages_and_replicas_as_the_trainer_mesh_lays_them_out() -> None:
+    layout = JobLayout(pipeline=2, tensor=2)  # 8 ranks: 2 stages × 2 replicas × 2 tensor
+    assert layout.data(8) == 2
+    assert [layout.stage_of(r, 8) for r in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert [layout.replica_of(r, 8) for r in range(8)] == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert replica_rates([4.0, 1.0, 3.0, 3.0, 5.0, 5.0, 5.0, 5.0], layout) == [1.0, 3.0]
+    assert stage_times([1.0, 2.0, 1.0, 1.0, 3.0, 1.0, 1.0, 1.0], layout) == [2.0, 3.0]
+    with pytest.raises(ValueError, match="not pipeline 2"):
+        layout.data(6)
+
+
+def test_hot_experts_are_spread_when_the_move_pays_off() -> None:
+    current = contiguous_placement(1, 8, 4)
+    assert current == [[[0], [0], [1], [1], [2], [2], [3], [3]]]
+    placement, gain = expert_part(HOT, SMALL_EXPERTS, current, step_seconds=1.0, steps_until_next_plan=50)
+    assert placement is not None and 0 < gain <= SMALL_EXPERTS.expert_time_share
+    holders = [ranks[0] for ranks in placement[0]]
+    assert holders[0] != holders[1]  # the two hot experts no longer share a rank
+    assert sorted(holders.count(rank) for rank in range(4)) == [2, 2, 2, 2]
+
+
+def test_a_move_that_costs_more_than_it_saves_is_not_made() -> None:
+    huge = JobLayout(expert=4, layers=1, experts=8, params_per_expert=10**10, link_bytes_per_s=1e9)
+    current = contiguous_placement(1, 8, 4)
+    assert expert_part(HOT, huge, current, step_seconds=1.0, steps_until_next_plan=50) == (None, 0.0)
+
+
+def test_a_balanced_placement_is_left_alone() -> None:
+    current = contiguous_placement(1, 8, 4)
+    even = [[100.0] * 8]
+    assert expert_part(even, SMALL_EXPERTS, current, step_seconds=1.0, steps_until_next_plan=50) == (None, 0.0)
+
+
+def test_a_slow_stage_gives_layers_away() -> None:
+    layout = JobLayout(pipeline=2, layers=8)
+    # 2 ranks (one per stage); stage 0 takes 3 s for 4 layers, stage 1 1 s for 4.
+    stages, gain = stage_part([3.0, 1.0], layout, [(0, 4), (4, 8)])
+    assert stages is not None and stages[0][1] < 4
+    assert stages == ((0, 3), (3, 8))  # 3 × 0.75 s against 0.75 s + 4 × 0.25 s
+    assert gain == pytest.approx(1 - 2.25 / 3.0)
+    assert stage_part([1.0, 1.0], layout, [(0, 4), (4, 8)]) == (None, 0.0)
+
+
+def _snapshot(world: int, experts: list[list[int]], compute: list[float]) -> LoadSnapshot:
+    aggregator = LoadAggregator()
+    for step in range(6):
+        for rank in range(world):
+            aggregator.ingest(
+                WorkerMetrics(namespace="ns", job="j", world_size=world, rank=rank, step=step, loss=1.0,
+                              aux_loss=0.0, tokens=1000, step_seconds=max(compute), compute_seconds=compute[rank],
+                              comm_seconds=0.0, lr=1e-3, tokens_per_expert=experts, measured_at_unix_s=0.0)
+            )  # fmt: skip
+    return aggregator.snapshot()
+
+
+def test_one_round_plans_expert_placement_and_keeps_even_shares() -> None:
+    snap = _snapshot(4, [[int(v) for v in HOT[0]]], [1.0, 1.0, 1.0, 1.0])
+    outcome = replan_outcome(snap, global_batch=16, current_shares=None, hysteresis=Hysteresis(0.05, 10, 5),
+                             last_applied_step=None, previous=None, namespace="ns", job="j", now_unix_s=0.0,
+                             stage_layers=[(0, 1)], layout=SMALL_EXPERTS)  # fmt: skip
+    assert outcome.plan is not None and outcome.parts == ("experts",)
+    assert outcome.sequences == (4, 4, 4, 4) and outcome.plan.data_shares == [0.25] * 4
+    assert len(outcome.plan.expert_placement) == 1 and outcome.plan.predicted_gain > 0.05
+
+
+def test_one_round_re_splits_a_pipeline_and_leaves_the_shares() -> None:
+    layout = JobLayout(pipeline=2, layers=8)
+    snap = _snapshot(4, [], [3.0, 3.0, 1.0, 1.0])  # 2 stages × 2 replicas: stage 0 is slow
+    outcome = replan_outcome(snap, global_batch=16, current_shares=None, hysteresis=Hysteresis(0.05, 10, 5),
+                             last_applied_step=None, previous=None, namespace="ns", job="j", now_unix_s=0.0,
+                             stage_layers=[(0, 4), (4, 8)], layout=layout)  # fmt: skip
+    assert outcome.plan is not None and outcome.parts == ("stages",)
+    assert outcome.plan.stage_layers[0][1] < 4 and outcome.plan.data_shares == [0.5, 0.5]
