@@ -9,6 +9,7 @@ import pytest
 from moeops.rebalancer.data_shares import (
     LossNormalisation,
     even_split,
+    ideal_shares,
     loss_weights,
     plan_data_shares,
     predicted_step_seconds,
@@ -85,3 +86,49 @@ def test_loss_weights_keep_each_sequence_at_one_over_n() -> None:
     grads = [[rng.gauss(0, 1) for _ in range(n)] for n in sequences]
     averaged = sum(w * sum(g) / len(g) for w, g in zip(weights, grads, strict=True)) / len(sequences)
     assert averaged == pytest.approx(sum(sum(g) for g in grads) / sum(sequences))
+
+
+def _bisected_shares(
+    weights: list[float], total: int, lower: list[int], upper: list[int], offsets: list[float]
+) -> list[float]:
+    """Reference: the same clipped shares found by bisection on the common finishing time."""
+
+    def shares(scale: float) -> list[float]:
+        return [min(max(w * (scale - o), lo), hi) for w, lo, hi, o in zip(weights, lower, upper, offsets, strict=True)]
+
+    low, high = 0.0, 1.0
+    while sum(shares(high)) < total:
+        high *= 2.0
+    for _ in range(200):
+        middle = (low + high) / 2.0
+        low, high = (middle, high) if sum(shares(middle)) < total else (low, middle)
+    return shares(high)
+
+
+def test_ideal_shares_match_a_bisection_with_and_without_offsets() -> None:
+    rng = random.Random(7)
+    for _ in range(60):
+        ranks = rng.randint(1, 30)
+        weights = [rng.uniform(0.1, 10.0) for _ in range(ranks)]
+        lower = [rng.choice([0, 1, 2]) for _ in range(ranks)]
+        upper = [lo + rng.randint(0, 40) for lo in lower]
+        total = rng.randint(sum(lower), sum(upper))
+        offsets = [rng.choice([0.0, rng.uniform(0.0, 5.0)]) for _ in range(ranks)]
+        for offs in (None, offsets):
+            got = ideal_shares(weights, total, lower, upper, offsets=offs)
+            want = _bisected_shares(weights, total, lower, upper, offs or [0.0] * ranks)
+            assert sum(got) == pytest.approx(total, abs=1e-6)
+            assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_fixed_seconds_equalise_the_finishing_times() -> None:
+    # Rank 1 also spends 2 s on its experts: it gets fewer sequences, so both finish at the same time.
+    plan = plan_data_shares([1.0, 1.0], 10, fixed_seconds=[0.0, 2.0])
+    assert plan.sequences == (6, 4)
+    assert plan.step_seconds_after == pytest.approx(6.0)
+    assert plan.step_seconds_before == pytest.approx(7.0)  # the even split: 5 and 2 + 5
+    assert predicted_step_seconds([6, 4], [1.0, 1.0], [0.0, 2.0]) == 6.0
+    # A rank whose fixed work alone exceeds the others' finishing time keeps only its minimum.
+    assert plan_data_shares([1.0, 1.0, 1.0], 12, fixed_seconds=[0.0, 0.0, 20.0]).sequences == (6, 5, 1)
+    with pytest.raises(ValueError, match="fixed seconds"):
+        plan_data_shares([1.0, 1.0], 10, fixed_seconds=[0.0, -1.0])

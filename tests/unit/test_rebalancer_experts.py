@@ -9,6 +9,7 @@ import pytest
 from moeops.rebalancer.experts import (
     ExpertPlacement,
     imbalance,
+    keep_in_place,
     migration_pays_off,
     migration_seconds,
     pack_replicas,
@@ -126,3 +127,32 @@ def test_bus_form_round_trips() -> None:
     again = ExpertPlacement.from_replicas(placement.replicas(), 2)
     assert again.replicas() == placement.replicas()
     assert [sorted(s) for s in again.rank_experts] == [sorted(s) for s in placement.rank_experts]
+
+
+def test_relabelling_keeps_experts_where_they_are() -> None:
+    rng = random.Random(11)
+    loads = zipf_loads(rng, 32)
+    current = place_experts(loads, 8, redundant_slots=8)
+    # The same placement with its ranks shuffled: relabelling finds the original ranks, nothing moves.
+    shuffled = list(current.rank_experts)
+    rng.shuffle(shuffled)
+    assert keep_in_place(shuffled, current.replicas()) == list(current.rank_experts)
+    # Re-planning on slightly different loads: same loads per rank as without `current`, fewer moves.
+    drifted = [load * rng.uniform(0.9, 1.1) for load in loads]
+    fresh = place_experts(drifted, 8, redundant_slots=8)
+    kept = place_experts(drifted, 8, redundant_slots=8, current=current.replicas())
+    assert sorted(kept.rank_loads(drifted)) == pytest.approx(sorted(fresh.rank_loads(drifted)))
+    moved = migration_seconds(current.replicas(), kept.replicas(), 1.0, 1.0)
+    assert moved <= migration_seconds(current.replicas(), fresh.replicas(), 1.0, 1.0)
+    assert place_experts(loads, 8, redundant_slots=8, current=current.replicas()) == current
+
+
+def test_relabelling_stays_within_nodes() -> None:
+    rng = random.Random(12)
+    loads = zipf_loads(rng, 32)
+    current = place_experts(loads, 8, redundant_slots=8, nodes=2, groups=4)
+    drifted = [load * rng.uniform(0.5, 1.5) for load in loads]
+    kept = place_experts(drifted, 8, redundant_slots=8, nodes=2, groups=4, current=current.replicas())
+    check(kept, drifted, 8, 8)
+    for holders in kept.replicas():
+        assert len({rank // 4 for rank in holders}) == 1

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-_BISECTION_ROUNDS = 200  # halves the bracket on the scale to float resolution, whatever the magnitudes
-
 
 class LossNormalisation(Enum):
     GLOBAL_SUM = "global_sum"
@@ -66,8 +64,12 @@ def loss_weights(sequences: Sequence[int], normalisation: LossNormalisation) -> 
     return [count * ranks / total for count in sequences]
 
 
-def predicted_step_seconds(sequences: Sequence[int], sequences_per_second: Sequence[float]) -> float:
-    return max(count / rate for count, rate in zip(sequences, sequences_per_second, strict=True))
+def predicted_step_seconds(
+    sequences: Sequence[int], sequences_per_second: Sequence[float], fixed_seconds: Sequence[float] | None = None
+) -> float:
+    """max over ranks of fixed_r + sequences_r / rate_r (fixed: 0 when not given)."""
+    fixed = fixed_seconds if fixed_seconds is not None else [0.0] * len(sequences)
+    return max(f + count / rate for count, rate, f in zip(sequences, sequences_per_second, fixed, strict=True))
 
 
 def even_split(global_batch: int, ranks: int) -> list[int]:
@@ -86,22 +88,48 @@ def _caps(max_sequences_per_rank: int | Sequence[int] | None, ranks: int, global
     return list(max_sequences_per_rank)
 
 
-def ideal_shares(weights: Sequence[float], total: int, lower: Sequence[int], upper: Sequence[int]) -> list[float]:
-    """clip(λ·w_r, lower_r, upper_r) with λ chosen so they sum to `total` (the sum is monotone in λ: bisection)."""
+def ideal_shares(
+    weights: Sequence[float],
+    total: int,
+    lower: Sequence[int],
+    upper: Sequence[int],
+    *,
+    offsets: Sequence[float] | None = None,
+) -> list[float]:
+    """clip(w_r·(λ − o_r), lower_r, upper_r) with λ chosen so they sum to `total` (offsets o: 0 when not given).
 
-    def filled(scale: float) -> float:
-        return math.fsum(min(max(scale * w, lo), hi) for w, lo, hi in zip(weights, lower, upper, strict=True))
-
-    low, high = 0.0, 1.0
-    while filled(high) < total:
-        high *= 2.0
-    for _ in range(_BISECTION_ROUNDS):
-        middle = (low + high) / 2.0
-        if filled(middle) < total:
-            low = middle
+    With w the rates and o each rank's fixed seconds, λ is the common finishing time o_r + share_r / w_r.
+    The sum is piecewise linear and non-decreasing in λ, with a kink where a rank leaves its floor (λ = o + lo/w)
+    or reaches its cap (λ = o + hi/w): sweep the kinks in order, keeping the slope (Σ w of the ranks in between)
+    and the constant part (the clipped ranks' bounds, minus w·o of the ranks in between), and solve the one
+    linear piece that reaches `total`. O(R log R): 10,240 ranks in milliseconds (a bisection took over a second).
+    """
+    if total >= math.fsum(upper):
+        return [float(hi) for hi in upper]
+    offset = list(offsets) if offsets is not None else [0.0] * len(weights)
+    # (λ, kind, rank): kind 0 = leaves its floor, 1 = reaches its cap; a floor event sorts first at a tie.
+    # A cap of `total` or more never binds (the others keep their floors, ≥ 0): no event for it.
+    events = sorted(
+        [(o + lo / w, 0, r) for r, (w, lo, o) in enumerate(zip(weights, lower, offset, strict=True))]
+        + [(o + hi / w, 1, r) for r, (w, hi, o) in enumerate(zip(weights, upper, offset, strict=True)) if hi < total]
+    )
+    constant, slope, scale = math.fsum(lower), 0.0, min(offset, default=0.0)
+    for at, kind, rank in events:
+        if constant + slope * at >= total:  # the target lies on the piece ending here
+            if slope > 0:  # (on a flat piece it was already reached at the previous kink: keep that scale)
+                scale = (total - constant) / slope
+            break
+        scale = at
+        if kind == 0:
+            constant -= lower[rank] + weights[rank] * offset[rank]
+            slope += weights[rank]
         else:
-            high = middle
-    return [min(max(high * w, lo), hi) for w, lo, hi in zip(weights, lower, upper, strict=True)]
+            constant += upper[rank] + weights[rank] * offset[rank]
+            slope -= weights[rank]
+    else:  # past the last kink (the caps that could bind were left out): the last piece reaches the target
+        if slope > 0:
+            scale = (total - constant) / slope
+    return [min(max(w * (scale - o), lo), hi) for w, lo, hi, o in zip(weights, lower, upper, offset, strict=True)]
 
 
 def largest_remainder(shares: Sequence[float], total: int, lower: Sequence[int], upper: Sequence[int]) -> list[int]:
@@ -112,7 +140,8 @@ def largest_remainder(shares: Sequence[float], total: int, lower: Sequence[int],
     """
     counts = [min(max(math.floor(share), lo), hi) for share, lo, hi in zip(shares, lower, upper, strict=True)]
     missing = total - sum(counts)
-    order = sorted(range(len(shares)), key=lambda r: (-(shares[r] - counts[r]), r))
+    # Largest fractional part first, ties to the lower rank (tuple order: no key function, 10k ranks in ms).
+    order = [rank for _, rank in sorted([(counts[r] - shares[r], r) for r in range(len(shares))])]
     while missing > 0:
         progressed = False
         for rank in order:
@@ -141,11 +170,16 @@ def plan_data_shares(
     current: Sequence[int] | None = None,
     max_sequences_per_rank: int | Sequence[int] | None = None,
     min_sequences_per_rank: int = 1,
+    fixed_seconds: Sequence[float] | None = None,
 ) -> DataSharePlan:
     """Shares proportional to throughput; any unit works (tokens/s for fixed-length sequences) since only ratios
     set the shares, but the predicted step times are in seconds only when the rates are sequences per second.
 
     `current` (default: an even split) is what the "before" step time is predicted from.
+
+    `fixed_seconds` (rates then in sequences per second): per rank, time it spends whatever its share, e.g. the
+    expert layers' work its experts receive from the whole EP group. The shares then equalise fixed_r + n_r /
+    rate_r instead (a straggler holding experts gets fewer sequences than its rate alone would give it).
     """
     ranks = len(sequences_per_second)
     if ranks == 0:
@@ -161,11 +195,14 @@ def plan_data_shares(
     before = list(current) if current is not None else even_split(global_batch, ranks)
     if sum(before) != global_batch or len(before) != ranks:
         raise ValueError(f"current shares {before} are not a split of {global_batch} over {ranks} ranks")
-    counts = largest_remainder(
-        ideal_shares(sequences_per_second, global_batch, lower, upper), global_batch, lower, upper
-    )
+    if fixed_seconds is not None and (
+        len(fixed_seconds) != ranks or any(not (f >= 0 and math.isfinite(f)) for f in fixed_seconds)
+    ):
+        raise ValueError(f"fixed seconds must be {ranks} non-negative finite values")
+    shares = ideal_shares(sequences_per_second, global_batch, lower, upper, offsets=fixed_seconds)
+    counts = largest_remainder(shares, global_batch, lower, upper)
     return DataSharePlan(
         sequences=tuple(counts),
-        step_seconds_before=predicted_step_seconds(before, sequences_per_second),
-        step_seconds_after=predicted_step_seconds(counts, sequences_per_second),
+        step_seconds_before=predicted_step_seconds(before, sequences_per_second, fixed_seconds),
+        step_seconds_after=predicted_step_seconds(counts, sequences_per_second, fixed_seconds),
     )

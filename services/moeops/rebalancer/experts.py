@@ -42,8 +42,12 @@ class ExpertPlacement:
 
     def rank_loads(self, expert_loads: Sequence[float]) -> list[float]:
         """Per rank, the tokens it computes when each expert's load is split evenly over its replicas."""
-        copies = [len(ranks) for ranks in self.replicas()]
-        return [math.fsum(expert_loads[e] / copies[e] for e in experts) for experts in self.rank_experts]
+        copies = [0] * self.experts
+        for experts in self.rank_experts:
+            for expert in experts:
+                copies[expert] += 1
+        per_replica = [load / count if count else 0.0 for load, count in zip(expert_loads, copies, strict=False)]
+        return [math.fsum(per_replica[e] for e in experts) for experts in self.rank_experts]
 
     @classmethod
     def from_replicas(cls, replicas: Sequence[Sequence[int]], ranks: int) -> ExpertPlacement:
@@ -78,13 +82,13 @@ def pack_replicas(loads: Sequence[float], copies: Sequence[int], ranks: int) -> 
     if slots % ranks:
         raise ValueError(f"{slots} replicas do not fill {ranks} ranks equally")
     per_rank = slots // ranks
-    items = sorted(
-        ((loads[e] / copies[e], e) for e in range(len(loads)) for _ in range(copies[e])), key=lambda it: (-it[0], it[1])
-    )
+    # Heaviest first, ties to the lower expert id (plain tuple order on (−load, expert): no key function).
+    items = sorted((-loads[e] / copies[e], e) for e in range(len(loads)) for _ in range(copies[e]))
     held: list[list[int]] = [[] for _ in range(ranks)]
     rank_load = [0.0] * ranks
     open_ranks = [(0.0, rank) for rank in range(ranks)]  # (load, rank) of the ranks with a free slot
-    for load, expert in items:
+    for negative_load, expert in items:
+        load = -negative_load
         skipped = []
         while open_ranks and expert in held[open_ranks[0][1]]:
             skipped.append(heapq.heappop(open_ranks))
@@ -129,9 +133,14 @@ def place_experts(
     redundant_slots: int = 0,
     nodes: int = 1,
     groups: int | None = None,
+    current: Sequence[Sequence[int]] | None = None,
 ) -> ExpertPlacement:
     """EPLB's placement for one layer: hierarchical over `nodes` when the expert groups divide evenly over them,
-    else global (as EPLB falls back). `groups` defaults to `nodes` (contiguous expert ids form a group)."""
+    else global (as EPLB falls back). `groups` defaults to `nodes` (contiguous expert ids form a group).
+
+    `current` (per expert, the ranks holding it now): the ranks of the result are relabelled, within each node
+    when hierarchical, so that as many replicas as possible stay where they are (`keep_in_place`); the loads
+    are the same, the migration smaller."""
     experts = len(expert_loads)
     slots = experts + redundant_slots
     if ep_ranks < 1 or slots % ep_ranks:
@@ -147,7 +156,8 @@ def place_experts(
     if not hierarchical:
         copies = replicate_hot_experts(expert_loads, slots, ep_ranks)
         held = pack_replicas(expert_loads, copies, ep_ranks)
-        return ExpertPlacement(tuple(tuple(h) for h in held), experts)
+        placed = [tuple(h) for h in held]
+        return ExpertPlacement(tuple(keep_in_place(placed, current, 1) if current else placed), experts)
     group_size, ranks_per_node = experts // groups, ep_ranks // nodes
     group_loads = [math.fsum(expert_loads[g * group_size : (g + 1) * group_size]) for g in range(groups)]
     node_groups = pack_replicas(group_loads, [1] * groups, nodes)
@@ -158,7 +168,52 @@ def place_experts(
         copies = replicate_hot_experts(local_loads, slots // nodes, ranks_per_node)
         held = pack_replicas(local_loads, copies, ranks_per_node)
         rank_experts.extend(tuple(local[i] for i in h) for h in held)
+    if current:
+        rank_experts = keep_in_place(rank_experts, current, nodes)
     return ExpertPlacement(tuple(rank_experts), experts)
+
+
+def keep_in_place(
+    rank_experts: Sequence[tuple[int, ...]], current: Sequence[Sequence[int]], blocks: int = 1
+) -> list[tuple[int, ...]]:
+    """Relabel the ranks of a placement so that as many of its replicas as possible are already where `current`
+    (per expert, its ranks) has them. Only whole ranks move, and only within each of `blocks` equal runs of
+    ranks (nodes), so every rank's load and every node's experts stay as planned.
+
+    Greedy on the overlap counts (largest first; ties to the lower ranks): a rank pair sharing k experts saves k
+    transfers. Not always the best assignment (that would be a matching), but linear in the replicas held.
+    """
+    ranks = len(rank_experts)
+    per_block = ranks // blocks
+    overlap: dict[int, int] = {}  # new_rank * ranks + old_rank → replicas they share
+    for new_rank, experts in enumerate(rank_experts):
+        block = new_rank // per_block
+        for expert in experts:
+            for old_rank in current[expert] if expert < len(current) else ():
+                if 0 <= old_rank < ranks and old_rank // per_block == block:
+                    key = new_rank * ranks + old_rank
+                    overlap[key] = overlap.get(key, 0) + 1
+    # Counts are at most the slots per rank: bucket them instead of sorting every pair by a key function.
+    buckets: dict[int, list[int]] = {}
+    for key, count in overlap.items():
+        buckets.setdefault(count, []).append(key)
+    label: dict[int, int] = {}
+    taken: set[int] = set()
+    for count in sorted(buckets, reverse=True):
+        for key in sorted(buckets[count]):
+            new_rank, old_rank = divmod(key, ranks)
+            if new_rank not in label and old_rank not in taken:
+                label[new_rank] = old_rank
+                taken.add(old_rank)
+    for block in range(blocks):
+        free = (r for r in range(block * per_block, (block + 1) * per_block) if r not in taken)
+        for new_rank in range(block * per_block, (block + 1) * per_block):
+            if new_rank not in label:
+                label[new_rank] = next(free)
+    relabelled: list[tuple[int, ...]] = [()] * ranks
+    for new_rank, experts in enumerate(rank_experts):
+        relabelled[label[new_rank]] = experts
+    return relabelled
 
 
 def migration_seconds(
@@ -172,9 +227,10 @@ def migration_seconds(
     `bytes_per_expert` should count weights and optimizer state (e.g. 12 bytes a parameter for Adam in fp32)."""
     received: dict[int, int] = {}
     for expert, ranks in enumerate(proposed):
-        before = set(current[expert]) if expert < len(current) else set()
-        for rank in set(ranks) - before:
-            received[rank] = received.get(rank, 0) + 1
+        before = current[expert] if expert < len(current) else ()
+        for rank in ranks if len(ranks) < 2 else set(ranks):  # an expert is held once per rank
+            if rank not in before:
+                received[rank] = received.get(rank, 0) + 1
     if not received:
         return 0.0
     return max(received.values()) * bytes_per_expert / bandwidth_bytes_per_s
