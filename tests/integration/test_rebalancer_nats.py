@@ -1,5 +1,6 @@
 """The rebalancer's NATS edge against a real nats-server: metrics in through the stream, a plan out to the KV
-bucket; bad bytes counted, never fatal; a restart keeps the epoch and does not re-read acked metrics."""
+bucket; bad bytes counted, never fatal; a restart keeps the epoch and does not re-read acked metrics; the service
+outlives a NATS outage; the pull consumer of earlier versions is replaced without re-reading what it acked."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from polling import eventually
 from moeops.bus.connection import ConnectionOptions
 from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, encode
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan
-from moeops.bus.subjects import MSG_ID_HEADER, metrics_subject
+from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_filter, metrics_subject
 from moeops.devcluster.nats_server import NatsServer
 from moeops.rebalancer.edge import UNKNOWN_JOB, JobSettings, RebalancerService
 from moeops.rebalancer.policy import Hysteresis
@@ -78,7 +79,7 @@ async def running(service: RebalancerService) -> AsyncIterator[RebalancerService
         await asyncio.wait_for(task, timeout=20)  # re-raises what ended the service, if anything did
 
 
-def make_service(url: str) -> RebalancerService:
+def make_service(url: str, reconnect_wait_max_s: float = 10.0) -> RebalancerService:
     settings = JobSettings(
         NAMESPACE,
         JOB,
@@ -86,7 +87,9 @@ def make_service(url: str) -> RebalancerService:
         Hysteresis(min_gain=0.05, interval_steps=20, apply_margin_steps=5),
         stage_layers=((0, 4),),
     )
-    options = ConnectionOptions(servers=(url,), name="test-rebalancer", reconnect_wait_s=0.05)
+    options = ConnectionOptions(
+        servers=(url,), name="test-rebalancer", reconnect_wait_s=0.05, reconnect_wait_max_s=reconnect_wait_max_s
+    )
     return RebalancerService(options, [settings], fetch_timeout_s=0.2)
 
 
@@ -164,3 +167,37 @@ async def test_a_restarted_service_keeps_the_epoch_and_skips_acked_metrics(nats_
             await eventually(lambda: second.counters.received == 40, "only the 40 new records received")
             await asyncio.sleep(0.5)
             assert second.counters.received == 40
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["stopped", "killed"])
+async def test_the_rebalancer_outlives_a_nats_outage(nats_server: NatsServer, crash: bool) -> None:
+    speeds = [1.0, 1.0, 1.0, 0.6]
+    async with running(make_service(nats_server.url, reconnect_wait_max_s=0.5)) as service:
+        async with jetstream(nats_server.url) as js:
+            await publish_steps(js, range(3), speeds)  # too few steps for a plan (min_samples 5)
+            await eventually(lambda: service.counters.ingested["accepted"] == 12, "the first 12 records folded in")
+        nats_server.stop(crash=crash)  # the bus goes away mid-run, and comes back on the same port and store
+        nats_server.start()
+        async with jetstream(nats_server.url) as js:
+            await publish_steps(js, range(3, 10), speeds)
+            plan = await stored_plan(js, 0)  # needs the steps from before the outage and after it
+            assert sequences_from_fractions(plan.data_shares, BATCH) == [9, 9, 9, 5]
+            await eventually(lambda: service.counters.ingested["accepted"] == 40, "all 40 records folded in")
+        assert service.latest(NAMESPACE, JOB) == plan
+        assert service.counters.plans_published == 1
+
+
+async def test_a_pull_consumer_of_an_earlier_version_is_replaced_after_its_acks(nats_server: NatsServer) -> None:
+    service = make_service(nats_server.url)
+    async with jetstream(nats_server.url) as js:
+        await publish_steps(js, range(3), [1.0, 1.0, 1.0, 0.6])
+        old = await js.pull_subscribe(metrics_filter(NAMESPACE, JOB), durable=service.durable, stream=METRICS_STREAM)
+        for message in await old.fetch(8, timeout=5):  # the old service folded in and acked the first 8
+            await message.ack_sync()
+        await old.unsubscribe()
+        async with running(service):
+            await eventually(lambda: service.counters.received == 4, "the 4 unacked records received")
+            await publish_steps(js, range(3, 10), [1.0, 1.0, 1.0, 0.6])
+            await eventually(lambda: service.counters.received == 32, "and the 28 new ones")
+            info = await js.consumer_info(METRICS_STREAM, service.durable)
+            assert info.config.deliver_subject  # a push consumer now

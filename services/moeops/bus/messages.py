@@ -10,14 +10,18 @@ Floats that may legitimately be NaN or infinite (a diverging loss is worth repor
 
 from __future__ import annotations
 
+import functools
 import math
 from enum import Enum
-from typing import Annotated, Final, Literal, Protocol, Self
+from typing import Annotated, Any, Final, Literal, NotRequired, Protocol, Self, cast
 
 import pydantic_core
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.type_adapter import TypeAdapter
+from typing_extensions import TypedDict  # pydantic needs this TypedDict before Python 3.12
 
 from .subjects import (
+    ParsedSubject,
     SubjectKind,
     metrics_msg_id,
     metrics_subject,
@@ -229,11 +233,31 @@ def encode(message: Message) -> bytes:
     return message.model_dump_json().encode()
 
 
+_parse_cached: Final = functools.lru_cache(maxsize=4096)(parse)  # pure; a consumer sees a few subjects over again
+
+
 def decode(subject: str, data: bytes) -> Message:
-    """The typed message on `subject`, or BadMessage: the only exception it raises, whatever the bytes."""
+    """The typed message on `subject`, or BadMessage: the only exception it raises, whatever the bytes.
+
+    Well-formed worker metrics take a fast path (`_fast_metrics`); everything else, and every message it does not
+    accept, goes through `decode_reference`, which defines what is valid and why not."""
+    parsed = _parse_cached(subject)
+    if parsed is None:
+        raise BadMessage(BadMessageReason.UNKNOWN_SUBJECT, "not a moeops metrics or plans subject", subject)
+    if parsed.kind is SubjectKind.METRICS and (fast := _fast_metrics(parsed, data)) is not None:
+        return fast
+    return _decode(parsed, subject, data)
+
+
+def decode_reference(subject: str, data: bytes) -> Message:
+    """`decode` without the fast path: the definition of a valid message (the fast path is tested against it)."""
     parsed = parse(subject)
     if parsed is None:
         raise BadMessage(BadMessageReason.UNKNOWN_SUBJECT, "not a moeops metrics or plans subject", subject)
+    return _decode(parsed, subject, data)
+
+
+def _decode(parsed: ParsedSubject, subject: str, data: bytes) -> Message:
     try:
         document = pydantic_core.from_json(data)
     except ValueError as exc:
@@ -265,4 +289,109 @@ def decode(subject: str, data: bytes) -> Message:
             f"the body is for {message.namespace}/{message.job}" + (f" rank {rank}" if rank is not None else ""),
             subject,
         )
+    return message
+
+
+# The fast path for worker metrics: the model's Python validators took half of a decode, and building the ints of
+# `tokens_per_expert` most of the rest. Here: one strict pass from bytes into a TypedDict (the Python checks done
+# by hand), with the counts cut out and validated once per distinct value (every rank of a step reports the same
+# global counts). Strict mode accepts a subset of what the model does (no `true` as 1, no 1.0 as an int, no "NaN"
+# strings); whatever the fast path refuses goes to the reference decoder, so results and BadMessage reasons are
+# the reference's by construction, and tests/unit/test_bus_messages.py checks that the values agree.
+
+_Name = Annotated[str, Field(min_length=1, max_length=253)]
+_Count = Annotated[int, Field(ge=0)]
+_Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+_COUNTS_KEY: Final = b'"tokens_per_expert":'
+_STAND_IN: Final = -7  # replaces the cut-out counts: no valid message can hold a negative int there
+
+
+class _FastMetrics(TypedDict):
+    __pydantic_config__ = ConfigDict(strict=True, extra="ignore")  # type: ignore[misc]
+
+    schema_version: Annotated[int, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]  # required, unlike the model's
+    namespace: _Name
+    job: _Name
+    world_size: Annotated[int, Field(ge=1)]
+    rank: _Count
+    step: _Count
+    loss: float
+    aux_loss: float
+    tokens: _Count
+    step_seconds: _Seconds
+    compute_seconds: _Seconds
+    comm_seconds: _Seconds
+    lr: _Seconds
+    tokens_per_expert: NotRequired[Annotated[int, Field(ge=_STAND_IN, le=_STAND_IN)] | list[list[_Count]]]
+    max_memory_bytes: NotRequired[_Count]
+    measured_at_unix_s: Annotated[float, Field(allow_inf_nan=False)]
+
+
+_FAST_METRICS: Final = TypeAdapter(_FastMetrics)
+_FAST_COUNTS: Final = TypeAdapter(list[list[_Count]], config=ConfigDict(strict=True))
+_COUNTS_SEEN: dict[bytes, list[list[int]]] = {}
+_METRICS_FIELDS: Final = tuple(WorkerMetrics.model_fields)
+_METRICS_DEFAULTS: Final = {"tokens_per_expert": list, "max_memory_bytes": int}
+
+
+def _cut_counts(data: bytes) -> tuple[bytes, bytes | None]:
+    """`data` with its top-level counts replaced by the stand-in, and the counts; or (`data`, None) if the key is
+    absent, spaced otherwise or there twice. A nested key or a wrong cut leaves no stand-in: the strict pass fails."""
+    start = data.find(_COUNTS_KEY) + len(_COUNTS_KEY)
+    if start < len(_COUNTS_KEY) or data.find(_COUNTS_KEY, start) >= 0 or data[start : start + 1] != b"[":
+        return data, None
+    end = start + 2 if data[start : start + 2] == b"[]" else data.find(b"]]", start) + 2
+    if end < start + 2:
+        return data, None
+    return b"%s%d%s" % (data[:start], _STAND_IN, data[end:]), data[start:end]
+
+
+def _counts(value: bytes) -> list[list[int]]:
+    counts = _COUNTS_SEEN.get(value)
+    if counts is None:
+        counts = _FAST_COUNTS.validate_json(value)
+        if len(_COUNTS_SEEN) >= 256:
+            _COUNTS_SEEN.clear()
+        _COUNTS_SEEN[value] = counts
+    return [layer.copy() for layer in counts]  # each message its own lists, as the reference gives
+
+
+def _fast_metrics(parsed: ParsedSubject, data: bytes) -> WorkerMetrics | None:
+    """The metrics in `data` if they pass the strict checks, else None (the caller then asks the reference)."""
+    try:
+        document, counts = _cut_counts(data)
+        values = cast("dict[str, Any]", _FAST_METRICS.validate_json(document))  # a new dict, keys in field order
+    except ValidationError:
+        return None
+    if counts is not None:
+        if values.get("tokens_per_expert") != _STAND_IN:
+            return None
+        try:
+            values["tokens_per_expert"] = _counts(counts)
+        except ValidationError:
+            return None
+    elif type(values.get("tokens_per_expert", [])) is not list:
+        return None
+    # Subject tokens match the token pattern already: comparing with `name` dots-to-`_` is `token(name) == ...`.
+    if not (
+        values["rank"] < values["world_size"]
+        and values["rank"] == parsed.rank
+        and values["namespace"].replace(".", "_") == parsed.namespace_token
+        and values["job"].replace(".", "_") == parsed.job_token
+    ):
+        return None
+    fields_set = set(values)
+    if len(values) != len(_METRICS_FIELDS):
+        for name, default in _METRICS_DEFAULTS.items():
+            if name not in values:
+                values[name] = default()
+        if len(values) != len(_METRICS_FIELDS):  # a field added to WorkerMetrics but not here: be safe
+            return None
+        values = {name: values[name] for name in _METRICS_FIELDS}
+    # What `model_construct` does, without its per-field loop: every value is already validated.
+    message = WorkerMetrics.__new__(WorkerMetrics)
+    object.__setattr__(message, "__dict__", values)
+    object.__setattr__(message, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(message, "__pydantic_extra__", None)
+    object.__setattr__(message, "__pydantic_private__", None)
     return message

@@ -1,11 +1,14 @@
 """The rebalancer's NATS edge: worker metrics in from the METRICS stream, plans out to the plans KV bucket.
 
 Thin on purpose: decoding, aggregation and planning are the pure modules (`load`, `replan`); this module only moves
-bytes. It consumes with a durable pull consumer, acking each message once it is folded in, so a restarted service
-resumes after the last message it acked (the first start reads everything the stream still holds). The latest plan
-of every job is read back from the KV bucket on start, so epochs continue where they stopped. Messages that cannot
-be decoded are counted by reason and acked (redelivering them would not make them readable); nothing a worker sends
-can stop the service.
+bytes. It consumes with a durable push consumer (`consumer`), a batch at a time: every message of the batch is
+folded in, each job the batch touched is planned once, and then the batch is acked with one ack, so a restarted
+service resumes after the last batch it acked (the first start reads everything the stream still holds), and a
+batch redelivered after a crash is dropped by the aggregator as duplicates. The latest plan of every job is read
+back from the KV bucket on start, so epochs continue where they stopped, and plans are written with a
+compare-and-set. Messages that cannot be decoded are counted by reason and acked (redelivering them would not make
+them readable); nothing a worker sends can stop the service. While NATS is away the client reconnects in the
+background and the consumer's deliveries resume when it is back.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from dataclasses import dataclass, field
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -32,6 +34,7 @@ from moeops.bus.messages import BadMessage, RebalancePlan, WorkerMetrics, decode
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan, put_plan
 from moeops.bus.subjects import METRICS_STREAM, metrics_filter, token
 
+from .consumer import ConsumerLimits, MetricsConsumer
 from .load import DEFAULT_SMOOTHING, Ingested, LoadAggregator
 from .policy import Hysteresis
 from .replan import replan_outcome, sequences_from_fractions
@@ -93,7 +96,10 @@ class Counters:
     plans_published: int = 0
     plan_conflicts: int = 0
     """Writes refused because another planner stored a plan first (its plan is adopted)."""
+    plan_errors: int = 0
+    """Plans that could not be written (the server was away); the batch is then not acked."""
     fetch_errors: int = 0
+    """Acks that failed (the server was away): those messages come again and are dropped as duplicates."""
 
 
 class RebalancerService:
@@ -105,10 +111,13 @@ class RebalancerService:
         jobs: Sequence[JobSettings],
         *,
         durable: str | None = None,
-        batch: int = 256,
+        batch: int = 2048,
         fetch_timeout_s: float = 0.5,
         clock: Callable[[], float] = time.time,
+        limits: ConsumerLimits | None = None,
     ) -> None:
+        """`batch`: the most messages folded in between two planning rounds (and acks); `fetch_timeout_s`: how long
+        to wait for a message before looking at `stop` again."""
         if not jobs:
             raise ValueError("no jobs to rebalance")
         self.options = options
@@ -126,6 +135,7 @@ class RebalancerService:
         self.batch = batch
         self.fetch_timeout_s = fetch_timeout_s
         self.clock = clock
+        self.limits = limits or ConsumerLimits(max_ack_pending=max(ConsumerLimits().max_ack_pending, 4 * batch))
         self.counters = Counters()
         self.ready = asyncio.Event()
         """Set once connected, with the stream, bucket and consumer in place and the stored plans read."""
@@ -140,26 +150,30 @@ class RebalancerService:
 
     async def run(self, stop: asyncio.Event) -> None:
         client = await connect(self.options)
+        consumer: MetricsConsumer | None = None
         try:
             js = client.jetstream()
             await ensure_metrics_stream(js)
             kv = await ensure_plans_bucket(js)
             await self._recover_plans(kv)
-            subscription = await js.pull_subscribe(self.filter, durable=self.durable, stream=METRICS_STREAM)
+            consumer = MetricsConsumer(js, METRICS_STREAM, self.filter, self.durable, self.limits)
+            await consumer.start(client.new_inbox())
             self.ready.set()
             while not stop.is_set():
-                messages = await self._fetch(subscription, stop)
-                touched: set[JobKey] = set()
-                for message in messages:
-                    key = self._ingest(message)
-                    if key is not None:
-                        touched.add(key)
+                messages = await consumer.next_batch(self.batch, stop, self.fetch_timeout_s)
+                if not messages:
+                    continue
+                touched = self._ingest_batch(messages)
+                plan_errors = self.counters.plan_errors
                 for key in sorted(touched):
                     await self._plan(kv, self.jobs[key])
                 # Ack after planning: a crash in between redelivers them, which the aggregator sees as duplicates.
-                for message in messages:
-                    await self._ack(message)
+                if self.counters.plan_errors == plan_errors:
+                    await consumer.ack(messages)
+                self.counters.fetch_errors = consumer.ack_errors
         finally:
+            if consumer is not None:
+                await consumer.close()
             await self._close(client)
 
     async def _recover_plans(self, kv: KeyValue) -> None:
@@ -174,17 +188,14 @@ class RebalancerService:
                 state.adopt(*stored)
                 logger.info("%s/%s: resuming after plan epoch %d", namespace, job, stored[0].epoch)
 
-    async def _fetch(self, subscription: JetStreamContext.PullSubscription, stop: asyncio.Event) -> list[Msg]:
-        try:
-            return await subscription.fetch(self.batch, timeout=self.fetch_timeout_s)
-        except nats.errors.TimeoutError:
-            return []
-        except (nats.errors.Error, OSError) as exc:  # the server is away: nats-py reconnects, we wait
-            self.counters.fetch_errors += 1
-            logger.debug("fetch failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.fetch_timeout_s)
-            return []
+    def _ingest_batch(self, messages: list[Msg]) -> set[JobKey]:
+        """Folds the messages in; the jobs that took at least one record."""
+        touched: set[JobKey] = set()
+        for message in messages:
+            key = self._ingest(message)
+            if key is not None:
+                touched.add(key)
+        return touched
 
     def _ingest(self, message: Msg) -> JobKey | None:
         self.counters.received += 1
@@ -201,9 +212,12 @@ class RebalancerService:
         if state is None:
             self.counters.bad_messages[UNKNOWN_JOB] += 1
             return None
-        outcome = state.aggregator.ingest(decoded)
+        return self._accept(state, decoded)
+
+    def _accept(self, state: _JobState, metrics: WorkerMetrics) -> JobKey | None:
+        outcome = state.aggregator.ingest(metrics)
         self.counters.ingested[outcome.value] += 1
-        return key if outcome is Ingested.ACCEPTED else None
+        return state.settings.key if outcome is Ingested.ACCEPTED else None
 
     async def _plan(self, kv: KeyValue, state: _JobState) -> None:
         settings = state.settings
@@ -228,36 +242,39 @@ class RebalancerService:
             return
         if outcome.verdict is not None:
             self.counters.verdicts[outcome.verdict.value] += 1
-        if outcome.plan is None:
-            return
+        if outcome.plan is not None:
+            await self._store(kv, state, outcome.plan)
+
+    async def _store(self, kv: KeyValue, state: _JobState, plan: RebalancePlan) -> None:
+        """Writes the plan if the stored one is still the one it follows; else adopts the stored one."""
+        settings = state.settings
         try:
-            revision = await put_plan(kv, outcome.plan, last_revision=state.revision)
-        except KeyWrongLastSequenceError:
-            self.counters.plan_conflicts += 1
-            stored = await latest_plan(kv, settings.namespace, settings.job)
-            if stored is not None:
-                state.adopt(*stored)
+            try:
+                revision = await put_plan(kv, plan, last_revision=state.revision)
+            except KeyWrongLastSequenceError:
+                self.counters.plan_conflicts += 1
+                stored = await latest_plan(kv, settings.namespace, settings.job)
+                if stored is not None:
+                    state.adopt(*stored)
+                return
+        except (nats.errors.Error, OSError, TimeoutError) as exc:  # the server is away: planned again next batch
+            self.counters.plan_errors += 1
+            logger.warning("%s/%s: cannot store the plan: %s", settings.namespace, settings.job, exc)
             return
-        state.adopt(outcome.plan, revision)
+        state.adopt(plan, revision)
         self.counters.plans_published += 1
         logger.info(
             "%s/%s: plan epoch %d at step %d, shares %s (predicted gain %.1f%%)",
             settings.namespace,
             settings.job,
-            outcome.plan.epoch,
-            outcome.plan.apply_at_step,
+            plan.epoch,
+            plan.apply_at_step,
             state.current_shares,
-            100 * outcome.plan.predicted_gain,
+            100 * plan.predicted_gain,
         )
 
-    async def _ack(self, message: Msg) -> None:
-        try:
-            await message.ack()
-        except (nats.errors.Error, OSError) as exc:  # redelivered later: the aggregator drops it as a duplicate
-            logger.debug("ack failed: %s", exc)
-
     async def _close(self, client: Client) -> None:
-        # Flush (the last acks), then close: nats-py's drain() trips over an active pull subscription.
+        # Flush (the last ack), then close.
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await client.flush(timeout=2)
         await client.close()

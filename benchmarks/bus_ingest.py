@@ -1,0 +1,358 @@
+"""Bus ingest: messages per second the rebalancer ingests on one core from a real nats-server, and its lag.
+
+This process runs the consumers pinned to one core; nats-server and the producer (a separate process, so that it
+does not share the ingest core) run on the other cores. The producer publishes realistic WorkerMetrics (the bytes
+`encode` makes: `--ranks` ranks per step, `tokens_per_expert` for `--layers` × `--experts`) into the METRICS
+stream, with a Nats-Msg-Id as the trainer's sink sends them.
+
+1. Saturation: a backlog of `--ranks` × `--steps` messages is stored first; each consumer then drains it with
+   its own durable consumer; ingested messages/s from its first message to its last. Variants, alternating over
+   `--repeats`: `service` (RebalancerService: push consumer, fast decode, aggregation, a plan per batch, one ack
+   per batch); `pull-fetch` (the previous service: pull `fetch(256)`, the reference decoder, an ack per
+   message); `floor` (the same push consumer with no decoding or aggregation: nats-py and the server alone).
+2. Sustained: for each of `--rates`, the producer offers that many messages/s for `--seconds`; the service
+   ingests them live; the lag is the time it folds a record in − measured_at_unix_s (one machine, one clock),
+   p50 and p99. A consumer that falls more than 1000 steps per rank behind loses the oldest to the stream's
+   retention: `received` < `sent` says so.
+
+    .venv/bin/python benchmarks/bus_ingest.py            # 64 ranks × 900 steps, 3 repeats; 50k/s and 5k/s, 10 s
+    .venv/bin/python benchmarks/bus_ingest.py --quick    # 200 steps, 1 repeat, 3 s sustained
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+
+from moeops.bus.connection import ConnectionOptions, connect
+from moeops.bus.messages import BadMessage, WorkerMetrics, decode_reference, encode
+from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket
+from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER
+from moeops.devcluster.nats_server import NatsServer
+from moeops.rebalancer.consumer import ConsumerLimits, MetricsConsumer
+from moeops.rebalancer.edge import JobKey, JobSettings, RebalancerService, _JobState
+from moeops.rebalancer.policy import Hysteresis
+
+NAMESPACE = "bench"
+STEP_MARK, TIME_MARK = 987654321, 1111111111.25
+
+
+# --- the producer (its own process) ---------------------------------------------------------------------------
+
+
+Template = tuple[str, bytes, bytes, bytes, bytes, str]
+
+
+def templates(job: str, ranks: int) -> list[Template]:
+    """Per rank: subject; the encoded message cut around its step, its expert counts and its timestamp; the
+    msg-id prefix."""
+    out = []
+    for rank in range(ranks):
+        message = WorkerMetrics(
+            namespace=NAMESPACE, job=job, world_size=ranks, rank=rank, step=STEP_MARK, loss=2.0, aux_loss=0.01,
+            tokens=8192, step_seconds=0.5, compute_seconds=0.4 if rank else 0.6, comm_seconds=0.1, lr=3e-4,
+            tokens_per_expert=[], max_memory_bytes=60 << 30, measured_at_unix_s=TIME_MARK,
+        )  # fmt: skip
+        head, tail = encode(message).split(str(STEP_MARK).encode())
+        middle, end = tail.split(repr(TIME_MARK).encode())
+        before_counts, after_counts = middle.split(b'"tokens_per_expert":[]')
+        out.append(
+            (message.subject, head, before_counts + b'"tokens_per_expert":', after_counts, end, message.msg_id[:-9])
+        )
+    return out
+
+
+def expert_counts(step: int, layers: int, experts: int) -> bytes:
+    """One step's global counts (the same on every rank), as `encode` writes them; they change every step."""
+    counts = [
+        [1000 + (37 * expert + 11 * layer + 7 * step) % 500 for expert in range(experts)] for layer in range(layers)
+    ]
+    return json.dumps(counts, separators=(",", ":")).encode()
+
+
+def body(template: Template, step: int, counts: bytes, now: float) -> bytes:
+    _, head, before_counts, after_counts, end, _ = template
+    return b"".join((head, str(step).encode(), before_counts, counts, after_counts, repr(now).encode(), end))
+
+
+async def produce(args: argparse.Namespace) -> None:
+    """Publishes ranks × steps messages at `rate`/s (0: as fast as it can); prints what it sent."""
+    client = await nats.connect(args.produce, pending_size=64 * 1024 * 1024)
+    ranks = templates(args.job, args.ranks)
+    total, sent = args.ranks * args.steps, 0
+    counts = (-1, b"")
+    started = time.perf_counter()
+    while sent < total:
+        due = total if args.rate <= 0 else min(total, int((time.perf_counter() - started) * args.rate) + 1)
+        if sent >= due:  # ahead of the rate: sleep a tick rather than spin on the core nats-server needs
+            await asyncio.sleep(0.002)
+            continue
+        for index in range(sent, min(due, sent + 2000)):
+            step, rank = divmod(index, args.ranks)
+            if counts[0] != step:
+                counts = (step, expert_counts(step, args.layers, args.experts))
+            template = ranks[rank]
+            data = body(template, step, counts[1], time.time())
+            await client.publish(template[0], data, headers={MSG_ID_HEADER: f"{template[5]}{step}"})
+            sent += 1
+        await asyncio.sleep(0)
+    await client.flush(timeout=30)
+    seconds = time.perf_counter() - started
+    await client.close()
+    print(json.dumps({"sent": sent, "seconds": seconds, "rate": sent / seconds}))
+
+
+def start_producer(
+    url: str, job: str, steps: int, rate: float, args: argparse.Namespace, cpus: set[int]
+) -> subprocess.Popen[str]:
+    command = [
+        sys.executable, __file__, "--produce", url, "--job", job, "--steps", str(steps), "--rate", str(rate),
+        "--ranks", str(args.ranks), "--layers", str(args.layers), "--experts", str(args.experts),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
+    )
+
+
+def producer_result(process: subprocess.Popen[str]) -> dict[str, float]:
+    out, _ = process.communicate(timeout=600)
+    if process.returncode != 0:
+        raise SystemExit(f"the producer failed ({process.returncode})")
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+# --- the consumers (this process, one core) -------------------------------------------------------------------
+
+
+def settings(job: str) -> JobSettings:
+    return JobSettings(NAMESPACE, job, global_batch=1024, hysteresis=Hysteresis(interval_steps=50))
+
+
+class MeasuredService(RebalancerService):
+    """The service, recording each record's lag as it is folded in."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lags = array("d")
+
+    def _accept(self, state: _JobState, metrics: WorkerMetrics) -> JobKey | None:
+        self.lags.append(time.time() - metrics.measured_at_unix_s)
+        return super()._accept(state, metrics)
+
+
+class PullFetchBaseline(MeasuredService):
+    """The previous service's loop (commit 0715d85): pull fetch(256), the reference decoder, an ack per message."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        client = await connect(self.options)
+        js = client.jetstream()
+        kv = await ensure_plans_bucket(js)
+        subscription = await js.pull_subscribe(self.filter, durable=self.durable, stream=METRICS_STREAM)
+        self.ready.set()
+        while not stop.is_set():
+            try:
+                messages = await subscription.fetch(256, timeout=0.5)
+            except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when none come
+                continue
+            touched: set[JobKey] = set()
+            for message in messages:
+                self.counters.received += 1
+                try:
+                    decoded = decode_reference(message.subject, message.data)
+                except BadMessage:
+                    continue
+                assert isinstance(decoded, WorkerMetrics)
+                key = self._accept(self.jobs[(decoded.namespace, decoded.job)], decoded)
+                if key is not None:
+                    touched.add(key)
+            for key in sorted(touched):
+                await self._plan(kv, self.jobs[key])
+            for message in messages:
+                await message.ack()
+        await client.flush(timeout=5)
+        await client.close()
+
+
+class Floor:
+    """The same push consumer, counting messages: no decoding, no aggregation, no planning."""
+
+    def __init__(self, options: ConnectionOptions, job: str, durable: str) -> None:
+        self.options, self.job, self.durable = options, job, durable
+        self.received = 0
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        client = await connect(self.options)
+        consumer = MetricsConsumer(
+            client.jetstream(), METRICS_STREAM, f"moeops.metrics.{NAMESPACE}.{self.job}.*", self.durable,
+            ConsumerLimits(),
+        )  # fmt: skip
+        await consumer.start(client.new_inbox())
+        self.ready.set()
+        while not stop.is_set():
+            batch = await consumer.next_batch(2048, stop, 0.5)
+            self.received += len(batch)
+            await consumer.ack(batch)
+        await consumer.close()
+        await client.close()
+
+
+def received(consumer: RebalancerService | Floor) -> int:
+    return consumer.received if isinstance(consumer, Floor) else consumer.counters.received
+
+
+async def drain(
+    consumer: RebalancerService | Floor, expected: int, idle_s: float = 10.0, on_ready: Callable[[], None] | None = None
+) -> tuple[float, int, float]:
+    """Runs the consumer until it received `expected` messages (or none came for `idle_s` after the first, or
+    for a minute before it): the seconds, messages and this process's CPU seconds from its first message to its
+    last, polled every 5 ms."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    await asyncio.wait_for(consumer.ready.wait(), timeout=30)
+    if on_ready is not None:
+        on_ready()
+    first: tuple[float, int, float] | None = None
+    last = (time.perf_counter(), 0, 0.0)
+    while received(consumer) < expected and time.perf_counter() - last[0] < (idle_s if first else 60.0):
+        await asyncio.sleep(0.005)
+        count, now = received(consumer), time.perf_counter()
+        if count > last[1]:
+            last = (now, count, time.process_time())
+            first = first or last
+    stop.set()
+    await asyncio.wait_for(task, timeout=30)
+    if first is None:
+        return 0.0, 0, 0.0
+    return last[0] - first[0], last[1] - first[1], last[2] - first[2]
+
+
+def options(url: str) -> ConnectionOptions:
+    return ConnectionOptions(servers=(url,), name="bus-ingest-bench")
+
+
+async def saturation(url: str, args: argparse.Namespace, cpus: set[int]) -> dict[str, list[float]]:
+    job = "saturation"
+    producer = start_producer(url, job, args.steps, 0, args, cpus)
+    print("backlog:", producer_result(producer), file=sys.stderr)
+    expected = args.ranks * args.steps
+    variants: dict[str, Callable[[str], RebalancerService | Floor]] = {
+        "service": lambda durable: MeasuredService(options(url), [settings(job)], durable=durable),
+        "pull-fetch": lambda durable: PullFetchBaseline(options(url), [settings(job)], durable=durable),
+        "floor": lambda durable: Floor(options(url), job, durable),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    busy: dict[str, list[float]] = {name: [] for name in variants}
+    for repeat in range(args.repeats):
+        for name, make in variants.items():
+            seconds, count, cpu = await drain(make(f"bench-{name}-{repeat}"), expected)
+            rates[name].append(count / seconds if seconds > 0 else 0.0)
+            busy[name].append(cpu / seconds if seconds > 0 else 0.0)
+            print(
+                f"  {name:10s} repeat {repeat}: {count} msgs in {seconds:.2f} s = {rates[name][-1]:,.0f}/s, "
+                f"core {busy[name][-1]:.0%} busy",
+                file=sys.stderr,
+            )
+    return {**rates, **{f"{name}_core_busy": values for name, values in busy.items()}}
+
+
+async def sustained(url: str, args: argparse.Namespace, cpus: set[int], rate: float) -> dict[str, float]:
+    """The service ingesting live while the producer offers `rate` messages/s for `--seconds`."""
+    job = f"live-{int(rate)}"
+    steps = max(1, int(rate * args.seconds) // args.ranks)
+    service = MeasuredService(options(url), [settings(job)], durable=f"bench-{job}")
+    producer: list[subprocess.Popen[str]] = []
+    seconds, count, cpu = await drain(
+        service,
+        args.ranks * steps,
+        idle_s=3.0,
+        on_ready=lambda: producer.append(start_producer(url, job, steps, rate, args, cpus)),
+    )
+    offered = producer_result(producer[0])
+    lags = sorted(service.lags)
+
+    def quantile(q: float) -> float:
+        return lags[min(len(lags) - 1, int(q * len(lags)))] * 1000 if lags else float("nan")
+
+    return {
+        "offered_per_s": offered["rate"],
+        "sent": offered["sent"],
+        "received": service.counters.received,
+        "ingested_per_s": count / seconds if seconds > 0 else 0.0,
+        "core_busy": cpu / seconds if seconds > 0 else 0.0,
+        "lag_p50_ms": quantile(0.50),
+        "lag_p99_ms": quantile(0.99),
+        "lag_max_ms": quantile(1.0),
+    }
+
+
+def message_bytes(args: argparse.Namespace) -> int:
+    return len(body(templates("saturation", args.ranks)[0], 450, expert_counts(450, args.layers, args.experts), 0.5))
+
+
+async def bench(args: argparse.Namespace) -> dict[str, object]:
+    cpus = os.sched_getaffinity(0)
+    ingest_cpu = args.ingest_cpu if args.ingest_cpu in cpus else min(cpus)
+    others = (cpus - {ingest_cpu}) or cpus
+    os.sched_setaffinity(0, others)  # nats-server inherits these
+    with tempfile.TemporaryDirectory() as work, NatsServer(Path(work) / "nats") as server:
+        os.sched_setaffinity(0, {ingest_cpu})
+        client = await nats.connect(server.url)
+        await ensure_metrics_stream(client.jetstream())
+        await client.close()
+        rates = await saturation(server.url, args, others)
+        live = {f"{rate:.0f}/s": await sustained(server.url, args, others, rate) for rate in args.rates}
+    median = {name: statistics.median(values) for name, values in rates.items() if not name.endswith("_busy")}
+    busy = {
+        name.removesuffix("_core_busy"): statistics.median(v) for name, v in rates.items() if name.endswith("_busy")
+    }
+    return {
+        "message_bytes": message_bytes(args),
+        "ingest_cpu": ingest_cpu,
+        "saturation_msgs_per_s": {name: round(value) for name, value in median.items()},
+        "saturation_runs": {name: [round(v) for v in values] for name, values in rates.items() if name in median},
+        "saturation_core_busy": {name: round(value, 2) for name, value in busy.items()},
+        "ratio_service_vs_pull_fetch": round(median["service"] / median["pull-fetch"], 2),
+        "ratio_service_vs_floor": round(median["service"] / median["floor"], 2),
+        "sustained": {name: {k: round(v, 1) for k, v in result.items()} for name, result in live.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="200 steps, 1 repeat, 3 s sustained")
+    parser.add_argument("--ranks", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=900, help="backlog steps per rank (the stream keeps 1000)")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--experts", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rates", type=float, nargs="*", default=[50_000, 5_000], help="offered msgs/s, sustained")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--ingest-cpu", type=int, default=0)
+    parser.add_argument("--produce", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--job", default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.produce:
+        asyncio.run(produce(args))
+        return
+    if args.quick:
+        args.steps, args.repeats, args.seconds = 200, 1, 3.0
+    print(json.dumps(asyncio.run(bench(args)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
