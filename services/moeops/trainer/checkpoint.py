@@ -107,11 +107,15 @@ def load(
     model_state, optim_state = get_state_dict(model, optimizer)
     if sharding is not None:
         sharding.full_placeholders(model_state, optim_state)
-    state: dict[str, Any] = {"model": model_state, "optim": optim_state}
+    # Only the per-parameter optimizer state: the param groups on disk list one rank's parameters, which match
+    # this rank's only when the layout is the same (a pipeline split moves layers between ranks), and their
+    # hyperparameters come from the config anyway (the learning rate is set every step).
+    state: dict[str, Any] = {"model": model_state, "optim": {"state": optim_state["state"]}}
     dcp_load(state, checkpoint_id=path)
+    optim_state["state"] = state["optim"]["state"]
     if sharding is not None:
-        sharding.keep_local(state["model"], state["optim"])
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        sharding.keep_local(state["model"], optim_state)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=optim_state)
     rank_file = path / f"rank-{world.rank:05d}.pt"
     meta = read_meta(path)
     if rank_file.exists() and meta.get("world_size") == world.world_size:
