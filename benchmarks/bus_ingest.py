@@ -2,8 +2,10 @@
 
 This process runs the consumers pinned to one core; nats-server and the producer (a separate process, so that it
 does not share the ingest core) run on the other cores. The producer publishes realistic WorkerMetrics (the bytes
-`encode` makes: `--ranks` ranks per step, `tokens_per_expert` for `--layers` × `--experts`) into the METRICS
-stream, with a Nats-Msg-Id as the trainer's sink sends them.
+`encode` makes: `--ranks` ranks per step, `tokens_per_expert` for `--layers` × `--experts`, the same on every
+rank of a step and different every step) into the METRICS stream, with a Nats-Msg-Id as the trainer's sink
+sends them. Besides messages/s it prints how busy the ingest core was (this process's CPU time / wall time) and
+messages per CPU-second: other processes share these cores, so that is what one core of our own would ingest.
 
 1. Saturation: a backlog of `--ranks` × `--steps` messages is stored first; each consumer then drains it with
    its own durable consumer; ingested messages/s from its first message to its last. Variants, alternating over
@@ -11,9 +13,9 @@ stream, with a Nats-Msg-Id as the trainer's sink sends them.
    per batch); `pull-fetch` (the previous service: pull `fetch(256)`, the reference decoder, an ack per
    message); `floor` (the same push consumer with no decoding or aggregation: nats-py and the server alone).
 2. Sustained: for each of `--rates`, the producer offers that many messages/s for `--seconds`; the service
-   ingests them live; the lag is the time it folds a record in − measured_at_unix_s (one machine, one clock),
-   p50 and p99. A consumer that falls more than 1000 steps per rank behind loses the oldest to the stream's
-   retention: `received` < `sent` says so.
+   ingests them live, with flow control (the default) and without; the lag is the time it folds a record in
+   − measured_at_unix_s (one machine, one clock), p50 and p99. A consumer that falls more than 1000 steps per
+   rank behind loses the oldest to the stream's retention: `received` < `sent` says so.
 
     .venv/bin/python benchmarks/bus_ingest.py            # 64 ranks × 900 steps, 3 repeats; 50k/s and 5k/s, 10 s
     .venv/bin/python benchmarks/bus_ingest.py --quick    # 200 steps, 1 repeat, 3 s sustained
@@ -269,11 +271,14 @@ async def saturation(url: str, args: argparse.Namespace, cpus: set[int]) -> dict
     return {**rates, **{f"{name}_core_busy": values for name, values in busy.items()}}
 
 
-async def sustained(url: str, args: argparse.Namespace, cpus: set[int], rate: float) -> dict[str, float]:
+async def sustained(
+    url: str, args: argparse.Namespace, cpus: set[int], rate: float, flow_control: bool
+) -> dict[str, float]:
     """The service ingesting live while the producer offers `rate` messages/s for `--seconds`."""
-    job = f"live-{int(rate)}"
+    job = f"live-{int(rate)}-{'fc' if flow_control else 'no-fc'}"
     steps = max(1, int(rate * args.seconds) // args.ranks)
-    service = MeasuredService(options(url), [settings(job)], durable=f"bench-{job}")
+    limits = ConsumerLimits(flow_control=flow_control)
+    service = MeasuredService(options(url), [settings(job)], durable=f"bench-{job}", limits=limits)
     producer: list[subprocess.Popen[str]] = []
     seconds, count, cpu = await drain(
         service,
@@ -293,6 +298,7 @@ async def sustained(url: str, args: argparse.Namespace, cpus: set[int], rate: fl
         "received": service.counters.received,
         "ingested_per_s": count / seconds if seconds > 0 else 0.0,
         "core_busy": cpu / seconds if seconds > 0 else 0.0,
+        "msgs_per_cpu_s": count / cpu if cpu > 0 else 0.0,
         "lag_p50_ms": quantile(0.50),
         "lag_p99_ms": quantile(0.99),
         "lag_max_ms": quantile(1.0),
@@ -314,7 +320,11 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         await ensure_metrics_stream(client.jetstream())
         await client.close()
         rates = await saturation(server.url, args, others)
-        live = {f"{rate:.0f}/s": await sustained(server.url, args, others, rate) for rate in args.rates}
+        live = {
+            f"{rate:.0f}/s{'' if fc else ' no flow control'}": await sustained(server.url, args, others, rate, fc)
+            for rate in args.rates
+            for fc in (True, False)
+        }
     median = {name: statistics.median(values) for name, values in rates.items() if not name.endswith("_busy")}
     busy = {
         name.removesuffix("_core_busy"): statistics.median(v) for name, v in rates.items() if name.endswith("_busy")
@@ -325,6 +335,8 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "saturation_msgs_per_s": {name: round(value) for name, value in median.items()},
         "saturation_runs": {name: [round(v) for v in values] for name, values in rates.items() if name in median},
         "saturation_core_busy": {name: round(value, 2) for name, value in busy.items()},
+        # What the core would ingest if nothing else ran on it (others' processes share these two cores).
+        "saturation_msgs_per_cpu_s": {name: round(median[name] / busy[name]) for name in median if busy[name] > 0},
         "ratio_service_vs_pull_fetch": round(median["service"] / median["pull-fetch"], 2),
         "ratio_service_vs_floor": round(median["service"] / median["floor"], 2),
         "sustained": {name: {k: round(v, 1) for k, v in result.items()} for name, result in live.items()},

@@ -311,6 +311,8 @@ def metrics_variants() -> list[tuple[str, bytes]]:
             raw.replace('"tokens_per_expert":', '"extra":{"tokens_per_expert":[[1]]},"tokens_per_expert" :').encode(),
         ),
         (subject, raw.replace('"tokens_per_expert":', '"extra":[[1]],"tokens_per_expert":').encode()),
+        (subject, raw.replace('"tokens_per_expert":', '"tokens_per_expert":[[1]],"tokens_per_expert":').encode()),
+        (subject, raw.replace('"max_memory_bytes"', '"tokens_per_expert":[[1]],"max_memory_bytes"').encode()),
         (subject, data[:-1]),
         (subject, b"[]"),
         (metrics_subject("team-a", "llm.v2", 2), data),

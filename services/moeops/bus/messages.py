@@ -335,10 +335,11 @@ _METRICS_DEFAULTS: Final = {"tokens_per_expert": list, "max_memory_bytes": int}
 
 
 def _cut_counts(data: bytes) -> tuple[bytes, bytes | None]:
-    """`data` with its top-level counts replaced by the stand-in, and the counts; or (`data`, None) if the key is
-    absent, spaced otherwise or there twice. A nested key or a wrong cut leaves no stand-in: the strict pass fails."""
+    """`data` with its first counts replaced by the stand-in, and the counts; or (`data`, None) if the key is absent
+    or spaced otherwise. If that was not the top-level key, or not its only occurrence (JSON: the last one counts),
+    or the cut is wrong, the stand-in is not the top-level value and the strict pass refuses the message."""
     start = data.find(_COUNTS_KEY) + len(_COUNTS_KEY)
-    if start < len(_COUNTS_KEY) or data.find(_COUNTS_KEY, start) >= 0 or data[start : start + 1] != b"[":
+    if start < len(_COUNTS_KEY) or data[start : start + 1] != b"[":
         return data, None
     end = start + 2 if data[start : start + 2] == b"[]" else data.find(b"]]", start) + 2
     if end < start + 2:

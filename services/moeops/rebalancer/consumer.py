@@ -1,8 +1,8 @@
 """The rebalancer's way into the METRICS stream: a durable JetStream push consumer, acknowledged in batches.
 
-Why push: nats-py's pull `fetch()` tops out near 21k messages/s on one core (a request, a reply inbox and a
-future per batch, and a task per message); a push consumer hands every message to one callback, which only
-appends it to an inbox that the service drains a batch at a time.
+Why push: nats-py's pull `fetch()` tops out near 21k messages/s on one core (the issue's measurement: a request
+and a reply inbox per batch, a future per message); a push consumer hands every message to one callback, which
+only appends it to an inbox that the service drains a batch at a time.
 
 - Ack policy ALL: acking a message acknowledges every earlier one, so the service acks the last message of a
   batch once the batch is folded in and planned. A crash in between redelivers the batch (the aggregator drops
@@ -10,8 +10,11 @@ appends it to an inbox that the service drains a batch at a time.
 - `max_ack_pending` bounds what the server sends before an ack, so the inbox (and nats-py's pending queue,
   sized above it) never overflows: nats-py drops a message its queue cannot take, and a later ack-all would
   acknowledge the lost message with the rest.
-- Flow control and idle heartbeats: the server keeps a slow consumer instead of cutting it off, and a stalled
-  one is woken up again.
+- Flow control (and the idle heartbeats it needs): the server sends a window of messages, then waits for the
+  client to confirm it read them, so a consumer that falls behind is slowed down rather than cut off as a slow
+  consumer. `max_ack_pending` bounds what is in flight as well. `ConsumerLimits(flow_control=False)` turns flow
+  control off; benchmarks/bus_ingest.py compares both: on this 2-core machine, shared with other work, runs
+  at 5k messages/s favoured either one by turns (p99 70–320 ms), so the default stays the safer one.
 - The consumer is durable, with its deliver subject stored in its configuration: after a server restart or a
   reconnect the client subscribes to the same subject again and delivery resumes. A stored consumer of another
   shape (the pull consumer of earlier versions, or other limits) is replaced by one that starts after its ack
@@ -41,6 +44,7 @@ class ConsumerLimits:
     ack_wait_s: float = 30.0
     """Unacknowledged this long, a message is delivered again."""
     idle_heartbeat_s: float = 2.0
+    flow_control: bool = True
 
 
 def consumer_config(
@@ -57,7 +61,7 @@ def consumer_config(
         ack_wait=limits.ack_wait_s,
         max_ack_pending=limits.max_ack_pending,
         filter_subject=filter_subject,
-        flow_control=True,
+        flow_control=limits.flow_control,
         idle_heartbeat=limits.idle_heartbeat_s,
     )
 
@@ -72,7 +76,7 @@ def _same_shape(stored: ConsumerConfig, wanted: ConsumerConfig) -> bool:
         and policy(stored.ack_policy) == policy(wanted.ack_policy)
         and stored.filter_subject == wanted.filter_subject
         and stored.max_ack_pending == wanted.max_ack_pending
-        and bool(stored.flow_control)
+        and bool(stored.flow_control) == bool(wanted.flow_control)
         and stored.ack_wait == wanted.ack_wait
         and stored.idle_heartbeat == wanted.idle_heartbeat
     )
@@ -134,9 +138,8 @@ class MetricsConsumer:
 
     async def next_batch(self, most: int, stop: asyncio.Event, timeout_s: float) -> list[Msg]:
         """Up to `most` delivered messages, oldest first; [] if none came within `timeout_s` or `stop` was set."""
-        # Yield once even with messages waiting: nats-py's flusher then sends the flow-control reply that the
-        # last delivery asked for, and the server fills the next window while this batch is being folded in.
-        # Without it the server waits for each batch to be processed (batches of ~300 messages, idle between).
+        # Yield once even with messages waiting, so that nats-py's reader and flusher run between batches (the
+        # last ack goes out, the socket is read) rather than only when the inbox runs dry.
         await asyncio.sleep(0)
         if not self._inbox:
             stopping = asyncio.ensure_future(stop.wait())
