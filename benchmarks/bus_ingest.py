@@ -207,7 +207,8 @@ class Floor:
         while not stop.is_set():
             batch = await consumer.next_batch(2048, stop, 0.5)
             self.received += len(batch)
-            await consumer.ack(batch)
+            if batch:
+                await consumer.ack(batch[-1])
         await consumer.close()
         await client.close()
 

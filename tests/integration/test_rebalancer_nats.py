@@ -79,7 +79,9 @@ async def running(service: RebalancerService) -> AsyncIterator[RebalancerService
         await asyncio.wait_for(task, timeout=20)  # re-raises what ended the service, if anything did
 
 
-def make_service(url: str, reconnect_wait_max_s: float = 10.0) -> RebalancerService:
+def make_service(url: str, reconnect_wait_max_s: float = 10.0, plan_interval_s: float = 0.0) -> RebalancerService:
+    """Planning after every batch by default (the verdict counts below expect that); the service's own default
+    plans at most every 0.2 s."""
     settings = JobSettings(
         NAMESPACE,
         JOB,
@@ -90,7 +92,7 @@ def make_service(url: str, reconnect_wait_max_s: float = 10.0) -> RebalancerServ
     options = ConnectionOptions(
         servers=(url,), name="test-rebalancer", reconnect_wait_s=0.05, reconnect_wait_max_s=reconnect_wait_max_s
     )
-    return RebalancerService(options, [settings], fetch_timeout_s=0.2)
+    return RebalancerService(options, [settings], fetch_timeout_s=0.2, plan_interval_s=plan_interval_s)
 
 
 async def stored_plan(js: JetStreamContext, epoch: int) -> RebalancePlan:
@@ -147,9 +149,12 @@ async def test_bad_messages_are_counted_and_dropped(nats_server: NatsServer) -> 
         assert sequences_from_fractions(plan.data_shares, BATCH) == [9, 5, 9, 9]
 
 
-async def test_a_restarted_service_keeps_the_epoch_and_skips_acked_metrics(nats_server: NatsServer) -> None:
+@pytest.mark.parametrize("plan_interval_s", [0.0, 0.2], ids=["plan-every-batch", "plan-every-0.2s"])
+async def test_a_restarted_service_keeps_the_epoch_and_skips_acked_metrics(
+    nats_server: NatsServer, plan_interval_s: float
+) -> None:
     async with jetstream(nats_server.url) as js:
-        async with running(make_service(nats_server.url)) as first:
+        async with running(make_service(nats_server.url, plan_interval_s=plan_interval_s)) as first:
             await publish_steps(js, range(10), [1.0, 1.0, 1.0, 0.6])
             plan = await stored_plan(js, 0)
             await eventually(lambda: first.counters.ingested["accepted"] == 40, "all 40 records folded in")
@@ -172,7 +177,7 @@ async def test_a_restarted_service_keeps_the_epoch_and_skips_acked_metrics(nats_
 @pytest.mark.parametrize("crash", [False, True], ids=["stopped", "killed"])
 async def test_the_rebalancer_outlives_a_nats_outage(nats_server: NatsServer, crash: bool) -> None:
     speeds = [1.0, 1.0, 1.0, 0.6]
-    async with running(make_service(nats_server.url, reconnect_wait_max_s=0.5)) as service:
+    async with running(make_service(nats_server.url, reconnect_wait_max_s=0.5, plan_interval_s=0.2)) as service:
         async with jetstream(nats_server.url) as js:
             await publish_steps(js, range(3), speeds)  # too few steps for a plan (min_samples 5)
             await eventually(lambda: service.counters.ingested["accepted"] == 12, "the first 12 records folded in")

@@ -154,12 +154,10 @@ class MetricsConsumer:
             self._arrived.clear()
         return batch
 
-    async def ack(self, batch: list[Msg]) -> None:
-        """Acknowledges the batch (and everything delivered before it): one ack, for its last message."""
-        if not batch:
-            return
+    async def ack(self, last: Msg) -> None:
+        """Acknowledges `last` and every message delivered before it (ack policy ALL): one ack for a batch."""
         try:
-            await batch[-1].ack()
+            await last.ack()
         except (nats.errors.Error, OSError) as exc:  # delivered again later: the aggregator drops duplicates
             self.ack_errors += 1
             logger.debug("ack failed: %s", exc)

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections import Counter
@@ -102,6 +103,25 @@ class Counters:
     """Acks that failed (the server was away): those messages come again and are dropped as duplicates."""
 
 
+@dataclass
+class _Round:
+    """What was folded in since the last planning round: the jobs it touched and its last message."""
+
+    touched: set[JobKey] = field(default_factory=set)
+    last: Msg | None = None
+    count: int = 0
+
+    def add(self, touched: set[JobKey], messages: list[Msg]) -> None:
+        if messages:
+            self.touched |= touched
+            self.last = messages[-1]
+            self.count += len(messages)
+
+    def full(self, limits: ConsumerLimits) -> bool:
+        """Half the consumer's max_ack_pending waits for an ack: plan (and ack) now rather than stall delivery."""
+        return self.count >= limits.max_ack_pending // 2
+
+
 class RebalancerService:
     """Consumes one or more jobs' metrics and publishes their plans; `run(stop)` until `stop` is set."""
 
@@ -115,9 +135,11 @@ class RebalancerService:
         fetch_timeout_s: float = 0.5,
         clock: Callable[[], float] = time.time,
         limits: ConsumerLimits | None = None,
+        plan_interval_s: float = 0.2,
     ) -> None:
-        """`batch`: the most messages folded in between two planning rounds (and acks); `fetch_timeout_s`: how long
-        to wait for a message before looking at `stop` again."""
+        """`batch`: the most messages taken from the consumer at once; `fetch_timeout_s`: how long to wait for a
+        message before looking at `stop` again; `plan_interval_s`: the least time between two planning rounds (a
+        round plans every job touched since the last one, then acks what was folded in)."""
         if not jobs:
             raise ValueError("no jobs to rebalance")
         self.options = options
@@ -136,6 +158,7 @@ class RebalancerService:
         self.fetch_timeout_s = fetch_timeout_s
         self.clock = clock
         self.limits = limits or ConsumerLimits(max_ack_pending=max(ConsumerLimits().max_ack_pending, 4 * batch))
+        self.plan_interval_s = plan_interval_s
         self.counters = Counters()
         self.ready = asyncio.Event()
         """Set once connected, with the stream, bucket and consumer in place and the stored plans read."""
@@ -159,18 +182,20 @@ class RebalancerService:
             consumer = MetricsConsumer(js, METRICS_STREAM, self.filter, self.durable, self.limits)
             await consumer.start(client.new_inbox())
             self.ready.set()
+            pending = _Round()
+            planned_at = -math.inf
             while not stop.is_set():
-                messages = await consumer.next_batch(self.batch, stop, self.fetch_timeout_s)
-                if not messages:
-                    continue
-                touched = self._ingest_batch(messages)
-                plan_errors = self.counters.plan_errors
-                for key in sorted(touched):
-                    await self._plan(kv, self.jobs[key])
-                # Ack after planning: a crash in between redelivers them, which the aggregator sees as duplicates.
-                if self.counters.plan_errors == plan_errors:
-                    await consumer.ack(messages)
-                self.counters.fetch_errors = consumer.ack_errors
+                due = planned_at + self.plan_interval_s - time.monotonic()
+                wait = min(self.fetch_timeout_s, max(0.0, due)) if pending.last else self.fetch_timeout_s
+                messages = await consumer.next_batch(self.batch, stop, wait)
+                pending.add(self._ingest_batch(messages), messages)
+                if pending.last and (
+                    time.monotonic() >= planned_at + self.plan_interval_s or pending.full(self.limits)
+                ):
+                    await self._plan_round(kv, consumer, pending)
+                    pending, planned_at = _Round(), time.monotonic()
+            if pending.last:  # stopping: plan and ack what was folded in, so that a restart does not re-read it
+                await self._plan_round(kv, consumer, pending)
         finally:
             if consumer is not None:
                 await consumer.close()
@@ -187,6 +212,15 @@ class RebalancerService:
             if stored is not None:
                 state.adopt(*stored)
                 logger.info("%s/%s: resuming after plan epoch %d", namespace, job, stored[0].epoch)
+
+    async def _plan_round(self, kv: KeyValue, consumer: MetricsConsumer, pending: _Round) -> None:
+        plan_errors = self.counters.plan_errors
+        for key in sorted(pending.touched):
+            await self._plan(kv, self.jobs[key])
+        # Ack after planning: a crash in between redelivers them, which the aggregator sees as duplicates.
+        if self.counters.plan_errors == plan_errors and pending.last is not None:
+            await consumer.ack(pending.last)
+        self.counters.fetch_errors = consumer.ack_errors
 
     def _ingest_batch(self, messages: list[Msg]) -> set[JobKey]:
         """Folds the messages in; the jobs that took at least one record."""
