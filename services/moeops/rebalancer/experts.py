@@ -185,18 +185,22 @@ def keep_in_place(
     """
     ranks = len(rank_experts)
     per_block = ranks // blocks
-    overlap: dict[int, int] = {}  # new_rank * ranks + old_rank → replicas they share
+    overlap = [0] * (ranks * ranks)  # [new_rank * ranks + old_rank]: replicas they share
+    touched: list[int] = []
     for new_rank, experts in enumerate(rank_experts):
-        block = new_rank // per_block
+        first = new_rank // per_block * per_block
+        base = new_rank * ranks
         for expert in experts:
             for old_rank in current[expert] if expert < len(current) else ():
-                if 0 <= old_rank < ranks and old_rank // per_block == block:
-                    key = new_rank * ranks + old_rank
-                    overlap[key] = overlap.get(key, 0) + 1
+                if first <= old_rank < first + per_block:
+                    key = base + old_rank
+                    if not overlap[key]:
+                        touched.append(key)
+                    overlap[key] += 1
     # Counts are at most the slots per rank: bucket them instead of sorting every pair by a key function.
     buckets: dict[int, list[int]] = {}
-    for key, count in overlap.items():
-        buckets.setdefault(count, []).append(key)
+    for key in touched:
+        buckets.setdefault(overlap[key], []).append(key)
     label: dict[int, int] = {}
     taken: set[int] = set()
     for count in sorted(buckets, reverse=True):

@@ -1,0 +1,335 @@
+"""Rebalancer simulation: utilization of a drifting, heterogeneous MoE training cluster under three policies
+(and ours without its migration gate).
+
+On the same seeded trace (`rebalance_trace.py`: GPU speeds with 20% stragglers at 0.6× that move, Zipf expert
+popularity that drifts, per-step batch noise), every `--interval` steps each policy re-plans from what it has
+measured so far, and its plan is judged on the steps after it (never on the loads it was planned from):
+- none: an even data split, experts contiguous (256 / EP per GPU), no spare slot; never re-planned.
+- EPLB: a clean-room rewrite of DeepSeek EPLB's global policy (replicate to the spare slots by max load per
+  replica, then balanced packing with equal slots per GPU), one spare slot per GPU, planned from the mean of the
+  last `--interval` steps' expert loads. It ignores GPU speeds and keeps the even data split.
+- ours: `moeops.rebalancer`: data shares from `plan_data_shares` (EWMA speeds, each GPU's predicted expert work
+  as `fixed_seconds`) through the `Hysteresis`, and per layer `place_experts` (one spare slot per GPU, ranks
+  kept in place) from EWMA expert loads, adopted only when the step time it saves until the next plan exceeds
+  its migration time (`migration_pays_off`); "ours, no gate" adopts every placement.
+Both re-planning policies pay their moves' migration time in the step after the plan.
+
+    .venv/bin/python benchmarks/rebalance_sim.py                       # 128, 1,024 and 10,240 GPUs
+    .venv/bin/python benchmarks/rebalance_sim.py --quick               # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from moeops.rebalancer.data_shares import even_split, plan_data_shares
+from moeops.rebalancer.experts import ExpertPlacement, migration_pays_off, migration_seconds, place_experts
+from moeops.rebalancer.load import DEFAULT_SMOOTHING
+from moeops.rebalancer.policy import Hysteresis, Verdict
+from rebalance_trace import Config, Floats, Ints, Judged, Layout, Trace, judge, migration_cost
+
+
+def eplb_place(loads: Floats, ranks: int, spare: int) -> Ints:
+    """EPLB's global policy, every layer at once: (layers, experts) loads → (layers, ranks, slots) expert ids.
+
+    Replicate: each spare slot to the expert with the most load per replica. Pack: replicas heaviest first, each
+    onto the least-loaded GPU that still has a free slot (two replicas of an expert may share a GPU, as in EPLB).
+    """
+    layers, experts = loads.shape
+    rows = np.arange(layers)
+    copies = np.ones((layers, experts))
+    for _ in range(spare):
+        copies[rows, np.argmax(loads / copies, axis=1)] += 1
+    items = experts + spare
+    item_expert = np.stack([np.repeat(np.arange(experts), copies[layer].astype(np.int64)) for layer in rows])
+    item_load = (loads / copies)[rows[:, None], item_expert]
+    order = np.argsort(-item_load, axis=1, kind="stable")
+    per_rank = items // ranks
+    out = np.zeros((layers, ranks, per_rank), dtype=np.int64)
+    rank_load = np.zeros((layers, ranks))
+    count = np.zeros((layers, ranks), dtype=np.int64)
+    for i in range(items):
+        pick = order[:, i]
+        rank = np.argmin(np.where(count < per_rank, rank_load, np.inf), axis=1)
+        out[rows, rank, count[rows, rank]] = item_expert[rows, pick]
+        rank_load[rows, rank] += item_load[rows, pick]
+        count[rows, rank] += 1
+    return out
+
+
+def contiguous(c: Config, spare_slots: int) -> Ints:
+    """Experts in id order, 256 / EP per GPU, then `spare_slots` empty slots per GPU."""
+    per_rank = c.experts // c.ep
+    held = np.arange(c.experts).reshape(c.ep, per_rank)
+    empty = np.full((c.ep, spare_slots), c.experts)
+    return np.tile(np.concatenate([held, empty], axis=1), (c.layers, 1, 1))
+
+
+@dataclass
+class Policy:
+    name: str
+    config: Config
+    layout: Layout
+    pending_migration_s: float = 0.0
+    plan_seconds: list[float] = field(default_factory=list)
+
+    def observe(self, judged: Judged) -> None:
+        """Fold in what the workers measured this step."""
+
+    def plan(self, step: int) -> None:
+        """Re-plan at the end of `step`; the new layout runs from the next step."""
+
+    def switch(self, layout: Layout) -> None:
+        self.pending_migration_s = migration_cost(self.config, self.layout.slots, layout.slots)
+        self.layout = layout
+
+
+class Eplb(Policy):
+    def __init__(self, config: Config, layout: Layout, interval: int) -> None:
+        super().__init__("EPLB", config, layout)
+        self.window: deque[Floats] = deque(maxlen=interval)
+
+    def observe(self, judged: Judged) -> None:
+        self.window.append(judged.expert_tokens)
+
+    def plan(self, step: int) -> None:
+        loads = np.mean(np.stack(list(self.window)), axis=0)
+        self.switch(replace(self.layout, slots=eplb_place(loads, self.config.ep, self.config.ep)))
+
+
+class Ours(Policy):
+    """The planner knows the model's cost of a sequence's dense work and of an expert token (from the
+    architecture, in FLOPs), not the GPUs' speeds: it estimates each GPU's speed as the work it was given over
+    the compute seconds it reported, and its expert work from the all-reduced expert counts and the placement."""
+
+    def __init__(
+        self, config: Config, layout: Layout, interval: int, *, gate: bool = True, spare: int = 1, nodes: int = 1
+    ) -> None:
+        super().__init__("ours" if gate else "ours, no gate", config, layout)
+        self.interval, self.gate, self.spare, self.nodes = interval, gate, spare, nodes
+        self.hysteresis = Hysteresis(min_gain=0.01, interval_steps=interval)
+        self.speeds: Floats | None = None
+        self.expert_tokens: Floats | None = None
+        self.last_applied: int | None = None
+        self.shares_seconds: list[float] = []
+        held = [[[e for e in rank if e < config.experts] for rank in layer] for layer in layout.slots.tolist()]
+        self.placements = [ExpertPlacement(tuple(map(tuple, layer)), config.experts) for layer in held]
+        self.replicas = [placement.replicas() for placement in self.placements]
+
+    def expert_seconds(self, rank_loads: Floats, sequences: Ints) -> Floats:
+        """(G,) expert work at speed 1 from (ep,) global loads summed over layers: each group's part of them."""
+        c = self.config
+        group_part: Floats = sequences.reshape(c.groups, c.ep).sum(axis=1) / c.global_batch
+        work: Floats = np.outer(group_part, rank_loads).ravel() * (c.expert_s / c.layers)
+        return work
+
+    def observe(self, judged: Judged) -> None:
+        c, s = self.config, DEFAULT_SMOOTHING  # s: the same EWMA as `load.ewma`, over arrays
+        tokens = judged.expert_tokens
+        copies = np.maximum(self.layout.copies(c.experts), 1)
+        per_replica = np.concatenate([tokens, np.zeros((c.layers, 1))], axis=1) / copies
+        rank_loads = per_replica[np.arange(c.layers)[:, None, None], self.layout.slots].sum(axis=(0, 2))
+        work = self.layout.sequences * c.dense_s + self.expert_seconds(rank_loads, self.layout.sequences)
+        speeds = work / judged.compute_seconds
+        self.speeds = speeds if self.speeds is None else self.speeds + s * (speeds - self.speeds)
+        self.expert_tokens = (
+            tokens if self.expert_tokens is None else self.expert_tokens + s * (tokens - self.expert_tokens)
+        )
+
+    def plan(self, step: int) -> None:
+        assert self.speeds is not None and self.expert_tokens is not None
+        c, started = self.config, time.perf_counter()
+        new_slots = list(self.layout.slots)
+        rank_loads = np.zeros(c.ep)
+        seconds_per_load = c.expert_s / c.layers / c.groups  # global tokens → one group's seconds at speed 1
+        for layer, loads in enumerate(self.expert_tokens.tolist()):
+            current, replicas = self.placements[layer], self.replicas[layer]
+            proposed = place_experts(loads, c.ep, redundant_slots=self.spare * c.ep, nodes=self.nodes, current=replicas)
+            before, after = current.rank_loads(loads), proposed.rank_loads(loads)
+            gain = (max(before) - max(after)) * seconds_per_load
+            proposed_replicas = proposed.replicas()
+            cost = migration_seconds(replicas, proposed_replicas, c.expert_bytes, c.link_bytes_per_s)
+            if not self.gate or migration_pays_off(gain, self.interval, cost):
+                new_slots[layer] = np.array(proposed.rank_experts, dtype=np.int64)
+                self.placements[layer], self.replicas[layer], before = proposed, proposed_replicas, after
+            rank_loads += before
+        sequences, shares_started = self.layout.sequences, time.perf_counter()
+        fixed = self.expert_seconds(rank_loads, sequences) / self.speeds
+        shares = plan_data_shares(
+            (self.speeds / c.dense_s).tolist(), c.global_batch, current=sequences.tolist(), fixed_seconds=fixed.tolist()
+        )
+        verdict = self.hysteresis.verdict(
+            current_step=step, last_applied_step=self.last_applied, predicted_gain=shares.predicted_gain
+        )
+        if verdict is Verdict.PLAN:
+            sequences, self.last_applied = np.array(shares.sequences, dtype=np.int64), step
+        self.shares_seconds.append(time.perf_counter() - shares_started)
+        self.plan_seconds.append(time.perf_counter() - started)
+        self.switch(Layout(sequences, np.stack(new_slots)))
+
+
+@dataclass
+class Result:
+    gpus: int
+    utilization: dict[str, float]
+    utilization_layer_sync: dict[str, float]
+    imbalance: dict[str, float]
+    worst_utilization: dict[str, float]
+    plan_ms: list[float]
+    shares_ms: list[float]
+
+
+def simulate(config: Config, steps: int, interval: int, seed: int, *, spare: int = 1, nodes: int = 1) -> Result:
+    """`spare` (spare slots per GPU) and `nodes` (hierarchical placement over that many nodes) apply to ours."""
+    trace = Trace(config, seed)
+    even = np.array(even_split(config.global_batch, config.gpus), dtype=np.int64)
+    ours = Ours(config, Layout(even, contiguous(config, spare)), interval, spare=spare, nodes=nodes)
+    policies = [
+        Policy("none", config, Layout(even, contiguous(config, 0))),
+        Eplb(config, Layout(even, contiguous(config, 1)), interval),
+        ours,
+        Ours(config, Layout(even, contiguous(config, spare)), interval, gate=False, spare=spare, nodes=nodes),
+    ]
+    seen: dict[str, list[Judged]] = {p.name: [] for p in policies}
+    for step in range(steps):
+        speeds, popularity = trace.step()
+        for policy in policies:
+            judged = judge(config, policy.layout, speeds, popularity, policy.pending_migration_s)
+            policy.pending_migration_s = 0.0
+            policy.observe(judged)
+            if step >= interval:  # from the step after the first plan on
+                seen[policy.name].append(judged)
+            if (step + 1) % interval == 0 and step + 1 < steps:
+                policy.plan(step)
+    return Result(
+        gpus=config.gpus,
+        utilization={n: statistics.fmean(j.utilization for j in js) for n, js in seen.items()},
+        utilization_layer_sync={n: statistics.fmean(j.utilization_layer_sync for j in js) for n, js in seen.items()},
+        imbalance={n: statistics.fmean(j.imbalance for j in js) for n, js in seen.items()},
+        worst_utilization={n: min(j.utilization for j in js) for n, js in seen.items()},
+        plan_ms=[1000 * s for s in ours.plan_seconds],
+        shares_ms=[1000 * s for s in ours.shares_seconds],
+    )
+
+
+def time_planning_rounds(
+    config: Config, interval: int, seed: int, rounds: int
+) -> tuple[list[float], list[float], list[float]]:
+    """ms of ours' planning round (wall), of its data-share part (wall) and of the round in this process's CPU
+    time (what it costs without the other processes on the cores), the same round repeated on copies of one
+    state: after `2 · interval` steps of the trace, one plan already made (the first moves away from the start)."""
+    trace = Trace(config, seed)
+    even = np.array(even_split(config.global_batch, config.gpus), dtype=np.int64)
+    ours = Ours(config, Layout(even, contiguous(config, 1)), interval)
+    for step in range(2 * interval):
+        speeds, popularity = trace.step()
+        ours.observe(judge(config, ours.layout, speeds, popularity, 0.0))
+        if step == interval - 1:
+            ours.plan(step)
+    totals, shares, cpu = [], [], []
+    for _ in range(rounds):
+        trial = copy.deepcopy(ours)
+        started = time.process_time()
+        trial.plan(2 * interval - 1)
+        cpu.append(1000 * (time.process_time() - started))
+        totals.append(1000 * trial.plan_seconds[-1])
+        shares.append(1000 * trial.shares_seconds[-1])
+    return totals, shares, cpu
+
+
+def time_eplb_reference(repeats: int, seed: int) -> list[float]:
+    """EPLB (this rewrite) on 58 layers × 256 experts over 32 GPUs, one spare slot per GPU: ms per call."""
+    rng = np.random.default_rng(seed)
+    loads = rng.zipf(1.5, size=(58, 256)).astype(np.float64)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        eplb_place(loads, 32, 32)
+        times.append(1000 * (time.perf_counter() - started))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpus", type=int, nargs="+", default=[128, 1024, 10240])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--interval", type=int, default=10, help="steps between plans (EPLB and ours)")
+    parser.add_argument("--layers", type=int, default=58, help="MoE layers (DeepSeek-V3: 58)")
+    parser.add_argument("--ep", type=int, default=64, help="GPUs per EP group")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ours-spare", type=int, default=1, help="ours' spare slots per GPU (EPLB always has 1)")
+    parser.add_argument("--ours-nodes", type=int, default=1, help="ours: hierarchical over this many nodes")
+    parser.add_argument("--straggler-turnover", type=float, default=Config.straggler_turnover, help="trace")
+    parser.add_argument("--expert-gb", type=float, default=Config.expert_bytes / 1e9, help="bytes moved per expert")
+    parser.add_argument("--timing-gpus", type=int, default=10240, help="GPUs of the planning-round timing")
+    parser.add_argument("--timing-rounds", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 128 GPUs, 8 layers, 40 steps")
+    args = parser.parse_args()
+    if args.quick:
+        args.gpus, args.layers, args.steps, args.timing_gpus, args.timing_rounds = [128], 8, 40, 128, 2
+    print(
+        f"ours: {args.ours_spare} spare slot(s) per GPU, placement over {args.ours_nodes} node group(s); "
+        f"steps {args.steps}, re-plan every {args.interval}, {args.layers} MoE layers × 256 experts, "
+        f"EP {args.ep}, seed {args.seed}, straggler turnover {args.straggler_turnover}, {args.expert_gb} GB an expert",
+        flush=True,
+    )
+    header = (
+        "| GPUs | policy | utilization | vs none | vs EPLB | layer-sync utilization | worst step "
+        "| max/mean expert load | vs EPLB |"
+    )
+    lines, timings = [header, "|---" * 9 + "|"], []
+    for gpus in args.gpus:
+        config = Config(
+            gpus=gpus,
+            ep=min(args.ep, gpus),
+            layers=args.layers,
+            straggler_turnover=args.straggler_turnover,
+            expert_bytes=args.expert_gb * 1e9,
+        )
+        started = time.perf_counter()
+        r = simulate(config, args.steps, args.interval, args.seed, spare=args.ours_spare, nodes=args.ours_nodes)
+        u, im = r.utilization, r.imbalance
+        for name in u:
+            lines.append(
+                f"| {gpus:,} | {name} | {u[name]:.3f} | {u[name] / u['none']:.2f} | {u[name] / u['EPLB']:.3f} "
+                f"| {r.utilization_layer_sync[name]:.3f} | {r.worst_utilization[name]:.3f} "
+                f"| {im[name]:.3f} | {im[name] / im['EPLB']:.3f} |"
+            )
+        timings.append(
+            f"{gpus:,} GPUs: ours' planning round ({config.layers} layers) median {statistics.median(r.plan_ms):.1f} "
+            f"ms, max {max(r.plan_ms):.1f} ms over {len(r.plan_ms)} rounds; of which data shares median "
+            f"{statistics.median(r.shares_ms):.1f} ms"
+        )
+        print(f"{gpus:,} GPUs simulated in {time.perf_counter() - started:.1f} s", flush=True)
+    print("\n".join(lines + timings))
+    config = Config(gpus=args.timing_gpus, ep=min(args.ep, args.timing_gpus), layers=args.layers)
+    load_before = os.getloadavg()[0]
+    totals, shares, cpu = time_planning_rounds(config, args.interval, args.seed, args.timing_rounds)
+    print(
+        f"ours' planning round at {config.gpus:,} GPUs × {config.layers} layers × {config.experts} experts, "
+        f"the same round {len(totals)} times: median {statistics.median(totals):.1f} ms, min {min(totals):.1f} ms, "
+        f"max {max(totals):.1f} ms (data shares median {statistics.median(shares):.1f} ms; CPU time median "
+        f"{statistics.median(cpu):.1f} ms); "
+        f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores"
+    )
+    reference = time_eplb_reference(5, args.seed)
+    print(
+        f"EPLB (this rewrite, numpy) 58 layers × 256 experts on 32 GPUs: median {statistics.median(reference):.1f} ms, "
+        f"max {max(reference):.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()
