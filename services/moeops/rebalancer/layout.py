@@ -53,8 +53,11 @@ class JobLayout:
 
     @property
     def ep_nodes(self) -> int:
-        """Nodes an EP group spans (EPLB's hierarchical placement packs over them first)."""
-        return max(1, self.expert // self.gpus_per_node) if self.expert % self.gpus_per_node == 0 else 1
+        """Node blocks for EPLB's hierarchical placement: 1 (global). Hierarchical packing keeps expert groups
+        within nodes, which pays only with group-limited routing (DeepSeek-V3's); moeops' router picks any
+        experts, and with it hierarchical placement measured 2.5× max/mean against global's 1.15
+        (benchmarks/rebalance_sim.py --ours-nodes 8)."""
+        return 1
 
 
 def replica_rates(rates: Sequence[float], layout: JobLayout) -> list[float]:
