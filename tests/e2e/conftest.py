@@ -12,6 +12,7 @@ import pytest
 from harness import Cluster, OperatorProcess, wait_for
 
 from moeops.devcluster import ControlPlane, FakeKubelet, find_binaries
+from moeops.devcluster.nats_server import NatsServer, find_nats_server
 
 REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_KUBECONFIG = os.environ.get("MOEOPS_E2E_KUBECONFIG")
@@ -53,8 +54,22 @@ def cluster(kubeconfig: Path) -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"))
+def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer | None]:
+    """A nats-server the operator reads rebalancer reports from (None without the binary: tests that need it
+    skip, or fail under CI=true)."""
+    if find_nats_server() is None:
+        yield None
+        return
+    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, bus: NatsServer | None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    env = {"MOEOPS_NATS_URL": bus.url} if bus is not None else {}
+    proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), env=env)
     proc.start()
     yield proc
     proc.stop()

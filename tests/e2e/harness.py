@@ -125,8 +125,11 @@ class Cluster:
 class OperatorProcess:
     """`moeops operator run` as a child process, the way it runs in a pod."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, *, standalone: bool = True) -> None:
+    def __init__(
+        self, kubeconfig: Path, log_dir: Path, *, standalone: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_env = env or {}
         self.log_dir = log_dir
         self.standalone = standalone
         self.proc: subprocess.Popen[bytes] | None = None
@@ -137,7 +140,7 @@ class OperatorProcess:
         port = free_port()
         self.starts += 1
         self.log_file = log = (self.log_dir / f"operator-{self.starts}.log").open("wb")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.extra_env}
         cmd = [sys.executable, "-m", "moeops.cli", "operator", "run", "--log-format", "json",
                "--liveness", f"http://127.0.0.1:{port}/healthz"]  # fmt: skip
         if self.standalone:

@@ -6,6 +6,8 @@
 - KV bucket `moeops-plans` keeps the latest plan of each job (history 1) under `<namespace>.<job>`, and
   republishes every stored plan on `moeops.plans.<namespace>.<job>`: ranks can read the current plan when they
   start and follow new ones with a plain subscription.
+- KV bucket `moeops-reports` keeps the rebalancer's latest report of each job (plan epoch, utilization), entries
+  expiring after an hour; the operator reads it into the job's status.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundErro
 from nats.js.kv import KeyValue
 
 from .messages import RebalancePlan, decode, encode
+from .reports import REPORT_MAX_AGE_S, REPORTS_BUCKET, RebalanceReport, decode_report, report_key
 from .subjects import METRICS_ROOT, METRICS_STREAM, PLANS_BUCKET, PLANS_KV_ROOT, PLANS_ROOT, plan_key, plans_subject
 
 STREAM_NAME_IN_USE = 10058
@@ -116,3 +119,38 @@ async def latest_plan(kv: KeyValue, namespace: str, job: str) -> tuple[Rebalance
     plan = decode(plans_subject(namespace, job), entry.value)
     assert isinstance(plan, RebalancePlan)  # decode picks the schema from the plans subject
     return plan, entry.revision
+
+
+async def ensure_reports_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The reports bucket, created if missing (an existing bucket is used as it is)."""
+    try:
+        return await js.key_value(REPORTS_BUCKET)
+    except BucketNotFoundError:
+        pass
+    config = KeyValueConfig(
+        bucket=REPORTS_BUCKET,
+        description="moeops: the rebalancer's latest report on each job",
+        history=1,
+        ttl=REPORT_MAX_AGE_S,
+        replicas=replicas,
+        storage=StorageType.FILE,
+    )
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        return await js.key_value(REPORTS_BUCKET)
+
+
+async def put_report(kv: KeyValue, report: RebalanceReport) -> int:
+    return await kv.put(report.key, report.model_dump_json().encode())
+
+
+async def latest_report(kv: KeyValue, namespace: str, job: str) -> RebalanceReport | None:
+    """The job's report, or None if there is none (or it expired); BadMessage if the stored bytes are bad."""
+    try:
+        entry = await kv.get(report_key(namespace, job))
+    except KeyNotFoundError:
+        return None
+    return decode_report(entry.value) if entry.value else None

@@ -68,10 +68,22 @@ class CarbonStatus(KubeModel):
 
 
 class RebalanceStatus(KubeModel):
-    """The load rebalancer's view of this job."""
+    """The load rebalancer's view of this job (copied by the operator from the rebalancer's report)."""
 
-    epoch: int = Field(default=0, ge=0, description="Epoch of the plan in force.")
-    utilization: float | None = Field(default=None, ge=0.0, le=1.0, description="Measured GPU utilization.")
+    epoch: int | None = Field(default=None, ge=0, description="Epoch of the newest plan; unset before the first.")
+    applied_at_step: int | None = Field(default=None, ge=0, description="Step at which that plan takes effect.")
+    predicted_gain: float | None = Field(
+        default=None, description="The plan's predicted step-time reduction (0.1 = 10% faster)."
+    )
+    utilization: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Measured: the ranks' compute time over their step time (1.0: no rank waits for another).",
+    )
+    ranks_reporting: int | None = Field(default=None, ge=0, description="Ranks whose metrics reached the rebalancer.")
+    last_step: int | None = Field(default=None, ge=0, description="Newest step the rebalancer has seen.")
+    last_update: datetime | None = Field(default=None, description="When the rebalancer measured these figures.")
 
 
 class MoETrainingJobStatus(KubeModel):

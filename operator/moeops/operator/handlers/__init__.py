@@ -3,6 +3,6 @@
 Importing this package registers every handler with kopf's default registry.
 """
 
-from . import serving, setup, training
+from . import rebalance, serving, setup, training
 
-__all__ = ["serving", "setup", "training"]
+__all__ = ["rebalance", "serving", "setup", "training"]

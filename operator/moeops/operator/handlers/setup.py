@@ -10,8 +10,11 @@ from typing import Any
 import kopf
 import kubernetes
 
+from moeops.bus.connection import ConnectionOptions
+
 from ..config import OperatorConfig
 from ..kube import Kube
+from ..reports import ReportReader
 
 PEERING_NAME = "moeops"
 KOPF_PREFIX = "kopf.moeops.dev"
@@ -34,6 +37,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["config"] = cfg
     memo["kube"] = Kube(api_client(cfg.max_workers))
     memo["ttl_timers"] = {}
+    # The rebalancer's reports (plan epoch, utilization) reach job status only when the operator has a bus.
+    memo["reports"] = ReportReader(ConnectionOptions.from_env(name="moeops-operator")) if cfg.nats_url else None
 
     # kopf's state goes in annotations, never in .status (the schema would prune it), under a prefix of its
     # own: kopf ignores every annotation sharing its storage prefix, so with plain `moeops.dev` it would
@@ -60,3 +65,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.peering.stealth = False
     settings.peering.lifetime = 60
     settings.peering.mandatory = False
+
+
+@kopf.on.cleanup()
+async def close_bus(memo: kopf.Memo, **_: Any) -> None:
+    reader: ReportReader | None = memo.get("reports")
+    if reader is not None:
+        await reader.close()

@@ -2,7 +2,7 @@
 
 from .conditions import Event, StatusUpdate, set_condition
 from .serving import serving_status
-from .training import invalid_spec_status, is_finished, plan_status, training_status, ttl_expiry
+from .training import invalid_spec_status, is_finished, plan_status, rebalance_status, training_status, ttl_expiry
 
 __all__ = [
     "Event",
@@ -10,6 +10,7 @@ __all__ = [
     "invalid_spec_status",
     "is_finished",
     "plan_status",
+    "rebalance_status",
     "serving_status",
     "set_condition",
     "training_status",

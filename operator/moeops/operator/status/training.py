@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from moeops.api.v1alpha1.trainingjob import MoETrainingJobSpec
-from moeops.api.v1alpha1.trainingjob_status import PlanStatus
+from moeops.api.v1alpha1.trainingjob_status import PlanStatus, RebalanceStatus
+from moeops.bus.reports import RebalanceReport
 
 from ..planning import Plan
 from ..planning.memory import GIB
@@ -160,6 +161,19 @@ def plan_status(plan: Plan) -> dict[str, Any]:
         memory_per_gpu_gib=round(plan.memory_per_gpu_bytes / GIB, 1),
         summary=plan.summary,
         reason=plan.reason,
+    ).to_wire()
+
+
+def rebalance_status(report: RebalanceReport) -> dict[str, Any]:
+    """`.status.rebalance` from the rebalancer's latest report on the job."""
+    return RebalanceStatus(
+        epoch=report.plan_epoch,
+        applied_at_step=report.apply_at_step,
+        predicted_gain=None if report.predicted_gain is None else round(report.predicted_gain, 4),
+        utilization=round(report.utilization, 4),
+        ranks_reporting=report.ranks_reporting,
+        last_step=report.last_step,
+        last_update=datetime.fromtimestamp(report.measured_at_unix_s, tz=UTC),
     ).to_wire()
 
 
