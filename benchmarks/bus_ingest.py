@@ -320,28 +320,29 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         client = await nats.connect(server.url)
         await ensure_metrics_stream(client.jetstream())
         await client.close()
-        rates = await saturation(server.url, args, others)
+        rates = await saturation(server.url, args, others) if args.repeats > 0 else {}
         live = {
             f"{rate:.0f}/s{'' if fc else ' no flow control'}": await sustained(server.url, args, others, rate, fc)
             for rate in args.rates
             for fc in (True, False)
         }
-    median = {name: statistics.median(values) for name, values in rates.items() if not name.endswith("_busy")}
-    busy = {
-        name.removesuffix("_core_busy"): statistics.median(v) for name, v in rates.items() if name.endswith("_busy")
-    }
-    return {
-        "message_bytes": message_bytes(args),
-        "ingest_cpu": ingest_cpu,
-        "saturation_msgs_per_s": {name: round(value) for name, value in median.items()},
-        "saturation_runs": {name: [round(v) for v in values] for name, values in rates.items() if name in median},
-        "saturation_core_busy": {name: round(value, 2) for name, value in busy.items()},
-        # What the core would ingest if nothing else ran on it (others' processes share these two cores).
-        "saturation_msgs_per_cpu_s": {name: round(median[name] / busy[name]) for name in median if busy[name] > 0},
-        "ratio_service_vs_pull_fetch": round(median["service"] / median["pull-fetch"], 2),
-        "ratio_service_vs_floor": round(median["service"] / median["floor"], 2),
-        "sustained": {name: {k: round(v, 1) for k, v in result.items()} for name, result in live.items()},
-    }
+    result: dict[str, object] = {"message_bytes": message_bytes(args), "ingest_cpu": ingest_cpu}
+    if rates:
+        median = {name: statistics.median(values) for name, values in rates.items() if not name.endswith("_busy")}
+        busy = {
+            name.removesuffix("_core_busy"): statistics.median(v) for name, v in rates.items() if name.endswith("_busy")
+        }
+        result |= {
+            "saturation_msgs_per_s": {name: round(value) for name, value in median.items()},
+            "saturation_runs": {name: [round(v) for v in values] for name, values in rates.items() if name in median},
+            "saturation_core_busy": {name: round(value, 2) for name, value in busy.items()},
+            # What the core would ingest if nothing else ran on it (others' processes share these two cores).
+            "saturation_msgs_per_cpu_s": {name: round(median[name] / busy[name]) for name in median if busy[name] > 0},
+            "ratio_service_vs_pull_fetch": round(median["service"] / median["pull-fetch"], 2),
+            "ratio_service_vs_floor": round(median["service"] / median["floor"], 2),
+        }
+    result["sustained"] = {name: {k: round(v, 1) for k, v in run.items()} for name, run in live.items()}
+    return result
 
 
 def main() -> None:
@@ -351,7 +352,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=900, help="backlog steps per rank (the stream keeps 1000)")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--experts", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="saturation runs of each variant (0: none)")
     parser.add_argument("--rates", type=float, nargs="*", default=[50_000, 5_000], help="offered msgs/s, sustained")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--ingest-cpu", type=int, default=0)
@@ -363,7 +364,7 @@ def main() -> None:
         asyncio.run(produce(args))
         return
     if args.quick:
-        args.steps, args.repeats, args.seconds = 200, 1, 3.0
+        args.steps, args.repeats, args.seconds = 200, min(args.repeats, 1), 3.0
     print(json.dumps(asyncio.run(bench(args)), indent=2))
 
 
