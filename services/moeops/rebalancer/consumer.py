@@ -7,6 +7,9 @@ only appends it to an inbox that the service drains a batch at a time.
 - Ack policy ALL: acking a message acknowledges every earlier one, so the service acks the last message of a
   batch once the batch is folded in and planned. A crash in between redelivers the batch (the aggregator drops
   the records it already has as duplicates); a restarted service resumes after the last batch it acked.
+  The price: messages in flight when a connection drops are acknowledged by the next ack without having been
+  read. The server would only deliver them again after `ack_wait`, behind newer steps of the same ranks, where
+  the aggregator drops them as stale anyway.
 - `max_ack_pending` bounds what the server sends before an ack, so the inbox (and nats-py's pending queue,
   sized above it) never overflows: nats-py drops a message its queue cannot take, and a later ack-all would
   acknowledge the lost message with the rest.

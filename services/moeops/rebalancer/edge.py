@@ -98,7 +98,7 @@ class Counters:
     plan_conflicts: int = 0
     """Writes refused because another planner stored a plan first (its plan is adopted)."""
     plan_errors: int = 0
-    """Plans that could not be written (the server was away); the batch is then not acked."""
+    """Plans that could not be written (the server was away): planned again, and the round not acked."""
     fetch_errors: int = 0
     """Acks that failed (the server was away): those messages come again and are dropped as duplicates."""
 
@@ -192,8 +192,9 @@ class RebalancerService:
                 if pending.last and (
                     time.monotonic() >= planned_at + self.plan_interval_s or pending.full(self.limits)
                 ):
-                    await self._plan_round(kv, consumer, pending)
-                    pending, planned_at = _Round(), time.monotonic()
+                    stored = await self._plan_round(kv, consumer, pending)
+                    # A plan that could not be written is planned again in the next round (with newer data).
+                    pending, planned_at = _Round(touched=set() if stored else pending.touched), time.monotonic()
             if pending.last:  # stopping: plan and ack what was folded in, so that a restart does not re-read it
                 await self._plan_round(kv, consumer, pending)
         finally:
@@ -213,14 +214,17 @@ class RebalancerService:
                 state.adopt(*stored)
                 logger.info("%s/%s: resuming after plan epoch %d", namespace, job, stored[0].epoch)
 
-    async def _plan_round(self, kv: KeyValue, consumer: MetricsConsumer, pending: _Round) -> None:
+    async def _plan_round(self, kv: KeyValue, consumer: MetricsConsumer, pending: _Round) -> bool:
+        """Plans every job the round touched, then acks the round; False (and no ack) if a plan was not stored."""
         plan_errors = self.counters.plan_errors
         for key in sorted(pending.touched):
             await self._plan(kv, self.jobs[key])
+        stored = self.counters.plan_errors == plan_errors
         # Ack after planning: a crash in between redelivers them, which the aggregator sees as duplicates.
-        if self.counters.plan_errors == plan_errors and pending.last is not None:
+        if stored and pending.last is not None:
             await consumer.ack(pending.last)
         self.counters.fetch_errors = consumer.ack_errors
+        return stored
 
     def _ingest_batch(self, messages: list[Msg]) -> set[JobKey]:
         """Folds the messages in; the jobs that took at least one record."""
@@ -291,7 +295,7 @@ class RebalancerService:
                 if stored is not None:
                     state.adopt(*stored)
                 return
-        except (nats.errors.Error, OSError, TimeoutError) as exc:  # the server is away: planned again next batch
+        except (nats.errors.Error, OSError, TimeoutError) as exc:  # the server is away: planned again next round
             self.counters.plan_errors += 1
             logger.warning("%s/%s: cannot store the plan: %s", settings.namespace, settings.job, exc)
             return
