@@ -12,8 +12,8 @@ import pytest
 from harness import Cluster, OperatorProcess, wait_for
 from manifests import training_job
 
+from moeops.bus.buckets import ensure_reports_bucket, put_report
 from moeops.bus.reports import RebalanceReport
-from moeops.bus.streams import ensure_reports_bucket, put_report
 from moeops.devcluster.nats_server import NatsServer
 
 PLURAL = "moetrainingjobs"

@@ -15,10 +15,10 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from moeops.bus.buckets import ensure_reports_bucket, latest_report
 from moeops.bus.connection import ConnectionOptions, connect
 from moeops.bus.messages import BadMessage
 from moeops.bus.reports import RebalanceReport
-from moeops.bus.streams import ensure_reports_bucket, latest_report
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
 """The newest rebalance plan of one job, read from the plans KV bucket by a background thread.
 
 The trainer's rank 0 holds one of these and asks `newest()` once per step (a lock and an attribute read): the
-training thread never waits on NATS. The thread polls the bucket every `poll_s` seconds rather than holding a
-KV watch: a poll is one request, survives server restarts without re-subscribing, and a plan is announced
-several steps before it applies (policy.DEFAULT_APPLY_MARGIN_STEPS), far longer than the polling period.
+training thread never waits on NATS. It also writes the job's description (`describe()`) to the jobs bucket, so
+that the rebalancer knows the job's layout and settings without per-job configuration.
+
+The thread polls the plans bucket every `poll_s` seconds rather than holding a KV watch: a poll is one request,
+survives server restarts without re-subscribing, and a plan is announced several steps before it applies
+(policy.DEFAULT_APPLY_MARGIN_STEPS), far longer than the polling period.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import threading
 
 import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from .buckets import ensure_jobs_bucket, put_description
 from .connection import ConnectionOptions, connect
+from .jobs import JobDescription
 from .messages import BadMessage, RebalancePlan
 from .publisher import cancel_remaining_tasks
 from .streams import ensure_plans_bucket, latest_plan
@@ -35,6 +41,8 @@ class PlanWatcher:
         self._options, self._namespace, self._job, self._poll_s = options, namespace, job, poll_s
         self._lock = threading.Lock()
         self._newest: RebalancePlan | None = None
+        self._description: JobDescription | None = None
+        self._described = False
         self.bad_plans = 0
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
@@ -44,6 +52,12 @@ class PlanWatcher:
     def newest(self) -> RebalancePlan | None:
         with self._lock:
             return self._newest
+
+    def describe(self, description: JobDescription) -> None:
+        """Store `description` in the jobs bucket (on the next poll; again after a server restart is not needed:
+        the bucket is on disk)."""
+        with self._lock:
+            self._description, self._described = description, False
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has already closed
@@ -81,7 +95,9 @@ class PlanWatcher:
     async def _poll(self, client: Client, kv: KeyValue | None) -> KeyValue | None:
         """One look at the bucket; returns the bucket handle to reuse (None: look it up again next time)."""
         try:
-            kv = kv or await ensure_plans_bucket(client.jetstream(timeout=2.0))
+            js = client.jetstream(timeout=2.0)
+            await self._store_description(js)
+            kv = kv or await ensure_plans_bucket(js)
             found = await latest_plan(kv, self._namespace, self._job)
         except BadMessage as exc:
             self.bad_plans += 1
@@ -96,3 +112,12 @@ class PlanWatcher:
                 if self._newest is None or plan.epoch > self._newest.epoch:
                     self._newest = plan
         return kv
+
+    async def _store_description(self, js: JetStreamContext) -> None:
+        with self._lock:
+            description = None if self._described else self._description
+        if description is None:
+            return
+        await put_description(await ensure_jobs_bucket(js), description)
+        with self._lock:
+            self._described = self._description is description

@@ -14,10 +14,10 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Final
 
-import pydantic_core
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from .messages import SCHEMA_VERSION, BadMessage, BadMessageReason, BusMessage, FiniteFloat, NonNegativeInt
+from .messages import BusMessage, FiniteFloat, NonNegativeInt
+from .stored import decode_stored
 from .subjects import token
 
 REPORTS_BUCKET: Final = "moeops-reports"
@@ -59,14 +59,4 @@ def measured_utilization(compute_seconds: Sequence[float], step_seconds: Sequenc
 
 def decode_report(data: bytes) -> RebalanceReport:
     """A stored report, or BadMessage (the only exception) for bytes that are not one."""
-    try:
-        document = pydantic_core.from_json(data)
-    except ValueError as exc:
-        raise BadMessage(BadMessageReason.NOT_JSON, str(exc)) from None
-    version = document.get("schema_version") if isinstance(document, dict) else None
-    if type(version) is not int or version != SCHEMA_VERSION:  # `type ... is`: JSON true is not version 1
-        raise BadMessage(BadMessageReason.WRONG_SCHEMA_VERSION, f"schema_version {version!r}")
-    try:
-        return RebalanceReport.model_validate(document)
-    except ValidationError as exc:
-        raise BadMessage(BadMessageReason.INVALID, str(exc.errors(include_url=False)[:3])) from None
+    return decode_stored(RebalanceReport, data)

@@ -6,8 +6,7 @@
 - KV bucket `moeops-plans` keeps the latest plan of each job (history 1) under `<namespace>.<job>`, and
   republishes every stored plan on `moeops.plans.<namespace>.<job>`: ranks can read the current plan when they
   start and follow new ones with a plain subscription.
-- KV bucket `moeops-reports` keeps the rebalancer's latest report of each job (plan epoch, utilization), entries
-  expiring after an hour; the operator reads it into the job's status.
+- More KV buckets (buckets.py): the rebalancer's reports on jobs, and the jobs' descriptions of themselves.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, KeyNotFoundErro
 from nats.js.kv import KeyValue
 
 from .messages import RebalancePlan, decode, encode
-from .reports import REPORT_MAX_AGE_S, REPORTS_BUCKET, RebalanceReport, decode_report, report_key
 from .subjects import METRICS_ROOT, METRICS_STREAM, PLANS_BUCKET, PLANS_KV_ROOT, PLANS_ROOT, plan_key, plans_subject
 
 STREAM_NAME_IN_USE = 10058
@@ -76,12 +74,24 @@ async def ensure_metrics_stream(js: JetStreamContext, retention: MetricsRetentio
         return await js.update_stream(config)
 
 
-async def ensure_plans_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    """The plans bucket, created if missing (an existing bucket is used as it is)."""
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """The KV bucket `config` names, created with `config` if missing (an existing bucket is used as it is:
+    another process may have created it first, with its own settings)."""
+    assert config.bucket is not None
     try:
-        return await js.key_value(PLANS_BUCKET)
+        return await js.key_value(config.bucket)
     except BucketNotFoundError:
         pass
+    try:
+        return await js.create_key_value(config)
+    except BadRequestError as exc:
+        if exc.err_code != STREAM_NAME_IN_USE:
+            raise
+        return await js.key_value(config.bucket)
+
+
+async def ensure_plans_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """The plans bucket (the latest plan per job, republished on the plans subjects)."""
     config = KeyValueConfig(
         bucket=PLANS_BUCKET,
         description="moeops: the latest rebalance plan of each job",
@@ -90,12 +100,7 @@ async def ensure_plans_bucket(js: JetStreamContext, replicas: int = 1) -> KeyVal
         storage=StorageType.FILE,
         republish=RePublish(src=f"{PLANS_KV_ROOT}.>", dest=f"{PLANS_ROOT}.>"),
     )
-    try:
-        return await js.create_key_value(config)
-    except BadRequestError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:
-            raise
-        return await js.key_value(PLANS_BUCKET)  # another process created it first, with its own settings
+    return await ensure_bucket(js, config)
 
 
 async def put_plan(kv: KeyValue, plan: RebalancePlan, *, last_revision: int | None = None) -> int:
@@ -119,38 +124,3 @@ async def latest_plan(kv: KeyValue, namespace: str, job: str) -> tuple[Rebalance
     plan = decode(plans_subject(namespace, job), entry.value)
     assert isinstance(plan, RebalancePlan)  # decode picks the schema from the plans subject
     return plan, entry.revision
-
-
-async def ensure_reports_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    """The reports bucket, created if missing (an existing bucket is used as it is)."""
-    try:
-        return await js.key_value(REPORTS_BUCKET)
-    except BucketNotFoundError:
-        pass
-    config = KeyValueConfig(
-        bucket=REPORTS_BUCKET,
-        description="moeops: the rebalancer's latest report on each job",
-        history=1,
-        ttl=REPORT_MAX_AGE_S,
-        replicas=replicas,
-        storage=StorageType.FILE,
-    )
-    try:
-        return await js.create_key_value(config)
-    except BadRequestError as exc:
-        if exc.err_code != STREAM_NAME_IN_USE:
-            raise
-        return await js.key_value(REPORTS_BUCKET)
-
-
-async def put_report(kv: KeyValue, report: RebalanceReport) -> int:
-    return await kv.put(report.key, report.model_dump_json().encode())
-
-
-async def latest_report(kv: KeyValue, namespace: str, job: str) -> RebalanceReport | None:
-    """The job's report, or None if there is none (or it expired); BadMessage if the stored bytes are bad."""
-    try:
-        entry = await kv.get(report_key(namespace, job))
-    except KeyNotFoundError:
-        return None
-    return decode_report(entry.value) if entry.value else None

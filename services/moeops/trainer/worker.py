@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from moeops.api import env
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 from moeops.bus.connection import BusConfigError, ConnectionOptions
+from moeops.bus.jobs import JobDescription
 from moeops.bus.plan_watch import PlanWatcher
 from moeops.bus.publisher import NatsMetricsSink
 from moeops.data.synthetic import SyntheticCorpus
@@ -82,6 +84,29 @@ def _plan_watcher(config: TrainingRuntimeConfig, world: World) -> PlanWatcher | 
         raise ConfigError(f"plans bus: {exc}") from exc
 
 
+def _description(config: TrainingRuntimeConfig, world: World, trainer: Trainer) -> JobDescription:
+    """What the rebalancer needs to plan for this job (written by rank 0 to the jobs bucket)."""
+    plan, arch, rebalance = config.plan, config.architecture, config.rebalance
+    return JobDescription(
+        namespace=config.namespace,
+        job=config.job_name,
+        world_size=world.world_size,
+        global_batch=config.training.global_batch_size,
+        pipeline=plan.pipeline,
+        tensor=plan.tensor,
+        expert=plan.expert,
+        layers=arch.layers,
+        experts=arch.experts,
+        params_per_expert=3 * arch.d_model * arch.ffn_hidden,  # SwiGLU: w1, w2, w3
+        micro_batches=trainer.micro,
+        stage_layers=list(trainer.stage_layers),
+        rebalance_enabled=rebalance.enabled,
+        min_gain=rebalance.min_gain,
+        interval_steps=rebalance.interval_steps,
+        described_at_unix_s=time.time(),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     world = init_world()
@@ -93,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     if slowdown < 1.0:
         log.warning("rank %d: %s asks to run at %.2f× speed (fault injection)", world.rank, SLOWDOWN_ENV, slowdown)
     trainer = Trainer(config, world, sink, root, plans=plans, slowdown=slowdown)
+    if plans is not None:
+        plans.describe(_description(config, world, trainer))
     signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "preempt_requested", True))
     if world.is_main:
         log.info("training %s from step %d to %d on %d rank(s)", config.job_name, trainer.step,

@@ -1,0 +1,65 @@
+"""The KV buckets beside the plans: the rebalancer's reports on jobs (read by the operator) and the jobs'
+descriptions of themselves (read by the rebalancer). Latest value per job, key `<namespace>.<job>`."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from .jobs import JOBS_BUCKET, JobDescription, decode_description, job_key
+from .reports import REPORT_MAX_AGE_S, REPORTS_BUCKET, RebalanceReport, decode_report, report_key
+from .streams import ensure_bucket
+
+
+async def ensure_reports_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    """Reports expire after REPORT_MAX_AGE_S: a job that stopped drops out of the bucket by itself."""
+    config = KeyValueConfig(
+        bucket=REPORTS_BUCKET,
+        description="moeops: the rebalancer's latest report on each job",
+        history=1,
+        ttl=REPORT_MAX_AGE_S,
+        replicas=replicas,
+        storage=StorageType.FILE,
+    )
+    return await ensure_bucket(js, config)
+
+
+async def put_report(kv: KeyValue, report: RebalanceReport) -> int:
+    return await kv.put(report.key, report.model_dump_json().encode())
+
+
+async def latest_report(kv: KeyValue, namespace: str, job: str) -> RebalanceReport | None:
+    """The job's report, or None if there is none (or it expired); BadMessage if the stored bytes are bad."""
+    value = await _value(kv, report_key(namespace, job))
+    return decode_report(value) if value else None
+
+
+async def ensure_jobs_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
+    config = KeyValueConfig(
+        bucket=JOBS_BUCKET,
+        description="moeops: each training job's layout and rebalancing settings, written by its rank 0",
+        history=1,
+        replicas=replicas,
+        storage=StorageType.FILE,
+    )
+    return await ensure_bucket(js, config)
+
+
+async def put_description(kv: KeyValue, description: JobDescription) -> int:
+    return await kv.put(description.key, description.model_dump_json().encode())
+
+
+async def job_description(kv: KeyValue, namespace: str, job: str) -> JobDescription | None:
+    """The job's description, or None; BadMessage if the stored bytes are bad."""
+    value = await _value(kv, job_key(namespace, job))
+    return decode_description(value) if value else None
+
+
+async def _value(kv: KeyValue, key: str) -> bytes | None:
+    try:
+        entry = await kv.get(key)
+    except (KeyNotFoundError, KeyDeletedError):  # never written, deleted, or expired
+        return None
+    return entry.value
