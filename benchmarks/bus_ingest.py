@@ -44,7 +44,8 @@ from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket
 from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER
 from moeops.devcluster.nats_server import NatsServer
 from moeops.rebalancer.consumer import ConsumerLimits, MetricsConsumer
-from moeops.rebalancer.edge import JobKey, JobSettings, RebalancerService, _JobState
+from moeops.rebalancer.edge import RebalancerService
+from moeops.rebalancer.jobs import JobKey, JobSettings, JobState
 from moeops.rebalancer.policy import Hysteresis
 
 NAMESPACE = "bench"
@@ -150,7 +151,7 @@ class MeasuredService(RebalancerService):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.lags = array("d")
 
-    def _accept(self, state: _JobState, metrics: WorkerMetrics) -> JobKey | None:
+    def _accept(self, state: JobState, metrics: WorkerMetrics) -> JobKey | None:
         self.lags.append(time.time() - metrics.measured_at_unix_s)
         return super()._accept(state, metrics)
 

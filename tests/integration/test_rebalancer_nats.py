@@ -14,12 +14,15 @@ import pytest
 from nats.js import JetStreamContext
 from polling import eventually
 
+from moeops.bus.buckets import ensure_jobs_bucket, ensure_reports_bucket, latest_report, put_description
 from moeops.bus.connection import ConnectionOptions
+from moeops.bus.jobs import JobDescription
 from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, encode
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan
 from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_filter, metrics_subject
 from moeops.devcluster.nats_server import NatsServer
-from moeops.rebalancer.edge import UNKNOWN_JOB, JobSettings, RebalancerService
+from moeops.rebalancer.edge import UNKNOWN_JOB, RebalancerService
+from moeops.rebalancer.jobs import JobSettings
 from moeops.rebalancer.policy import Hysteresis
 from moeops.rebalancer.replan import sequences_from_fractions
 
@@ -206,3 +209,33 @@ async def test_a_pull_consumer_of_an_earlier_version_is_replaced_after_its_acks(
             await eventually(lambda: service.counters.received == 32, "and the 28 new ones")
             info = await js.consumer_info(METRICS_STREAM, service.durable)
             assert info.config.deliver_subject  # a push consumer now
+
+
+async def test_one_rebalancer_serves_a_job_that_describes_itself_and_reports_on_it(nats_server: NatsServer) -> None:
+    options = ConnectionOptions(servers=(nats_server.url,), name="cluster-rebalancer")
+    service = RebalancerService(options, fetch_timeout_s=0.2, plan_interval_s=0.0, report_interval_s=0.0)
+    description = JobDescription(namespace=NAMESPACE, job=JOB, world_size=WORLD, global_batch=BATCH, layers=4,
+                                 stage_layers=[(0, 4)], min_gain=0.05, interval_steps=20,
+                                 described_at_unix_s=time.time())  # fmt: skip
+    async with jetstream(nats_server.url) as js, running(service):
+        await put_description(await ensure_jobs_bucket(js), description)
+        await publish_steps(js, range(1), [1.0, 1.0, 1.0, 0.6])  # unannounced until looked up: dropped
+        await eventually(lambda: (NAMESPACE, JOB) in service.jobs, "the job learnt from its description")
+        await publish_steps(js, range(1, 12), [1.0, 1.0, 1.0, 0.6])
+        plan = await stored_plan(js, 0)
+        assert sequences_from_fractions(plan.data_shares, BATCH) == [9, 9, 9, 5]
+        reports = await ensure_reports_bucket(js)
+
+        async def reported() -> bool:
+            report = await latest_report(reports, NAMESPACE, JOB)
+            return report is not None and report.plan_epoch == 0
+
+        deadline = time.monotonic() + 10
+        while not await reported():
+            assert time.monotonic() < deadline, "no report with the plan's epoch"
+            await asyncio.sleep(0.05)
+        report = await latest_report(reports, NAMESPACE, JOB)
+        assert report is not None and report.ranks_reporting == WORLD and report.world_size == WORLD
+        # Every rank's step takes 0.1/0.6 s; compute 0.1 s on three ranks, 0.1/0.6 s on the straggler.
+        assert report.utilization == pytest.approx((3 * 0.1 + 0.1 / 0.6) / (4 * 0.1 / 0.6), rel=1e-6)
+        assert service.counters.bad_messages[UNKNOWN_JOB] >= 1

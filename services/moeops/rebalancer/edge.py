@@ -13,16 +13,15 @@ background and the consumer's deliveries resume when it is back.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import math
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import nats.errors
 from nats.aio.client import Client
@@ -30,60 +29,24 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from moeops.bus.buckets import ensure_jobs_bucket, ensure_reports_bucket, job_description, put_report
 from moeops.bus.connection import ConnectionOptions, connect
 from moeops.bus.messages import BadMessage, RebalancePlan, WorkerMetrics, decode
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan, put_plan
 from moeops.bus.subjects import METRICS_STREAM, metrics_filter, token
 
 from .consumer import ConsumerLimits, MetricsConsumer
-from .load import DEFAULT_SMOOTHING, Ingested, LoadAggregator
-from .policy import Hysteresis
-from .replan import replan_outcome, sequences_from_fractions
+from .jobs import JobKey, JobSettings, JobState
+from .load import Ingested
+from .replan import replan_outcome
 
 logger = logging.getLogger(__name__)
-
-JobKey = tuple[str, str]
-"""(namespace, job)."""
 
 NOT_A_METRICS_MESSAGE = "not_metrics"
 UNKNOWN_JOB = "unknown_job"
 """Extra `bad_messages` reasons beside BadMessageReason's values."""
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """What the planner needs to know about one job beyond its metrics."""
-
-    namespace: str
-    job: str
-    global_batch: int
-    hysteresis: Hysteresis = field(default_factory=Hysteresis)
-    stage_layers: tuple[tuple[int, int], ...] = ((0, 1),)
-    """The job's current pipeline layout, carried into its first plan (later plans keep the previous one's)."""
-    max_sequences_per_rank: int | None = None
-    min_samples: int = 5
-    """Steps every rank must have reported before a plan: one step's timing is too noisy to act on."""
-    smoothing: float = DEFAULT_SMOOTHING
-
-    @property
-    def key(self) -> JobKey:
-        return (self.namespace, self.job)
-
-
-@dataclass
-class _JobState:
-    settings: JobSettings
-    aggregator: LoadAggregator
-    previous: RebalancePlan | None = None
-    revision: int = 0
-    """The plan's revision in the bucket (0: none stored), for a compare-and-set write."""
-    current_shares: list[int] | None = None
-    last_applied_step: int | None = None
-
-    def adopt(self, plan: RebalancePlan, revision: int) -> None:
-        self.previous, self.revision = plan, revision
-        self.last_applied_step = plan.apply_at_step
-        self.current_shares = sequences_from_fractions(plan.data_shares, self.settings.global_batch)
+DESCRIBE_RETRY_S = 5.0
+"""How often to look again for the description of a job whose metrics arrive without one."""
 
 
 @dataclass
@@ -99,8 +62,15 @@ class Counters:
     """Writes refused because another planner stored a plan first (its plan is adopted)."""
     plan_errors: int = 0
     """Plans that could not be written (the server was away): planned again, and the round not acked."""
+    reports_written: int = 0
     fetch_errors: int = 0
     """Acks that failed (the server was away): those messages come again and are dropped as duplicates."""
+
+
+class _Buckets(NamedTuple):
+    plans: KeyValue
+    jobs: KeyValue
+    reports: KeyValue
 
 
 @dataclass
@@ -128,7 +98,7 @@ class RebalancerService:
     def __init__(
         self,
         options: ConnectionOptions,
-        jobs: Sequence[JobSettings],
+        jobs: Sequence[JobSettings] = (),
         *,
         durable: str | None = None,
         batch: int = 2048,
@@ -136,16 +106,22 @@ class RebalancerService:
         clock: Callable[[], float] = time.time,
         limits: ConsumerLimits | None = None,
         plan_interval_s: float = 0.2,
+        report_interval_s: float = 5.0,
     ) -> None:
         """`batch`: the most messages taken from the consumer at once; `fetch_timeout_s`: how long to wait for a
         message before looking at `stop` again; `plan_interval_s`: the least time between two planning rounds (a
-        round plans every job touched since the last one, then acks what was folded in)."""
-        if not jobs:
-            raise ValueError("no jobs to rebalance")
+        round plans every job touched since the last one, then acks what was folded in); `report_interval_s`: how
+        often a job's report (plan epoch, utilization: the operator's `.status.rebalance`) is rewritten.
+
+        Without `jobs` the service serves every job that describes itself in the jobs bucket (rank 0 of each
+        job writes its layout and settings there): one rebalancer for the whole cluster."""
         self.options = options
-        self.jobs = {settings.key: _JobState(settings, LoadAggregator(settings.smoothing)) for settings in jobs}
+        self.jobs = {settings.key: JobState.of(settings) for settings in jobs}
         if len(self.jobs) != len(jobs):
             raise ValueError("a job is listed twice")
+        self.discover = not jobs
+        self.undescribed: dict[JobKey, float] = {}
+        """Jobs whose metrics arrived without a known description: when to look them up (monotonic)."""
         if len(jobs) == 1:
             only = jobs[0]
             self.filter = metrics_filter(only.namespace, only.job)
@@ -159,6 +135,7 @@ class RebalancerService:
         self.clock = clock
         self.limits = limits or ConsumerLimits(max_ack_pending=max(ConsumerLimits().max_ack_pending, 4 * batch))
         self.plan_interval_s = plan_interval_s
+        self.report_interval_s = report_interval_s
         self.counters = Counters()
         self.ready = asyncio.Event()
         """Set once connected, with the stream, bucket and consumer in place and the stored plans read."""
@@ -177,8 +154,9 @@ class RebalancerService:
         try:
             js = client.jetstream()
             await ensure_metrics_stream(js)
-            kv = await ensure_plans_bucket(js)
-            await self._recover_plans(kv)
+            kv = _Buckets(await ensure_plans_bucket(js), await ensure_jobs_bucket(js), await ensure_reports_bucket(js))
+            for state in self.jobs.values():
+                await self._recover_plan(kv.plans, state)
             consumer = MetricsConsumer(js, METRICS_STREAM, self.filter, self.durable, self.limits)
             await consumer.start(client.new_inbox())
             self.ready.set()
@@ -202,23 +180,66 @@ class RebalancerService:
                 await consumer.close()
             await self._close(client)
 
-    async def _recover_plans(self, kv: KeyValue) -> None:
-        for (namespace, job), state in self.jobs.items():
+    async def _recover_plan(self, kv: KeyValue, state: JobState) -> None:
+        namespace, job = state.settings.key
+        try:
+            stored = await latest_plan(kv, namespace, job)
+        except BadMessage as exc:
+            self.counters.bad_messages[exc.reason.value] += 1
+            logger.warning("ignoring the stored plan of %s/%s: %s", namespace, job, exc)
+            return
+        if stored is not None:
+            state.adopt(*stored)
+            logger.info("%s/%s: resuming after plan epoch %d", namespace, job, stored[0].epoch)
+
+    async def _discover(self, kv: _Buckets) -> None:
+        """Look up the descriptions of jobs whose metrics came in unannounced (at most every few seconds each)."""
+        now = time.monotonic()
+        for key, due in sorted(self.undescribed.items()):
+            if due > now:
+                continue
+            self.undescribed[key] = now + DESCRIBE_RETRY_S
             try:
-                stored = await latest_plan(kv, namespace, job)
+                description = await job_description(kv.jobs, *key)
             except BadMessage as exc:
                 self.counters.bad_messages[exc.reason.value] += 1
-                logger.warning("ignoring the stored plan of %s/%s: %s", namespace, job, exc)
                 continue
-            if stored is not None:
-                state.adopt(*stored)
-                logger.info("%s/%s: resuming after plan epoch %d", namespace, job, stored[0].epoch)
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                logger.debug("cannot read the description of %s/%s: %s", *key, exc)
+                continue
+            if description is None:
+                continue
+            del self.undescribed[key]
+            state = self.jobs[key] = JobState.of(JobSettings.from_description(description))
+            await self._recover_plan(kv.plans, state)
+            logger.info("%s/%s: serving (world %d, %s)", *key, description.world_size, state.settings.layout)
 
-    async def _plan_round(self, kv: KeyValue, consumer: MetricsConsumer, pending: _Round) -> bool:
+    async def _report(self, kv: KeyValue, touched: set[JobKey]) -> None:
+        """Rewrite the report of each job touched this round, at most every `report_interval_s`."""
+        now = time.monotonic()
+        for key in sorted(touched):
+            state = self.jobs[key]
+            if now - state.reported_at < self.report_interval_s:
+                continue
+            report = state.report(self.clock())
+            if report is None:
+                continue
+            try:
+                await put_report(kv, report)
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                logger.debug("cannot write the report of %s/%s: %s", *key, exc)
+                continue
+            state.reported_at = now
+            self.counters.reports_written += 1
+
+    async def _plan_round(self, kv: _Buckets, consumer: MetricsConsumer, pending: _Round) -> bool:
         """Plans every job the round touched, then acks the round; False (and no ack) if a plan was not stored."""
         plan_errors = self.counters.plan_errors
         for key in sorted(pending.touched):
-            await self._plan(kv, self.jobs[key])
+            await self._plan(kv.plans, self.jobs[key])
+        await self._report(kv.reports, pending.touched)
+        if self.undescribed:
+            await self._discover(kv)
         stored = self.counters.plan_errors == plan_errors
         # Ack after planning: a crash in between redelivers them, which the aggregator sees as duplicates.
         if stored and pending.last is not None:
@@ -249,15 +270,17 @@ class RebalancerService:
         state = self.jobs.get(key)
         if state is None:
             self.counters.bad_messages[UNKNOWN_JOB] += 1
+            if self.discover:
+                self.undescribed.setdefault(key, 0.0)
             return None
         return self._accept(state, decoded)
 
-    def _accept(self, state: _JobState, metrics: WorkerMetrics) -> JobKey | None:
+    def _accept(self, state: JobState, metrics: WorkerMetrics) -> JobKey | None:
         outcome = state.aggregator.ingest(metrics)
         self.counters.ingested[outcome.value] += 1
         return state.settings.key if outcome is Ingested.ACCEPTED else None
 
-    async def _plan(self, kv: KeyValue, state: _JobState) -> None:
+    async def _plan(self, kv: KeyValue, state: JobState) -> None:
         settings = state.settings
         try:
             outcome = replan_outcome(
@@ -273,6 +296,7 @@ class RebalancerService:
                 stage_layers=settings.stage_layers,
                 max_sequences_per_rank=settings.max_sequences_per_rank,
                 min_samples=settings.min_samples,
+                layout=settings.layout,
             )
         except ValueError as exc:  # e.g. a world too large for the global batch: log, keep serving other jobs
             self.counters.verdicts["error"] += 1
@@ -283,7 +307,7 @@ class RebalancerService:
         if outcome.plan is not None:
             await self._store(kv, state, outcome.plan)
 
-    async def _store(self, kv: KeyValue, state: _JobState, plan: RebalancePlan) -> None:
+    async def _store(self, kv: KeyValue, state: JobState, plan: RebalancePlan) -> None:
         """Writes the plan if the stored one is still the one it follows; else adopts the stored one."""
         settings = state.settings
         try:
@@ -318,49 +342,7 @@ class RebalancerService:
         await client.close()
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="moeops rebalancer: worker metrics in, rebalance plans out")
-    parser.add_argument("--namespace", required=True)
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--global-batch", type=int, required=True, help="sequences per step over all ranks")
-    parser.add_argument("--layers", type=int, default=1, help="model layers (one pipeline stage until re-planned)")
-    parser.add_argument("--min-gain", type=float, default=0.05)
-    parser.add_argument("--interval-steps", type=int, default=50)
-    parser.add_argument("--apply-margin-steps", type=int, default=Hysteresis().apply_margin_steps)
-    parser.add_argument("--disabled", action="store_true", help="consume metrics but never publish a plan")
-    parser.add_argument("--max-sequences-per-rank", type=int, default=None)
-    parser.add_argument("--min-samples", type=int, default=5, help="steps every rank reports before a plan")
-    parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
-
-
-def settings_from_args(args: argparse.Namespace) -> JobSettings:
-    return JobSettings(
-        namespace=args.namespace,
-        job=args.job,
-        global_batch=args.global_batch,
-        hysteresis=Hysteresis(args.min_gain, args.interval_steps, args.apply_margin_steps, not args.disabled),
-        stage_layers=((0, args.layers),),
-        max_sequences_per_rank=args.max_sequences_per_rank,
-        min_samples=args.min_samples,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Runs the service until SIGINT/SIGTERM; NATS settings from MOEOPS_NATS_*, the job's from the flags."""
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = RebalancerService(ConnectionOptions.from_env(name="moeops-rebalancer"), [settings_from_args(args)])
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await service.run(stop)
-
-    asyncio.run(serve())
-
-
 if __name__ == "__main__":
+    from .cli import main
+
     main()

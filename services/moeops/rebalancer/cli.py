@@ -1,0 +1,74 @@
+"""`python -m moeops.rebalancer` (or `.edge`): the rebalancer service. Without --job it serves every job that
+describes itself on the bus (one rebalancer per cluster); with --namespace/--job/--global-batch, that job only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from moeops.bus.connection import ConnectionOptions
+
+from .edge import RebalancerService
+from .jobs import JobSettings
+from .policy import Hysteresis
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="moeops rebalancer: worker metrics in, rebalance plans out")
+    one = parser.add_argument_group("one job only (default: every job that describes itself on the bus)")
+    one.add_argument("--namespace")
+    one.add_argument("--job")
+    one.add_argument("--global-batch", type=int, help="sequences per step over all ranks")
+    one.add_argument("--layers", type=int, default=1, help="model layers (one pipeline stage until re-planned)")
+    one.add_argument("--min-gain", type=float, default=0.05)
+    one.add_argument("--interval-steps", type=int, default=50)
+    one.add_argument("--disabled", action="store_true", help="consume metrics but never publish a plan")
+    one.add_argument("--max-sequences-per-rank", type=int, default=None)
+    parser.add_argument("--apply-margin-steps", type=int, default=Hysteresis().apply_margin_steps)
+    parser.add_argument("--min-samples", type=int, default=5, help="steps every rank reports before a plan")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    named = [args.namespace, args.job, args.global_batch]
+    if any(value is not None for value in named) and not all(value is not None for value in named):
+        parser.error("one job needs all of --namespace, --job and --global-batch")
+    return args
+
+
+def settings_from_args(args: argparse.Namespace) -> list[JobSettings]:
+    """The one job the flags name, or none (serve every job that describes itself)."""
+    if args.job is None:
+        return []
+    return [
+        JobSettings(
+            namespace=args.namespace,
+            job=args.job,
+            global_batch=args.global_batch,
+            hysteresis=Hysteresis(args.min_gain, args.interval_steps, args.apply_margin_steps, not args.disabled),
+            stage_layers=((0, args.layers),),
+            max_sequences_per_rank=args.max_sequences_per_rank,
+            min_samples=args.min_samples,
+        )
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs the service until SIGINT/SIGTERM; NATS settings from MOEOPS_NATS_*."""
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = RebalancerService(ConnectionOptions.from_env(name="moeops-rebalancer"), settings_from_args(args))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await service.run(stop)
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
