@@ -17,7 +17,7 @@ from .training import TRAINING
 REPORT_INTERVAL_S = 15.0
 
 
-@kopf.timer(*TRAINING, interval=REPORT_INTERVAL_S, initial_delay=REPORT_INTERVAL_S, idle=REPORT_INTERVAL_S)
+@kopf.timer(*TRAINING, interval=REPORT_INTERVAL_S, initial_delay=REPORT_INTERVAL_S)
 async def copy_rebalancer_report(
     spec: kopf.Spec,
     status: kopf.Status,
