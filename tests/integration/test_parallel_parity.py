@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from trainer_runs import TINY, losses, train, write_config
 
+from moeops.api.v1alpha1.trainingjob import RebalanceSpec
+
 ARCH = TINY.model_copy(update={"layers": 4})
 STEPS = 4
 TOLERANCE = 1e-4
@@ -69,6 +71,16 @@ def test_layout_follows_the_single_process_run(tmp_path: Path, layout: str, sing
 
 def test_activation_checkpointing_changes_nothing(tmp_path: Path, single_process: dict[int, float]) -> None:
     _assert_follows(_run(tmp_path, "PP2xDP2-ac", 2, 1, 2, 1, activation_checkpointing=True), single_process)
+
+
+@pytest.mark.parametrize("layout", ["EP4", "TP2xEP2"])
+def test_spare_expert_slots_with_replicas_change_nothing(
+    tmp_path: Path, layout: str, single_process: dict[int, float]
+) -> None:
+    """Spare slots start holding replicas of other ranks' experts: rows split over replicas, gradients summed
+    over them (with tensor-parallel expert shards too), the norm clip counting each expert once."""
+    spare = RebalanceSpec(expert_spare_slots=2)
+    _assert_follows(_run(tmp_path, f"{layout}-spare", *LAYOUTS[layout], rebalance=spare), single_process)
 
 
 def test_balancing_loss_through_the_pipeline(tmp_path: Path) -> None:

@@ -70,8 +70,8 @@ def test_a_placement_maps_experts_to_slots_both_ways() -> None:
 @pytest.mark.parametrize(
     ("placement", "refusal"),
     [
-        ([[[0, 1], [0], [1], [1]], [[0], [0], [1], [1]]], "one rank"),  # a replicated expert
-        ([[[0], [0], [0], [1]], [[0], [0], [1], [1]]], "different numbers"),
+        ([[[0, 1], [0], [1], [1]], [[0], [0], [1], [1]]], "ranks hold [2, 3] expert slots"),  # no spare slot
+        ([[[0], [0], [0], [1]], [[0], [0], [1], [1]]], "ranks hold [3, 1] expert slots; each rank has 2"),
         ([[[0], [1]], [[0], [1]]], "places 2 experts"),
         ([[[0], [0], [1], [1]]], "for 1 layers"),
     ],

@@ -1,5 +1,6 @@
-"""Expert parallelism: the ranks of an EP group each hold E/P of every MoE layer's experts; a token's row
-travels to the rank that holds its expert and back with all_to_all_single (gloo has no list-form all_to_all).
+"""Expert parallelism: the ranks of an EP group each hold E/P of every MoE layer's experts (plus any spare
+slots: replicas of hot experts, expert_placement.py); a token's row travels to a rank that holds its expert and
+back with all_to_all_single (gloo has no list-form all_to_all).
 
 The EP groups are carved out of the data-parallel ranks (as in torchtitan and Megatron): with data degree D
 and expert degree P, ranks form a (D/P) × P mesh; a row of the mesh is an EP group, a column is the group of
@@ -21,7 +22,7 @@ from torch.distributed.tensor import DTensor
 
 from moeops.model.moe import GroupedExperts, MoE
 
-from .expert_placement import EXPERT_PARAMS, OPTIM_KEYS, Placement, gather_blocks, rows_by_slot
+from .expert_placement import EXPERT_PARAMS, OPTIM_KEYS, Placement, gather_blocks, rows_by_slot, slot_counts
 from .topology import Axis
 
 
@@ -36,24 +37,25 @@ def _expert_major(recv_PL: Tensor) -> Tensor:
 class ExpertDispatcher:
     """Runs a MoE layer's sorted rows on the experts' owning ranks (installed on MoE.dispatcher)."""
 
-    def __init__(self, ep: Axis, experts_total: int) -> None:
+    def __init__(self, ep: Axis, placement: Placement) -> None:
         self.ep = ep
-        self.local = experts_total // ep.size
-        self.placement = Placement.contiguous(experts_total, ep.size)
+        self.placement = placement
         """Which slot holds which expert; the trainer swaps it when it moves experts (expert_placement.py)."""
 
     def __call__(self, x_AD: Tensor, counts_E: Tensor, experts: GroupedExperts) -> Tensor:
         placement = self.placement
         if placement.identity:
             return self._by_slot(x_AD, counts_E, experts)
-        # Rows come sorted by expert id: regroup them by slot, run, and put the outputs back in id order.
-        perm_A = rows_by_slot(counts_E, placement).to(x_AD.device)
-        out_AD = self._by_slot(x_AD[perm_A], counts_E[placement.expert_of_slot.to(counts_E.device)], experts)
+        # Rows come sorted by expert id: regroup them by slot (each expert's rows to the replica this rank
+        # routes them to; none to its other replicas), run, and put the outputs back in id order.
+        perm_A = rows_by_slot(counts_E, placement, self.ep.rank).to(x_AD.device)
+        counts_S = slot_counts(counts_E, placement, self.ep.rank).to(counts_E.device)
+        out_AD = self._by_slot(x_AD[perm_A], counts_S, experts)
         return torch.empty_like(out_AD).index_copy(0, perm_A, out_AD)
 
     def _by_slot(self, x_AD: Tensor, counts_E: Tensor, experts: GroupedExperts) -> Tensor:
         """x_AD sorted by physical slot, counts_E per slot."""
-        P, L, group = self.ep.size, self.local, self.ep.group
+        P, L, group = self.ep.size, self.placement.per_rank, self.ep.group
         counts_PL = counts_E.view(P, L).contiguous()
         recv_PL = torch.empty_like(counts_PL)
         dist.all_to_all_single(recv_PL, counts_PL, group=group)  # how many rows each source sends each local expert
@@ -72,18 +74,27 @@ def moe_layers(model: nn.Module) -> list[tuple[str, MoE]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MoE)]
 
 
-def shard_experts(model: nn.Module, ep: Axis) -> None:
-    """Keep this rank's slice of every layer's experts (all ranks built the same full model first, so the
-    sharded model starts from exactly the weights of a single-process run)."""
+def shard_experts(model: nn.Module, ep: Axis, spare: int = 0) -> None:
+    """Keep the experts of this rank's slots in every layer (all ranks built the same full model first, so the
+    sharded model starts from exactly the weights of a single-process run): E/P of its own and `spare`
+    replicas (`Placement.contiguous`)."""
     for _, moe in moe_layers(model):
-        total = moe.experts.experts
-        local = total // ep.size
-        lo = ep.rank * local
+        placement = Placement.contiguous(moe.experts.experts, ep.size, spare)
+        mine = placement.experts_on(ep.rank)
         for name in EXPERT_PARAMS:
             full = getattr(moe.experts, name)
-            setattr(moe.experts, name, nn.Parameter(full.detach()[lo : lo + local].clone()))
-        moe.experts.experts = local
-        moe.dispatcher = ExpertDispatcher(ep, total)
+            setattr(moe.experts, name, nn.Parameter(full.detach()[mine].clone()))
+        moe.experts.experts = placement.per_rank
+        moe.dispatcher = ExpertDispatcher(ep, placement)
+
+
+def expert_layers(model: nn.Module) -> list[tuple[GroupedExperts, ExpertDispatcher]]:
+    """Every MoE layer's experts and the dispatcher that holds their current placement."""
+    found = []
+    for _, moe in moe_layers(model):
+        assert isinstance(moe.dispatcher, ExpertDispatcher), "shard_experts installs the dispatcher first"
+        found.append((moe.experts, moe.dispatcher))
+    return found
 
 
 def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -100,8 +111,8 @@ def _map_local(t: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
 
 class ExpertStateSharding:
     """Checkpoints hold full expert tensors in expert-id order (gathered over the EP group), so a checkpoint
-    restores at any expert degree and any placement: gather before saving, load into full-size placeholders,
-    then keep the rows of this rank's slots."""
+    restores at any expert degree, any placement and any number of spare slots: gather before saving (one
+    replica per expert), load into full-size placeholders, then keep the rows of this rank's slots."""
 
     def __init__(self, model: nn.Module, ep: Axis) -> None:
         self.layers = moe_layers(model)
@@ -133,22 +144,23 @@ class ExpertStateSharding:
         def by_expert(t: Tensor, placement: Placement) -> Tensor:
             parts = [torch.empty_like(t) for _ in range(self.ep.size)]
             dist.all_gather(parts, t.contiguous(), group=self.ep.group)
-            return torch.cat(parts)[placement.slot_of_expert.to(t.device)]  # slot order → expert-id order
+            # slot order → expert-id order, from each expert's first replica (replicas are identical)
+            return torch.cat(parts)[placement.slot_of_expert.to(t.device)]
 
         for container, key, placement in self._tensors(model_sd, optim_sd):
             container[key] = _map_local(container[key], functools.partial(by_expert, placement=placement))
 
     def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
-        def full(t: Tensor) -> Tensor:
-            return t.new_empty((t.shape[0] * self.ep.size, *t.shape[1:]))
+        def full(t: Tensor, experts: int) -> Tensor:
+            return t.new_empty((experts, *t.shape[1:]))
 
-        for container, key, _ in self._tensors(model_sd, optim_sd):
-            container[key] = _map_local(container[key], full)
+        for container, key, placement in self._tensors(model_sd, optim_sd):
+            container[key] = _map_local(container[key], functools.partial(full, experts=placement.experts))
 
     def keep_local(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
         def rows_of(t: Tensor, rows: Tensor) -> Tensor:
             return t[rows.to(t.device)].clone()
 
         for container, key, placement in self._tensors(model_sd, optim_sd):
-            mine = placement.experts_on(self.ep.rank)
+            mine = placement.experts_on(self.ep.rank)  # every slot from its expert, replicas too
             container[key] = _map_local(container[key], functools.partial(rows_of, rows=mine))

@@ -99,6 +99,12 @@ class Trainer:
         self.slowdown = slowdown
         training, plan, arch = config.training, config.plan, config.architecture
         check_plan(plan, arch, world.world_size)
+        spare = config.rebalance.expert_spare_slots
+        if spare > arch.experts - arch.experts // plan.expert:
+            raise ConfigError(
+                f"rebalance.expertSpareSlots ({spare}) must be at most the experts per layer held by other EP ranks"
+                f" ({arch.experts} - {arch.experts}/{plan.expert}): a spare slot holds another rank's expert"
+            )
         if training.global_batch_size % plan.data:
             raise ConfigError(
                 f"training.globalBatchSize ({training.global_batch_size}) must be divisible by the"
@@ -147,7 +153,7 @@ class Trainer:
         self.model.set_loss_weights(training.aux_loss_coef / micro, training.z_loss_coef / micro)
         self.sharding: ExpertStateSharding | None = None
         if topo.ep.active:
-            shard_experts(self.model, topo.ep)
+            shard_experts(self.model, topo.ep, self.config.rebalance.expert_spare_slots)
             self.sharding = ExpertStateSharding(self.model, topo.ep)
         if topo.tp_mesh is not None:
             apply_tensor_parallel(self.model, topo.tp_mesh)
@@ -202,7 +208,7 @@ class Trainer:
         ce_sum = self.runner.forward_backward(inputs_BS, targets_BS, answers)
         comm.seconds += self.runner.wait_seconds
         with comm:
-            sync_sharded_grads(self.sharded, topo.dp.size)
+            sync_sharded_grads(self.sharded, topo.dp.size, topo.ep)
         clip_grad_norm(self.model, self.sharded, topo, t.grad_clip)
         lr = self._set_lr(self.step)
         self.optimizer.step()
@@ -288,6 +294,7 @@ class Trainer:
             layers=arch.layers,
             experts=arch.experts,
             stage_layers=self.stage_layers,
+            spare_slots=self.config.rebalance.expert_spare_slots,
         )
 
     def _apply(self, changes: PlanChanges) -> None:
@@ -307,8 +314,14 @@ class Trainer:
             self.step = checkpoint.load(path, self.model, self.optimizer, self.world, self.sharding)
         if self.world.is_main:
             log.info("plan epoch %d applied before step %d: shares %s, experts %s, stages %s", changes.epoch,
-                     self.step + 1, list(self.shares), "moved" if changes.placements else "kept",
+                     self.step + 1, list(self.shares), _placed(changes),
                      list(self.stage_layers))  # fmt: skip
+
+
+def _placed(changes: PlanChanges) -> str:
+    if changes.placements is None:
+        return "kept"
+    return "moved, some replicated" if any(p.replicated for p in changes.placements) else "moved"
 
 
 def evaluate(

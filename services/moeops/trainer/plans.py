@@ -4,7 +4,8 @@ A plan has three parts and each is judged on its own, so one part this trainer c
 others; a refused part keeps the current setting and says why (logged once per plan):
 - data shares → whole sequences per data-parallel rank (the global batch is unchanged; the loss is already
   normalised by the global answer-token count, so an uneven split leaves the gradient unbiased: loop.py);
-- expert placement → a `Placement` per layer (one rank per expert: replication is not run here yet);
+- expert placement → a `Placement` per layer: each expert on one or more EP ranks (a hot expert replicated), at
+  most once per rank, every rank exactly E/P + `rebalance.expertSpareSlots` slots (parameter shapes are fixed);
 - stage layers → a new pipeline split, applied by rebuilding the stages from a checkpoint (loop.py).
 """
 
@@ -34,6 +35,13 @@ class TrainerShape:
     layers: int
     experts: int
     stage_layers: StageLayers
+    spare_slots: int = 0
+    """Expert slots per EP rank beyond E/P (rebalance.expertSpareSlots): room for replicas of hot experts."""
+
+    @property
+    def expert_slots(self) -> int:
+        """Expert slots per EP rank."""
+        return self.experts // self.expert + self.spare_slots
 
 
 @dataclass(frozen=True)
@@ -78,9 +86,10 @@ def _placements(plan: RebalancePlan, shape: TrainerShape) -> tuple[tuple[Placeme
         for layer, replicas in enumerate(plan.expert_placement):
             if len(replicas) != shape.experts:
                 raise ValueError(f"layer {layer} places {len(replicas)} experts; the model has {shape.experts}")
-            placements.append(Placement.from_replicas(replicas, shape.expert))
+            placements.append(Placement.from_replicas(replicas, shape.expert, shape.expert_slots))
     except ValueError as exc:
-        return None, f"expert placement: {exc}"
+        slots = f"{shape.experts // shape.expert} experts + {shape.spare_slots} spare slots per EP rank"
+        return None, f"expert placement: {exc} ({slots})"
     return tuple(placements), None
 
 

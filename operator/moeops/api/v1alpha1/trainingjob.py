@@ -232,6 +232,15 @@ class RebalanceSpec(KubeModel):
     min_gain: float = Field(
         default=0.05, ge=0.0, le=1.0, description="Minimum predicted step-time gain before a plan is applied."
     )
+    expert_spare_slots: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Extra expert slots per expert-parallel rank and MoE layer, beyond experts/expert degree,"
+        " holding replicas of other ranks' experts so a plan can replicate hot experts (as DeepSeek's EPLB"
+        " redundant experts). At most the experts per layer the other EP ranks hold; costs their weights and"
+        " optimizer state per slot.",
+    )
 
 
 class CarbonSpec(KubeModel):

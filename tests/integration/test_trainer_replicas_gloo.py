@@ -1,0 +1,122 @@
+"""Replicated experts on two gloo processes, one MoE layer's experts alone: the dispatcher splits a replicated
+expert's rows over its replicas and the outputs and the summed gradients match the unsharded experts; moving to
+another replicated placement copies every slot from a holder of its expert; a checkpoint gathers one replica per
+expert and loads every slot from its expert."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from moeops.model.moe import GroupedExperts, MoE
+from moeops.trainer.expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_experts
+from moeops.trainer.expert_placement import EXPERT_PARAMS, Placement, move_experts
+from moeops.trainer.expert_replicas import sum_replica_grads
+from moeops.trainer.topology import Axis
+
+EXPERTS, DIM, HIDDEN, ROWS = 4, 8, 16, 24
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _rows(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rank's rows sorted by expert, and the rows per expert (expert 0 hot)."""
+    generator = torch.Generator().manual_seed(10 + rank)
+    experts_A = torch.multinomial(torch.tensor([0.5, 0.2, 0.2, 0.1]), ROWS, True, generator=generator).sort().values
+    return torch.randn(ROWS, DIM, generator=generator), torch.bincount(experts_A, minlength=EXPERTS)
+
+
+def _worker(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        _check(Axis(size=2, rank=rank, group=dist.group.WORLD))
+    finally:
+        dist.destroy_process_group()
+
+
+def _check(ep: Axis) -> None:
+    torch.manual_seed(0)
+    full = GroupedExperts(DIM, HIDDEN, EXPERTS)
+    for name in EXPERT_PARAMS:
+        nn.init.normal_(getattr(full, name), std=0.3)
+    moe = MoE(DIM, HIDDEN, EXPERTS, top_k=2)
+    moe.experts.load_state_dict(full.state_dict())
+    model = nn.ModuleDict({"moe": moe})
+    shard_experts(model, ep, spare=1)  # slots: 0 1 2 | 2 3 0
+    dispatcher = moe.dispatcher
+    assert isinstance(dispatcher, ExpertDispatcher) and dispatcher.placement.replicated
+
+    # Forward and backward of both ranks' rows, against the unsharded experts on all rows.
+    x_AD, counts_E = _rows(ep.rank)
+    x_AD.requires_grad_(True)
+    out = dispatcher(x_AD, counts_E, moe.experts)
+    out.square().sum().backward()
+    grads = [(getattr(moe.experts, name).grad, dispatcher.placement) for name in EXPERT_PARAMS]
+    sum_replica_grads([(g, p) for g, p in grads if g is not None], ep)
+    for r in range(2):
+        x_r, counts_r = _rows(r)
+        full(x_r, counts_r).square().sum().backward()  # accumulates both ranks' gradients
+    expected_out = full(x_AD.detach(), counts_E)
+    torch.testing.assert_close(out, expected_out)
+    mine = dispatcher.placement.experts_on(ep.rank)
+    for name in EXPERT_PARAMS:
+        torch.testing.assert_close(getattr(moe.experts, name).grad, getattr(full, name).grad[mine])
+
+    # A move to another replicated placement: every slot holds its expert's weights afterwards.
+    optimizer = torch.optim.AdamW(moe.experts.parameters(), lr=0.01)
+    optimizer.step()
+    optimizer.zero_grad()
+    weights = _gathered(moe, ep)
+    new = Placement.from_replicas([[1], [0, 1], [0], [1, 0]], ranks=2, per_rank=3)  # slots: 1 2 3 | 0 1 3
+    move_experts(moe.experts, optimizer, ep, dispatcher.placement, new)
+    dispatcher.placement = new
+    for name in EXPERT_PARAMS:
+        torch.testing.assert_close(
+            getattr(moe.experts, name).detach(), weights[name][new.experts_on(ep.rank)], rtol=0, atol=0
+        )
+
+    # Checkpoint round trip: gathered in expert-id order, then every slot filled from its expert.
+    sharding = ExpertStateSharding(model, ep)
+    model_sd = {f"moe.experts.{n}": getattr(moe.experts, n).detach().clone() for n in EXPERT_PARAMS}
+    sharding.gather(model_sd, {})
+    for name in EXPERT_PARAMS:
+        torch.testing.assert_close(model_sd[f"moe.experts.{name}"], weights[name], rtol=0, atol=0)
+    sharding.full_placeholders(model_sd, {})
+    assert model_sd["moe.experts.w1_EFD"].shape[0] == EXPERTS
+    for name in EXPERT_PARAMS:
+        model_sd[f"moe.experts.{name}"] = weights[name].clone()
+    sharding.keep_local(model_sd, {})
+    for name in EXPERT_PARAMS:
+        torch.testing.assert_close(model_sd[f"moe.experts.{name}"], getattr(moe.experts, name).detach(), rtol=0, atol=0)
+
+
+def _gathered(moe: MoE, ep: Axis) -> dict[str, Any]:
+    """Every expert's weights in id order, from each expert's first slot (replicas must agree)."""
+    assert isinstance(moe.dispatcher, ExpertDispatcher)
+    placement = moe.dispatcher.placement
+    found = {}
+    for name in EXPERT_PARAMS:
+        parts = [torch.empty_like(getattr(moe.experts, name)) for _ in range(ep.size)]
+        dist.all_gather(parts, getattr(moe.experts, name).detach().contiguous())
+        slots = torch.cat(parts)
+        for expert in range(EXPERTS):
+            for slot in placement.slots_of(expert):
+                assert torch.equal(slots[slot], slots[placement.slots_of(expert)[0]]), (name, expert)
+        found[name] = slots[placement.slot_of_expert]
+    return found
+
+
+def test_replicated_experts_on_two_processes() -> None:
+    mp.spawn(_worker, args=(_free_port(),), nprocs=2, join=True)  # type: ignore[attr-defined]
