@@ -98,6 +98,7 @@ def _description(config: TrainingRuntimeConfig, world: World, trainer: Trainer) 
         layers=arch.layers,
         experts=arch.experts,
         params_per_expert=3 * arch.d_model * arch.ffn_hidden,  # SwiGLU: w1, w2, w3
+        spare_slots=rebalance.expert_spare_slots,
         micro_batches=trainer.micro,
         stage_layers=list(trainer.stage_layers),
         rebalance_enabled=rebalance.enabled,
