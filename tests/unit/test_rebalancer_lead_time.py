@@ -1,0 +1,28 @@
+"""A plan is announced at least a couple of seconds before its step, however fast the steps are."""
+
+from __future__ import annotations
+
+import time
+
+from moeops.bus.messages import WorkerMetrics
+from moeops.rebalancer.edge import APPLY_LEAD_S, with_lead_time
+from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
+from moeops.rebalancer.policy import Hysteresis
+
+
+def snapshot(step_seconds: float) -> LoadSnapshot:
+    aggregator = LoadAggregator()
+    for rank in range(2):
+        aggregator.ingest(
+            WorkerMetrics(namespace="ns", job="j", world_size=2, rank=rank, step=1, loss=1.0, aux_loss=0.0,
+                          tokens=100, step_seconds=step_seconds, compute_seconds=step_seconds, comm_seconds=0.0,
+                          lr=1e-3, measured_at_unix_s=time.time())
+        )  # fmt: skip
+    return aggregator.snapshot()
+
+
+def test_fast_steps_get_a_longer_margin_slow_ones_keep_the_configured_one() -> None:
+    configured = Hysteresis(apply_margin_steps=5)
+    assert with_lead_time(configured, snapshot(0.05)).apply_margin_steps == round(APPLY_LEAD_S / 0.05)
+    assert with_lead_time(configured, snapshot(2.0)).apply_margin_steps == 5
+    assert with_lead_time(configured, LoadAggregator().snapshot()) == configured
