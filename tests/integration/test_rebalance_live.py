@@ -189,14 +189,14 @@ async def _report(url: str) -> RebalanceReport | None:
 
 
 def test_a_straggler_gets_less_data_and_the_step_gets_faster(nats_server: NatsServer, tmp_path: Path) -> None:
-    steps, global_batch = 40, 32
+    steps, global_batch = 60, 32
     asyncio.run(_store(nats_server.url))
     rebalancer = _rebalancer(nats_server.url)
     try:
         config = write_config(
             tmp_path, data=4, steps=steps, global_batch=global_batch, rebalance=RebalanceSpec(min_gain=0.05)
         )
-        slowed = train_env(**{env.NATS_URL: nats_server.url, SLOWDOWN_ENV: "3:0.3"})
+        slowed = train_env(**{env.NATS_URL: nats_server.url, SLOWDOWN_ENV: "3:0.2"})
         result = train(config, 4, env=slowed)
         report = asyncio.run(_report(nats_server.url))
     finally:
@@ -211,13 +211,15 @@ def test_a_straggler_gets_less_data_and_the_step_gets_faster(nats_server: NatsSe
 
     records = _step_records(tmp_path)
     seconds = {int(r["step"]): float(r["step_seconds"]) for r in records}
-    before = [seconds[s] for s in range(3, at_step)]  # step 1-2: warm-up
-    after = [seconds[s] for s in range(at_step + 1, steps + 1)]
-    if len(after) < 5:
+    # The dozen steps on either side of the switch (past the warm-up): adjacent windows see the same background
+    # load on a shared machine, where windows far apart need not.
+    before = [seconds[s] for s in range(max(3, at_step - 12), at_step)]
+    after = [seconds[s] for s in range(at_step + 1, min(steps, at_step + 12) + 1)]
+    if len(after) < 5 or len(before) < 5:
         pytest.fail(f"the plan applied at step {at_step}, too late to measure its effect")
     ratio = statistics.median(after) / statistics.median(before)
     print(f"step time after/before the plan: {ratio:.2f} (shares {shares})")
-    # A 0.3x rank holding a quarter of the batch sets the pace; with its share cut, the pace is the others'. The
+    # A 0.2x rank holding a quarter of the batch sets the pace; with its share cut, the pace is the others'. The
     # bound leaves room for 4 processes contending for 2 cores (measured 0.6-0.8 on this machine).
     assert ratio < 0.85, f"step time after/before = {ratio:.2f}; shares {shares}"
     assert report is not None and report.plan_epoch == 0 and report.ranks_reporting == 4, report
