@@ -8,10 +8,12 @@ measured so far, and its plan is judged on the steps after it (never on the load
 - EPLB: a clean-room rewrite of DeepSeek EPLB's global policy (replicate to the spare slots by max load per
   replica, then balanced packing with equal slots per GPU), one spare slot per GPU, planned from the mean of the
   last `--interval` steps' expert loads. It ignores GPU speeds and keeps the even data split.
-- ours: `moeops.rebalancer`: data shares from `plan_data_shares` (EWMA speeds, each GPU's predicted expert work
-  as `fixed_seconds`) through the `Hysteresis`, and per layer `place_experts` (one spare slot per GPU, ranks
-  kept in place) from EWMA expert loads, adopted only when the step time it saves until the next plan exceeds
-  its migration time (`migration_pays_off`); "ours, no gate" adopts every placement.
+- ours: `moeops.rebalancer`: data shares from `plan_data_shares` (speeds smoothed with a damped trend and an
+  adaptive rate, `load.track`, planned for the slowest each GPU is forecast to be while the plan runs; each GPU's
+  predicted expert work as `fixed_seconds`) through the `Hysteresis`, and expert placement for every layer at once
+  (`placement.plan_layers`, one spare slot per GPU) from EWMA expert loads: per layer a fresh EPLB placement with
+  ranks kept in place or the current one repaired by a few swaps, and only the layers whose moves, received in
+  parallel, save more step time until the next plan than they take; "ours, no gate" adopts every fresh placement.
 Both re-planning policies pay their moves' migration time in the step after the plan.
 
     .venv/bin/python benchmarks/rebalance_sim.py                       # 128, 1,024 and 10,240 GPUs
@@ -35,8 +37,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from moeops.rebalancer.data_shares import even_split, plan_data_shares
-from moeops.rebalancer.experts import ExpertPlacement, migration_pays_off, migration_seconds, place_experts
-from moeops.rebalancer.load import DEFAULT_SMOOTHING
+from moeops.rebalancer.experts import place_experts
+from moeops.rebalancer.load import DEFAULT_ERROR_SMOOTHING as ERROR_SMOOTHING
+from moeops.rebalancer.load import (
+    DEFAULT_SMOOTHING,
+    DEFAULT_TREND_DAMPING,
+    DEFAULT_TREND_SMOOTHING,
+    ewma,
+    forecast,
+    track,
+)
+from moeops.rebalancer.placement import holdings, place_layers, plan_layers, rank_loads
 from moeops.rebalancer.policy import Hysteresis, Verdict
 from rebalance_trace import Config, Floats, Ints, Judged, Layout, Trace, judge, migration_cost
 
@@ -112,21 +123,33 @@ class Eplb(Policy):
 class Ours(Policy):
     """The planner knows the model's cost of a sequence's dense work and of an expert token (from the
     architecture, in FLOPs), not the GPUs' speeds: it estimates each GPU's speed as the work it was given over
-    the compute seconds it reported, and its expert work from the all-reduced expert counts and the placement."""
+    the compute seconds it reported, and its expert work from the all-reduced expert counts and the placement.
+    Speeds are smoothed with a damped trend and an adaptive rate (`load.track`) and planned for the slowest
+    each GPU is forecast to be while the plan runs (`Hysteresis.forecast_steps`); `trend_smoothing=0` is the
+    plain EWMA of before. Experts: `placement.plan_layers`, as `replan.expert_part` plans them."""
 
-    def __init__(
-        self, config: Config, layout: Layout, interval: int, *, gate: bool = True, spare: int = 1, nodes: int = 1
-    ) -> None:
+    def __init__(self, config: Config, layout: Layout, interval: int, *, gate: bool = True, spare: int = 1,
+                 nodes: int = 1, trend_smoothing: float = DEFAULT_TREND_SMOOTHING,
+                 trend_damping: float = DEFAULT_TREND_DAMPING) -> None:  # fmt: skip
         super().__init__("ours" if gate else "ours, no gate", config, layout)
         self.interval, self.gate, self.spare, self.nodes = interval, gate, spare, nodes
-        self.hysteresis = Hysteresis(min_gain=0.01, interval_steps=interval)
+        self.trend_smoothing, self.trend_damping = trend_smoothing, trend_damping
+        # No trend: no adaptive rate either (the plain EWMA of before).
+        self.error_smoothing = ERROR_SMOOTHING if trend_smoothing > 0 else 0.0
+        # Plans here apply on the next step: an apply margin of 1.
+        self.hysteresis = Hysteresis(min_gain=0.01, interval_steps=interval, apply_margin_steps=1)
         self.speeds: Floats | None = None
+        self.speed_trend: Floats = np.zeros(config.gpus)
+        self.speed_error: Floats = np.zeros(config.gpus)
+        self.speed_abs_error: Floats = np.zeros(config.gpus)
         self.expert_tokens: Floats | None = None
         self.last_applied: int | None = None
         self.shares_seconds: list[float] = []
         held = [[[e for e in rank if e < config.experts] for rank in layer] for layer in layout.slots.tolist()]
-        self.placements = [ExpertPlacement(tuple(map(tuple, layer)), config.experts) for layer in held]
-        self.replicas = [placement.replicas() for placement in self.placements]
+        self.holds = np.zeros((config.layers, config.ep, config.experts), dtype=bool)
+        for layer, ranks in enumerate(held):
+            for rank, experts in enumerate(ranks):
+                self.holds[layer, rank, experts] = True
 
     def expert_seconds(self, rank_loads: Floats, sequences: Ints) -> Floats:
         """(G,) expert work at speed 1 from (ep,) global loads summed over layers: each group's part of them."""
@@ -136,40 +159,58 @@ class Ours(Policy):
         return work
 
     def observe(self, judged: Judged) -> None:
-        c, s = self.config, DEFAULT_SMOOTHING  # s: the same EWMA as `load.ewma`, over arrays
+        c, s = self.config, DEFAULT_SMOOTHING  # the same smoothing as `load.py`, over arrays
         tokens = judged.expert_tokens
         copies = np.maximum(self.layout.copies(c.experts), 1)
         per_replica = np.concatenate([tokens, np.zeros((c.layers, 1))], axis=1) / copies
-        rank_loads = per_replica[np.arange(c.layers)[:, None, None], self.layout.slots].sum(axis=(0, 2))
-        work = self.layout.sequences * c.dense_s + self.expert_seconds(rank_loads, self.layout.sequences)
+        loads = per_replica[np.arange(c.layers)[:, None, None], self.layout.slots].sum(axis=(0, 2))
+        work = self.layout.sequences * c.dense_s + self.expert_seconds(loads, self.layout.sequences)
         speeds = work / judged.compute_seconds
-        self.speeds = speeds if self.speeds is None else self.speeds + s * (speeds - self.speeds)
-        self.expert_tokens = (
-            tokens if self.expert_tokens is None else self.expert_tokens + s * (tokens - self.expert_tokens)
-        )
+        if self.speeds is None:
+            self.speeds = speeds
+        else:
+            self.speeds, self.speed_trend, self.speed_error, self.speed_abs_error = track(
+                self.speeds, self.speed_trend, self.speed_error, self.speed_abs_error, speeds, smoothing=s,
+                trend_smoothing=self.trend_smoothing, damping=self.trend_damping, error_smoothing=self.error_smoothing,
+            )  # fmt: skip
+        self.expert_tokens = tokens if self.expert_tokens is None else ewma(self.expert_tokens, tokens, s)  # type: ignore[arg-type]
+
+    def place(self, loads: Floats) -> Floats:
+        """The new placement of every layer (`self.holds` updated); returns (ep,) loads summed over layers."""
+        c = self.config
+        if self.nodes > 1:  # hierarchical: the per-layer planner, ungated (the batched one is global only)
+            replicas = [[np.flatnonzero(self.holds[layer, :, e]).tolist() for e in range(c.experts)]
+                        for layer in range(c.layers)]  # fmt: skip
+            placed = [
+                place_experts(layer_loads, c.ep, redundant_slots=self.spare * c.ep, nodes=self.nodes, current=now)
+                for layer_loads, now in zip(loads.tolist(), replicas, strict=True)
+            ]
+            self.holds = holdings([p.replicas() for p in placed], c.ep, c.experts)
+        elif self.gate:  # the product's round: per layer fresh or repaired, gated together (`plan_layers`)
+            self.holds, _ = plan_layers(
+                loads,
+                self.holds,
+                redundant_slots=self.spare * c.ep,
+                seconds_per_token=c.expert_s / c.layers / c.groups,  # global tokens → a group's seconds at speed 1
+                seconds_per_expert=c.expert_bytes / c.link_bytes_per_s,
+                steps_until_next_plan=self.interval,
+            )
+        else:
+            self.holds = place_layers(loads, c.ep, redundant_slots=self.spare * c.ep, current=self.holds)
+        total: Floats = rank_loads(self.holds, loads).sum(axis=0)
+        return total
 
     def plan(self, step: int) -> None:
         assert self.speeds is not None and self.expert_tokens is not None
         c, started = self.config, time.perf_counter()
-        new_slots = list(self.layout.slots)
-        rank_loads = np.zeros(c.ep)
-        seconds_per_load = c.expert_s / c.layers / c.groups  # global tokens → one group's seconds at speed 1
-        for layer, loads in enumerate(self.expert_tokens.tolist()):
-            current, replicas = self.placements[layer], self.replicas[layer]
-            proposed = place_experts(loads, c.ep, redundant_slots=self.spare * c.ep, nodes=self.nodes, current=replicas)
-            before, after = current.rank_loads(loads), proposed.rank_loads(loads)
-            gain = (max(before) - max(after)) * seconds_per_load
-            proposed_replicas = proposed.replicas()
-            cost = migration_seconds(replicas, proposed_replicas, c.expert_bytes, c.link_bytes_per_s)
-            if not self.gate or migration_pays_off(gain, self.interval, cost):
-                new_slots[layer] = np.array(proposed.rank_experts, dtype=np.int64)
-                self.placements[layer], self.replicas[layer], before = proposed, proposed_replicas, after
-            rank_loads += before
+        rank_load = self.place(self.expert_tokens)
+        speeds = np.minimum(*(
+            forecast(self.speeds, self.speed_trend, self.trend_damping, ahead)
+            for ahead in self.hysteresis.forecast_steps
+        ))  # fmt: skip
         sequences, shares_started = self.layout.sequences, time.perf_counter()
-        fixed = self.expert_seconds(rank_loads, sequences) / self.speeds
-        shares = plan_data_shares(
-            (self.speeds / c.dense_s).tolist(), c.global_batch, current=sequences.tolist(), fixed_seconds=fixed.tolist()
-        )
+        fixed = self.expert_seconds(rank_load, sequences) / speeds
+        shares = plan_data_shares(speeds / c.dense_s, c.global_batch, current=sequences, fixed_seconds=fixed)  # type: ignore[arg-type]
         verdict = self.hysteresis.verdict(
             current_step=step, last_applied_step=self.last_applied, predicted_gain=shares.predicted_gain
         )
@@ -177,7 +218,14 @@ class Ours(Policy):
             sequences, self.last_applied = np.array(shares.sequences, dtype=np.int64), step
         self.shares_seconds.append(time.perf_counter() - shares_started)
         self.plan_seconds.append(time.perf_counter() - started)
-        self.switch(Layout(sequences, np.stack(new_slots)))
+        self.switch(Layout(sequences, self.slots()))
+
+    def slots(self) -> Ints:
+        """(layers, ep, slots) expert ids for the judge, `experts` in a rank's unused slots."""
+        c = self.config
+        per_rank = (c.experts + self.spare * c.ep) // c.ep
+        ids = np.where(self.holds, np.arange(c.experts), c.experts)
+        return np.sort(ids, axis=2)[:, :, :per_rank]
 
 
 @dataclass
@@ -191,16 +239,20 @@ class Result:
     shares_ms: list[float]
 
 
-def simulate(config: Config, steps: int, interval: int, seed: int, *, spare: int = 1, nodes: int = 1) -> Result:
-    """`spare` (spare slots per GPU) and `nodes` (hierarchical placement over that many nodes) apply to ours."""
+def simulate(config: Config, steps: int, interval: int, seed: int, *, spare: int = 1, nodes: int = 1,
+             trend_smoothing: float = DEFAULT_TREND_SMOOTHING,
+             trend_damping: float = DEFAULT_TREND_DAMPING) -> Result:  # fmt: skip
+    """`spare` (spare slots per GPU), `nodes` (hierarchical placement over that many nodes, ungated) and the speed
+    trend's smoothing and damping (`load.track`) apply to ours."""
     trace = Trace(config, seed)
     even = np.array(even_split(config.global_batch, config.gpus), dtype=np.int64)
-    ours = Ours(config, Layout(even, contiguous(config, spare)), interval, spare=spare, nodes=nodes)
+    options = {"spare": spare, "nodes": nodes, "trend_smoothing": trend_smoothing, "trend_damping": trend_damping}
+    ours = Ours(config, Layout(even, contiguous(config, spare)), interval, **options)  # type: ignore[arg-type]
     policies = [
         Policy("none", config, Layout(even, contiguous(config, 0))),
         Eplb(config, Layout(even, contiguous(config, 1)), interval),
         ours,
-        Ours(config, Layout(even, contiguous(config, spare)), interval, gate=False, spare=spare, nodes=nodes),
+        Ours(config, Layout(even, contiguous(config, spare)), interval, gate=False, **options),  # type: ignore[arg-type]
     ]
     seen: dict[str, list[Judged]] = {p.name: [] for p in policies}
     for step in range(steps):
@@ -271,6 +323,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ours-spare", type=int, default=1, help="ours' spare slots per GPU (EPLB always has 1)")
     parser.add_argument("--ours-nodes", type=int, default=1, help="ours: hierarchical over this many nodes")
+    parser.add_argument("--trend-smoothing", type=float, default=DEFAULT_TREND_SMOOTHING, help="ours (0: no trend)")
+    parser.add_argument("--trend-damping", type=float, default=DEFAULT_TREND_DAMPING, help="ours")
     parser.add_argument("--straggler-turnover", type=float, default=Config.straggler_turnover, help="trace")
     parser.add_argument("--expert-gb", type=float, default=Config.expert_bytes / 1e9, help="bytes moved per expert")
     parser.add_argument("--timing-gpus", type=int, default=10240, help="GPUs of the planning-round timing")
@@ -280,7 +334,8 @@ def main() -> None:
     if args.quick:
         args.gpus, args.layers, args.steps, args.timing_gpus, args.timing_rounds = [128], 8, 40, 128, 2
     print(
-        f"ours: {args.ours_spare} spare slot(s) per GPU, placement over {args.ours_nodes} node group(s); "
+        f"ours: {args.ours_spare} spare slot(s) per GPU, placement over {args.ours_nodes} node group(s), speed "
+        f"trend smoothing {args.trend_smoothing}, damping {args.trend_damping}; "
         f"steps {args.steps}, re-plan every {args.interval}, {args.layers} MoE layers × 256 experts, "
         f"EP {args.ep}, seed {args.seed}, straggler turnover {args.straggler_turnover}, {args.expert_gb} GB an expert",
         flush=True,
@@ -299,7 +354,8 @@ def main() -> None:
             expert_bytes=args.expert_gb * 1e9,
         )
         started = time.perf_counter()
-        r = simulate(config, args.steps, args.interval, args.seed, spare=args.ours_spare, nodes=args.ours_nodes)
+        r = simulate(config, args.steps, args.interval, args.seed, spare=args.ours_spare, nodes=args.ours_nodes,
+                     trend_smoothing=args.trend_smoothing, trend_damping=args.trend_damping)  # fmt: skip
         u, im = r.utilization, r.imbalance
         for name in u:
             lines.append(

@@ -10,6 +10,7 @@ from moeops.rebalancer.data_shares import (
     LossNormalisation,
     even_split,
     ideal_shares,
+    largest_remainder,
     loss_weights,
     plan_data_shares,
     predicted_step_seconds,
@@ -41,11 +42,16 @@ def test_a_straggler_at_0_6x_gets_0_6x_the_share() -> None:
     assert plan.predicted_gain == pytest.approx(1 - 1000 / (950 / 0.6))
 
 
-def test_rounding_is_largest_remainder() -> None:
+def test_rounding_gives_the_extra_sequences_to_the_ranks_that_finish_first() -> None:
     plan = plan_data_shares([1.0, 1.0, 1.0], 10)
-    assert plan.sequences == (4, 3, 3)  # equal remainders: the lowest rank gets the extra one
+    assert plan.sequences == (4, 3, 3)  # equal rates: the lowest rank gets the extra one
     plan = plan_data_shares([1.0, 2.0, 3.5], 13)  # ideal 2, 4, 7
     assert plan.sequences == (2, 4, 7)
+    # Ideal 1.5 and 7.5: largest remainder (a tie, to rank 0) would give (2, 7), 1.0 s; one more sequence
+    # costs the fast rank 0.1 s and the slow one 0.5 s, so the fast one takes it: (1, 8), 0.8 s.
+    plan = plan_data_shares([2.0, 10.0], 9)
+    assert plan.sequences == (1, 8) and plan.step_seconds_after == pytest.approx(0.8)
+    assert largest_remainder([1.5, 7.5], 9, [1, 1], [9, 9]) == [2, 7]
 
 
 def test_memory_cap_moves_the_excess_to_the_others_in_proportion() -> None:

@@ -88,3 +88,25 @@ def test_one_round_re_splits_a_pipeline_and_leaves_the_shares() -> None:
                              stage_layers=[(0, 4), (4, 8)], layout=layout)  # fmt: skip
     assert outcome.plan is not None and outcome.parts == ("stages",)
     assert outcome.plan.stage_layers[0][1] < 4 and outcome.plan.data_shares == [0.5, 0.5]
+
+
+def test_spare_slots_replicate_the_hottest_expert_and_current_replicas_are_read() -> None:
+    layout = JobLayout(expert=4, layers=1, experts=8, params_per_expert=3 * 64 * 128, spare_slots=1)
+    skewed = [[2000.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0]]
+    placement, gain = expert_part(skewed, layout, contiguous_placement(1, 8, 4), step_seconds=1.0,
+                                  steps_until_next_plan=50)  # fmt: skip
+    assert placement is not None and gain > 0
+    assert len(placement[0][0]) > 1  # the hot expert now has replicas on several ranks
+    assert sum(len(ranks) for ranks in placement[0]) == 8 + 4  # every slot, spare ones included, is filled
+    # Planned again from that placement (replicas and all), nothing is left to gain.
+    assert expert_part(skewed, layout, placement, step_seconds=1.0, steps_until_next_plan=50) == (None, 0.0)
+
+
+def test_layers_are_gated_one_by_one_and_a_layer_that_does_not_pay_keeps_its_placement() -> None:
+    layout = JobLayout(expert=4, layers=2, experts=8, params_per_expert=3 * 64 * 128)
+    balanced = [100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0]
+    current = contiguous_placement(2, 8, 4)
+    placement, gain = expert_part([HOT[0], balanced], layout, current, step_seconds=1.0, steps_until_next_plan=50)
+    assert placement is not None and gain > 0
+    assert placement[1] == current[1]  # nothing to gain there: not moved
+    assert placement[0] != current[0]

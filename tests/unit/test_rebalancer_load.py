@@ -7,7 +7,7 @@ import random
 import pytest
 
 from moeops.bus.messages import WorkerMetrics
-from moeops.rebalancer.load import Ingested, LoadAggregator, ewma
+from moeops.rebalancer.load import Ingested, LoadAggregator, ewma, forecast, track
 
 
 def metrics(
@@ -130,3 +130,37 @@ def test_snapshot_reports_the_newest_step_and_fills_in_silent_ranks() -> None:
 def test_smoothing_must_be_a_fraction() -> None:
     with pytest.raises(ValueError, match="smoothing"):
         LoadAggregator(smoothing=0.0)
+
+
+def test_track_without_trend_or_adaptive_rate_is_the_ewma() -> None:
+    state = (1000.0, 0.0, 0.0, 0.0)
+    for sample in (2000.0, 500.0, 1200.0):
+        expected = ewma(state[0], sample, 0.2)
+        state = track(*state, sample, smoothing=0.2, trend_smoothing=0.0, damping=0.9, error_smoothing=0.0)
+        assert state[0] == pytest.approx(expected)
+
+
+def test_a_rank_that_keeps_slowing_down_is_forecast_below_its_level() -> None:
+    aggregator = LoadAggregator(world_size=1)
+    for step in range(12):  # 2% slower every step, like a GPU that throttles
+        aggregator.ingest(metrics(0, step, compute_seconds=1.02**step, world_size=1))
+    rank = aggregator.snapshot().ranks[0]
+    assert rank.tokens_per_second_trend < 0
+    assert rank.tokens_per_second < 1000 / 1.02**8  # the adaptive rate follows the drift closely
+    snapshot = aggregator.snapshot()
+    now, later = snapshot.throughput()[0], snapshot.throughput(5.0)[0]
+    assert later < now
+    assert snapshot.throughput(1.0, 9.0)[0] == pytest.approx(snapshot.throughput(9.0)[0])  # the lowest of them
+    assert forecast(100.0, -50.0, 0.9, 9.0) == 50.0  # never below half the level
+
+
+def test_a_steady_rank_keeps_the_heavy_smoothing() -> None:
+    aggregator = LoadAggregator(world_size=1, smoothing=0.2)
+    noise = [1.0, 1.02, 0.98, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01]
+    for step, seconds in enumerate(noise):
+        aggregator.ingest(metrics(0, step, compute_seconds=seconds, world_size=1))
+    snapshot = aggregator.snapshot()
+    assert snapshot.throughput()[0] == pytest.approx(1000.0, rel=0.01)
+    assert snapshot.throughput(9.0)[0] == pytest.approx(1000.0, rel=0.02)
+    with pytest.raises(ValueError, match="trend smoothing"):
+        LoadAggregator(trend_damping=1.5)

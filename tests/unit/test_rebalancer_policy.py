@@ -54,3 +54,8 @@ def test_plans_advance_the_epoch_and_switch_after_the_newest_step() -> None:
 def test_combined_gain() -> None:
     assert combined_gain(2.0, 1.5) == pytest.approx(0.25)
     assert combined_gain(0.0, 1.0) == 0.0
+
+
+def test_a_plan_is_forecast_over_the_steps_it_will_run() -> None:
+    # Applied 5 steps after the newest measured one, then kept for 10 steps: steps 5 to 14 on.
+    assert Hysteresis(min_gain=0.05, interval_steps=10, apply_margin_steps=5).forecast_steps == (5.0, 14.0)

@@ -3,7 +3,8 @@
 Sequences per rank are integers summing exactly to the global batch, each ≥ 1 (a rank with no data would skip the
 collectives' shapes the others expect) and ≤ a memory cap. The ideal real-valued shares are proportional to
 throughput and clipped to [1, cap] (water-filling: the clipped ranks' excess goes to the others in proportion);
-the integers come from largest-remainder rounding of those.
+the integers come from rounding those so that the slowest rank finishes as early as it can
+(`round_finishing_first`; `largest_remainder` rounds a plan's fractions back to sequences).
 
 Keeping the gradient unbiased. The trainer sums the per-token losses on every rank and divides by the token count
 of the *global* batch (all-reduced), so each sequence weighs 1/N wherever it runs and the all-reduced gradient is
@@ -15,10 +16,11 @@ shares would over-weight the slow ranks' data. Multiplying rank r's mean by n_r�
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+import numpy as np
 
 
 class LossNormalisation(Enum):
@@ -68,8 +70,10 @@ def predicted_step_seconds(
     sequences: Sequence[int], sequences_per_second: Sequence[float], fixed_seconds: Sequence[float] | None = None
 ) -> float:
     """max over ranks of fixed_r + sequences_r / rate_r (fixed: 0 when not given)."""
-    fixed = fixed_seconds if fixed_seconds is not None else [0.0] * len(sequences)
-    return max(f + count / rate for count, rate, f in zip(sequences, sequences_per_second, fixed, strict=True))
+    seconds = np.asarray(sequences, dtype=np.float64) / np.asarray(sequences_per_second, dtype=np.float64)
+    if fixed_seconds is not None:
+        seconds = seconds + np.asarray(fixed_seconds, dtype=np.float64)
+    return float(seconds.max())
 
 
 def even_split(global_batch: int, ranks: int) -> list[int]:
@@ -100,36 +104,40 @@ def ideal_shares(
 
     With w the rates and o each rank's fixed seconds, λ is the common finishing time o_r + share_r / w_r.
     The sum is piecewise linear and non-decreasing in λ, with a kink where a rank leaves its floor (λ = o + lo/w)
-    or reaches its cap (λ = o + hi/w): sweep the kinks in order, keeping the slope (Σ w of the ranks in between)
-    and the constant part (the clipped ranks' bounds, minus w·o of the ranks in between), and solve the one
-    linear piece that reaches `total`. O(R log R): 10,240 ranks in milliseconds (a bisection took over a second).
+    or reaches its cap (λ = o + hi/w): sort the kinks, accumulate the slope (Σ w of the ranks in between) and
+    the constant part (the clipped ranks' bounds, minus w·o of the ranks in between) over them, and solve the
+    first linear piece that reaches `total`. O(R log R), in numpy: 10,240 ranks in a few milliseconds.
     """
-    if total >= math.fsum(upper):
-        return [float(hi) for hi in upper]
-    offset = list(offsets) if offsets is not None else [0.0] * len(weights)
-    # (λ, kind, rank): kind 0 = leaves its floor, 1 = reaches its cap; a floor event sorts first at a tie.
+    hi = np.asarray(upper, dtype=np.float64)
+    if total >= hi.sum():
+        capped: list[float] = hi.tolist()
+        return capped
+    w = np.asarray(weights, dtype=np.float64)
+    lo = np.asarray(lower, dtype=np.float64)
+    o = np.asarray(offsets, dtype=np.float64) if offsets is not None else np.zeros_like(w)
+    ranks = np.arange(len(w))
+    # Events (λ, kind, rank): kind 0 = leaves its floor, 1 = reaches its cap; a floor event sorts first at a tie.
     # A cap of `total` or more never binds (the others keep their floors, ≥ 0): no event for it.
-    events = sorted(
-        [(o + lo / w, 0, r) for r, (w, lo, o) in enumerate(zip(weights, lower, offset, strict=True))]
-        + [(o + hi / w, 1, r) for r, (w, hi, o) in enumerate(zip(weights, upper, offset, strict=True)) if hi < total]
-    )
-    constant, slope, scale = math.fsum(lower), 0.0, min(offset, default=0.0)
-    for at, kind, rank in events:
-        if constant + slope * at >= total:  # the target lies on the piece ending here
-            if slope > 0:  # (on a flat piece it was already reached at the previous kink: keep that scale)
-                scale = (total - constant) / slope
-            break
-        scale = at
-        if kind == 0:
-            constant -= lower[rank] + weights[rank] * offset[rank]
-            slope += weights[rank]
-        else:
-            constant += upper[rank] + weights[rank] * offset[rank]
-            slope -= weights[rank]
-    else:  # past the last kink (the caps that could bind were left out): the last piece reaches the target
-        if slope > 0:
-            scale = (total - constant) / slope
-    return [min(max(w * (scale - o), lo), hi) for w, lo, hi, o in zip(weights, lower, upper, offset, strict=True)]
+    binds = hi < total
+    at = np.concatenate([o + lo / w, (o + hi / w)[binds]])
+    kind = np.concatenate([np.zeros(len(w)), np.ones(int(binds.sum()))])
+    rank = np.concatenate([ranks, ranks[binds]])
+    order = np.lexsort((rank, kind, at))
+    at, kind, rank = at[order], kind[order], rank[order]
+    floor = kind == 0
+    step_constant = np.where(floor, -(lo[rank] + w[rank] * o[rank]), hi[rank] + w[rank] * o[rank])
+    step_slope = np.where(floor, w[rank], -w[rank])
+    # State before event i: the sums of the steps of the events before it.
+    constant = lo.sum() + np.concatenate([[0.0], np.cumsum(step_constant)])
+    slope = np.concatenate([[0.0], np.cumsum(step_slope)])
+    reached = np.flatnonzero(constant[:-1] + slope[:-1] * at >= total)
+    piece = int(reached[0]) if len(reached) else len(at)  # the piece ending at event `piece` holds the target
+    if slope[piece] > 0:
+        scale = (total - constant[piece]) / slope[piece]
+    else:  # a flat piece: the target was already reached at the previous kink (or nothing is free to move)
+        scale = at[piece - 1] if piece > 0 else (float(o.min()) if len(o) else 0.0)
+    result: list[float] = np.minimum(np.maximum(w * (scale - o), lo), hi).tolist()
+    return result
 
 
 def largest_remainder(shares: Sequence[float], total: int, lower: Sequence[int], upper: Sequence[int]) -> list[int]:
@@ -138,29 +146,68 @@ def largest_remainder(shares: Sequence[float], total: int, lower: Sequence[int],
     The shares sum to `total` only up to rounding, so the correction may also have to take units away (from the
     smallest fractional parts); either way each rank moves by at most one unit from its floor in practice.
     """
-    counts = [min(max(math.floor(share), lo), hi) for share, lo, hi in zip(shares, lower, upper, strict=True)]
-    missing = total - sum(counts)
-    # Largest fractional part first, ties to the lower rank (tuple order: no key function, 10k ranks in ms).
-    order = [rank for _, rank in sorted([(counts[r] - shares[r], r) for r in range(len(shares))])]
+    share = np.asarray(shares, dtype=np.float64)
+    lo = np.asarray(lower, dtype=np.int64)
+    hi = np.asarray(upper, dtype=np.int64)
+    counts = np.minimum(np.maximum(np.floor(share).astype(np.int64), lo), hi)
+    missing = total - int(counts.sum())
+    # Largest fractional part first, ties to the lower rank.
+    order = np.lexsort((np.arange(len(share)), counts - share))
     while missing > 0:
-        progressed = False
-        for rank in order:
-            if missing > 0 and counts[rank] < upper[rank]:
-                counts[rank] += 1
-                missing -= 1
-                progressed = True
-        if not progressed:
+        room = order[counts[order] < hi[order]][:missing]
+        if len(room) == 0:
             raise ValueError("the caps cannot hold the global batch")
+        counts[room] += 1
+        missing -= len(room)
     while missing < 0:
-        progressed = False
-        for rank in reversed(order):
-            if missing < 0 and counts[rank] > lower[rank]:
-                counts[rank] -= 1
-                missing += 1
-                progressed = True
-        if not progressed:
+        room = order[::-1][counts[order[::-1]] > lo[order[::-1]]][:-missing]
+        if len(room) == 0:
             raise ValueError("the global batch cannot give every rank its minimum")
-    return counts
+        counts[room] -= 1
+        missing += len(room)
+    result: list[int] = counts.tolist()
+    return result
+
+
+def round_finishing_first(
+    shares: Sequence[float],
+    total: int,
+    lower: Sequence[int],
+    upper: Sequence[int],
+    rates: Sequence[float],
+    offsets: Sequence[float] | None = None,
+) -> list[int]:
+    """Integers within [lower, upper] summing to `total` that keep the slowest rank fast: floors first, then
+    the missing sequences one each to the ranks that would finish soonest with one more (o_r + (n_r + 1) / w_r,
+    ties to the lower rank), or surplus ones taken from the ranks that finish last.
+
+    Largest-remainder rounding gives the extra sequences by fractional part alone, but a sequence costs a slow
+    rank more time than a fast one (0.42 s against 0.25 s at 0.6×): handing the +1s to the ranks with the most
+    room left lowers the step time, which is the maximum of the finishing times."""
+    share = np.asarray(shares, dtype=np.float64)
+    lo = np.asarray(lower, dtype=np.int64)
+    hi = np.asarray(upper, dtype=np.int64)
+    w = np.asarray(rates, dtype=np.float64)
+    o = np.asarray(offsets, dtype=np.float64) if offsets is not None else np.zeros_like(w)
+    counts = np.minimum(np.maximum(np.floor(share).astype(np.int64), lo), hi)
+    missing = total - int(counts.sum())
+    ranks = np.arange(len(share))
+    while missing > 0:
+        room = ranks[counts < hi]
+        if len(room) == 0:
+            raise ValueError("the caps cannot hold the global batch")
+        order = room[np.lexsort((room, o[room] + (counts[room] + 1) / w[room]))][:missing]
+        counts[order] += 1
+        missing -= len(order)
+    while missing < 0:
+        room = ranks[counts > lo]
+        if len(room) == 0:
+            raise ValueError("the global batch cannot give every rank its minimum")
+        order = room[np.lexsort((room, -(o[room] + counts[room] / w[room])))][:-missing]
+        counts[order] -= 1
+        missing += len(order)
+    result: list[int] = counts.tolist()
+    return result
 
 
 def plan_data_shares(
@@ -184,23 +231,23 @@ def plan_data_shares(
     ranks = len(sequences_per_second)
     if ranks == 0:
         raise ValueError("no ranks")
-    if any(not (rate > 0 and math.isfinite(rate)) for rate in sequences_per_second):
+    rates = np.asarray(sequences_per_second, dtype=np.float64)
+    if not (np.all(rates > 0) and np.all(np.isfinite(rates))):
         raise ValueError(f"throughputs must be positive and finite: {list(sequences_per_second)}")
     upper = _caps(max_sequences_per_rank, ranks, global_batch)
     lower = [min_sequences_per_rank] * ranks
-    if any(lo > hi for lo, hi in zip(lower, upper, strict=True)) or not sum(lower) <= global_batch <= sum(upper):
+    if min_sequences_per_rank > min(upper) or not sum(lower) <= global_batch <= sum(upper):
         raise ValueError(
             f"a global batch of {global_batch} does not fit {ranks} ranks of {min_sequences_per_rank}..{upper}"
         )
     before = list(current) if current is not None else even_split(global_batch, ranks)
     if sum(before) != global_batch or len(before) != ranks:
         raise ValueError(f"current shares {before} are not a split of {global_batch} over {ranks} ranks")
-    if fixed_seconds is not None and (
-        len(fixed_seconds) != ranks or any(not (f >= 0 and math.isfinite(f)) for f in fixed_seconds)
-    ):
+    fixed = np.asarray(fixed_seconds, dtype=np.float64) if fixed_seconds is not None else None
+    if fixed is not None and (fixed.shape != (ranks,) or not (np.all(fixed >= 0) and np.all(np.isfinite(fixed)))):
         raise ValueError(f"fixed seconds must be {ranks} non-negative finite values")
     shares = ideal_shares(sequences_per_second, global_batch, lower, upper, offsets=fixed_seconds)
-    counts = largest_remainder(shares, global_batch, lower, upper)
+    counts = round_finishing_first(shares, global_batch, lower, upper, sequences_per_second, fixed_seconds)
     return DataSharePlan(
         sequences=tuple(counts),
         step_seconds_before=predicted_step_seconds(before, sequences_per_second, fixed_seconds),

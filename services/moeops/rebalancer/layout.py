@@ -31,6 +31,9 @@ class JobLayout:
     params_per_expert: int = 0
     """Parameters of one routed expert (3 · dModel · ffnHidden for SwiGLU), for the migration cost."""
     gpus_per_node: int = 8
+    spare_slots: int = 0
+    """Expert slots per EP rank beyond experts / expert (0: one copy of each expert). The planner fills them
+    with replicas of the hottest experts, whose tokens the dispatcher splits evenly over the copies."""
     expert_time_share: float = DEFAULT_EXPERT_TIME_SHARE
     link_bytes_per_s: float = DEFAULT_LINK_BYTES_PER_S
 

@@ -11,11 +11,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
 
 from moeops.bus.messages import WorkerMetrics
 
 DEFAULT_SMOOTHING = 0.2
 """Weight of the newest sample: about the last 1/0.2 = 5 steps dominate, enough to ride out one noisy step."""
+DEFAULT_TREND_SMOOTHING = 0.2
+"""Weight of the newest level change in a rank's speed trend (Holt's β)."""
+DEFAULT_TREND_DAMPING = 0.9
+"""Per-step damping of the trend (Gardner & McKenzie's φ): a slowdown levels off (a throttled GPU settles at its
+new speed), so a forecast h steps ahead adds φ + φ² + … + φʰ steps of trend, never more than φ/(1 − φ) = 9."""
+DEFAULT_ERROR_SMOOTHING = 0.2
+"""Smoothing of the forecast errors that set the adaptive response rate (Trigg & Leach's tracking signal)."""
 
 
 def ewma(previous: float | None, sample: float, smoothing: float) -> float:
@@ -23,6 +34,57 @@ def ewma(previous: float | None, sample: float, smoothing: float) -> float:
     if previous is None:
         return sample
     return previous + smoothing * (sample - previous)
+
+
+ArrayOrFloat = TypeVar("ArrayOrFloat", float, NDArray[np.float64])
+
+
+def track(
+    level: ArrayOrFloat,
+    trend: ArrayOrFloat,
+    error: ArrayOrFloat,
+    abs_error: ArrayOrFloat,
+    sample: ArrayOrFloat,
+    *,
+    smoothing: float,
+    trend_smoothing: float,
+    damping: float,
+    error_smoothing: float = DEFAULT_ERROR_SMOOTHING,
+) -> tuple[ArrayOrFloat, ArrayOrFloat, ArrayOrFloat, ArrayOrFloat]:
+    """One step of damped-trend smoothing with an adaptive response rate: the new (level, trend, error,
+    abs_error) after `sample` (floats, or numpy arrays of many ranks).
+
+    prediction = level + damping·trend; level' = prediction + rate·(sample − prediction);
+    trend' = damping·trend + trend_smoothing·(level' − prediction). The rate is `smoothing` while the forecast
+    errors look like noise and rises towards 1 when they keep one sign (a GPU slowing down or recovering):
+    rate = max(smoothing, |E| / M) with E and M the smoothed errors and absolute errors so far (Trigg & Leach's
+    tracking signal, from before this sample, so one outlier does not move the level by itself). A steady rank
+    keeps the heavy smoothing; a drifting one is followed within a few steps, its trend then carries the
+    forecast. With trend_smoothing 0 and error_smoothing 0 this is `ewma`."""
+    predicted = level + damping * trend
+    miss = sample - predicted
+    signal = np.divide(np.abs(error), abs_error, out=np.zeros_like(np.asarray(miss, dtype=np.float64)),
+                       where=np.asarray(abs_error) > 0)  # fmt: skip
+    rate = np.maximum(smoothing, signal)
+    new_level = predicted + rate * miss
+    new_trend = damping * trend + trend_smoothing * (new_level - predicted)
+    new_error = error + error_smoothing * (miss - error)
+    new_abs_error = abs_error + error_smoothing * (np.abs(miss) - abs_error)
+    if isinstance(level, float):
+        return float(new_level), float(new_trend), float(new_error), float(new_abs_error)
+    return new_level, new_trend, new_error, new_abs_error
+
+
+def forecast(level: ArrayOrFloat, trend: ArrayOrFloat, damping: float, ahead_steps: float) -> ArrayOrFloat:
+    """The damped-trend forecast `ahead_steps` steps on: level + trend·(φ + … + φʰ), never below half the level
+    (a trend fitted to a noisy start must not predict a rank that stops)."""
+    if ahead_steps <= 0:
+        return level
+    steps = damping * (1.0 - damping**ahead_steps) / (1.0 - damping) if damping < 1.0 else float(ahead_steps)
+    predicted = np.maximum(level + trend * steps, 0.5 * level)
+    if isinstance(level, float):
+        return float(predicted)
+    return predicted
 
 
 class Ingested(Enum):
@@ -46,6 +108,8 @@ class RankLoad:
     """Smoothed wall time per step, waits included."""
     last_step: int
     samples: int
+    tokens_per_second_trend: float = 0.0
+    """Smoothed change of `tokens_per_second` per step (`track`; 0 with trend smoothing off)."""
 
 
 @dataclass(frozen=True)
@@ -58,10 +122,21 @@ class LoadSnapshot:
     expert_tokens: tuple[tuple[float, ...], ...]
     """Per MoE layer, per expert, smoothed tokens routed per step (global over the data-parallel ranks)."""
     counts: dict[Ingested, int]
+    trend_damping: float = DEFAULT_TREND_DAMPING
 
-    def throughput(self) -> list[float]:
-        """Tokens/s per rank 0..world_size-1; a rank that never reported gets the mean of those that did."""
-        known = {load.rank: load.tokens_per_second for load in self.ranks}
+    def throughput(self, ahead_steps: float = 0.0, until_steps: float | None = None) -> list[float]:
+        """Tokens/s per rank 0..world_size-1, forecast `ahead_steps` steps on along each rank's trend (0: the
+        smoothed level), or with `until_steps` the lowest forecast from `ahead_steps` to `until_steps` on (the
+        slowest a rank will be while a plan runs; the step time is the slowest rank's). A rank that never
+        reported gets the mean of those that did."""
+        last = ahead_steps if until_steps is None else until_steps
+        known = {
+            load.rank: min(
+                forecast(load.tokens_per_second, load.tokens_per_second_trend, self.trend_damping, ahead)
+                for ahead in (ahead_steps, last)
+            )
+            for load in self.ranks
+        }
         fallback = math.fsum(known.values()) / len(known) if known else 1.0
         return [known.get(rank, fallback) for rank in range(self.world_size)]
 
@@ -78,11 +153,18 @@ class _RankState:
     compute_seconds: float
     step_seconds: float
     samples: int = 1
+    trend: float = 0.0
+    error: float = 0.0
+    abs_error: float = 0.0
 
 
 @dataclass
 class LoadAggregator:
     smoothing: float = DEFAULT_SMOOTHING
+    trend_smoothing: float = DEFAULT_TREND_SMOOTHING
+    """Holt's β for each rank's speed (0, with error_smoothing 0: plain EWMA, no trend); see `track`."""
+    trend_damping: float = DEFAULT_TREND_DAMPING
+    error_smoothing: float = DEFAULT_ERROR_SMOOTHING
     world_size: int = 0
     _ranks: dict[int, _RankState] = field(default_factory=dict)
     _expert_tokens: list[list[float]] = field(default_factory=list)
@@ -93,6 +175,9 @@ class LoadAggregator:
     def __post_init__(self) -> None:
         if not 0.0 < self.smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
+        if not all(0.0 <= x <= 1.0 for x in (self.trend_smoothing, self.trend_damping, self.error_smoothing)):
+            raise ValueError(f"trend smoothing, damping and error smoothing must be in [0, 1], got "
+                             f"{self.trend_smoothing}, {self.trend_damping}, {self.error_smoothing}")  # fmt: skip
 
     def ingest(self, metrics: WorkerMetrics) -> Ingested:
         """Fold one record in; returns what became of it (counted in the snapshot either way).
@@ -114,7 +199,17 @@ class LoadAggregator:
             self._ranks[metrics.rank] = _RankState(metrics.step, rate, seconds, metrics.step_seconds)
         else:
             state.last_step = metrics.step
-            state.tokens_per_second = ewma(state.tokens_per_second, rate, self.smoothing)
+            state.tokens_per_second, state.trend, state.error, state.abs_error = track(
+                state.tokens_per_second,
+                state.trend,
+                state.error,
+                state.abs_error,
+                rate,
+                smoothing=self.smoothing,
+                trend_smoothing=self.trend_smoothing,
+                damping=self.trend_damping,
+                error_smoothing=self.error_smoothing,
+            )
             state.compute_seconds = ewma(state.compute_seconds, seconds, self.smoothing)
             state.step_seconds = ewma(state.step_seconds, metrics.step_seconds, self.smoothing)
             state.samples += 1
@@ -151,7 +246,7 @@ class LoadAggregator:
 
     def snapshot(self) -> LoadSnapshot:
         ranks = tuple(
-            RankLoad(rank, s.tokens_per_second, s.compute_seconds, s.step_seconds, s.last_step, s.samples)
+            RankLoad(rank, s.tokens_per_second, s.compute_seconds, s.step_seconds, s.last_step, s.samples, s.trend)
             for rank, s in sorted(self._ranks.items())
         )
         return LoadSnapshot(
@@ -160,4 +255,5 @@ class LoadAggregator:
             ranks=ranks,
             expert_tokens=tuple(tuple(layer) for layer in self._expert_tokens),
             counts=dict(self._counts),
+            trend_damping=self.trend_damping,
         )

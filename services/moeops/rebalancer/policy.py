@@ -37,6 +37,12 @@ class Hysteresis:
     apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS
     enabled: bool = True
 
+    @property
+    def forecast_steps(self) -> tuple[float, float]:
+        """The steps a plan runs over, counted from the newest measured step: it applies `apply_margin_steps`
+        on and is not replaced for `interval_steps` (the first and the last of them)."""
+        return float(self.apply_margin_steps), float(self.apply_margin_steps + self.interval_steps - 1)
+
     @classmethod
     def from_spec(cls, spec: RebalanceSpec, apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS) -> Hysteresis:
         return cls(spec.min_gain, spec.interval_steps, apply_margin_steps, spec.enabled)

@@ -4,11 +4,15 @@ Pure (no NATS): the edge calls it after folding in new metrics. Three parts, eac
 gain against `Hysteresis.min_gain`; a part that does not pay keeps the previous plan's setting:
 - data shares per data-parallel replica, from the replicas' measured speeds (not under pipeline parallelism,
   where every stage needs micro-batches of one shape: the trainer refuses uneven shares there);
-- expert placement per MoE layer (EP > 1), from the smoothed token counts: EPLB's packing without spare slots
-  (the trainer runs one copy of each expert), ranks relabelled to keep experts in place, and published only when
-  the step time it saves until the next re-plan beats the time to move weights and optimizer state;
+- expert placement per MoE layer (EP > 1), from the smoothed token counts: EPLB's replication into
+  `JobLayout.spare_slots` spare slots per rank and packing (`placement.place_layers`, every layer at once), ranks
+  relabelled to keep experts in place; a layer moves only when it pays: the layers whose moves, taken together
+  (the ranks receive in parallel), save more step time until the next re-plan than moving their weights and
+  optimizer state takes (`placement.choose_layers`); the other layers keep their placement;
 - pipeline stages (PP > 1), re-split from per-layer times estimated from the stages' compute times.
-The plan's predicted gain combines the parts that pay: 1 − Π(1 − gain).
+The plan's predicted gain combines the parts that pay: 1 − Π(1 − gain). Speeds are forecast along each rank's
+trend to the middle of the steps the plan will run (`Hysteresis.forecast_steps`), so a rank that is slowing
+down gets the share it will need, not the one it needed.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from moeops.bus.messages import RebalancePlan
 
 from .data_shares import even_split, largest_remainder, plan_data_shares
-from .experts import ExpertPlacement, migration_pays_off, migration_seconds, place_experts
 from .layout import JobLayout, replica_rates, stage_times
 from .load import LoadSnapshot
+from .placement import holdings, plan_layers, rank_loads, replicas_of
 from .policy import Hysteresis, Verdict, build_plan
 from .stages import layer_seconds_from_stages, partition_layers
 
@@ -64,28 +70,31 @@ def expert_part(
     step_seconds: float,
     steps_until_next_plan: int,
 ) -> tuple[Placement | None, float]:
-    """A better placement and its predicted step-time gain, or (None, 0) when none pays for its move.
+    """A better placement (every layer; those that do not move as in `current`) and its predicted step-time
+    gain, or (None, 0) when no layer's move pays (`placement.plan_layers`). `current` may hold replicas; a fresh
+    placement fills `layout.spare_slots` spare slots per rank.
 
-    The expert phase of a layer takes as long as its busiest rank: the gain is the relative drop of the summed
-    per-layer maxima, times the share of the step spent in experts (`JobLayout.expert_time_share`)."""
+    The expert phase of a layer takes as long as its busiest rank: a layer's gain is the drop of its maximum
+    relative to the summed per-layer maxima, times the share of the step spent in experts
+    (`JobLayout.expert_time_share`); the plan's gain is the sum over the layers that move."""
     ranks = layout.expert
-    before = after = 0.0
-    proposed: Placement = []
-    for loads, now in zip(expert_tokens, current, strict=True):
-        placed = place_experts(loads, ranks, nodes=layout.ep_nodes, current=now)
-        before += max(ExpertPlacement.from_replicas(now, ranks).rank_loads(loads))
-        after += max(placed.rank_loads(loads))
-        proposed.append(placed.replicas())
-    if before <= 0 or after >= before:
+    loads = np.asarray(expert_tokens, dtype=np.float64)
+    now = holdings(current, ranks, loads.shape[1])
+    busiest = rank_loads(now, loads).max(axis=1).sum()
+    if busiest <= 0 or step_seconds <= 0:
         return None, 0.0
-    gain = (1.0 - after / before) * layout.expert_time_share
-    cost = math.fsum(
-        migration_seconds(now, new, layout.bytes_per_expert, layout.link_bytes_per_s)
-        for now, new in zip(current, proposed, strict=True)
+    placed, gain_seconds = plan_layers(
+        loads,
+        now,
+        redundant_slots=layout.spare_slots * ranks,
+        seconds_per_token=layout.expert_time_share * step_seconds / busiest,
+        seconds_per_expert=layout.bytes_per_expert / layout.link_bytes_per_s,
+        steps_until_next_plan=steps_until_next_plan,
     )
-    if not migration_pays_off(gain * step_seconds, steps_until_next_plan, cost):
+    gain = float(gain_seconds.sum()) / step_seconds
+    if gain <= 0:
         return None, 0.0
-    return proposed, gain
+    return replicas_of(placed), gain
 
 
 def stage_part(
@@ -117,6 +126,7 @@ def replan_outcome(
     max_sequences_per_rank: int | Sequence[int] | None = None,
     min_samples: int = 1,
     layout: JobLayout | None = None,
+    forecast_steps: tuple[float, float] | None = None,
 ) -> ReplanOutcome:
     """The next plan (`.plan`, or None), with the verdict and the planned sequences. No plan: no complete
     snapshot yet (a rank never reported), inside the minimum interval since `last_applied_step`, no part with
@@ -126,7 +136,9 @@ def replan_outcome(
     measured against. `layout` (default: pure data parallelism over `stage_layers`' layers) says which parts
     apply. The new plan's epoch follows `previous` (0 without one); parts that are not re-planned keep
     `previous`'s setting, else the job's (`stage_layers`, contiguous experts). No plan either until every rank
-    has folded in at least `min_samples` steps.
+    has folded in at least `min_samples` steps. Rank speeds are forecast `forecast_steps` steps past the newest
+    one: the lowest forecast over that (first, last) window (default `hysteresis.forecast_steps`, the steps the
+    plan will run over; (0, 0): the smoothed speeds as measured).
     """
     if snapshot.world_size < 1 or not snapshot.complete or snapshot.max_step < 0:
         return ReplanOutcome(None, None)
@@ -141,7 +153,8 @@ def replan_outcome(
 
     shares = None
     if layout.pipeline == 1:
-        rates = replica_rates(snapshot.throughput(), layout)
+        first, last = hysteresis.forecast_steps if forecast_steps is None else forecast_steps
+        rates = replica_rates(snapshot.throughput(first, last), layout)
         shares = plan_data_shares(
             rates, global_batch, current=current_shares, max_sequences_per_rank=max_sequences_per_rank
         )
