@@ -140,23 +140,25 @@ def _keep_in_place(holds: Bools, current: Bools) -> Bools:
     layers, ranks, _ = holds.shape
     overlap = _overlap(holds, current)
     key = np.arange(ranks * ranks, dtype=np.int64).reshape(ranks, ranks)
-    score = np.where(overlap > 0, overlap * ranks * ranks - key, -1)  # unique and > 0 where they share experts
+    score = np.where(overlap > 0, overlap * ranks * ranks - key, -1).astype(np.int32)  # unique, > 0 if shared
     label = np.full((layers, ranks), -1, dtype=np.int64)
     rows = np.arange(layers)[:, None]
     columns = np.arange(ranks)[None, :]
-    while True:
-        best_old = np.argmax(score, axis=2)  # (layers, new rank)
-        best_new = np.argmax(score, axis=1)  # (layers, old rank)
-        taken = (np.take_along_axis(score, best_old[:, :, None], axis=2)[:, :, 0] > 0) & (
+    at = np.arange(layers)  # the layers with pairs left to take
+    while len(at):
+        part = score[at]
+        best_old = np.argmax(part, axis=2)  # (layers, new rank)
+        best_new = np.argmax(part, axis=1)  # (layers, old rank)
+        taken = (np.take_along_axis(part, best_old[:, :, None], axis=2)[:, :, 0] > 0) & (
             np.take_along_axis(best_new, best_old, axis=1) == columns
         )
-        if not taken.any():
-            break
         layer_index, new_rank = np.nonzero(taken)
         old_rank = best_old[layer_index, new_rank]
+        layer_index = at[layer_index]
         label[layer_index, new_rank] = old_rank
         score[layer_index, new_rank, :] = -1
         score[layer_index, :, old_rank] = -1
+        at = at[taken.any(axis=1)]
     # The rest in order: unlabelled new ranks ascending onto the free old ranks ascending.
     used = np.zeros((layers, ranks), dtype=bool)
     labelled = label >= 0
