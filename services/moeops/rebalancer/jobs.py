@@ -61,6 +61,7 @@ class JobSettings:
                 layers=description.layers,
                 experts=description.experts,
                 params_per_expert=description.params_per_expert,
+                spare_slots=description.spare_slots,
             ),
         )
 
