@@ -22,9 +22,9 @@ from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, 
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan
 from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_filter, metrics_subject
 from moeops.devcluster.nats_server import NatsServer
-from moeops.rebalancer.edge import APPLY_LEAD_S, UNKNOWN_JOB, RebalancerService
+from moeops.rebalancer.edge import UNKNOWN_JOB, RebalancerService
 from moeops.rebalancer.jobs import JobSettings
-from moeops.rebalancer.policy import Hysteresis
+from moeops.rebalancer.policy import APPLY_LEAD_S, Hysteresis
 from moeops.rebalancer.replan import sequences_from_fractions
 
 pytestmark = pytest.mark.nats

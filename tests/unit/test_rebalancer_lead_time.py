@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 
 from moeops.bus.messages import WorkerMetrics
-from moeops.rebalancer.edge import APPLY_LEAD_S, with_lead_time
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
-from moeops.rebalancer.policy import Hysteresis
+from moeops.rebalancer.policy import APPLY_LEAD_S, Hysteresis, with_lead_time
 
 
 def snapshot(step_seconds: float) -> LoadSnapshot:

@@ -20,7 +20,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import nats.errors
@@ -37,8 +37,8 @@ from moeops.bus.subjects import METRICS_STREAM, metrics_filter, token
 
 from .consumer import ConsumerLimits, MetricsConsumer
 from .jobs import JobKey, JobSettings, JobState
-from .load import Ingested, LoadSnapshot
-from .policy import Hysteresis
+from .load import Ingested
+from .policy import with_lead_time
 from .replan import replan_outcome
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,6 @@ logger = logging.getLogger(__name__)
 NOT_A_METRICS_MESSAGE = "not_metrics"
 UNKNOWN_JOB = "unknown_job"
 """Extra `bad_messages` reasons beside BadMessageReason's values."""
-APPLY_LEAD_S = 2.0
-"""Least time between a plan's publication and its step: a round (0.2 s), rank 0's poll (0.5 s), the broadcast."""
-MAX_APPLY_MARGIN = 1000
 DESCRIBE_RETRY_S = 5.0
 """How often to look again for the description of a job whose metrics arrive without one."""
 
@@ -69,16 +66,6 @@ class Counters:
     reports_written: int = 0
     fetch_errors: int = 0
     """Acks that failed (the server was away): those messages come again and are dropped as duplicates."""
-
-
-def with_lead_time(hysteresis: Hysteresis, snapshot: LoadSnapshot) -> Hysteresis:
-    """The hysteresis with an apply margin of at least APPLY_LEAD_S of the job's steps: with fast steps, a
-    fixed number of steps is less time than a plan needs to reach rank 0 (a poll every 0.5 s)."""
-    seconds = [load.step_seconds for load in snapshot.ranks if load.step_seconds > 0]
-    if not seconds:
-        return hysteresis
-    steps = math.ceil(APPLY_LEAD_S / (sum(seconds) / len(seconds)))
-    return replace(hysteresis, apply_margin_steps=max(hysteresis.apply_margin_steps, min(steps, MAX_APPLY_MARGIN)))
 
 
 class _Buckets(NamedTuple):

@@ -10,16 +10,24 @@ rank has reported plus a safety margin long enough for the plan to reach every r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from moeops.api.v1alpha1.trainingjob import RebalanceSpec
 from moeops.bus.messages import RebalancePlan
 
+from .load import LoadSnapshot
+
 DEFAULT_APPLY_MARGIN_STEPS = 5
 """Steps between the newest reported step and the switch: at ≥ 0.1 s a step, 0.5 s for the plan to reach every
 rank through NATS (milliseconds normally), with room for a rank that is a step or two ahead of its last report."""
+
+
+APPLY_LEAD_S = 2.0
+"""Least time between a plan's publication and its step: a round (0.2 s), rank 0's poll (0.5 s), the broadcast."""
+MAX_APPLY_MARGIN = 1000
 
 
 class Verdict(Enum):
@@ -92,3 +100,13 @@ def combined_gain(step_seconds_before: float, step_seconds_after: float) -> floa
     if step_seconds_before <= 0:
         return 0.0
     return 1.0 - step_seconds_after / step_seconds_before
+
+
+def with_lead_time(hysteresis: Hysteresis, snapshot: LoadSnapshot) -> Hysteresis:
+    """The hysteresis with an apply margin of at least APPLY_LEAD_S of the job's steps: with fast steps, a
+    fixed number of steps is less time than a plan needs to reach rank 0 (a poll every 0.5 s)."""
+    seconds = [load.step_seconds for load in snapshot.ranks if load.step_seconds > 0]
+    if not seconds:
+        return hysteresis
+    steps = math.ceil(APPLY_LEAD_S / (sum(seconds) / len(seconds)))
+    return replace(hysteresis, apply_margin_steps=max(hysteresis.apply_margin_steps, min(steps, MAX_APPLY_MARGIN)))
