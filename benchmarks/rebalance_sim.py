@@ -205,7 +205,7 @@ class Ours(Policy):
         c, started = self.config, time.perf_counter()
         rank_load = self.place(self.expert_tokens)
         speeds = np.minimum(*(
-            forecast(self.speeds, self.speed_trend, self.trend_damping, ahead)
+            forecast(self.speeds, self.speed_trend, self.trend_damping, ahead, self.speed_abs_error)
             for ahead in self.hysteresis.forecast_steps
         ))  # fmt: skip
         sequences, shares_started = self.layout.sequences, time.perf_counter()

@@ -26,6 +26,8 @@ DEFAULT_TREND_DAMPING = 0.9
 """Per-step damping of the trend (Gardner & McKenzie's φ): a slowdown levels off (a throttled GPU settles at its
 new speed), so a forecast h steps ahead adds φ + φ² + … + φʰ steps of trend, never more than φ/(1 − φ) = 9."""
 DEFAULT_ERROR_SMOOTHING = 0.2
+TREND_NOISE_GATE = 2.0
+"""A trend is followed only where its full damped effect exceeds twice the rank's measurement noise."""
 """Smoothing of the forecast errors that set the adaptive response rate (Trigg & Leach's tracking signal)."""
 
 
@@ -75,12 +77,26 @@ def track(
     return new_level, new_trend, new_error, new_abs_error
 
 
-def forecast(level: ArrayOrFloat, trend: ArrayOrFloat, damping: float, ahead_steps: float) -> ArrayOrFloat:
+def forecast(
+    level: ArrayOrFloat,
+    trend: ArrayOrFloat,
+    damping: float,
+    ahead_steps: float,
+    noise: ArrayOrFloat | None = None,
+) -> ArrayOrFloat:
     """The damped-trend forecast `ahead_steps` steps on: level + trend·(φ + … + φʰ), never below half the level
-    (a trend fitted to a noisy start must not predict a rank that stops)."""
+    (a trend fitted to a noisy start must not predict a rank that stops).
+
+    With `noise` (the smoothed absolute forecast error, `track`'s abs_error) a trend counts only where the most it
+    can add, trend·φ/(1 − φ), exceeds TREND_NOISE_GATE × noise: on ranks whose step times jitter by tens of percent
+    (processes sharing cores, a busy host) the fitted trend is noise, and following its minimum makes the shares
+    erratic (seen live: a 4-rank job on 2 cores got shares [6, 19, 6, 1] for one slowed rank)."""
     if ahead_steps <= 0:
         return level
     steps = damping * (1.0 - damping**ahead_steps) / (1.0 - damping) if damping < 1.0 else float(ahead_steps)
+    if noise is not None and damping < 1.0:
+        significant = np.abs(trend) * damping / (1.0 - damping) > TREND_NOISE_GATE * noise
+        steps = np.where(significant, steps, 0.0)
     predicted = np.maximum(level + trend * steps, 0.5 * level)
     if isinstance(level, float):
         return float(predicted)
@@ -110,6 +126,8 @@ class RankLoad:
     samples: int
     tokens_per_second_trend: float = 0.0
     """Smoothed change of `tokens_per_second` per step (`track`; 0 with trend smoothing off)."""
+    tokens_per_second_noise: float = 0.0
+    """Smoothed absolute forecast error of `tokens_per_second` (`track`'s abs_error)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +150,13 @@ class LoadSnapshot:
         last = ahead_steps if until_steps is None else until_steps
         known = {
             load.rank: min(
-                forecast(load.tokens_per_second, load.tokens_per_second_trend, self.trend_damping, ahead)
+                forecast(
+                    load.tokens_per_second,
+                    load.tokens_per_second_trend,
+                    self.trend_damping,
+                    ahead,
+                    load.tokens_per_second_noise,
+                )
                 for ahead in (ahead_steps, last)
             )
             for load in self.ranks
@@ -246,7 +270,16 @@ class LoadAggregator:
 
     def snapshot(self) -> LoadSnapshot:
         ranks = tuple(
-            RankLoad(rank, s.tokens_per_second, s.compute_seconds, s.step_seconds, s.last_step, s.samples, s.trend)
+            RankLoad(
+                rank,
+                s.tokens_per_second,
+                s.compute_seconds,
+                s.step_seconds,
+                s.last_step,
+                s.samples,
+                tokens_per_second_trend=s.trend,
+                tokens_per_second_noise=s.abs_error,
+            )
             for rank, s in sorted(self._ranks.items())
         )
         return LoadSnapshot(
