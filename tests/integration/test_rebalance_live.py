@@ -76,21 +76,26 @@ def ep_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return without
 
 
-def test_an_expert_move_keeps_the_loss_identical(nats_server: NatsServer, tmp_path: Path, ep_baseline: Path) -> None:
-    steps, without = EP_STEPS, ep_baseline
-
-    # Layer 0: experts 1 and 3 to rank 0, 0 and 2 to rank 1 (all four move); layer 1: 0 and 1 swap with 2 and 3.
-    plan = RebalancePlan(
+def _placement_plan(placement: list[list[list[int]]]) -> RebalancePlan:
+    """A plan for the 2-rank EP jobs here that moves experts before step 4 and changes nothing else."""
+    return RebalancePlan(
         namespace=NAMESPACE,
         job=JOB,
         epoch=0,
         apply_at_step=4,
         data_shares=[0.5, 0.5],
         stage_layers=[(0, 2)],
-        expert_placement=[[[1], [0], [1], [0]], [[1], [1], [0], [0]]],
+        expert_placement=placement,
         predicted_gain=0.1,
         created_at_unix_s=time.time(),
     )
+
+
+def test_an_expert_move_keeps_the_loss_identical(nats_server: NatsServer, tmp_path: Path, ep_baseline: Path) -> None:
+    steps, without = EP_STEPS, ep_baseline
+
+    # Layer 0: experts 1 and 3 to rank 0, 0 and 2 to rank 1 (all four move); layer 1: 0 and 1 swap with 2 and 3.
+    plan = _placement_plan([[[1], [0], [1], [0]], [[1], [1], [0], [0]]])
     asyncio.run(_store(nats_server.url, plan))
     moved = tmp_path / "moved"
     moved.mkdir()
@@ -143,17 +148,7 @@ def test_replicated_hot_experts_keep_the_loss(nats_server: NatsServer, tmp_path:
         rest = [e for e in range(TINY.experts) if e not in (first, second)]
         holders = {first: [0, 1], second: [1, 0], rest[0]: [0], rest[1]: [1]}
         placement.append([holders[e] for e in range(TINY.experts)])
-    plan = RebalancePlan(
-        namespace=NAMESPACE,
-        job=JOB,
-        epoch=0,
-        apply_at_step=4,
-        data_shares=[0.5, 0.5],
-        stage_layers=[(0, 2)],
-        expert_placement=placement,
-        predicted_gain=0.1,
-        created_at_unix_s=time.time(),
-    )
+    plan = _placement_plan(placement)
     asyncio.run(_store(nats_server.url, plan))
     replicated = tmp_path / "replicated"
     replicated.mkdir()

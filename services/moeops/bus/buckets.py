@@ -4,7 +4,6 @@ descriptions of themselves (read by the rebalancer). Latest value per job, key `
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -15,15 +14,8 @@ from .streams import ensure_bucket
 
 async def ensure_reports_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """Reports expire after REPORT_MAX_AGE_S: a job that stopped drops out of the bucket by itself."""
-    config = KeyValueConfig(
-        bucket=REPORTS_BUCKET,
-        description="moeops: the rebalancer's latest report on each job",
-        history=1,
-        ttl=REPORT_MAX_AGE_S,
-        replicas=replicas,
-        storage=StorageType.FILE,
-    )
-    return await ensure_bucket(js, config)
+    description = "moeops: the rebalancer's latest report on each job"
+    return await ensure_bucket(js, REPORTS_BUCKET, description, replicas, ttl=REPORT_MAX_AGE_S)
 
 
 async def put_report(kv: KeyValue, report: RebalanceReport) -> int:
@@ -37,14 +29,8 @@ async def latest_report(kv: KeyValue, namespace: str, job: str) -> RebalanceRepo
 
 
 async def ensure_jobs_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
-    config = KeyValueConfig(
-        bucket=JOBS_BUCKET,
-        description="moeops: each training job's layout and rebalancing settings, written by its rank 0",
-        history=1,
-        replicas=replicas,
-        storage=StorageType.FILE,
-    )
-    return await ensure_bucket(js, config)
+    description = "moeops: each training job's layout and rebalancing settings, written by its rank 0"
+    return await ensure_bucket(js, JOBS_BUCKET, description, replicas)
 
 
 async def put_description(kv: KeyValue, description: JobDescription) -> int:

@@ -24,8 +24,8 @@ from nats.js.kv import KeyValue
 from .buckets import ensure_jobs_bucket, put_description
 from .connection import ConnectionOptions, connect
 from .jobs import JobDescription
+from .loop_thread import run_own_loop
 from .messages import BadMessage, RebalancePlan
-from .publisher import cancel_remaining_tasks
 from .streams import ensure_plans_bucket, latest_plan
 from .subjects import token
 
@@ -65,14 +65,7 @@ class PlanWatcher:
         self._thread.join(self._poll_s + 3.0)
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        except Exception:
-            logger.exception("the plan watcher failed: plans are no longer followed")
-        finally:
-            cancel_remaining_tasks(self._loop)
-            self._loop.close()
+        run_own_loop(self._loop, self._main, "the plan watcher (plans are no longer followed)")
 
     async def _main(self) -> None:
         connecting = asyncio.create_task(connect(self._options))

@@ -36,6 +36,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, Servi
 from pydantic import ValidationError
 
 from .connection import ConnectionOptions, backoff_delay, connect
+from .loop_thread import run_own_loop
 from .messages import StepRecord, WorkerMetrics, encode
 from .subjects import MSG_ID_HEADER, token
 
@@ -159,14 +160,7 @@ class NatsMetricsSink:
     # --- the background thread's side -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        except Exception:
-            logger.exception("NATS metrics thread failed")
-        finally:
-            cancel_remaining_tasks(self._loop)
-            self._loop.close()
+        run_own_loop(self._loop, self._main, "NATS metrics thread")
 
     def _begin_close(self) -> None:
         self._closing.set()
@@ -304,13 +298,3 @@ class NatsMetricsSink:
     def _count_dropped(self) -> None:
         with self._lock:
             self._dropped += 1
-
-
-def cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    """What asyncio.run does on exit: nats-py's reader, flusher and ping tasks end cancelled, not destroyed."""
-    tasks = asyncio.all_tasks(loop)
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    loop.run_until_complete(loop.shutdown_asyncgens())

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -74,12 +75,14 @@ async def ensure_metrics_stream(js: JetStreamContext, retention: MetricsRetentio
         return await js.update_stream(config)
 
 
-async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
-    """The KV bucket `config` names, created with `config` if missing (an existing bucket is used as it is:
-    another process may have created it first, with its own settings)."""
-    assert config.bucket is not None
+async def ensure_bucket(js: JetStreamContext, bucket: str, description: str, replicas: int, **extra: Any) -> KeyValue:
+    """KV bucket `bucket` (latest value per key, on disk), created if missing with `extra` settings (ttl,
+    republish); an existing bucket is used as it is: another process may have created it first."""
+    config = KeyValueConfig(
+        bucket=bucket, description=description, history=1, replicas=replicas, storage=StorageType.FILE, **extra
+    )
     try:
-        return await js.key_value(config.bucket)
+        return await js.key_value(bucket)
     except BucketNotFoundError:
         pass
     try:
@@ -87,20 +90,18 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValu
     except BadRequestError as exc:
         if exc.err_code != STREAM_NAME_IN_USE:
             raise
-        return await js.key_value(config.bucket)
+        return await js.key_value(bucket)
 
 
 async def ensure_plans_bucket(js: JetStreamContext, replicas: int = 1) -> KeyValue:
     """The plans bucket (the latest plan per job, republished on the plans subjects)."""
-    config = KeyValueConfig(
-        bucket=PLANS_BUCKET,
-        description="moeops: the latest rebalance plan of each job",
-        history=1,
-        replicas=replicas,
-        storage=StorageType.FILE,
+    return await ensure_bucket(
+        js,
+        PLANS_BUCKET,
+        "moeops: the latest rebalance plan of each job",
+        replicas,
         republish=RePublish(src=f"{PLANS_KV_ROOT}.>", dest=f"{PLANS_ROOT}.>"),
     )
-    return await ensure_bucket(js, config)
 
 
 async def put_plan(kv: KeyValue, plan: RebalancePlan, *, last_revision: int | None = None) -> int:
