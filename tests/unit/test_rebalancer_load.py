@@ -74,6 +74,7 @@ def test_duplicates_and_stale_records_are_counted_and_ignored() -> None:
         Ingested.DUPLICATE: 1,
         Ingested.STALE: 1,
         Ingested.NOT_USABLE: 1,
+        Ingested.RESTARTED: 0,
     }
 
 
@@ -164,3 +165,23 @@ def test_a_steady_rank_keeps_the_heavy_smoothing() -> None:
     assert snapshot.throughput(9.0)[0] == pytest.approx(1000.0, rel=0.02)
     with pytest.raises(ValueError, match="trend smoothing"):
         LoadAggregator(trend_damping=1.5)
+
+
+def test_a_job_back_at_a_checkpoint_starts_its_measurements_over() -> None:
+    aggregator = LoadAggregator()
+    for step in range(1, 31):
+        for rank in range(2):
+            record = metrics(rank, step, compute_seconds=2.0, experts=[[step, 0]])
+            aggregator.ingest(record.model_copy(update={"measured_at_unix_s": float(step)}))
+    assert aggregator.snapshot().max_step == 30
+    # The job was killed and resumed from its checkpoint of step 20, on faster hardware: step 21 again, later.
+    again = metrics(0, 21, compute_seconds=1.0, experts=[[5, 5]]).model_copy(update={"measured_at_unix_s": 100.0})
+    assert aggregator.ingest(again) is Ingested.RESTARTED
+    snapshot = aggregator.snapshot()
+    assert snapshot.max_step == 21 and [load.rank for load in snapshot.ranks] == [0]
+    assert snapshot.ranks[0].tokens_per_second == 1000.0 and snapshot.ranks[0].samples == 1
+    assert snapshot.expert_tokens == ((5.0, 5.0),)
+    # A redelivery of the old run's records (measured before) is stale for rank 0 and no restart for anyone.
+    old = metrics(0, 25).model_copy(update={"measured_at_unix_s": 25.0})
+    assert aggregator.ingest(old) is Ingested.STALE
+    assert aggregator.snapshot().counts[Ingested.RESTARTED] == 1

@@ -279,7 +279,10 @@ class RebalancerService:
     def _accept(self, state: JobState, metrics: WorkerMetrics) -> JobKey | None:
         outcome = state.aggregator.ingest(metrics)
         self.counters.ingested[outcome.value] += 1
-        return state.settings.key if outcome is Ingested.ACCEPTED else None
+        if outcome is Ingested.RESTARTED:  # back at a checkpoint: the minimum interval counts from now on
+            state.last_applied_step = None
+            logger.info("%s/%s: restarted at step %d", *state.settings.key, metrics.step)
+        return state.settings.key if outcome in (Ingested.ACCEPTED, Ingested.RESTARTED) else None
 
     async def _plan(self, kv: KeyValue, state: JobState) -> None:
         settings = state.settings

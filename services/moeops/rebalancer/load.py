@@ -111,6 +111,9 @@ class Ingested(Enum):
     """Older than the rank's newest step folded in: arrived late, its information is superseded."""
     NOT_USABLE = "not_usable"
     """No time measured (zero seconds) or no tokens: nothing to learn a rate from."""
+    RESTARTED = "restarted"
+    """A step not newer than the rank's last, yet measured after it: the job went back to a checkpoint. Its
+    measurements start over from this record (those of the old run describe a distribution that is gone)."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,7 @@ class _RankState:
     tokens_per_second: float
     compute_seconds: float
     step_seconds: float
+    measured_at: float = float("-inf")
     samples: int = 1
     trend: float = 0.0
     error: float = 0.0
@@ -212,7 +216,10 @@ class LoadAggregator:
         """
         outcome = self._classify(metrics)
         self._counts[outcome] += 1
-        if outcome is not Ingested.ACCEPTED:
+        if outcome is Ingested.RESTARTED:
+            self._ranks.clear()
+            self._expert_tokens, self._expert_step, self._max_step = [], -1, -1
+        elif outcome is not Ingested.ACCEPTED:
             return outcome
         self.world_size = max(self.world_size, metrics.world_size)
         self._max_step = max(self._max_step, metrics.step)
@@ -220,9 +227,11 @@ class LoadAggregator:
         rate = metrics.tokens / seconds
         state = self._ranks.get(metrics.rank)
         if state is None:
-            self._ranks[metrics.rank] = _RankState(metrics.step, rate, seconds, metrics.step_seconds)
+            self._ranks[metrics.rank] = _RankState(
+                metrics.step, rate, seconds, metrics.step_seconds, metrics.measured_at_unix_s
+            )
         else:
-            state.last_step = metrics.step
+            state.last_step, state.measured_at = metrics.step, metrics.measured_at_unix_s
             state.tokens_per_second, state.trend, state.error, state.abs_error = track(
                 state.tokens_per_second,
                 state.trend,
@@ -242,6 +251,10 @@ class LoadAggregator:
 
     def _classify(self, metrics: WorkerMetrics) -> Ingested:
         state = self._ranks.get(metrics.rank)
+        if state is not None and metrics.measured_at_unix_s < state.measured_at:
+            return Ingested.STALE  # measured before what was folded in: late, whatever its step (an old run's)
+        if state is not None and metrics.step <= state.last_step and metrics.measured_at_unix_s > state.measured_at:
+            return Ingested.RESTARTED
         if state is not None and metrics.step == state.last_step:
             return Ingested.DUPLICATE
         if state is not None and metrics.step < state.last_step:
