@@ -31,7 +31,7 @@ from .distributed import World, all_reduce_sum
 from .errors import ConfigError
 from .expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_experts
 from .expert_placement import move_experts
-from .faults import slow_down
+from .faults import delay_sequences
 from .grads import clip_grad_norm, sharded_param_names, sharded_params, sync_sharded_grads
 from .metrics import MetricsSink, StepMetrics
 from .plans import PlanChanges, StageLayers, TrainerShape, even_shares, first_row, splits_layers
@@ -91,12 +91,12 @@ class Trainer:
         sink: MetricsSink,
         checkpoint_root: Path,
         plans: PlanSource | None = None,
-        slowdown: float = 1.0,
+        sequence_delay_s: float = 0.0,
     ) -> None:
-        """`plans`: where rank 0 reads rebalance plans (None: never rebalance). `slowdown` < 1 makes this rank
-        that much slower (fault injection for tests of the rebalancer: faults.py)."""
+        """`plans`: where rank 0 reads rebalance plans (None: never rebalance). `sequence_delay_s` > 0 makes
+        this rank that much slower per sequence (fault injection for tests of the rebalancer: faults.py)."""
         self.config, self.world, self.sink, self.checkpoint_root = config, world, sink, checkpoint_root
-        self.slowdown = slowdown
+        self.sequence_delay_s = sequence_delay_s
         training, plan, arch = config.training, config.plan, config.architecture
         check_plan(plan, arch, world.world_size)
         spare = config.rebalance.expert_spare_slots
@@ -147,8 +147,8 @@ class Trainer:
         self.model = TransformerStage(full, range(start, stop), first=topo.first_stage, last=topo.last_stage).to(
             world.device
         )
-        if self.slowdown < 1.0:
-            slow_down(self.model, self.slowdown)
+        if self.sequence_delay_s > 0:
+            delay_sequences(self.model, self.sequence_delay_s)
         self.model.activation_checkpointing = plan.activation_checkpointing
         self.model.set_loss_weights(training.aux_loss_coef / micro, training.z_loss_coef / micro)
         self.sharding: ExpertStateSharding | None = None

@@ -25,7 +25,7 @@ from moeops.data.synthetic import SyntheticCorpus
 from . import checkpoint
 from .distributed import World, init_world, shutdown
 from .errors import EXIT_PREEMPTED, ConfigError
-from .faults import SLOWDOWN_ENV, slowdown_for
+from .faults import SEQUENCE_DELAY_ENV, sequence_delay_for
 from .loop import Trainer, evaluate
 from .metrics import BackgroundSink, FanOut, JsonlSink, MetricsSink, NullSink, ProgressSink
 
@@ -115,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
     total = min(config.training.steps, args.max_steps or config.training.steps)
     sink = _sink(config, args.metrics, world, total if args.progress else None)
     plans = _plan_watcher(config, world)
-    slowdown = slowdown_for(world.rank)
-    if slowdown < 1.0:
-        log.warning("rank %d: %s asks to run at %.2f× speed (fault injection)", world.rank, SLOWDOWN_ENV, slowdown)
-    trainer = Trainer(config, world, sink, root, plans=plans, slowdown=slowdown)
+    delay = sequence_delay_for(world.rank)
+    if delay > 0:
+        log.warning("rank %d: %s adds %.3f s per sequence (fault injection)", world.rank, SEQUENCE_DELAY_ENV, delay)
+    trainer = Trainer(config, world, sink, root, plans=plans, sequence_delay_s=delay)
     if plans is not None:
         plans.describe(_description(config, world, trainer))
     signal.signal(signal.SIGTERM, lambda *_: setattr(trainer, "preempt_requested", True))
