@@ -12,8 +12,7 @@ from typing import Annotated, Final, Self
 
 from pydantic import Field, model_validator
 
-from .messages import BusMessage, FiniteFloat, NonNegativeInt
-from .stored import decode_stored
+from .messages import BusMessage, FiniteFloat, NonNegativeInt, decode_stored
 from .subjects import token
 
 JOBS_BUCKET: Final = "moeops-jobs"

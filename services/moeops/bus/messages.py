@@ -13,13 +13,14 @@ from __future__ import annotations
 import functools
 import math
 from enum import Enum
-from typing import Annotated, Any, Final, Literal, NotRequired, Protocol, Self, cast
+from typing import Annotated, Any, Final, Literal, NotRequired, Self, TypeVar, cast
 
 import pydantic_core
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.type_adapter import TypeAdapter
 from typing_extensions import TypedDict  # pydantic needs this TypedDict before Python 3.12
 
+from .records import StepRecord
 from .subjects import (
     ParsedSubject,
     SubjectKind,
@@ -38,36 +39,6 @@ SHARES_SUM_TOLERANCE = 1e-6
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class StepRecord(Protocol):
-    """What the bus needs from a step's metrics; the trainer's `StepMetrics` has these attributes.
-
-    A protocol rather than an import, so that the bus (and the rebalancer on top of it) never depends on the
-    trainer and its torch stack."""
-
-    @property
-    def step(self) -> int: ...
-    @property
-    def rank(self) -> int: ...
-    @property
-    def loss(self) -> float: ...
-    @property
-    def aux_loss(self) -> float: ...
-    @property
-    def tokens(self) -> int: ...
-    @property
-    def step_seconds(self) -> float: ...
-    @property
-    def compute_seconds(self) -> float: ...
-    @property
-    def comm_seconds(self) -> float: ...
-    @property
-    def lr(self) -> float: ...
-    @property
-    def tokens_per_expert(self) -> list[list[int]]: ...
-    @property
-    def max_memory_bytes(self) -> int: ...
 
 
 class BusMessage(BaseModel):
@@ -257,15 +228,28 @@ def decode_reference(subject: str, data: bytes) -> Message:
     return _decode(parsed, subject, data)
 
 
-def _decode(parsed: ParsedSubject, subject: str, data: bytes) -> Message:
+Stored = TypeVar("Stored", bound=BusMessage)
+
+
+def decode_stored(model: type[Stored], data: bytes) -> Stored:
+    """A value a KV bucket stores under a key (no subject to check it against: reports, job descriptions), or
+    BadMessage, the only exception it raises."""
+    document = _json_document(data)
+    if not isinstance(document, dict):
+        raise BadMessage(BadMessageReason.WRONG_SCHEMA_VERSION, f"not a versioned object: {type(document).__name__}")
+    return _validated(model, document)
+
+
+def _json_document(data: bytes, subject: str = "") -> Any:
     try:
-        document = pydantic_core.from_json(data)
+        return pydantic_core.from_json(data)
     except ValueError as exc:
         # The parser names an early end of input "EOF while parsing ...": a cut-off message, not garbage.
         reason = BadMessageReason.TRUNCATED if str(exc).startswith("EOF") else BadMessageReason.NOT_JSON
         raise BadMessage(reason, str(exc), subject) from None
-    if not isinstance(document, dict):
-        raise BadMessage(BadMessageReason.INVALID, f"a JSON object expected, got {type(document).__name__}", subject)
+
+
+def _validated(model: type[Stored], document: dict[str, Any], subject: str = "") -> Stored:
     version = document.get("schema_version")
     # `type(...) is int`: JSON true would otherwise pass as 1.
     if type(version) is not int or version != SCHEMA_VERSION:
@@ -275,13 +259,20 @@ def _decode(parsed: ParsedSubject, subject: str, data: bytes) -> Message:
             subject,
         )
     try:
-        message = _SCHEMAS[parsed.kind].model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
         errors = "; ".join(
             f"{'.'.join(map(str, error['loc'])) or '<message>'}: {error['msg']}"
             for error in exc.errors(include_url=False)[:3]
         )
         raise BadMessage(BadMessageReason.INVALID, errors, subject) from None
+
+
+def _decode(parsed: ParsedSubject, subject: str, data: bytes) -> Message:
+    document = _json_document(data, subject)
+    if not isinstance(document, dict):
+        raise BadMessage(BadMessageReason.INVALID, f"a JSON object expected, got {type(document).__name__}", subject)
+    message = _validated(_SCHEMAS[parsed.kind], document, subject)
     rank = message.rank if isinstance(message, WorkerMetrics) else None
     if (token(message.namespace), token(message.job), rank) != (parsed.namespace_token, parsed.job_token, parsed.rank):
         raise BadMessage(

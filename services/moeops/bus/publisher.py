@@ -37,7 +37,8 @@ from pydantic import ValidationError
 
 from .connection import ConnectionOptions, backoff_delay, connect
 from .loop_thread import run_own_loop
-from .messages import StepRecord, WorkerMetrics, encode
+from .messages import WorkerMetrics, encode
+from .records import StepRecord
 from .subjects import MSG_ID_HEADER, token
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,7 @@ from typing import Annotated, Final
 
 from pydantic import Field
 
-from .messages import BusMessage, FiniteFloat, NonNegativeInt
-from .stored import decode_stored
+from .messages import BusMessage, FiniteFloat, NonNegativeInt, decode_stored
 from .subjects import token
 
 REPORTS_BUCKET: Final = "moeops-reports"
