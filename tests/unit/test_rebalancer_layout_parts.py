@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moeops.bus.messages import WorkerMetrics
+from bus_records import worker_metrics
 from moeops.rebalancer.layout import JobLayout, replica_rates, stage_times
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import Hysteresis
@@ -63,9 +63,8 @@ def _snapshot(world: int, experts: list[list[int]], compute: list[float]) -> Loa
     for step in range(6):
         for rank in range(world):
             aggregator.ingest(
-                WorkerMetrics(namespace="ns", job="j", world_size=world, rank=rank, step=step, loss=1.0,
-                              aux_loss=0.0, tokens=1000, step_seconds=max(compute), compute_seconds=compute[rank],
-                              comm_seconds=0.0, lr=1e-3, tokens_per_expert=experts, measured_at_unix_s=0.0)
+                worker_metrics(rank, step, job="j", world_size=world, step_seconds=max(compute),
+                               compute_seconds=compute[rank], tokens_per_expert=experts)
             )  # fmt: skip
     return aggregator.snapshot()
 

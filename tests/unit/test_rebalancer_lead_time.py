@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from moeops.bus.messages import WorkerMetrics
+from bus_records import worker_metrics
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import APPLY_LEAD_S, Hysteresis, with_lead_time
 
@@ -13,9 +13,8 @@ def snapshot(step_seconds: float) -> LoadSnapshot:
     aggregator = LoadAggregator()
     for rank in range(2):
         aggregator.ingest(
-            WorkerMetrics(namespace="ns", job="j", world_size=2, rank=rank, step=1, loss=1.0, aux_loss=0.0,
-                          tokens=100, step_seconds=step_seconds, compute_seconds=step_seconds, comm_seconds=0.0,
-                          lr=1e-3, measured_at_unix_s=time.time())
+            worker_metrics(rank, 1, tokens=100, step_seconds=step_seconds, compute_seconds=step_seconds,
+                           measured_at_unix_s=time.time())
         )  # fmt: skip
     return aggregator.snapshot()
 

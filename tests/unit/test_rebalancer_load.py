@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from bus_records import worker_metrics
 from moeops.bus.messages import WorkerMetrics
 from moeops.rebalancer.load import Ingested, LoadAggregator, ewma, forecast, track
 
@@ -20,21 +21,15 @@ def metrics(
     experts: list[list[int]] | None = None,
     world_size: int = 2,
 ) -> WorkerMetrics:
-    return WorkerMetrics(
-        namespace="ns",
-        job="job",
+    return worker_metrics(
+        rank,
+        step,
         world_size=world_size,
-        rank=rank,
-        step=step,
-        loss=2.0,
-        aux_loss=0.0,
         tokens=tokens,
         step_seconds=step_seconds,
         compute_seconds=compute_seconds,
         comm_seconds=max(step_seconds - compute_seconds, 0.0),
-        lr=1e-3,
         tokens_per_expert=experts if experts is not None else [],
-        measured_at_unix_s=0.0,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bus_records import worker_metrics
 from moeops.bus.messages import RebalancePlan, WorkerMetrics
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import Hysteresis, Verdict
@@ -15,20 +16,8 @@ BATCH = 32
 
 def metrics(rank: int, step: int, *, speed: float = 1.0) -> WorkerMetrics:
     seconds = 1.0 / speed
-    return WorkerMetrics(
-        namespace="ns",
-        job="job",
-        world_size=WORLD,
-        rank=rank,
-        step=step,
-        loss=2.0,
-        aux_loss=0.0,
-        tokens=8000,
-        step_seconds=max(seconds, 1.0 / 0.6),
-        compute_seconds=seconds,
-        comm_seconds=0.0,
-        lr=1e-3,
-        measured_at_unix_s=0.0,
+    return worker_metrics(
+        rank, step, world_size=WORLD, tokens=8000, step_seconds=max(seconds, 1.0 / 0.6), compute_seconds=seconds
     )
 
 

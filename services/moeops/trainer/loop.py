@@ -276,7 +276,7 @@ class Trainer:
             metrics = self.train_step()
             loss = metrics.loss
             self.sink.publish(metrics)
-            preempt = self.follower.agree(self.preempt_requested, self.shape())
+            preempt = self.follower.agree(self.preempt_requested, self.shape)
             if preempt or self.step % interval == 0 or self.step == total:
                 self.save(loss)
             if preempt:

