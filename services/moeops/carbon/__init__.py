@@ -1,0 +1,1 @@
+"""Carbon accounting: energy per workload, grid carbon intensity, and the ledger that turns one into the other."""
