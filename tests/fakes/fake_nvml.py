@@ -1,0 +1,236 @@
+"""A FAKE NVML: a test double of the pynvml calls `moeops.carbon.nvml_reader` makes, driven by power traces.
+
+Same function names, argument order and return types as pynvml (nvidia-ml-py 13.615.71); the same error shape (an
+`NVMLError` whose `.value` is the NVML return code) and the same values for the constants used. A conformance test
+(`test_carbon_nvml_reader_fake_nvml.py`) checks the names, arities and constants against the real module.
+
+Time is the test's: every reading is taken at `clock()` (a `FakeClock` the test advances), never by sleeping. Each
+GPU follows a `Trace` whose energy is the exact analytic integral of its power, so a test knows the true energy.
+Behaviour follows real NVML where the reader depends on it: calls before `nvmlInit` fail with UNINITIALIZED; the
+counter is in integer millijoules and restarts from 0 at a reset; power is in integer milliwatts; MIG device
+handles support neither reading (NOT_SUPPORTED); an empty MIG slot is NOT_FOUND; a GPU without MIG support answers
+NOT_SUPPORTED to the MIG calls.
+"""
+
+# ruff: noqa: N802 -- the fake mirrors pynvml's camelCase names, which are not ours to choose.
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_UNKNOWN = 999
+NVML_DEVICE_MIG_DISABLE = 0
+NVML_DEVICE_MIG_ENABLE = 1
+
+_MESSAGES = {
+    NVML_ERROR_UNINITIALIZED: "Uninitialized",
+    NVML_ERROR_INVALID_ARGUMENT: "Invalid Argument",
+    NVML_ERROR_NOT_SUPPORTED: "Not Supported",
+    NVML_ERROR_NOT_FOUND: "Not Found",
+    NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
+    NVML_ERROR_GPU_IS_LOST: "GPU is lost",
+    NVML_ERROR_UNKNOWN: "Unknown Error",
+}
+
+
+class NVMLError(Exception):
+    """pynvml's shape: constructed from the return code, which is kept as `.value`."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.value = value
+
+    def __str__(self) -> str:
+        return _MESSAGES.get(self.value, f"NVML Error with code {self.value}")
+
+
+@dataclass
+class FakeClock:
+    now_s: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, dt_s: float) -> None:
+        self.now_s += dt_s
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Power over time and its exact integral from t = 0."""
+
+    power_w: Callable[[float], float]
+    energy_j: Callable[[float], float]
+
+    @staticmethod
+    def steady(watts: float) -> Trace:
+        return Trace(lambda t: watts, lambda t: watts * t)
+
+    @staticmethod
+    def ramp(start_w: float, end_w: float, duration_s: float) -> Trace:
+        """Linear from start_w to end_w over duration_s, flat at end_w afterwards."""
+        slope = (end_w - start_w) / duration_s
+
+        def energy(t: float) -> float:
+            ramp_t = min(t, duration_s)
+            return start_w * ramp_t + 0.5 * slope * ramp_t**2 + end_w * max(t - duration_s, 0.0)
+
+        return Trace(lambda t: start_w + slope * min(t, duration_s), energy)
+
+    @staticmethod
+    def sine(mean_w: float, amplitude_w: float, period_s: float) -> Trace:
+        omega = 2 * math.pi / period_s
+        return Trace(
+            lambda t: mean_w + amplitude_w * math.sin(omega * t),
+            lambda t: mean_w * t + amplitude_w / omega * (1 - math.cos(omega * t)),
+        )
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Calls named `call` on GPU `gpu` (None: every GPU) fail with `code` while start_s <= now < end_s."""
+
+    call: str
+    start_s: float
+    end_s: float
+    code: int = NVML_ERROR_UNKNOWN
+    gpu: int | None = None
+
+
+@dataclass
+class FakeGpu:
+    uuid: str
+    trace: Trace = field(default_factory=lambda: Trace.steady(300.0))
+    name: str = "NVIDIA H100 80GB HBM3"
+    counter: bool = True
+    """Whether nvmlDeviceGetTotalEnergyConsumption is supported (Volta and newer)."""
+    power: bool = True
+    counter_start_mj: int = 123_456_789
+    """The counter's value at t = 0: it counts from the driver load, long before the test."""
+    resets_at_s: tuple[float, ...] = ()
+    """Times at which the driver reloads: the counter restarts from 0."""
+    mig_mode: int | None = None
+    """Current MIG mode; None: the GPU has no MIG (the calls answer NOT_SUPPORTED)."""
+    mig_slots: tuple[str | None, ...] = ()
+    """MIG device UUIDs by slot; None is an empty slot."""
+
+    def counter_mj(self, t_s: float) -> int:
+        past_resets = [r for r in self.resets_at_s if r <= t_s]
+        if past_resets:
+            return math.floor(1000 * (self.trace.energy_j(t_s) - self.trace.energy_j(max(past_resets))))
+        return self.counter_start_mj + math.floor(1000 * self.trace.energy_j(t_s))
+
+
+@dataclass(frozen=True)
+class FakeHandle:
+    gpu: int
+    mig_slot: int | None = None
+
+
+@dataclass
+class FakeNvml:
+    """The fake module: pass an instance where the reader takes the nvml module."""
+
+    gpus: list[FakeGpu]
+    clock: FakeClock = field(default_factory=FakeClock)
+    faults: list[Fault] = field(default_factory=list)
+    init_error: int | None = None
+    """nvmlInit fails with this code (NVML_ERROR_LIBRARY_NOT_FOUND: a machine without the driver)."""
+    initialized: bool = False
+    calls: Counter[str] = field(default_factory=Counter)
+
+    NVMLError = NVMLError
+    NVML_ERROR_NOT_SUPPORTED = NVML_ERROR_NOT_SUPPORTED
+    NVML_ERROR_NOT_FOUND = NVML_ERROR_NOT_FOUND
+    NVML_DEVICE_MIG_ENABLE = NVML_DEVICE_MIG_ENABLE
+
+    def _enter(self, call: str, gpu: int | None = None) -> None:
+        """Count the call, check initialisation and the faults in force (on GPU `gpu`, when the call has one)."""
+        self.calls[call] += 1
+        if not self.initialized:
+            raise NVMLError(NVML_ERROR_UNINITIALIZED)
+        now = self.clock()
+        for fault in self.faults:
+            on_gpu = gpu is None or fault.gpu is None or fault.gpu == gpu
+            if fault.call == call and on_gpu and fault.start_s <= now < fault.end_s:
+                raise NVMLError(fault.code)
+
+    def _gpu(self, call: str, handle: object) -> tuple[FakeGpu, FakeHandle]:
+        """The GPU behind a handle (and the handle, typed); a foreign handle is INVALID_ARGUMENT, as in NVML."""
+        if not isinstance(handle, FakeHandle) or not 0 <= handle.gpu < len(self.gpus):
+            self._enter(call)
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        self._enter(call, handle.gpu)
+        return self.gpus[handle.gpu], handle
+
+    def nvmlInit(self) -> None:
+        self.calls["nvmlInit"] += 1
+        if self.init_error is not None:
+            raise NVMLError(self.init_error)
+        self.initialized = True
+
+    def nvmlShutdown(self) -> None:
+        self._enter("nvmlShutdown")
+        self.initialized = False
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._enter("nvmlDeviceGetCount")
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeHandle:
+        self._enter("nvmlDeviceGetHandleByIndex")
+        if not 0 <= index < len(self.gpus):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        return FakeHandle(index)
+
+    def nvmlDeviceGetUUID(self, handle: object) -> str:
+        gpu, fake = self._gpu("nvmlDeviceGetUUID", handle)
+        if fake.mig_slot is None:
+            return gpu.uuid
+        uuid = gpu.mig_slots[fake.mig_slot]
+        assert uuid is not None
+        return uuid
+
+    def nvmlDeviceGetName(self, handle: object) -> str:
+        return self._gpu("nvmlDeviceGetName", handle)[0].name
+
+    def nvmlDeviceGetMigMode(self, handle: object) -> list[int]:
+        gpu, _ = self._gpu("nvmlDeviceGetMigMode", handle)
+        if gpu.mig_mode is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return [gpu.mig_mode, gpu.mig_mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, handle: object) -> int:
+        gpu, _ = self._gpu("nvmlDeviceGetMaxMigDeviceCount", handle)
+        if gpu.mig_mode is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return len(gpu.mig_slots)
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, handle: object, index: int) -> FakeHandle:
+        gpu, parent = self._gpu("nvmlDeviceGetMigDeviceHandleByIndex", handle)
+        if gpu.mig_mode != NVML_DEVICE_MIG_ENABLE or not 0 <= index < len(gpu.mig_slots):
+            raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+        if gpu.mig_slots[index] is None:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return FakeHandle(parent.gpu, index)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> int:
+        gpu, fake = self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
+        if not gpu.counter or fake.mig_slot is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return gpu.counter_mj(self.clock())
+
+    def nvmlDeviceGetPowerUsage(self, handle: object) -> int:
+        gpu, fake = self._gpu("nvmlDeviceGetPowerUsage", handle)
+        if not gpu.power or fake.mig_slot is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        return round(1000 * gpu.trace.power_w(self.clock()))
