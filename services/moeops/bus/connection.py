@@ -21,6 +21,8 @@ Callbacks log and never raise: a callback's exception would surface inside nats-
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -30,9 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from nats.aio.client import Client, Server
 
 from moeops.api import env
+
+from .loop_thread import cancel_until_done
 
 DEFAULT_URL = "nats://localhost:4222"
 MAX_BACKOFF_DOUBLINGS = 30  # 2**30 × any sane base is far beyond every cap: stop the float growing.
@@ -199,7 +204,17 @@ class ConnectionLog:
 
 
 async def connect(options: ConnectionOptions) -> Client:
-    """A connected client; while no server answers it keeps trying (cancel the task to stop it)."""
+    """A connected client; while no server answers it keeps trying. Cancelling the caller stops it for sure: the
+    attempt runs as a task of its own, cancelled until it ends (nats-py can lose one cancellation; see
+    loop_thread), and a connection made just as the caller was cancelled is closed, not leaked."""
     client = Client()
-    await client.connect(**options.connect_kwargs(log=ConnectionLog(options.name, client)))
+    attempt = asyncio.ensure_future(client.connect(**options.connect_kwargs(log=ConnectionLog(options.name, client))))
+    try:
+        await asyncio.shield(attempt)
+    except asyncio.CancelledError:
+        await cancel_until_done(attempt)
+        if attempt.done() and not attempt.cancelled() and attempt.exception() is None:
+            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
+                await asyncio.wait_for(client.close(), 1.0)
+        raise
     return client

@@ -36,7 +36,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, Servi
 from pydantic import ValidationError
 
 from .connection import ConnectionOptions, backoff_delay, connect
-from .loop_thread import run_own_loop
+from .loop_thread import cancel_until_done, run_own_loop
 from .messages import WorkerMetrics, encode
 from .records import StepRecord
 from .subjects import MSG_ID_HEADER, token
@@ -141,6 +141,9 @@ class NatsMetricsSink:
         self._thread.join(self._close_timeout_s + CLOSE_CONNECTION_TIMEOUT_S + 1.0)
         if self._thread.is_alive():
             logger.warning("NATS metrics thread still busy after close(); abandoning it (daemon thread)")
+            with self._lock:  # whatever it still holds will not be sent: close() promised to count it
+                self._dropped += len(self._buffer)
+                self._buffer.clear()
 
     def counters(self) -> SinkCounters:
         with self._lock:
@@ -171,13 +174,16 @@ class NatsMetricsSink:
         pump = asyncio.create_task(self._pump())
         closing = asyncio.create_task(self._closing.wait())
         await asyncio.wait({pump, closing}, return_when=asyncio.FIRST_COMPLETED)
-        if pump.done() and (failure := pump.exception()) is not None:  # it only returns by itself when closing
+        failed_early = pump.done()  # it only returns by itself when closing
+        if failed_early and (failure := pump.exception()) is not None:
             logger.error("NATS metrics publisher stopped (records are dropped from now on): %r", failure)
         await closing
-        # The pump returns once the buffer is empty. On TimeoutError wait_for has cancelled it and what is left
-        # is counted below; any other error was reported above.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(pump, self._close_timeout_s)
+        # The pump returns once the buffer is empty; past the deadline it is cancelled (it may be connecting, which
+        # can lose a cancellation: see loop_thread) and what is left is counted below.
+        await asyncio.wait({pump}, timeout=self._close_timeout_s)
+        await cancel_until_done(pump)
+        if not failed_early and pump.done() and not pump.cancelled() and (failure := pump.exception()) is not None:
+            logger.error("NATS metrics publisher failed while closing: %r", failure)
         with self._lock:
             self._dropped += len(self._buffer) + (1 if self._in_flight else 0)
             self._buffer.clear()
