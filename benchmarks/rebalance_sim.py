@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from moeops.rebalancer.data_shares import even_split, plan_data_shares
 from moeops.rebalancer.experts import place_experts
+from moeops.rebalancer.group_shares import plan_group_shares
 from moeops.rebalancer.load import DEFAULT_ERROR_SMOOTHING as ERROR_SMOOTHING
 from moeops.rebalancer.load import (
     DEFAULT_SMOOTHING,
@@ -49,6 +50,7 @@ from moeops.rebalancer.load import (
 )
 from moeops.rebalancer.placement import holdings, place_layers, plan_layers, rank_loads
 from moeops.rebalancer.policy import Hysteresis, Verdict
+from rebalance_oracle import Oracle
 from rebalance_trace import Config, Floats, Ints, Judged, Layout, Trace, judge, migration_cost
 
 
@@ -96,6 +98,9 @@ class Policy:
     pending_migration_s: float = 0.0
     plan_seconds: list[float] = field(default_factory=list)
 
+    def prepare(self, speeds: Floats, popularity: Floats) -> None:
+        """Only the oracle (`rebalance_oracle.py`) sees a step before it runs."""
+
     def observe(self, judged: Judged) -> None:
         """Fold in what the workers measured this step."""
 
@@ -130,14 +135,17 @@ class Ours(Policy):
 
     def __init__(self, config: Config, layout: Layout, interval: int, *, gate: bool = True, spare: int = 1,
                  nodes: int = 1, trend_smoothing: float = DEFAULT_TREND_SMOOTHING,
-                 trend_damping: float = DEFAULT_TREND_DAMPING) -> None:  # fmt: skip
+                 trend_damping: float = DEFAULT_TREND_DAMPING, shares_interval: int | None = None,
+                 group_shares: bool = True) -> None:  # fmt: skip
         super().__init__("ours" if gate else "ours, no gate", config, layout)
+        self.group_shares = group_shares
         self.interval, self.gate, self.spare, self.nodes = interval, gate, spare, nodes
+        self.shares_interval = shares_interval or interval
         self.trend_smoothing, self.trend_damping = trend_smoothing, trend_damping
         # No trend: no adaptive rate either (the plain EWMA of before).
         self.error_smoothing = ERROR_SMOOTHING if trend_smoothing > 0 else 0.0
         # Plans here apply on the next step: an apply margin of 1.
-        self.hysteresis = Hysteresis(min_gain=0.01, interval_steps=interval, apply_margin_steps=1)
+        self.hysteresis = Hysteresis(min_gain=0.01, interval_steps=self.shares_interval, apply_margin_steps=1)
         self.speeds: Floats | None = None
         self.speed_trend: Floats = np.zeros(config.gpus)
         self.speed_error: Floats = np.zeros(config.gpus)
@@ -201,23 +209,35 @@ class Ours(Policy):
         return total
 
     def plan(self, step: int) -> None:
+        """Experts, then data shares (`plan_shares`), every `interval` steps."""
+        assert self.expert_tokens is not None
+        started = time.perf_counter()
+        self.plan_shares(step, self.place(self.expert_tokens))
+        self.plan_seconds.append(time.perf_counter() - started)
+
+    def plan_shares(self, step: int, rank_load: Floats | None = None) -> None:
+        """Data shares alone (every `shares_interval` steps): cheap, and no weights move."""
         assert self.speeds is not None and self.expert_tokens is not None
-        c, started = self.config, time.perf_counter()
-        rank_load = self.place(self.expert_tokens)
+        c = self.config
+        if rank_load is None:
+            rank_load = rank_loads(self.holds, self.expert_tokens).sum(axis=0)
         speeds = np.minimum(*(
             forecast(self.speeds, self.speed_trend, self.trend_damping, ahead, self.speed_abs_error)
             for ahead in self.hysteresis.forecast_steps
         ))  # fmt: skip
         sequences, shares_started = self.layout.sequences, time.perf_counter()
-        fixed = self.expert_seconds(rank_load, sequences) / speeds
-        shares = plan_data_shares(speeds / c.dense_s, c.global_batch, current=sequences, fixed_seconds=fixed)  # type: ignore[arg-type]
+        if self.group_shares:  # a GPU's expert seconds per sequence its EP group takes, at its forecast speed
+            per_sequence = np.tile(rank_load, c.groups) * (c.expert_s / c.layers / c.global_batch) / speeds
+            shares = plan_group_shares(speeds / c.dense_s, per_sequence, c.ep, c.global_batch, current=sequences)  # type: ignore[arg-type]
+        else:
+            fixed = self.expert_seconds(rank_load, sequences) / speeds
+            shares = plan_data_shares(speeds / c.dense_s, c.global_batch, current=sequences, fixed_seconds=fixed)  # type: ignore[arg-type]
         verdict = self.hysteresis.verdict(
             current_step=step, last_applied_step=self.last_applied, predicted_gain=shares.predicted_gain
         )
         if verdict is Verdict.PLAN:
             sequences, self.last_applied = np.array(shares.sequences, dtype=np.int64), step
         self.shares_seconds.append(time.perf_counter() - shares_started)
-        self.plan_seconds.append(time.perf_counter() - started)
         self.switch(Layout(sequences, self.slots()))
 
     def slots(self) -> Ints:
@@ -241,30 +261,40 @@ class Result:
 
 def simulate(config: Config, steps: int, interval: int, seed: int, *, spare: int = 1, nodes: int = 1,
              trend_smoothing: float = DEFAULT_TREND_SMOOTHING,
-             trend_damping: float = DEFAULT_TREND_DAMPING) -> Result:  # fmt: skip
-    """`spare` (spare slots per GPU), `nodes` (hierarchical placement over that many nodes, ungated) and the speed
-    trend's smoothing and damping (`load.track`) apply to ours."""
+             trend_damping: float = DEFAULT_TREND_DAMPING, shares_interval: int | None = None,
+             group_shares: bool = True, oracle: bool = True) -> Result:  # fmt: skip
+    """`spare` (spare slots per GPU), `nodes` (hierarchical placement over that many nodes, ungated), the speed
+    trend's smoothing and damping (`load.track`) and `shares_interval` (steps between data-share plans; default:
+    with the experts, every `interval`) apply to ours; `oracle` adds the bound of `rebalance_oracle.py`."""
     trace = Trace(config, seed)
     even = np.array(even_split(config.global_batch, config.gpus), dtype=np.int64)
-    options = {"spare": spare, "nodes": nodes, "trend_smoothing": trend_smoothing, "trend_damping": trend_damping}
+    options = {"spare": spare, "nodes": nodes, "trend_smoothing": trend_smoothing, "trend_damping": trend_damping,
+               "shares_interval": shares_interval, "group_shares": group_shares}  # fmt: skip
     ours = Ours(config, Layout(even, contiguous(config, spare)), interval, **options)  # type: ignore[arg-type]
-    policies = [
+    policies: list[Policy] = [
         Policy("none", config, Layout(even, contiguous(config, 0))),
         Eplb(config, Layout(even, contiguous(config, 1)), interval),
         ours,
         Ours(config, Layout(even, contiguous(config, spare)), interval, gate=False, **options),  # type: ignore[arg-type]
     ]
+    if oracle:
+        policies.append(Oracle(config, Layout(even, contiguous(config, 1)), eplb_place))  # type: ignore[arg-type]
     seen: dict[str, list[Judged]] = {p.name: [] for p in policies}
     for step in range(steps):
         speeds, popularity = trace.step()
         for policy in policies:
+            policy.prepare(speeds, popularity)
             judged = judge(config, policy.layout, speeds, popularity, policy.pending_migration_s)
             policy.pending_migration_s = 0.0
             policy.observe(judged)
             if step >= interval:  # from the step after the first plan on
                 seen[policy.name].append(judged)
-            if (step + 1) % interval == 0 and step + 1 < steps:
+            if step + 1 >= steps:
+                continue
+            if (step + 1) % interval == 0:
                 policy.plan(step)
+            elif isinstance(policy, Ours) and step + 1 >= interval and (step + 1) % policy.shares_interval == 0:
+                policy.plan_shares(step)
     return Result(
         gpus=config.gpus,
         utilization={n: statistics.fmean(j.utilization for j in js) for n, js in seen.items()},
@@ -318,6 +348,8 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, nargs="+", default=[128, 1024, 10240])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--interval", type=int, default=10, help="steps between plans (EPLB and ours)")
+    parser.add_argument("--shares-interval", type=int, default=None, help="ours: steps between data-share plans")
+    parser.add_argument("--per-gpu-shares", action="store_true", help="ours: shares per GPU, expert work fixed")
     parser.add_argument("--layers", type=int, default=58, help="MoE layers (DeepSeek-V3: 58)")
     parser.add_argument("--ep", type=int, default=64, help="GPUs per EP group")
     parser.add_argument("--seed", type=int, default=0)
@@ -355,7 +387,8 @@ def main() -> None:
         )
         started = time.perf_counter()
         r = simulate(config, args.steps, args.interval, args.seed, spare=args.ours_spare, nodes=args.ours_nodes,
-                     trend_smoothing=args.trend_smoothing, trend_damping=args.trend_damping)  # fmt: skip
+                     trend_smoothing=args.trend_smoothing, trend_damping=args.trend_damping,
+                     shares_interval=args.shares_interval, group_shares=not args.per_gpu_shares)  # fmt: skip
         u, im = r.utilization, r.imbalance
         for name in u:
             lines.append(
