@@ -1,0 +1,252 @@
+"""Whose energy it was: one interval's GPU (and CPU) energy split over containers and node idle. Pure: no I/O.
+
+Rules for one GPU (or MIG device) over one interval:
+
+1. Idle first: `idle_power_w × dt_s` (configured, or measured on the idle GPU), capped at the interval's energy, is
+   node idle. Why: an allocated GPU draws its idle power whether its pod computes or sleeps, and a GPU nobody holds
+   draws it too; charging it to whoever happens to hold the GPU would make a job's footprint depend on how full the
+   node is. The ledger keeps it per node, as the cluster's cost of being on.
+2. The active rest goes to the GPU's consumers: the containers the kubelet assigned it to, plus the owners of the
+   processes NVML saw on it (a container that sees every GPU, such as a privileged one, is a consumer too). Several
+   consumers share it by SM utilization (`nvmlDeviceGetProcessUtilization`, summed per container); when none
+   reported any, equally among them (the samples missed a short burst, or the GPU is time-sliced at low load).
+3. Active energy nobody can be charged with (no consumer at all, or the share of processes that are in no pod) is
+   `unowned_j`: the agent books it as node idle too, but it is counted apart so that it can be seen.
+
+Every split is exact: `math.fsum` of the parts equals the energy given (the rounding residue goes to the largest
+part), so the ledger's per-workload sums and the node meters' sums agree.
+
+Pods carry the operator's labels (`moeops.operator.naming`, copied here: the carbon side must not import the
+operator; a unit test keeps the copies equal), which `pod_workload` maps to the ledger's `WorkloadKey`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Generic, TypeVar
+
+from .ledger import Stage, WorkloadKey, WorkloadKind
+from .podresources.devices import CgroupRef
+
+C = TypeVar("C", bound=Hashable)
+"""A consumer: `ContainerRef` from the kubelet, or `CgroupRef` in the fallback."""
+
+TRAINING_JOB_LABEL = "moeops.dev/training-job"
+INFERENCE_SERVICE_LABEL = "moeops.dev/inference-service"
+APP_LABELS = ("app.kubernetes.io/instance", "app.kubernetes.io/name", "app")
+"""For a pod no moeops resource owns: the first of these it has names its workload, else the pod's own name."""
+UNRESOLVED_NAMESPACE = "_unresolved"
+"""Never a real namespace (`_` is not allowed in one): energy of a pod known only by its UID."""
+MAX_SM_PERCENT = 100.0
+
+
+def exact_split(total: float, weights: Mapping[C, float]) -> dict[C, float]:
+    """`total` over the keys in proportion to their weights (all > 0, finite), with `math.fsum` of the result ==
+    `total` exactly: the residue of rounding goes to the largest part, as many times as it takes (once, nearly
+    always; the loop is bounded)."""
+    weight_sum = math.fsum(weights.values())
+    parts = {key: total * weight / weight_sum for key, weight in weights.items()}
+    return settle(total, parts)
+
+
+def settle(total: float, parts: dict[C, float]) -> dict[C, float]:
+    """Make `math.fsum(parts.values()) == total` by moving the residue onto the largest part.
+
+    Why the second step: after the largest part absorbs the residue, the exact sum can still sit on a rounding tie
+    half an ulp from `total` (fsum then rounds to even, possibly away from it). Nudging the smallest positive part
+    by its own ulp, at most half of `total`'s since it is at most half the sum, moves the sum off the tie towards
+    `total`."""
+    if not parts:
+        return parts
+    largest = max(parts, key=lambda key: parts[key])
+    for _ in range(8):
+        residue = total - math.fsum(parts.values())
+        if residue == 0:
+            break
+        parts[largest] += residue
+        off = math.fsum(parts.values()) - total
+        positive = [key for key, value in parts.items() if value > 0 and key != largest]
+        if off != 0 and positive:
+            smallest = min(positive, key=lambda key: parts[key])
+            parts[smallest] = math.nextafter(parts[smallest], -math.inf if off > 0 else math.inf)
+    return parts
+
+
+@dataclass(frozen=True)
+class GpuInterval:
+    """One device's energy over one interval: a GPU by UUID, or a MIG device by MIG UUID (its share of the parent,
+    from `nvml_reader`)."""
+
+    device_id: str
+    energy_j: float
+    dt_s: float
+    idle_power_w: float
+    """Below this the device is idle. A MIG device's own idle power is its slice of the parent's (or 0, with the
+    parent's idle booked once under the parent's UUID)."""
+
+    def __post_init__(self) -> None:
+        for name in ("energy_j", "dt_s", "idle_power_w"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be finite and non-negative, got {value} for {self.device_id}")
+
+
+@dataclass(frozen=True)
+class Split(Generic[C]):
+    """Where one interval's energy went. `math.fsum` of idle_j, unowned_j and consumers_j equals the input."""
+
+    idle_j: float
+    unowned_j: float
+    consumers_j: Mapping[C, float]
+    equal_split: bool = False
+    """The consumers shared it equally because none reported SM (or CPU) activity."""
+
+    @property
+    def node_j(self) -> float:
+        """What the ledger books as the node's idle energy (key None)."""
+        return self.idle_j + self.unowned_j
+
+
+def sm_weights(samples: Iterable[tuple[int, float]]) -> dict[int, float]:
+    """PID → its summed SM utilization over an interval's samples (`nvmlDeviceGetProcessUtilization` gives one per
+    process per sampling period, so the sum is proportional to SM time). Readings outside 0–100 % are dropped:
+    NVML reports an unsupported or unknown value as a huge unsigned number."""
+    weights: dict[int, float] = {}
+    for pid, sm_percent in samples:
+        if math.isfinite(sm_percent) and 0 <= sm_percent <= MAX_SM_PERCENT:
+            weights[pid] = weights.get(pid, 0.0) + sm_percent
+    return weights
+
+
+class _Bucket(Enum):
+    """The parts of a split that are no consumer (an enum, so that no consumer can be equal to one)."""
+
+    IDLE = "idle"
+    UNOWNED = "unowned"
+
+
+def split_active(
+    energy_j: float,
+    idle_j: float,
+    assigned: Sequence[C],
+    activity: Mapping[int, float],
+    owner: Mapping[int, C],
+) -> Split[C]:
+    """`energy_j` of which `idle_j` is idle; the rest over `assigned` ∪ the owners of the PIDs in `activity`
+    (PID → activity weight on this device), by activity, equally when there is none, unowned when nobody is there."""
+    idle_j = min(max(idle_j, 0.0), energy_j)
+    active_j = energy_j - idle_j
+    consumers: list[C] = list(dict.fromkeys([*assigned, *(owner[pid] for pid in activity if pid in owner)]))
+    weights: dict[C, float] = dict.fromkeys(consumers, 0.0)
+    unowned_weight = 0.0
+    for pid, weight in activity.items():
+        clean = weight if math.isfinite(weight) and weight > 0 else 0.0
+        if pid in owner:
+            weights[owner[pid]] += clean
+        else:
+            unowned_weight += clean
+    positive: dict[C | _Bucket, float] = {key: w for key, w in weights.items() if w > 0}
+    if unowned_weight > 0:
+        positive[_Bucket.UNOWNED] = unowned_weight
+    equal = False
+    if positive:
+        shares = exact_split(active_j, positive)
+    elif consumers:
+        shares, equal = exact_split(active_j, dict.fromkeys(consumers, 1.0)), True
+    else:
+        shares = {_Bucket.UNOWNED: active_j}
+    parts: dict[C | _Bucket, float] = {_Bucket.IDLE: idle_j, _Bucket.UNOWNED: 0.0, **shares}
+    parts = settle(energy_j, parts)
+    consumers_j: dict[C, float] = {key: value for key, value in parts.items() if not isinstance(key, _Bucket)}
+    return Split(parts[_Bucket.IDLE], parts[_Bucket.UNOWNED], consumers_j, equal)
+
+
+def split_gpu(
+    interval: GpuInterval,
+    assigned: Sequence[C],
+    sm_by_pid: Mapping[int, float],
+    owner: Mapping[int, C],
+) -> Split[C]:
+    """One device's interval over node idle, its consumers and unowned (see the module docstring)."""
+    return split_active(interval.energy_j, interval.idle_power_w * interval.dt_s, assigned, sm_by_pid, owner)
+
+
+def split_cpu(energy_j: float, idle_j: float, cpu_s: Mapping[C, float], node_busy_cpu_s: float) -> Split[C]:
+    """The CPU package's interval (RAPL or estimate): `idle_j` to idle, the rest by CPU time (cgroup `cpu.stat`
+    usage per container over the interval); the node's busy CPU time outside every container (the kubelet, the
+    runtime, the kernel) is unowned. With no CPU time measured at all, the active part is unowned."""
+    clean = {key: s for key, s in cpu_s.items() if math.isfinite(s) and s > 0}
+    others_s = max(node_busy_cpu_s - math.fsum(clean.values()), 0.0) if math.isfinite(node_busy_cpu_s) else 0.0
+    activity: dict[int, float] = {}
+    owner: dict[int, C] = {}
+    for index, (key, seconds) in enumerate(clean.items()):
+        activity[index], owner[index] = seconds, key
+    if others_s > 0:
+        activity[-1] = others_s
+    return split_active(energy_j, idle_j, (), activity, owner)
+
+
+@dataclass
+class NodeAttribution(Generic[C]):
+    """A node's intervals added up: per consumer, idle and unowned (each summed with `math.fsum`)."""
+
+    devices: dict[str, Split[C]] = field(default_factory=dict)
+
+    def add(self, device_id: str, split: Split[C]) -> None:
+        self.devices[device_id] = split
+
+    @property
+    def consumers_j(self) -> dict[C, float]:
+        parts: dict[C, list[float]] = {}
+        for split in self.devices.values():
+            for key, value in split.consumers_j.items():
+                parts.setdefault(key, []).append(value)
+        return {key: math.fsum(values) for key, values in parts.items()}
+
+    @property
+    def idle_j(self) -> float:
+        return math.fsum(split.idle_j for split in self.devices.values())
+
+    @property
+    def unowned_j(self) -> float:
+        return math.fsum(split.unowned_j for split in self.devices.values())
+
+
+def split_node(
+    intervals: Iterable[GpuInterval],
+    assigned: Mapping[str, Sequence[C]],
+    sm_by_device: Mapping[str, Mapping[int, float]],
+    owner: Mapping[int, C],
+) -> NodeAttribution[C]:
+    """Every device of a node over one interval: `assigned` is the device map (device id → containers),
+    `sm_by_device` device id → PID → SM weight, `owner` PID → container."""
+    node: NodeAttribution[C] = NodeAttribution()
+    for interval in intervals:
+        device = interval.device_id
+        node.add(device, split_gpu(interval, assigned.get(device, ()), sm_by_device.get(device, {}), owner))
+    return node
+
+
+def pod_workload(
+    namespace: str, pod: str, labels: Mapping[str, str], *, other_stage: Stage = Stage.INFERENCE
+) -> WorkloadKey:
+    """The ledger key of a pod from its labels: a MoETrainingJob's workers train, an InferenceService's pods serve;
+    any other pod is kind `other`, named by its app label (or its own name), at `other_stage` (the ledger has no
+    stage for "not ours"; serving is what most long-running GPU pods do)."""
+    if job := labels.get(TRAINING_JOB_LABEL):
+        return WorkloadKey(namespace=namespace, kind=WorkloadKind.TRAINING_JOB, name=job, stage=Stage.TRAIN)
+    if service := labels.get(INFERENCE_SERVICE_LABEL):
+        return WorkloadKey(
+            namespace=namespace, kind=WorkloadKind.INFERENCE_SERVICE, name=service, stage=Stage.INFERENCE
+        )
+    name = next((value for label in APP_LABELS if (value := labels.get(label))), pod)
+    return WorkloadKey(namespace=namespace, kind=WorkloadKind.OTHER, name=name, stage=other_stage)
+
+
+def unresolved_workload(ref: CgroupRef, *, stage: Stage = Stage.INFERENCE) -> WorkloadKey:
+    """The ledger key of a pod known only by UID (cgroup fallback, API server not asked or not answering): kind
+    `other` in the namespace `_unresolved`, named `pod-<uid>`, so that it is booked, visibly unresolved."""
+    return WorkloadKey(namespace=UNRESOLVED_NAMESPACE, kind=WorkloadKind.OTHER, name=f"pod-{ref.pod_uid}", stage=stage)
