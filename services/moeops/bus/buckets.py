@@ -24,7 +24,7 @@ async def put_report(kv: KeyValue, report: RebalanceReport) -> int:
 
 async def latest_report(kv: KeyValue, namespace: str, job: str) -> RebalanceReport | None:
     """The job's report, or None if there is none (or it expired); BadMessage if the stored bytes are bad."""
-    value = await _value(kv, report_key(namespace, job))
+    value = await stored_value(kv, report_key(namespace, job))
     return decode_report(value) if value else None
 
 
@@ -39,11 +39,12 @@ async def put_description(kv: KeyValue, description: JobDescription) -> int:
 
 async def job_description(kv: KeyValue, namespace: str, job: str) -> JobDescription | None:
     """The job's description, or None; BadMessage if the stored bytes are bad."""
-    value = await _value(kv, job_key(namespace, job))
+    value = await stored_value(kv, job_key(namespace, job))
     return decode_description(value) if value else None
 
 
-async def _value(kv: KeyValue, key: str) -> bytes | None:
+async def stored_value(kv: KeyValue, key: str) -> bytes | None:
+    """The bytes under `key`, or None when there are none (shared with `carbon_store`)."""
     try:
         entry = await kv.get(key)
     except (KeyNotFoundError, KeyDeletedError):  # never written, deleted, or expired

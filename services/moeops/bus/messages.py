@@ -228,7 +228,7 @@ def decode_reference(subject: str, data: bytes) -> Message:
     return _decode(parsed, subject, data)
 
 
-Stored = TypeVar("Stored", bound=BusMessage)
+Stored = TypeVar("Stored", bound=BaseModel)  # any versioned model: bus messages, carbon_messages
 
 
 def decode_stored(model: type[Stored], data: bytes) -> Stored:

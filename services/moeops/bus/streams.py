@@ -47,12 +47,21 @@ class MetricsRetention:
     """On disk, so that the metrics outlive a server restart."""
 
 
+StreamRetention = MetricsRetention
+"""The same settings serve every limits-retention stream (the carbon stream: `carbon_store`)."""
+
+
 def metrics_stream_config(retention: MetricsRetention | None = None) -> StreamConfig:
-    retention = retention or MetricsRetention()
+    return limits_stream_config(METRICS_STREAM, "moeops worker step metrics", METRICS_ROOT, retention)
+
+
+def limits_stream_config(name: str, description: str, root: str, retention: StreamRetention | None) -> StreamConfig:
+    """A stream of every subject under `root`, oldest messages discarded first past the retention limits."""
+    retention = retention or StreamRetention()
     return StreamConfig(
-        name=METRICS_STREAM,
-        description="moeops worker step metrics",
-        subjects=[f"{METRICS_ROOT}.>"],
+        name=name,
+        description=description,
+        subjects=[f"{root}.>"],
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
         max_age=retention.max_age_s,
@@ -66,7 +75,11 @@ def metrics_stream_config(retention: MetricsRetention | None = None) -> StreamCo
 
 async def ensure_metrics_stream(js: JetStreamContext, retention: MetricsRetention | None = None) -> StreamInfo:
     """Creates the metrics stream, or brings an existing one to this configuration."""
-    config = metrics_stream_config(retention)
+    return await ensure_stream(js, metrics_stream_config(retention))
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> StreamInfo:
+    """Creates the stream, or brings an existing one to this configuration."""
     try:
         return await js.add_stream(config)
     except BadRequestError as exc:

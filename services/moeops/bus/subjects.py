@@ -2,7 +2,8 @@
 
     moeops.metrics.<namespace>.<job>.<rank>   worker step metrics (stream MOEOPS_METRICS)
     moeops.plans.<namespace>.<job>            rebalance plans (republished from the KV bucket moeops-plans)
-    moeops.carbon.>                           reserved for carbon accounting (not used yet)
+    moeops.carbon.energy.<node>               a node agent's energy deltas (stream MOEOPS_CARBON)
+    moeops.carbon.>                           reserved for more carbon accounting messages
 
 Namespaces and job names are Kubernetes object names (DNS-1123: lowercase letters, digits, `-` and `.`). A NATS
 subject token may not hold a `.`, so dots become `_`; `_` cannot occur in a Kubernetes name, which keeps the
@@ -20,9 +21,14 @@ ROOT = "moeops"
 METRICS_ROOT = f"{ROOT}.metrics"
 PLANS_ROOT = f"{ROOT}.plans"
 CARBON_ROOT = f"{ROOT}.carbon"
-"""Reserved for the carbon accountant's messages (a later issue)."""
+"""The carbon accountant's messages."""
+CARBON_ENERGY_ROOT = f"{CARBON_ROOT}.energy"
 
 METRICS_STREAM = "MOEOPS_METRICS"
+CARBON_STREAM = "MOEOPS_CARBON"
+CARBON_BUCKET = "moeops-carbon"
+"""The aggregator's ledger snapshot (key CARBON_LEDGER_KEY) and the per-workload totals it publishes."""
+CARBON_LEDGER_KEY = "ledger"
 PLANS_BUCKET = "moeops-plans"
 PLANS_KV_ROOT = f"$KV.{PLANS_BUCKET}"
 """The subjects the KV bucket stores its values under (`$KV.<bucket>.<key>`)."""
@@ -105,6 +111,28 @@ def metrics_msg_id(namespace: str, job: str, rank: int, step: int) -> str:
 
     The namespace is part of it because a stream's dedup window spans every subject it holds."""
     return f"{token(namespace)}/{token(job)}/{_rank_token(rank)}/{step}"
+
+
+def carbon_energy_subject(node: str) -> str:
+    """Where a node's agent publishes its energy deltas: one subject per node keeps each meter's deltas in order."""
+    return f"{CARBON_ENERGY_ROOT}.{token(node)}"
+
+
+def carbon_energy_node_token(subject: str) -> str | None:
+    """The node token of a concrete carbon energy subject, else None."""
+    prefix, _, node = subject.rpartition(".")
+    return node if prefix == CARBON_ENERGY_ROOT and _TOKEN.fullmatch(node) else None
+
+
+def carbon_workload_key(namespace: str, kind: str, name: str) -> str:
+    """The key of one workload's carbon totals in CARBON_BUCKET (`workload.<namespace>.<kind>.<name>`)."""
+    return f"workload.{token(namespace)}.{token(kind)}.{token(name)}"
+
+
+def carbon_msg_id(source: str, epoch: int, sequence: int) -> str:
+    """The dedup id of one energy delta: its meter, the meter's run and its place in that run (the ledger's
+    DeltaId), so a delta the agent sends again is stored once."""
+    return f"{source}/{epoch}/{sequence}"
 
 
 def parse(subject: str) -> ParsedSubject | None:

@@ -1,0 +1,5 @@
+"""`python -m moeops.carbon agent|aggregator`: see cli.py."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,126 @@
+"""`python -m moeops.carbon agent|aggregator`: the container entry points of carbon accounting.
+
+    agent        the node agent (DaemonSet): NVML energy → on-disk spool → stream MOEOPS_CARBON
+    aggregator   one per cluster (Deployment): stream → carbon ledger → KV bucket moeops-carbon
+
+Settings come from the environment (NATS: MOEOPS_NATS_*, see `moeops.bus.connection`):
+
+    MOEOPS_NODE_NAME            the node (the DaemonSet sets it from the downward API, spec.nodeName)
+    MOEOPS_CARBON_REGION        the node's grid region (a key of the intensity table, e.g. a cloud region)
+    MOEOPS_CARBON_SPOOL_DIR     the agent's spool (a hostPath, so that it outlives the pod); default below
+    MOEOPS_CARBON_POLL_S        seconds between the agent's polls (default 1)
+    MOEOPS_CARBON_PUE           the aggregator's power usage effectiveness (default: ledger.DEFAULT_PUE)
+
+Until pod attribution joins (`attribution.py`), the agent charges every GPU's energy to the node's idle energy.
+A machine without NVML ends the agent with a one-line message and exit status 69 (EX_UNAVAILABLE), not a
+traceback: a DaemonSet scheduled on a node without GPUs should say why it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from moeops.api import env
+from moeops.bus.connection import BusConfigError, ConnectionOptions
+
+from .agent import AgentSettings, DeltaSource, NodeAgent
+from .aggregator import CarbonAggregator
+from .intensity import default_static_table
+from .ledger import DEFAULT_PUE, DeltaId, EnergyDelta
+from .nvml_reader import NvmlReader, NvmlUnavailable
+from .spool import Spool
+
+CARBON_REGION = "MOEOPS_CARBON_REGION"
+CARBON_SPOOL_DIR = "MOEOPS_CARBON_SPOOL_DIR"
+CARBON_POLL_S = "MOEOPS_CARBON_POLL_S"
+CARBON_PUE = "MOEOPS_CARBON_PUE"
+DEFAULT_SPOOL_DIR = "/var/lib/moeops/carbon-spool"
+EX_UNAVAILABLE = 69
+"""sysexits.h: a service the program needs (here NVML) is not there."""
+EX_CONFIG = 78
+
+logger = logging.getLogger(__name__)
+
+
+def nvml_idle_source(reader: NvmlReader, node: str, region: str) -> DeltaSource:
+    """Each GPU's energy since the previous call, as the node's idle energy (no pod attribution yet); meters are
+    named `<node>/<gpu uuid>`. The spool gives epoch and sequence (the zeros here are placeholders)."""
+    previous: dict[str, float] = {}
+
+    def deltas() -> list[EnergyDelta]:
+        reader.poll()
+        now = datetime.now(UTC)
+        out = []
+        for gpu in reader.report():
+            total = gpu.energy.energy_j
+            if total is None:
+                continue
+            energy_j = max(0.0, total - previous.get(gpu.gpu.uuid, 0.0))
+            previous[gpu.gpu.uuid] = total
+            meter = DeltaId(source=f"{node}/{gpu.gpu.uuid}", epoch=0, sequence=0)
+            out.append(
+                EnergyDelta(id=meter, node=node, region=region, at=now, key=None, gpu_energy_j=energy_j, cpu_energy_j=0)
+            )
+        return out
+
+    return deltas
+
+
+def _setting(environ: Mapping[str, str], name: str, default: str | None = None) -> str:
+    value = environ.get(name, "").strip() or default
+    if value is None:
+        raise BusConfigError(f"{name} is not set")
+    return value
+
+
+def _serve(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run(stop)
+
+    asyncio.run(serve())
+
+
+def run_agent(environ: Mapping[str, str]) -> None:
+    node = _setting(environ, env.NODE_NAME)
+    region = _setting(environ, CARBON_REGION)
+    settings = AgentSettings(poll_interval_s=float(_setting(environ, CARBON_POLL_S, "1")))
+    options = ConnectionOptions.from_env(environ, name=f"moeops-carbon-agent-{node}")
+    with NvmlReader() as reader:
+        logger.info("carbon agent on %s: %d GPU(s)", node, len(reader.gpus))
+        spool = Spool(Path(_setting(environ, CARBON_SPOOL_DIR, DEFAULT_SPOOL_DIR)))
+        _serve(NodeAgent(nvml_idle_source(reader, node, region), spool, options, settings).run)
+
+
+def run_aggregator(environ: Mapping[str, str]) -> None:
+    pue = float(_setting(environ, CARBON_PUE, str(DEFAULT_PUE)))
+    options = ConnectionOptions.from_env(environ, name="moeops-carbon-aggregator")
+    _serve(CarbonAggregator(options, default_static_table(), pue=pue).run)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="moeops carbon accounting")
+    parser.add_argument("command", choices=("agent", "aggregator"))
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    values = os.environ if environ is None else environ
+    try:
+        (run_agent if args.command == "agent" else run_aggregator)(values)
+    except NvmlUnavailable as exc:
+        print(f"moeops carbon agent: NVML is not available on this machine: {exc}", file=sys.stderr)
+        raise SystemExit(EX_UNAVAILABLE) from None
+    except (BusConfigError, ValueError) as exc:
+        print(f"moeops carbon {args.command}: bad settings: {exc}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
