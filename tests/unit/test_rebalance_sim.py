@@ -20,10 +20,12 @@ SMALL = Config(gpus=128, layers=4)
 def test_utilizations_are_fractions_and_ours_beats_no_rebalancing() -> None:
     result = simulate(SMALL, steps=30, interval=10, seed=0)
     for table in (result.utilization, result.utilization_layer_sync, result.worst_utilization):
-        assert set(table) == {"none", "EPLB", "ours", "ours, no gate"}
+        assert set(table) == {"none", "EPLB", "ours", "ours, no gate", "oracle (bound)"}
         assert all(0.0 < value <= 1.0 for value in table.values())
     assert result.utilization["ours"] > result.utilization["none"]
     assert result.utilization["ours"] > result.utilization["EPLB"]  # EPLB ignores the stragglers
+    # The oracle sees each step before it runs: nothing that only measures can beat it.
+    assert result.utilization["oracle (bound)"] > max(v for k, v in result.utilization.items() if k != "oracle (bound)")
     assert result.imbalance["EPLB"] < result.imbalance["none"]
     assert all(value >= 1.0 for value in result.imbalance.values())
     assert len(result.plan_ms) == 2  # plans after steps 9 and 19 (none after the last step)
@@ -61,3 +63,16 @@ def test_eplb_fills_every_gpu_and_replicates_the_hottest_expert() -> None:
     assert slots.shape == (1, 4, 3)
     counts = np.bincount(slots.ravel(), minlength=8)
     assert counts[0] == 5 and all(counts[1:] == 1)
+
+
+def test_data_shares_planned_every_step_follow_the_stragglers_more_closely() -> None:
+    every_ten = simulate(SMALL, steps=30, interval=10, seed=0, oracle=False)
+    every_step = simulate(SMALL, steps=30, interval=10, seed=0, shares_interval=1, oracle=False)
+    assert every_step.utilization["ours"] > every_ten.utilization["ours"]
+    assert every_step.utilization["EPLB"] == every_ten.utilization["EPLB"]  # only ours re-plans its shares
+
+
+def test_shares_over_the_ep_groups_beat_shares_per_gpu() -> None:
+    grouped = simulate(SMALL, steps=30, interval=10, seed=0, oracle=False)
+    per_gpu = simulate(SMALL, steps=30, interval=10, seed=0, group_shares=False, oracle=False)
+    assert grouped.utilization["ours"] > per_gpu.utilization["ours"]

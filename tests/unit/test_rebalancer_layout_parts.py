@@ -109,3 +109,18 @@ def test_layers_are_gated_one_by_one_and_a_layer_that_does_not_pay_keeps_its_pla
     assert placement is not None and gain > 0
     assert placement[1] == current[1]  # nothing to gain there: not moved
     assert placement[0] != current[0]
+
+
+def test_a_slow_ep_group_gives_sequences_to_the_other_group() -> None:
+    # 8 replicas in 2 EP groups of 4; every GPU of the second group takes twice as long; experts balanced.
+    layout = JobLayout(expert=4, layers=1, experts=8, params_per_expert=3 * 64 * 128)
+    snap = _snapshot(8, [[100] * 8], [1.0] * 4 + [2.0] * 4)
+    outcome = replan_outcome(snap, global_batch=64, current_shares=None, hysteresis=Hysteresis(0.05, 10, 5),
+                             last_applied_step=None, previous=None, namespace="ns", job="j", now_unix_s=0.0,
+                             stage_layers=[(0, 1)], layout=layout)  # fmt: skip
+    assert outcome.plan is not None and outcome.parts == ("data",) and outcome.sequences is not None
+    fast, slow = sum(outcome.sequences[:4]), sum(outcome.sequences[4:])
+    assert fast + slow == 64
+    # Half of a GPU's time is expert work for its whole group (expert_time_share 0.5), so per-GPU shares (which
+    # can only shrink the dense half) would leave the slow group at 32 sequences; the group takes far fewer.
+    assert slow <= 24 < 40 <= fast

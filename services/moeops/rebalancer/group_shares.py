@@ -41,8 +41,8 @@ def group_step_seconds(
 
 
 def plan_group_shares(
-    sequences_per_second: Sequence[float],
-    seconds_per_group_sequence: Sequence[float],
+    sequences_per_second: Sequence[float] | Floats,
+    seconds_per_group_sequence: Sequence[float] | Floats,
     group_size: int,
     global_batch: int,
     *,

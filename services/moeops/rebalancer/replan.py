@@ -25,7 +25,8 @@ import numpy as np
 
 from moeops.bus.messages import RebalancePlan
 
-from .data_shares import even_split, largest_remainder, plan_data_shares
+from .data_shares import DataSharePlan, even_split, largest_remainder, plan_data_shares
+from .group_shares import Floats, plan_group_shares
 from .layout import JobLayout, replica_rates, stage_times
 from .load import LoadSnapshot
 from .placement import holdings, plan_layers, rank_loads, replicas_of
@@ -97,6 +98,50 @@ def expert_part(
     return replicas_of(placed), gain
 
 
+def ep_rank_loads(expert_tokens: Sequence[Sequence[float]], placement: Placement, layout: JobLayout) -> Floats | None:
+    """(expert,) tokens per step each EP rank computes, summed over layers; None when not an EP job with counts."""
+    if layout.expert < 2 or not expert_tokens or not layout.experts:
+        return None
+    loads = np.asarray(expert_tokens, dtype=np.float64)
+    if loads.shape != (layout.layers, layout.experts) or len(placement) != layout.layers:
+        return None
+    per_rank: Floats = rank_loads(holdings(placement, layout.expert, layout.experts), loads).sum(axis=0)
+    return per_rank if per_rank.sum() > 0 else None
+
+
+def group_data_part(
+    rates: Sequence[float],
+    expert_load: Floats,
+    layout: JobLayout,
+    global_batch: int,
+    current: Sequence[int] | None,
+    max_sequences_per_rank: int | Sequence[int] | None,
+) -> DataSharePlan:
+    """Data shares over the EP groups (`group_shares`): replicas i·E … i·E + E − 1 form an EP group (the data
+    dimension is (edp, ep), ep innermost). Each replica's measured time splits into a dense part (its own
+    sequences) and an expert part (its EP rank's share of the group's tokens), `layout.expert_time_share` of the
+    step at an even split and balanced experts: from the current split and the measured rates follow each
+    replica's speed, its dense rate w and its expert seconds per group sequence p."""
+    data, ep = len(rates), layout.expert
+    if data % ep or not isinstance(max_sequences_per_rank, int | None):
+        return plan_data_shares(rates, global_batch, current=current, max_sequences_per_rank=max_sequences_per_rank)
+    n = np.asarray(current if current is not None else even_split(global_batch, data), dtype=np.float64)
+    share = layout.expert_time_share
+    dense = 1.0 - share  # per sequence, at speed 1
+    expert = share * np.tile(expert_load / expert_load.mean(), data // ep) / ep  # per group sequence, at speed 1
+    group_totals = np.repeat(n.reshape(-1, ep).sum(axis=1), ep)
+    # rates: sequences per second each replica did; its speed = the work it did per second.
+    speed = (n * dense + group_totals * expert) * np.asarray(rates, dtype=np.float64) / n
+    return plan_group_shares(
+        speed / dense,
+        expert / speed,
+        ep,
+        global_batch,
+        current=None if current is None else list(current),
+        max_sequences_per_rank=max_sequences_per_rank,
+    )
+
+
 def stage_part(
     compute_seconds: Sequence[float], layout: JobLayout, current: Sequence[tuple[int, int]]
 ) -> tuple[tuple[tuple[int, int], ...] | None, float]:
@@ -151,14 +196,6 @@ def replan_outcome(
     loads = sorted(snapshot.ranks, key=lambda load: load.rank)
     gains: dict[str, float] = {}
 
-    shares = None
-    if layout.pipeline == 1:
-        first, last = hysteresis.forecast_steps if forecast_steps is None else forecast_steps
-        rates = replica_rates(snapshot.throughput(first, last), layout)
-        shares = plan_data_shares(
-            rates, global_batch, current=current_shares, max_sequences_per_rank=max_sequences_per_rank
-        )
-        gains["data"] = shares.predicted_gain
     placement = None
     placed_before = list(previous.expert_placement) if previous is not None else []
     expert_counts = snapshot.expert_tokens
@@ -175,6 +212,19 @@ def replan_outcome(
             step_seconds=math.fsum(load.step_seconds for load in loads) / len(loads),
             steps_until_next_plan=hysteresis.interval_steps,
         )
+    shares = None
+    if layout.pipeline == 1:  # after the experts: the data part splits the batch for the placement that will run
+        first, last = hysteresis.forecast_steps if forecast_steps is None else forecast_steps
+        rates = replica_rates(snapshot.throughput(first, last), layout)
+        held = placement if placement is not None else placed_before
+        expert_load = ep_rank_loads(expert_counts, held, layout) if held else None
+        if expert_load is not None:
+            shares = group_data_part(rates, expert_load, layout, global_batch, current_shares, max_sequences_per_rank)
+        else:
+            shares = plan_data_shares(
+                rates, global_batch, current=current_shares, max_sequences_per_rank=max_sequences_per_rank
+            )
+        gains["data"] = shares.predicted_gain
     stages = None
     staged_before = list(previous.stage_layers) if previous is not None else list(stage_layers)
     if layout.pipeline > 1:
