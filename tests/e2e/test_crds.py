@@ -114,6 +114,11 @@ BAD_TRAINING_SPECS: list[tuple[str, dict, str]] = [
     ),
     ("warmup as long as training", {"training": {"steps": 10, "warmupSteps": 10}}, "warmupSteps must be less than"),
     ("zero learning rate", {"training": {"learningRate": 0}}, "spec.training.learningRate"),
+    (
+        "data shares re-planned less often than the rest",
+        {"rebalance": {"intervalSteps": 10, "dataIntervalSteps": 20}},
+        "dataIntervalSteps must not exceed",
+    ),
     ("unknown precision", {"training": {"precision": "fp8"}}, "spec.training.precision: Unsupported value"),
     ("unsupported data scheme", {"data": {"source": "ftp://host/data"}}, "spec.data.source"),
     (

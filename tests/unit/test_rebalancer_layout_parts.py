@@ -7,7 +7,7 @@ import pytest
 from bus_records import worker_metrics
 from moeops.rebalancer.layout import JobLayout, replica_rates, stage_times
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
-from moeops.rebalancer.policy import Hysteresis
+from moeops.rebalancer.policy import Hysteresis, Verdict
 from moeops.rebalancer.replan import contiguous_placement, expert_part, replan_outcome, stage_part
 
 HOT = [[900.0, 800.0, 10.0, 10.0, 50.0, 50.0, 40.0, 40.0]]
@@ -124,3 +124,33 @@ def test_a_slow_ep_group_gives_sequences_to_the_other_group() -> None:
     # Half of a GPU's time is expert work for its whole group (expert_time_share 0.5), so per-GPU shares (which
     # can only shrink the dense half) would leave the slow group at 32 sequences; the group takes far fewer.
     assert slow <= 24 < 40 <= fast
+
+
+def test_data_shares_re_plan_between_the_expert_re_plans() -> None:
+    # A straggler and hot experts; experts may move every 20 steps, the data split every 2.
+    hysteresis = Hysteresis(0.01, 20, 1, data_interval_steps=2)
+    snap = _snapshot(4, [[int(v) for v in HOT[0]]], [1.0, 1.0, 2.0, 1.0])  # newest step: 5
+    round_args = {
+        "global_batch": 16,
+        "current_shares": None,
+        "hysteresis": hysteresis,
+        "previous": None,
+        "namespace": "ns",
+        "job": "j",
+        "now_unix_s": 0.0,
+        "stage_layers": [(0, 1)],
+        "layout": SMALL_EXPERTS,
+    }
+    too_soon = replan_outcome(snap, last_applied_step=4, last_full_step=4, **round_args)  # type: ignore[arg-type]
+    assert too_soon.plan is None and too_soon.verdict is Verdict.TOO_SOON
+    data_only = replan_outcome(snap, last_applied_step=3, last_full_step=3, **round_args)  # type: ignore[arg-type]
+    assert data_only.plan is not None and data_only.parts == ("data",) and not data_only.full
+    assert data_only.plan.expert_placement == []  # the previous (none): experts wait for the full interval
+    full = replan_outcome(snap, last_applied_step=3, last_full_step=5 - 20, **round_args)  # type: ignore[arg-type]
+    assert full.plan is not None and full.full and "experts" in full.parts
+
+
+def test_the_data_interval_cannot_exceed_the_interval() -> None:
+    assert Hysteresis(0.05, 10, data_interval_steps=50).data_interval == 10
+    assert Hysteresis(0.05, 10).data_interval == 10
+    assert Hysteresis(0.05, 10, data_interval_steps=1).forecast_window(1) == (5.0, 5.0)

@@ -42,6 +42,8 @@ class JobDescription(BusMessage):
     rebalance_enabled: bool = True
     min_gain: Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.05
     interval_steps: Positive = 50
+    data_interval_steps: Positive | None = None
+    """Steps between data-share-only re-plans (None: interval_steps)."""
     described_at_unix_s: FiniteFloat
 
     @model_validator(mode="after")

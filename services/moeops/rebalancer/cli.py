@@ -25,6 +25,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     one.add_argument("--layers", type=int, default=1, help="model layers (one pipeline stage until re-planned)")
     one.add_argument("--min-gain", type=float, default=0.05)
     one.add_argument("--interval-steps", type=int, default=50)
+    one.add_argument("--data-interval-steps", type=int, default=None, help="data-share-only re-plans (default: above)")
     one.add_argument("--disabled", action="store_true", help="consume metrics but never publish a plan")
     one.add_argument("--max-sequences-per-rank", type=int, default=None)
     parser.add_argument("--apply-margin-steps", type=int, default=Hysteresis().apply_margin_steps)
@@ -46,7 +47,9 @@ def settings_from_args(args: argparse.Namespace) -> list[JobSettings]:
             namespace=args.namespace,
             job=args.job,
             global_batch=args.global_batch,
-            hysteresis=Hysteresis(args.min_gain, args.interval_steps, args.apply_margin_steps, not args.disabled),
+            hysteresis=Hysteresis(
+                args.min_gain, args.interval_steps, args.apply_margin_steps, not args.disabled, args.data_interval_steps
+            ),
             stage_layers=((0, args.layers),),
             max_sequences_per_rank=args.max_sequences_per_rank,
             min_samples=args.min_samples,

@@ -280,7 +280,7 @@ class RebalancerService:
         outcome = state.aggregator.ingest(metrics)
         self.counters.ingested[outcome.value] += 1
         if outcome is Ingested.RESTARTED:  # back at a checkpoint: the minimum interval counts from now on
-            state.last_applied_step = None
+            state.last_applied_step = state.last_full_step = None
             logger.info("%s/%s: restarted at step %d", *state.settings.key, metrics.step)
         return state.settings.key if outcome in (Ingested.ACCEPTED, Ingested.RESTARTED) else None
 
@@ -294,6 +294,7 @@ class RebalancerService:
                 current_shares=state.current_shares,
                 hysteresis=with_lead_time(settings.hysteresis, snapshot),
                 last_applied_step=state.last_applied_step,
+                last_full_step=state.last_full_step,
                 previous=state.previous,
                 namespace=settings.namespace,
                 job=settings.job,
@@ -310,9 +311,9 @@ class RebalancerService:
         if outcome.verdict is not None:
             self.counters.verdicts[outcome.verdict.value] += 1
         if outcome.plan is not None:
-            await self._store(kv, state, outcome.plan)
+            await self._store(kv, state, outcome.plan, full=outcome.full)
 
-    async def _store(self, kv: KeyValue, state: JobState, plan: RebalancePlan) -> None:
+    async def _store(self, kv: KeyValue, state: JobState, plan: RebalancePlan, *, full: bool) -> None:
         """Writes the plan if the stored one is still the one it follows; else adopts the stored one."""
         settings = state.settings
         try:
@@ -328,7 +329,7 @@ class RebalancerService:
             self.counters.plan_errors += 1
             logger.warning("%s/%s: cannot store the plan: %s", settings.namespace, settings.job, exc)
             return
-        state.adopt(plan, revision)
+        state.adopt(plan, revision, full=full)
         self.counters.plans_published += 1
         logger.info(
             "%s/%s: plan epoch %d at step %d, shares %s (predicted gain %.1f%%)",

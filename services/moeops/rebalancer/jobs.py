@@ -51,6 +51,7 @@ class JobSettings:
                 min_gain=description.min_gain,
                 interval_steps=description.interval_steps,
                 enabled=description.rebalance_enabled,
+                data_interval_steps=description.data_interval_steps,
             ),
             stage_layers=stage_layers,
             min_samples=min_samples,
@@ -75,6 +76,9 @@ class JobState:
     """The plan's revision in the bucket (0: none stored), for a compare-and-set write."""
     current_shares: list[int] | None = None
     last_applied_step: int | None = None
+    last_full_step: int | None = None
+    """The apply step of the last plan whose round could re-plan every part (data shares alone re-plan more often:
+    `Hysteresis.data_interval_steps`)."""
     reported_at: float = float("-inf")
     """Monotonic time of the last report written."""
 
@@ -82,9 +86,13 @@ class JobState:
     def of(cls, settings: JobSettings) -> JobState:
         return cls(settings, LoadAggregator(settings.smoothing))
 
-    def adopt(self, plan: RebalancePlan, revision: int) -> None:
+    def adopt(self, plan: RebalancePlan, revision: int, *, full: bool = True) -> None:
+        """`plan` is the job's plan now; `full`: its round could re-plan every part (a plan found in the bucket
+        counts as one: the interval of the slow parts then starts from it, the safe side)."""
         self.previous, self.revision = plan, revision
         self.last_applied_step = plan.apply_at_step
+        if full:
+            self.last_full_step = plan.apply_at_step
         self.current_shares = sequences_from_fractions(plan.data_shares, self.settings.global_batch)
 
     def report(self, now_unix_s: float) -> RebalanceReport | None:

@@ -44,23 +44,37 @@ class Hysteresis:
     interval_steps: int = 50
     apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS
     enabled: bool = True
+    data_interval_steps: int | None = None
+    """Least steps between plans that change the data shares alone (nothing moves: they may follow stragglers
+    closely); None: `interval_steps`. Expert placement and stages still wait `interval_steps`."""
+
+    @property
+    def data_interval(self) -> int:
+        return min(self.interval_steps, self.data_interval_steps or self.interval_steps)
 
     @property
     def forecast_steps(self) -> tuple[float, float]:
         """The steps a plan runs over, counted from the newest measured step: it applies `apply_margin_steps`
         on and is not replaced for `interval_steps` (the first and the last of them)."""
-        return float(self.apply_margin_steps), float(self.apply_margin_steps + self.interval_steps - 1)
+        return self.forecast_window(self.interval_steps)
+
+    def forecast_window(self, interval: int) -> tuple[float, float]:
+        """The first and last steps, from the newest measured one, a plan replaced after `interval` runs over."""
+        return float(self.apply_margin_steps), float(self.apply_margin_steps + interval - 1)
 
     @classmethod
     def from_spec(cls, spec: RebalanceSpec, apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS) -> Hysteresis:
-        return cls(spec.min_gain, spec.interval_steps, apply_margin_steps, spec.enabled)
+        return cls(spec.min_gain, spec.interval_steps, apply_margin_steps, spec.enabled, spec.data_interval_steps)
 
-    def verdict(self, *, current_step: int, last_applied_step: int | None, predicted_gain: float) -> Verdict:
-        """Whether to publish a plan now. The interval counts from the step the last plan took effect: the
-        measurements before it describe the old distribution."""
+    def verdict(
+        self, *, current_step: int, last_applied_step: int | None, predicted_gain: float, interval: int | None = None
+    ) -> Verdict:
+        """Whether to publish a plan now. The interval (default `interval_steps`) counts from the step the last
+        plan took effect: the measurements before it describe the old distribution."""
         if not self.enabled:
             return Verdict.DISABLED
-        if last_applied_step is not None and current_step - last_applied_step < self.interval_steps:
+        interval = self.interval_steps if interval is None else interval
+        if last_applied_step is not None and current_step - last_applied_step < interval:
             return Verdict.TOO_SOON
         # Strictly more than min_gain: with min_gain 0 an exact tie (no gain at all) still changes nothing.
         if predicted_gain <= self.min_gain:

@@ -48,6 +48,8 @@ class ReplanOutcome:
     """The planned sequences per data-parallel replica when `plan` is set."""
     parts: tuple[str, ...] = ()
     """Which parts the plan changes: "data", "experts", "stages"."""
+    full: bool = False
+    """The round could re-plan every part (not only the data shares): `JobState.adopt(full=...)`."""
 
 
 def sequences_from_fractions(fractions: Sequence[float], global_batch: int) -> list[int]:
@@ -171,6 +173,7 @@ def replan_outcome(
     max_sequences_per_rank: int | Sequence[int] | None = None,
     min_samples: int = 1,
     layout: JobLayout | None = None,
+    last_full_step: int | None = None,
     forecast_steps: tuple[float, float] | None = None,
 ) -> ReplanOutcome:
     """The next plan (`.plan`, or None), with the verdict and the planned sequences. No plan: no complete
@@ -184,11 +187,20 @@ def replan_outcome(
     has folded in at least `min_samples` steps. Rank speeds are forecast `forecast_steps` steps past the newest
     one: the lowest forecast over that (first, last) window (default `hysteresis.forecast_steps`, the steps the
     plan will run over; (0, 0): the smoothed speeds as measured).
+
+    Cadence: a plan needs `hysteresis.data_interval` steps since `last_applied_step`; expert placement and
+    stages are re-planned only `hysteresis.interval_steps` after `last_full_step` (the last round that could;
+    None: `last_applied_step`), other rounds plan the data shares alone.
     """
     if snapshot.world_size < 1 or not snapshot.complete or snapshot.max_step < 0:
         return ReplanOutcome(None, None)
     if min(load.samples for load in snapshot.ranks) < min_samples:
         return ReplanOutcome(None, None)
+    since_any = math.inf if last_applied_step is None else snapshot.max_step - last_applied_step
+    if hysteresis.enabled and since_any < hysteresis.data_interval:
+        return ReplanOutcome(None, Verdict.TOO_SOON)
+    full_anchor = last_applied_step if last_full_step is None else last_full_step
+    full = full_anchor is None or snapshot.max_step - full_anchor >= hysteresis.interval_steps
     layout = layout or JobLayout(layers=stage_layers[-1][1])
     data = layout.data(snapshot.world_size)
     if current_shares is not None and len(current_shares) != data:
@@ -200,7 +212,8 @@ def replan_outcome(
     placed_before = list(previous.expert_placement) if previous is not None else []
     expert_counts = snapshot.expert_tokens
     if (
-        layout.expert > 1
+        full
+        and layout.expert > 1
         and layout.experts
         and [len(layer) for layer in expert_counts] == [layout.experts] * layout.layers
     ):
@@ -214,7 +227,7 @@ def replan_outcome(
         )
     shares = None
     if layout.pipeline == 1:  # after the experts: the data part splits the batch for the placement that will run
-        first, last = hysteresis.forecast_steps if forecast_steps is None else forecast_steps
+        first, last = hysteresis.forecast_window(hysteresis.data_interval) if forecast_steps is None else forecast_steps
         rates = replica_rates(snapshot.throughput(first, last), layout)
         held = placement if placement is not None else placed_before
         expert_load = ep_rank_loads(expert_counts, held, layout) if held else None
@@ -227,13 +240,16 @@ def replan_outcome(
         gains["data"] = shares.predicted_gain
     stages = None
     staged_before = list(previous.stage_layers) if previous is not None else list(stage_layers)
-    if layout.pipeline > 1:
+    if full and layout.pipeline > 1:
         stages, gains["stages"] = stage_part([load.compute_seconds for load in loads], layout, staged_before)
 
     paying = {part: gain for part, gain in gains.items() if gain > hysteresis.min_gain}
     combined = 1.0 - math.prod(1.0 - gain for gain in paying.values())
     verdict = hysteresis.verdict(
-        current_step=snapshot.max_step, last_applied_step=last_applied_step, predicted_gain=combined
+        current_step=snapshot.max_step,
+        last_applied_step=last_applied_step,
+        predicted_gain=combined,
+        interval=hysteresis.data_interval,
     )
     if verdict is not Verdict.PLAN:
         return ReplanOutcome(None, verdict)
@@ -251,4 +267,4 @@ def replan_outcome(
         predicted_gain=combined,
         now_unix_s=now_unix_s,
     )
-    return ReplanOutcome(plan, verdict, tuple(sequences), tuple(sorted(paying)))
+    return ReplanOutcome(plan, verdict, tuple(sequences), tuple(sorted(paying)), full)

@@ -104,6 +104,7 @@ def _description(config: TrainingRuntimeConfig, world: World, trainer: Trainer) 
         rebalance_enabled=rebalance.enabled,
         min_gain=rebalance.min_gain,
         interval_steps=rebalance.interval_steps,
+        data_interval_steps=rebalance.data_interval_steps,
         described_at_unix_s=time.time(),
     )
 

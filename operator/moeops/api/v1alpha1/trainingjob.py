@@ -227,8 +227,27 @@ class CheckpointSpec(KubeModel):
 class RebalanceSpec(KubeModel):
     """Dynamic load rebalancing from worker metrics (data shares, pipeline stages, expert placement)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.dataIntervalSteps) || self.dataIntervalSteps <= self.intervalSteps",
+                    "rebalance.dataIntervalSteps must not exceed rebalance.intervalSteps",
+                )
+            ]
+        }
+    )
+
     enabled: bool = Field(default=True, description="Let the rebalancer re-plan this job.")
     interval_steps: int = Field(default=50, ge=1, le=1_000_000, description="Steps between re-plans.")
+    data_interval_steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Steps between re-plans of the data shares alone (nothing moves but the split of the batch,"
+        " so they can follow stragglers closely); expert placement and pipeline stages still wait intervalSteps."
+        " Default: intervalSteps.",
+    )
     min_gain: float = Field(
         default=0.05, ge=0.0, le=1.0, description="Minimum predicted step-time gain before a plan is applied."
     )
