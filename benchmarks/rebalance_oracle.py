@@ -17,15 +17,21 @@ from rebalance_trace import Config, Floats, Ints, Layout
 
 
 class Oracle:
-    """A policy with `prepare(speeds, popularity)` called before the step it plans for; see the module docstring."""
+    """A policy with `prepare(speeds, popularity)` called before the step it plans for; see the module docstring.
+    With `late=True` it plans each step from the truth of the step before (no forecast, no smoothing, no delay
+    beyond one step): what a policy that measures perfectly could reach; the gap to the bound is what the
+    step-to-step changes (jitter, stragglers starting) cost any measuring policy."""
 
-    name = "oracle (bound)"
-
-    def __init__(self, config: Config, layout: Layout, place: object) -> None:
+    def __init__(self, config: Config, layout: Layout, place: object, *, late: bool = False) -> None:
         self.config, self.layout, self.pending_migration_s = config, layout, 0.0
         self._place = place  # rebalance_sim.eplb_place: (layers, experts) loads, ranks, spare → slots
+        self.name = "oracle, a step late" if late else "oracle (bound)"
+        self._late = late
+        self._previous: tuple[Floats, Floats] | None = None
 
     def prepare(self, speeds: Floats, popularity: Floats) -> None:
+        if self._late:
+            (speeds, popularity), self._previous = self._previous or (speeds, popularity), (speeds, popularity)
         c = self.config
         slots: Ints = self._place(popularity.sum(axis=0), c.ep, c.ep)  # type: ignore[operator]
         sequences = self.layout.sequences
