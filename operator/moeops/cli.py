@@ -1,4 +1,4 @@
-"""`moeops`: the command line of the platform (operator, CRDs, local dev cluster)."""
+"""`moeops`: the command line of the platform (operator, CRDs, local dev cluster, carbon reports)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from moeops.carbon.report_cli import carbon
 
 
 @click.group()
@@ -118,6 +120,8 @@ def dev_cluster(work_dir: Path) -> None:
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
 
+
+main.add_command(carbon)
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import nats.errors
@@ -40,7 +41,7 @@ from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from moeops.bus.carbon_messages import LedgerCheckpoint, decode_carbon, workload_totals
+from moeops.bus.carbon_messages import LedgerCheckpoint, WorkloadCarbon, decode_carbon, workload_totals
 from moeops.bus.carbon_store import (
     ensure_carbon_bucket,
     ensure_carbon_stream,
@@ -104,12 +105,15 @@ class CarbonAggregator:
         pue: float = DEFAULT_PUE,
         settings: AggregatorSettings | None = None,
         retention: StreamRetention | None = None,
+        on_totals: Callable[[Sequence[WorkloadCarbon]], None] | None = None,
     ) -> None:
         self._options = options
         self._intensity = intensity
         self.ledger = CarbonLedger(intensity, pue=pue)
         self.settings = settings or AggregatorSettings()
         self._retention = retention
+        self._on_totals = on_totals
+        """Called with the totals written (all of them after a restore), e.g. `CarbonTelemetry.record_totals`."""
         self.applied_sequence = 0
         """The last stream sequence folded into `ledger` (the checkpoint may be behind until the next commit)."""
         self.counters = AggregatorCounters()
@@ -151,6 +155,7 @@ class CarbonAggregator:
         except (BadMessage, ValidationError) as exc:
             raise CheckpointUnreadable(f"the carbon ledger checkpoint cannot be read: {exc}") from exc
         self.applied_sequence = checkpoint.stream_sequence
+        self._tell(workload_totals(self.ledger.workloads()))
         logger.info("carbon ledger restored; resuming after stream sequence %d", self.applied_sequence)
 
     async def _subscribe(self, js: JetStreamContext, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
@@ -231,8 +236,9 @@ class CarbonAggregator:
         """Totals, then the checkpoint, then the acks (see the module docstring)."""
         if self._dirty:
             checkpoint = LedgerCheckpoint(stream_sequence=self.applied_sequence, ledger=self.ledger.snapshot())
+            written = workload_totals(self.ledger.workloads(), self._touched)
             try:
-                for totals in workload_totals(self.ledger.workloads(), self._touched):
+                for totals in written:
                     await put_workload(kv, totals)
                 await save_checkpoint(kv, checkpoint)
             except _NATS_TROUBLE as exc:
@@ -241,9 +247,17 @@ class CarbonAggregator:
                 await asyncio.sleep(min(self.settings.retry_s, self.settings.fetch_timeout_s))
                 return
             self.counters.checkpoints += 1
+            self._tell(written)
             self._touched.clear()
             self._dirty = False
         settle, self._settle = self._settle, []
         for message, terminate in settle:
             with contextlib.suppress(*_NATS_TROUBLE):  # unacked comes again and is settled then
                 await (message.term() if terminate else message.ack())
+
+    def _tell(self, totals: Sequence[WorkloadCarbon]) -> None:
+        if self._on_totals is not None and totals:
+            try:
+                self._on_totals(totals)
+            except Exception:  # a metrics sink must never stop the accounting
+                logger.exception("the carbon totals callback failed")

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from .carbon import CarbonStatus
 from .common import (
     DNS_LABEL_PATTERN,
     Conditions,
@@ -120,6 +121,7 @@ class InferenceServiceStatus(KubeModel):
     model: str | None = Field(default=None, description="The checkpoint location being served.")
     replicas: int = Field(default=0, ge=0, description="Replicas that exist.")
     ready_replicas: int = Field(default=0, ge=0, description="Replicas ready to serve.")
+    carbon: CarbonStatus | None = Field(default=None, description="Energy and emissions (patched by the operator).")
 
 
 RESOURCE = ResourceInfo(

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .carbon import CarbonStatus
 from .common import Conditions, KubeModel
 
 State = Literal["Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
@@ -56,17 +57,6 @@ class CheckpointStatus(KubeModel):
     time: datetime | None = Field(default=None, description="When it completed.")
 
 
-class CarbonStatus(KubeModel):
-    """Energy and emissions attributed to this job so far."""
-
-    energy_joules: float = Field(default=0.0, ge=0.0, description="All energy (GPU + CPU) × PUE, joules.")
-    gpu_energy_joules: float = Field(default=0.0, ge=0.0, description="GPU energy, joules.")
-    grams_co2e: float = Field(default=0.0, ge=0.0, description="Emissions, grams CO2-equivalent.")
-    intensity_g_per_kwh: float | None = Field(default=None, ge=0.0, description="Intensity last applied.")
-    intensity_source: str | None = Field(default=None, description="Where the intensity came from.")
-    last_update: datetime | None = Field(default=None, description="When these figures were updated.")
-
-
 class RebalanceStatus(KubeModel):
     """The load rebalancer's view of this job (copied by the operator from the rebalancer's report)."""
 
@@ -96,7 +86,7 @@ class MoETrainingJobStatus(KubeModel):
     workers: WorkerCounts | None = Field(default=None, description="Worker pods by state.")
     progress: Progress | None = Field(default=None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
-    carbon: CarbonStatus | None = Field(default=None, description="Energy and emissions.")
+    carbon: CarbonStatus | None = Field(default=None, description="Energy and emissions (patched by the operator).")
     rebalance: RebalanceStatus | None = Field(default=None, description="Load rebalancing.")
     start_time: datetime | None = Field(default=None, description="When the workers first started.")
     completion_time: datetime | None = Field(default=None, description="When the job succeeded or failed.")

@@ -37,8 +37,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["config"] = cfg
     memo["kube"] = Kube(api_client(cfg.max_workers))
     memo["ttl_timers"] = {}
-    # The rebalancer's reports (plan epoch, utilization) reach job status only when the operator has a bus.
+    # The rebalancer's reports (plan epoch, utilization) and the carbon totals reach status only when the operator
+    # has a bus; both are read over one connection (a ReportReader is a BusReader).
     memo["reports"] = ReportReader(ConnectionOptions.from_env(name="moeops-operator")) if cfg.nats_url else None
+    memo["bus"] = memo["reports"]
 
     # kopf's state goes in annotations, never in .status (the schema would prune it), under a prefix of its
     # own: kopf ignores every annotation sharing its storage prefix, so with plain `moeops.dev` it would

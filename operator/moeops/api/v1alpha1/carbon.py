@@ -1,0 +1,38 @@
+"""`.status.carbon` of a MoETrainingJob or an InferenceService: the energy and emissions charged to it so far.
+
+Written by the operator only (`moeops.operator.handlers.carbon`), from the totals the carbon aggregator keeps in the
+`moeops-carbon` KV bucket. Energies are IT energy as the meters saw it (GPU + CPU); the facility overhead (PUE) is in
+the grams, which the ledger computes per energy delta with the grid intensity of its time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from .common import KubeModel
+
+
+class CarbonIntensityStatus(KubeModel):
+    """The grid carbon intensity applied to the newest energy, and where it came from."""
+
+    value: float = Field(ge=0.0, description="Grams CO2-equivalent per kWh.")
+    source: str = Field(description="Where the figure came from, e.g. a static table or a live provider.")
+    region: str = Field(description="The grid region it is for.")
+    valid_from: datetime | None = Field(default=None, description="From when the figure holds.")
+    stale: bool = Field(default=False, description="A last-good value served past its time to live.")
+
+
+class CarbonStatus(KubeModel):
+    """Energy and emissions attributed to this workload so far (all stages: data, train, inference)."""
+
+    energy_joules: float = Field(default=0.0, ge=0.0, description="IT energy (GPU + CPU), joules, before PUE.")
+    gpu_energy_joules: float = Field(default=0.0, ge=0.0, description="GPU energy, joules.")
+    cpu_energy_joules: float = Field(default=0.0, ge=0.0, description="CPU package energy, joules.")
+    cpu_estimated: bool = Field(default=False, description="Some of the CPU energy is an estimate, not RAPL.")
+    g_co2e: float = Field(
+        default=0.0, ge=0.0, alias="gCO2e", description="Emissions, grams CO2-equivalent (energy × PUE × intensity)."
+    )
+    intensity: CarbonIntensityStatus | None = Field(default=None, description="The intensity last applied.")
+    last_update: datetime | None = Field(default=None, description="Time of the newest energy folded in.")

@@ -1,0 +1,92 @@
+"""`moeops carbon report`: one workload's totals per stage as a table. Pure: totals in, text out.
+
+The totals come from the aggregator's KV bucket (`WorkloadCarbon`, read by `report_cli`) or, for a local run without
+NATS, from a ledger snapshot file (`CarbonLedger.snapshot()`, or the aggregator's checkpoint document that wraps
+one under `ledger`): `from_snapshot` groups the snapshot's entries of the workload the way the aggregator does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from moeops.bus.carbon_messages import WorkloadCarbon, workload_totals
+
+from .intensity import Intensity
+from .ledger import J_PER_KWH, LedgerSnapshot, Stage, Totals, WorkloadKind
+
+COLUMNS = ("stage", "energy kWh", "GPU kWh", "CPU kWh", "gCO2e", "intensity used")
+ESTIMATED = " (est.)"
+
+
+def from_snapshot(data: Mapping[str, Any], namespace: str, kind: WorkloadKind, name: str) -> WorkloadCarbon | None:
+    """The workload's totals in a ledger snapshot (or a checkpoint holding one); None if it has none.
+    Raises a pydantic `ValidationError` (a `ValueError`) for a document that is neither."""
+    snapshot = LedgerSnapshot.model_validate(data.get("ledger", data))
+    entries = {
+        entry.key: entry.totals
+        for entry in snapshot.workloads
+        if (entry.key.namespace, entry.key.kind, entry.key.name) == (namespace, kind, name)
+    }
+    found = workload_totals(entries)
+    return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class Row:
+    stage: str
+    energy_kwh: float
+    gpu_kwh: float
+    cpu_kwh: float
+    cpu_estimated: bool
+    gco2e: float
+    intensity: str
+
+    def cells(self) -> tuple[str, ...]:
+        cpu = f"{self.cpu_kwh:.4f}" + (ESTIMATED if self.cpu_estimated else "")
+        return (self.stage, f"{self.energy_kwh:.4f}", f"{self.gpu_kwh:.4f}", cpu, f"{self.gco2e:.2f}", self.intensity)
+
+
+def intensity_label(intensity: Intensity | None) -> str:
+    if intensity is None:
+        return "-"
+    stale = ", stale" if intensity.stale else ""
+    return f"{intensity.g_co2e_per_kwh:g} g/kWh ({intensity.source}, {intensity.region}{stale})"
+
+
+def _row(stage: str, totals: Totals) -> Row:
+    return Row(
+        stage=stage,
+        energy_kwh=totals.energy_j / J_PER_KWH,
+        gpu_kwh=totals.gpu_energy_j / J_PER_KWH,
+        cpu_kwh=totals.cpu_energy_j / J_PER_KWH,
+        cpu_estimated=totals.cpu_estimated,
+        gco2e=totals.gco2e,
+        intensity=intensity_label(totals.intensity),
+    )
+
+
+def rows(workload: WorkloadCarbon) -> list[Row]:
+    """One row per stage that has energy (in the order data, train, inference), then the total."""
+    stages = [_row(stage.value, workload.stages[stage]) for stage in Stage if stage in workload.stages]
+    total = Row(
+        stage="total",
+        energy_kwh=workload.energy_j / J_PER_KWH,
+        gpu_kwh=math.fsum(row.gpu_kwh for row in stages),
+        cpu_kwh=math.fsum(row.cpu_kwh for row in stages),
+        cpu_estimated=any(row.cpu_estimated for row in stages),
+        gco2e=workload.gco2e,
+        intensity="",
+    )
+    return [*stages, total]
+
+
+def table(workload: WorkloadCarbon) -> str:
+    """A plain-text table: a title line, the header, one line per stage and the total."""
+    lines = [COLUMNS, *(row.cells() for row in rows(workload))]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
+    title = f"{workload.kind.value} {workload.namespace}/{workload.name}"
+    return "\n".join([title, *text]) + "\n"

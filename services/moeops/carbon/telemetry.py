@@ -1,0 +1,149 @@
+"""Carbon accounting as OpenTelemetry metrics, following the hardware semantic conventions.
+
+Instruments (all asynchronous: the SDK's reader calls back for the current values when it collects, so the reader
+decides *when*, and whatever exporter it has decides *where*; this module sets up neither — wiring an OTLP exporter
+into the agent and the aggregator is a later issue, and the tests use `InMemoryMetricReader`):
+
+    hw.energy                 Counter, J   cumulative GPU energy; attributes hw.id (the GPU's UUID), hw.type="gpu",
+                                            k8s.node.name, and on the energy attributed to a pod k8s.namespace.name
+                                            and k8s.pod.name
+    hw.power                  Gauge, W     the GPU's latest power draw (hw.id, hw.type, k8s.node.name)
+    moeops.carbon.emissions   Counter, g   cumulative gCO2e per workload, stage and intensity source:
+                                            k8s.namespace.name, moeops.workload.kind, moeops.workload.name,
+                                            moeops.stage, moeops.carbon.intensity.source
+
+A GPU's energy is one set of data points that add up to the device's energy: one per pod it was attributed to,
+and one without pod attributes for the rest (idle, unowned). Summing `hw.energy` over `hw.id` therefore gives
+the device meter, never twice its energy.
+
+Feeding it: the node agent calls `record_poll` once per poll with each GPU's energy since the previous poll (and
+how much of it went to which pod); the aggregator's totals go to `record_totals` (e.g. as `CarbonAggregator`'s
+`on_totals`). Both may be called from another thread than the reader's: a lock guards the values.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from moeops.bus.carbon_messages import WorkloadCarbon
+
+HW_ENERGY = "hw.energy"
+HW_POWER = "hw.power"
+EMISSIONS = "moeops.carbon.emissions"
+
+HW_ID = "hw.id"
+HW_TYPE = "hw.type"
+GPU = "gpu"
+NODE_NAME = "k8s.node.name"
+NAMESPACE_NAME = "k8s.namespace.name"
+POD_NAME = "k8s.pod.name"
+WORKLOAD_KIND = "moeops.workload.kind"
+WORKLOAD_NAME = "moeops.workload.name"
+STAGE = "moeops.stage"
+INTENSITY_SOURCE = "moeops.carbon.intensity.source"
+"""As the ledger labels it: a stale last-good value's source ends in " (stale)"."""
+
+ENERGY_SLACK = 1e-9
+"""Relative rounding allowed when the pods' parts add up to a little more than the GPU's energy."""
+
+Attributes = tuple[tuple[str, str], ...]
+"""Hashable, ordered data-point attributes."""
+Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One GPU over one poll of the node agent."""
+
+    gpu_id: str
+    """The GPU's (or MIG device's) UUID."""
+    energy_j: float
+    """Energy since the previous poll."""
+    power_w: float | None = None
+    """The latest power reading, if the GPU has one."""
+    pods: Mapping[PodRef, float] = field(default_factory=dict)
+    """The parts of `energy_j` attributed to pods (the rest is the node's)."""
+
+    def parts(self) -> dict[PodRef | None, float]:
+        """`energy_j` per pod, and the rest under None; ValueError if the figures cannot be a split of it."""
+        figures = [self.energy_j, *self.pods.values()]
+        if not all(math.isfinite(j) and j >= 0.0 for j in figures):
+            raise ValueError(f"GPU {self.gpu_id}: energies must be finite and >= 0, got {figures}")
+        attributed = math.fsum(self.pods.values())
+        if attributed > self.energy_j * (1.0 + ENERGY_SLACK):
+            raise ValueError(f"GPU {self.gpu_id}: {attributed} J attributed of {self.energy_j} J measured")
+        parts: dict[PodRef | None, float] = dict(self.pods.items())
+        parts[None] = max(0.0, self.energy_j - attributed)
+        return parts
+
+
+def gpu_attributes(node: str, gpu_id: str, pod: PodRef | None = None) -> Attributes:
+    base = ((HW_ID, gpu_id), (HW_TYPE, GPU), (NODE_NAME, node))
+    return base if pod is None else (*base, (NAMESPACE_NAME, pod.namespace), (POD_NAME, pod.name))
+
+
+def emission_attributes(workload: WorkloadCarbon, stage: str, source: str) -> Attributes:
+    return (
+        (NAMESPACE_NAME, workload.namespace),
+        (WORKLOAD_KIND, workload.kind.value),
+        (WORKLOAD_NAME, workload.name),
+        (STAGE, stage),
+        (INTENSITY_SOURCE, source),
+    )
+
+
+class CarbonTelemetry:
+    """The instruments on `meter` and the values they report (see the module docstring)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._lock = threading.Lock()
+        self._energy_j: dict[Attributes, float] = {}
+        self._power_w: dict[Attributes, float] = {}
+        self._grams: dict[Attributes, float] = {}
+        meter.create_observable_counter(
+            HW_ENERGY, [self._observe(self._energy_j)], unit="J", description="Energy consumed by the component."
+        )
+        meter.create_observable_gauge(
+            HW_POWER, [self._observe(self._power_w)], unit="W", description="Instantaneous power consumed."
+        )
+        meter.create_observable_counter(
+            EMISSIONS, [self._observe(self._grams)], unit="g", description="Emissions charged, grams CO2e."
+        )
+
+    def record_poll(self, node: str, readings: Iterable[GpuReading]) -> None:
+        """One poll of a node agent: adds each GPU's energy, sets its power. A bad reading raises ValueError and
+        changes nothing (the whole poll is checked first)."""
+        checked = [(reading, reading.parts()) for reading in readings]
+        with self._lock:
+            for reading, parts in checked:
+                for pod, energy_j in parts.items():
+                    key = gpu_attributes(node, reading.gpu_id, pod)
+                    self._energy_j[key] = self._energy_j.get(key, 0.0) + energy_j
+                if reading.power_w is not None and math.isfinite(reading.power_w):
+                    self._power_w[gpu_attributes(node, reading.gpu_id)] = reading.power_w
+
+    def record_totals(self, workloads: Iterable[WorkloadCarbon]) -> None:
+        """The aggregator's totals (cumulative already: they replace what was there for each workload)."""
+        with self._lock:
+            for workload in workloads:
+                for stage, totals in workload.stages.items():
+                    for source, grams in totals.gco2e_by_source.items():
+                        self._grams[emission_attributes(workload, stage.value, source)] = grams
+
+    def _observe(self, values: dict[Attributes, float]) -> Callback:
+        def callback(_: CallbackOptions) -> list[Observation]:
+            with self._lock:
+                return [Observation(value, dict(attributes)) for attributes, value in values.items()]
+
+        return callback
