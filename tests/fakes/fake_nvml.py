@@ -12,7 +12,7 @@ handles support neither reading (NOT_SUPPORTED); an empty MIG slot is NOT_FOUND;
 NOT_SUPPORTED to the MIG calls.
 """
 
-# ruff: noqa: N802 -- the fake mirrors pynvml's camelCase names, which are not ours to choose.
+# ruff: noqa: N802, N803, N815 -- the fake mirrors pynvml's camelCase names, which are not ours to choose.
 
 from __future__ import annotations
 
@@ -122,12 +122,38 @@ class FakeGpu:
     """Current MIG mode; None: the GPU has no MIG (the calls answer NOT_SUPPORTED)."""
     mig_slots: tuple[str | None, ...] = ()
     """MIG device UUIDs by slot; None is an empty slot."""
+    sm_percent: dict[int, float] = field(default_factory=dict)
+    """The processes with a compute context on this GPU (host PIDs) and the SM % each uses, steady."""
 
     def counter_mj(self, t_s: float) -> int:
         past_resets = [r for r in self.resets_at_s if r <= t_s]
         if past_resets:
             return math.floor(1000 * (self.trace.energy_j(t_s) - self.trace.energy_j(max(past_resets))))
         return self.counter_start_mj + math.floor(1000 * self.trace.energy_j(t_s))
+
+
+@dataclass(frozen=True)
+class FakeProcess:
+    """pynvml's c_nvmlProcessInfo_t, as far as the callers read it."""
+
+    pid: int
+    usedGpuMemory: int | None = None
+
+
+@dataclass(frozen=True)
+class FakeUtilizationSample:
+    """pynvml's c_nvmlProcessUtilizationSample_t (timeStamp in µs)."""
+
+    pid: int
+    timeStamp: int
+    smUtil: int
+    memUtil: int = 0
+    encUtil: int = 0
+    decUtil: int = 0
+
+
+SAMPLE_PERIOD_US = 166_667
+"""The driver samples process utilization about six times a second."""
 
 
 @dataclass(frozen=True)
@@ -234,3 +260,19 @@ class FakeNvml:
         if not gpu.power or fake.mig_slot is not None:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         return round(1000 * gpu.trace.power_w(self.clock()))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: object) -> list[FakeProcess]:
+        gpu, _ = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
+        return [FakeProcess(pid) for pid in gpu.sm_percent]
+
+    def nvmlDeviceGetProcessUtilization(self, handle: object, timeStamp: int) -> list[FakeUtilizationSample]:
+        """One sample per process per driver period after `timeStamp` (µs of the fake clock), up to now; NOT_FOUND
+        when there is none, as NVML answers."""
+        gpu, _ = self._gpu("nvmlDeviceGetProcessUtilization", handle)
+        now_us = round(self.clock() * 1e6)
+        first = (timeStamp // SAMPLE_PERIOD_US + 1) * SAMPLE_PERIOD_US
+        stamps = range(first, now_us + 1, SAMPLE_PERIOD_US)
+        samples = [FakeUtilizationSample(pid, t, round(sm)) for t in stamps for pid, sm in gpu.sm_percent.items()]
+        if not samples:
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return samples

@@ -23,7 +23,8 @@ operator; a unit test keeps the copies equal), which `pod_workload` maps to the 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
@@ -250,3 +251,63 @@ def unresolved_workload(ref: CgroupRef, *, stage: Stage = Stage.INFERENCE) -> Wo
     """The ledger key of a pod known only by UID (cgroup fallback, API server not asked or not answering): kind
     `other` in the namespace `_unresolved`, named `pod-<uid>`, so that it is booked, visibly unresolved."""
     return WorkloadKey(namespace=UNRESOLVED_NAMESPACE, kind=WorkloadKind.OTHER, name=f"pod-{ref.pod_uid}", stage=stage)
+
+
+def workload_energy(consumers_j: Mapping[C, float], key_of: Callable[[C], WorkloadKey]) -> dict[WorkloadKey, float]:
+    """Consumers' energy per ledger key (two containers of one pod, or two pods of one job, share a key), each
+    summed with `math.fsum`, so the keys' sum is the consumers' sum."""
+    parts: dict[WorkloadKey, list[float]] = {}
+    for consumer, energy_j in consumers_j.items():
+        parts.setdefault(key_of(consumer), []).append(energy_j)
+    return {key: math.fsum(values) for key, values in parts.items()}
+
+
+@dataclass
+class IdlePowerWindow:
+    """A device's measured idle power: the lowest mean power of any span of at least `span_s` within the last
+    `window_s` (the span in progress counts too, so the idle power never exceeds what the device draws now).
+
+    Why the minimum: an idle GPU's draw varies by model, clocks and memory state, so one configured figure is wrong
+    for part of a fleet; the minimum over an hour finds each GPU's own floor wherever it idles at all. Why spans of
+    a second, not single 0.1-s polls: a busy GPU's power dips between kernels, and a 0.1-s dip would pass for idle.
+    The price: a GPU busy for the whole window (and just after start, before it was ever idle) has its busy power
+    as "idle", so its energy goes to node idle; configure the idle power where GPUs never idle. The window keeps
+    only spans that can still be the minimum (a monotonic deque), so a poll costs O(1) amortized."""
+
+    window_s: float = 3600.0
+    span_s: float = 1.0
+    _spans: deque[tuple[float, float]] = field(default_factory=deque, init=False)
+    """(end time, mean power), power increasing from the front."""
+    _energy_j: float = field(default=0.0, init=False)
+    _dt_s: float = field(default=0.0, init=False)
+
+    def add(self, t_s: float, energy_j: float, dt_s: float) -> None:
+        """The interval of `dt_s` ending at `t_s` in which the device used `energy_j`."""
+        if dt_s <= 0 or not math.isfinite(energy_j) or energy_j < 0:
+            return
+        self._energy_j += energy_j
+        self._dt_s += dt_s
+        if self._dt_s >= self.span_s:
+            power_w = self._energy_j / self._dt_s
+            while self._spans and self._spans[-1][1] >= power_w:
+                self._spans.pop()
+            self._spans.append((t_s, power_w))
+            self._energy_j = self._dt_s = 0.0
+        while self._spans and self._spans[0][0] < t_s - self.window_s:
+            self._spans.popleft()
+
+    def power_w(self) -> float | None:
+        """The idle power; None before any interval was added."""
+        candidates = [self._spans[0][1]] if self._spans else []
+        if self._dt_s > 0:
+            candidates.append(self._energy_j / self._dt_s)
+        return min(candidates) if candidates else None
+
+
+def cpu_idle_share_j(energy_j: float, busy_share: float, *, estimated: bool) -> float:
+    """The CPU package energy booked as node idle: the share of the interval the CPUs were idle. Why: RAPL measures
+    the package whether it computes or not, and like a GPU's idle power that is nobody's doing. An estimate from
+    utilization (`rapl.ESTIMATE_METHOD`) already models no idle power, so none of it is idle."""
+    if estimated or not math.isfinite(busy_share):
+        return 0.0
+    return energy_j * (1.0 - min(max(busy_share, 0.0), 1.0))

@@ -10,8 +10,14 @@ Settings come from the environment (NATS: MOEOPS_NATS_*, see `moeops.bus.connect
     MOEOPS_CARBON_SPOOL_DIR     the agent's spool (a hostPath, so that it outlives the pod); default below
     MOEOPS_CARBON_POLL_S        seconds between the agent's polls (default 1)
     MOEOPS_CARBON_PUE           the aggregator's power usage effectiveness (default: ledger.DEFAULT_PUE)
+    MOEOPS_CARBON_GPU_IDLE_W    the agent's GPU idle power in watts (default: measured per GPU, see node_source)
+    MOEOPS_CARBON_KUBELET_SOCKET  the kubelet's pod-resources socket (default: podresources.client.DEFAULT_SOCKET)
+    MOEOPS_CARBON_NVML_ONLY     `true`: no pod attribution, every GPU's energy is node idle (`nvml_idle_source`)
 
-Until pod attribution joins (`attribution.py`), the agent charges every GPU's energy to the node's idle energy.
+The agent attributes energy to pods (`node_source.NodeSource`): the kubelet's device map, or, while its socket is
+absent or silent, the GPU processes' cgroups (the agent's pod needs hostPID); pod labels from `list pods` on this
+node (the agent's RBAC: list pods). Where neither is wanted (no socket mounted, no hostPID), MOEOPS_CARBON_NVML_ONLY
+books all GPU energy as node idle, as the agent did before attribution; the log says which mode runs.
 A machine without NVML ends the agent with a one-line message and exit status 69 (EX_UNAVAILABLE), not a
 traceback: a DaemonSet scheduled on a node without GPUs should say why it stops.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -27,6 +34,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from moeops.api import env
 from moeops.bus.connection import BusConfigError, ConnectionOptions
@@ -35,13 +43,19 @@ from .agent import AgentSettings, DeltaSource, NodeAgent
 from .aggregator import CarbonAggregator
 from .intensity import default_static_table
 from .ledger import DEFAULT_PUE, DeltaId, EnergyDelta
+from .node_source import NodeSource, NodeSourceSettings, SourceNvmlApi, kube_pod_lister
 from .nvml_reader import NvmlReader, NvmlUnavailable
+from .podresources.client import DEFAULT_SOCKET, PodResourcesClient
+from .rapl import CpuEnergyMeter
 from .spool import Spool
 
 CARBON_REGION = "MOEOPS_CARBON_REGION"
 CARBON_SPOOL_DIR = "MOEOPS_CARBON_SPOOL_DIR"
 CARBON_POLL_S = "MOEOPS_CARBON_POLL_S"
 CARBON_PUE = "MOEOPS_CARBON_PUE"
+CARBON_GPU_IDLE_W = "MOEOPS_CARBON_GPU_IDLE_W"
+CARBON_KUBELET_SOCKET = "MOEOPS_CARBON_KUBELET_SOCKET"
+CARBON_NVML_ONLY = "MOEOPS_CARBON_NVML_ONLY"
 DEFAULT_SPOOL_DIR = "/var/lib/moeops/carbon-spool"
 EX_UNAVAILABLE = 69
 """sysexits.h: a service the program needs (here NVML) is not there."""
@@ -51,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 
 def nvml_idle_source(reader: NvmlReader, node: str, region: str) -> DeltaSource:
-    """Each GPU's energy since the previous call, as the node's idle energy (no pod attribution yet); meters are
+    """Each GPU's energy since the previous call, as the node's idle energy (the NVML-only mode); meters are
     named `<node>/<gpu uuid>`. The spool gives epoch and sequence (the zeros here are placeholders)."""
     previous: dict[str, float] = {}
 
@@ -72,6 +86,26 @@ def nvml_idle_source(reader: NvmlReader, node: str, region: str) -> DeltaSource:
         return out
 
     return deltas
+
+
+def attributed_source(
+    reader: NvmlReader, kubelet: PodResourcesClient, environ: Mapping[str, str], node: str, region: str
+) -> DeltaSource:
+    """The agent's source as the settings ask: pods attributed (`NodeSource`), or NVML only; logs which."""
+    if environ.get(CARBON_NVML_ONLY, "").strip().lower() in ("1", "true", "yes"):
+        logger.warning("%s is set: NVML only, every GPU's energy is booked as node idle (no pod attribution)",
+                       CARBON_NVML_ONLY)  # fmt: skip
+        return nvml_idle_source(reader, node, region)
+    if not kubelet.socket_path.is_socket():
+        logger.warning("kubelet pod-resources socket %s is absent: GPUs are attributed through their processes' "
+                       "cgroups (needs hostPID); set %s=true to book all GPU energy as node idle instead",
+                       kubelet.socket_path, CARBON_NVML_ONLY)  # fmt: skip
+    idle_w = environ.get(CARBON_GPU_IDLE_W, "").strip()
+    settings = NodeSourceSettings(node, region, gpu_idle_power_w=float(idle_w) if idle_w else None)
+    logger.info("attributing energy to pods; GPU idle power %s", f"{idle_w} W" if idle_w else "measured per GPU")
+    # The module the reader initialised (imports are cached): the process calls need its handles.
+    nvml = cast(SourceNvmlApi, importlib.import_module("pynvml"))
+    return NodeSource(reader, nvml, settings, devices=kubelet.devices, pods=kube_pod_lister(node), cpu=CpuEnergyMeter())
 
 
 def _setting(environ: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -97,10 +131,12 @@ def run_agent(environ: Mapping[str, str]) -> None:
     region = _setting(environ, CARBON_REGION)
     settings = AgentSettings(poll_interval_s=float(_setting(environ, CARBON_POLL_S, "1")))
     options = ConnectionOptions.from_env(environ, name=f"moeops-carbon-agent-{node}")
-    with NvmlReader() as reader:
+    socket = Path(_setting(environ, CARBON_KUBELET_SOCKET, str(DEFAULT_SOCKET)))
+    with NvmlReader() as reader, PodResourcesClient(socket) as kubelet:
         logger.info("carbon agent on %s: %d GPU(s)", node, len(reader.gpus))
+        source = attributed_source(reader, kubelet, environ, node, region)
         spool = Spool(Path(_setting(environ, CARBON_SPOOL_DIR, DEFAULT_SPOOL_DIR)))
-        _serve(NodeAgent(nvml_idle_source(reader, node, region), spool, options, settings).run)
+        _serve(NodeAgent(source, spool, options, settings).run)
 
 
 def run_aggregator(environ: Mapping[str, str]) -> None:

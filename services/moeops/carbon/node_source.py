@@ -1,0 +1,399 @@
+"""The node agent's energy source: each poll, the node's GPU and CPU energy since the previous one, charged to pods.
+
+One poll (`NodeSource.__call__`, the agent's `DeltaSource`):
+
+1. NVML: every GPU's energy since the last poll (`NvmlReader`, counter or power integral).
+2. Who holds which GPU: the kubelet's pod-resources map (`CachedDeviceMap`, refreshed every `device_map_ttl_s`).
+   When the kubelet does not answer (`PodResourcesUnavailable`), the cgroup fallback: the PIDs NVML sees on each
+   GPU, mapped to pods through `/proc/<pid>/cgroup`; the kubelet is asked again after a TTL, not every poll.
+3. Shared GPUs (two holders or more, and every GPU in the fallback): per-process SM samples (`ProcessSampler`),
+   the PIDs' containers from their cgroups and the pod list's container ids.
+4. Pod labels: the pods on this node (`list pods` with `spec.nodeName=<node>`: the agent's RBAC needs only that),
+   cached for `pods_ttl_s` and refreshed early (at most every `MIN_POD_REFRESH_S`) when a holder is not in it.
+5. CPU, every `cpu_interval_s`: RAPL or the labelled estimate (`CpuEnergyMeter`), split over pods by their
+   cgroup v2 `cpu.stat` usage; the CPU time outside every pod, and all of it where no cpu.stat is readable, is node.
+6. `attribution` splits it: GPU idle power to node idle, the active rest to workloads by SM share.
+
+Idle power per GPU: configured (`gpu_idle_power_w`, one figure for every GPU of the node) or, by default, measured:
+the lowest mean power of any second within the last hour (`attribution.IdlePowerWindow`, which says why and what
+it costs). MIG parents: with no per-instance activity source wired yet, a MIG GPU's energy is all node idle.
+
+One delta per ledger key per poll (GPU and CPU joules together, meter `<node>/energy`; per-GPU meters would spool
+8× as many). Every part but the NVML read degrades instead of raising (counted in `degraded`, logged once per
+kind): the poll's NVML deltas are already taken, and an exception would lose them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from .attribution import (
+    GpuInterval,
+    IdlePowerWindow,
+    cpu_idle_share_j,
+    pod_workload,
+    sm_weights,
+    split_cpu,
+    split_node,
+    unresolved_workload,
+    workload_energy,
+)
+from .gpu_processes import ProcessNvmlApi, ProcessSampler
+from .ledger import DeltaId, EnergyDelta, WorkloadKey
+from .nvml_reader import NvmlReader
+from .podresources.cgroup import parse_cgroup_path, read_pid_cgroup
+from .podresources.devices import CachedDeviceMap, CgroupRef, ContainerRef, DeviceMap
+from .rapl import CpuEnergyMeter, parse_proc_stat
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Consumer = ContainerRef | CgroupRef
+METER = "energy"
+MIN_POD_REFRESH_S = 2.0
+SM_HOLD_S = 1.0
+"""An interval without SM samples reuses the GPU's last weights this long: the driver samples about every 1/6 s,
+so at 10 Hz many polls see none, and an equal split for those would blur a 3:1 share towards 1:1."""
+CGROUP_SCAN_DEPTH = 4  # kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice: 3 levels down
+
+
+class SourceNvmlApi(ProcessNvmlApi, Protocol):
+    """pynvml as the source uses it beside the reader (handles by index, for the process calls)."""
+
+    def nvmlDeviceGetHandleByIndex(self, index: int, /) -> object: ...  # noqa: N802 -- pynvml's name
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    container_ids: Mapping[str, str] = field(default_factory=dict)
+    """Runtime container id (the 64 hex digits, without `containerd://`) → container name."""
+
+
+def pods_from_list(body: Mapping[str, Any]) -> list[PodInfo]:
+    """A `PodList` as JSON (what `list pods` answers) → the fields attribution needs."""
+    pods = []
+    for item in body.get("items") or []:
+        meta, status = item.get("metadata") or {}, item.get("status") or {}
+        statuses = [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]
+        ids = {s["containerID"].split("://", 1)[-1]: s["name"] for s in statuses if s.get("containerID")}
+        pods.append(PodInfo(meta["namespace"], meta["name"], meta["uid"], dict(meta.get("labels") or {}), ids))
+    return pods
+
+
+def kube_pod_lister(node: str, *, timeout_s: float = 5.0) -> Callable[[], list[PodInfo]]:
+    """The pods on `node`, from the API server with the pod's service account (or the local kubeconfig), loaded at
+    the first call so that a failure degrades like any other. RBAC: `list` on `pods`, cluster-wide (the field
+    selector keeps the answer to this node's pods)."""
+    apis: list[Any] = []
+
+    def list_pods() -> list[PodInfo]:
+        from kubernetes import client, config  # imported here: tests and NVML-only runs need no cluster config
+
+        if not apis:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            apis.append(client.CoreV1Api())
+        # Raw JSON rather than the client's models: a node's 100+ pods deserialize several times faster.
+        response = apis[0].list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node}", _preload_content=False, _request_timeout=timeout_s
+        )
+        return pods_from_list(json.loads(response.data))
+
+    return list_pods
+
+
+@dataclass(frozen=True)
+class NodeSourceSettings:
+    node: str
+    region: str
+    gpu_idle_power_w: float | None = None
+    """None: measured per GPU (see the module docstring)."""
+    idle_window_s: float = 3600.0
+    device_map_ttl_s: float = 10.0
+    pods_ttl_s: float = 30.0
+    cpu_interval_s: float = 1.0
+    """CPU energy and cgroup reads at most this often: a poll at 10 Hz need not read 100 pods' cpu.stat."""
+    proc_root: Path = Path("/proc")
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class _Pods:
+    """The node's pods by name and by UID, as of the last successful list."""
+
+    by_name: dict[tuple[str, str], PodInfo] = field(default_factory=dict)
+    by_uid: dict[str, PodInfo] = field(default_factory=dict)
+    cgroups: dict[str, Path] = field(default_factory=dict)  # pod UID → its cgroup directory, rescanned per list
+    fetched_at_s: float | None = None
+
+
+class NodeSource:
+    """The agent's `DeltaSource` (see the module docstring). `devices`: the kubelet's map (e.g.
+    `PodResourcesClient.devices`), None for the cgroup fallback only; `pods`: the pod lister (`kube_pod_lister`,
+    or a list in tests); `cpu`: None for GPU energy only."""
+
+    def __init__(
+        self,
+        reader: NvmlReader,
+        nvml: SourceNvmlApi,
+        settings: NodeSourceSettings,
+        *,
+        devices: Callable[[], DeviceMap] | None,
+        pods: Callable[[], Iterable[PodInfo]],
+        cpu: CpuEnergyMeter | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._reader, self._nvml, self.settings = reader, nvml, settings
+        self._devices = None if devices is None else CachedDeviceMap(devices, settings.device_map_ttl_s, clock)
+        self._device_retry_at_s = -math.inf
+        self._list_pods, self._pods = pods, _Pods()
+        self._pods_attempt_s: float | None = None
+        self._cpu, self._clock = cpu, clock
+        self._sampler = ProcessSampler(nvml)
+        self._handles: dict[str, object] = {}
+        self._owners: dict[int, Consumer | None] = {}
+        self._keys: dict[Consumer, WorkloadKey] = {}
+        self._last_sm: dict[str, tuple[float, dict[int, float]]] = {}
+        self._windows: dict[str, IdlePowerWindow] = {}
+        self._gpu_total_j: dict[str, float] = {}
+        self._last_s: float | None = None
+        self._cpu_due_s = -math.inf
+        self._cpu_usage_s: dict[str, float] = {}
+        self._proc_busy_ticks: int | None = None
+        self.degraded: Counter[str] = Counter()
+        self.fallback_polls = 0  # polls attributed through cgroups: the kubelet's map was unavailable
+
+    def _guard(self, kind: str, call: Callable[[], T], fallback: T) -> T:
+        try:
+            return call()
+        except Exception as error:  # any failure of one part: the poll's NVML energy must still be booked
+            self.degraded[kind] += 1
+            if self.degraded[kind] == 1:
+                logger.warning("carbon source: %s failed (%s: %s); degrading, further %s failures are only counted",
+                               kind, type(error).__name__, error, kind)  # fmt: skip
+            return fallback
+
+    def __call__(self) -> list[EnergyDelta]:
+        self._reader.poll()
+        now_s = self._clock()
+        dt_s = 0.0 if self._last_s is None else max(now_s - self._last_s, 0.0)
+        self._last_s = now_s
+        intervals, mig_j = self._gpu_intervals(now_s, dt_s)
+        self._guard("pods", lambda: self._refresh_pods(now_s, force=False), None)
+        holders = self._holders(now_s)
+        sm_by_device, owner, found = self._activity(now_s, intervals, holders)
+        assigned: Mapping[str, Sequence[Consumer]] = holders if holders is not None else found
+        gpu = split_node(intervals, assigned, sm_by_device, owner)
+        gpu_j = self._by_key(gpu.consumers_j, math.fsum([gpu.idle_j, gpu.unowned_j, mig_j]))
+        cpu_j, estimated = self._cpu_split(now_s)
+        return self._deltas(gpu_j, cpu_j, estimated)
+
+    def _gpu_intervals(self, now_s: float, dt_s: float) -> tuple[list[GpuInterval], float]:
+        """Each GPU's interval (idle power from the window or the setting); a MIG parent's energy apart."""
+        intervals: list[GpuInterval] = []
+        mig_j = 0.0
+        for gpu in self._reader.report():
+            total_j = gpu.energy.energy_j
+            if total_j is None:  # unknown energy is not 0 J: nothing to book
+                continue
+            uuid = gpu.gpu.uuid
+            energy_j = max(total_j - self._gpu_total_j.get(uuid, 0.0), 0.0)
+            self._gpu_total_j[uuid] = total_j
+            if gpu.gpu.mig_enabled:
+                mig_j += energy_j
+                continue
+            window = self._windows.setdefault(uuid, IdlePowerWindow(self.settings.idle_window_s))
+            window.add(now_s, energy_j, dt_s)
+            idle_w = self.settings.gpu_idle_power_w
+            if idle_w is None:
+                idle_w = window.power_w() or 0.0
+            intervals.append(GpuInterval(uuid, energy_j, dt_s, idle_w))
+        return intervals, mig_j
+
+    def _holders(self, now_s: float) -> DeviceMap | None:
+        """The kubelet's device map, or None for the cgroup fallback this poll."""
+        holders = None
+        if self._devices is not None and now_s >= self._device_retry_at_s:
+            holders = self._guard("device_map", self._devices.get, None)  # PodResourcesUnavailable, mostly
+            if holders is None:  # asked again after a TTL: a kubelet that times out would stall every poll
+                self._device_retry_at_s = now_s + self.settings.device_map_ttl_s
+        self.fallback_polls += holders is None
+        return holders
+
+    def _activity(
+        self, now_s: float, intervals: list[GpuInterval], holders: DeviceMap | None
+    ) -> tuple[dict[str, dict[int, float]], dict[int, Consumer], dict[str, tuple[Consumer, ...]]]:
+        """SM weights per device, PID → consumer, and (fallback) the consumers found on each device."""
+        sm_by_device: dict[str, dict[int, float]] = {}
+        owner: dict[int, Consumer] = {}
+        found: dict[str, tuple[Consumer, ...]] = {}
+        for interval in intervals:
+            uuid = interval.device_id
+            if holders is not None and len(holders.get(uuid, ())) < 2:
+                continue  # one holder (or none) takes the whole active energy: no samples needed
+            handle = self._handle(uuid)
+            if handle is None:
+                continue
+            pids = self._sampler.running_pids(uuid, handle) if holders is None else ()
+            weights = sm_weights(self._sampler.sm_samples(uuid, handle))
+            if weights:
+                self._last_sm[uuid] = (now_s, weights)
+            elif (last := self._last_sm.get(uuid)) and now_s - last[0] <= SM_HOLD_S:
+                weights = last[1]
+            sm_by_device[uuid] = weights
+            for pid in {*pids, *weights}:
+                if (consumer := self._owner(pid)) is not None:
+                    owner[pid] = consumer
+            found[uuid] = tuple(dict.fromkeys(owner[pid] for pid in pids if pid in owner))
+        return sm_by_device, owner, found
+
+    def _handle(self, uuid: str) -> object | None:
+        if uuid not in self._handles:
+            index = next(gpu.index for gpu in self._reader.gpus if gpu.uuid == uuid)
+            handle = self._guard("gpu_handle", partial(self._nvml.nvmlDeviceGetHandleByIndex, index), None)
+            if handle is None:
+                return None
+            self._handles[uuid] = handle
+        return self._handles[uuid]
+
+    def _owner(self, pid: int) -> Consumer | None:
+        """The container of a GPU process: by name where the pod list knows its cgroup's pod and container id,
+        else the cgroup itself (booked under the pod's UID). Cached: PIDs live as long as their process."""
+        if pid not in self._owners:
+            self._owners[pid] = self._resolve(read_pid_cgroup(pid, self.settings.proc_root))
+        return self._owners[pid]
+
+    def _resolve(self, ref: CgroupRef | None) -> Consumer | None:
+        if ref is None:
+            return None
+        pod = self._known(lambda: self._pods.by_uid.get(ref.pod_uid))
+        if pod is None or ref.container_id is None or ref.container_id not in pod.container_ids:
+            return ref
+        return ContainerRef(pod.namespace, pod.name, pod.container_ids[ref.container_id])
+
+    def _refresh_pods(self, now_s: float, *, force: bool) -> None:
+        """List the pods when the TTL is out, or (`force`) when a holder is missing from the list, but never again
+        within the TTL of a failed list: the call blocks the poll for up to its timeout."""
+        attempted, succeeded = self._pods_attempt_s, self._pods.fetched_at_s
+        ok = attempted is None or attempted == succeeded
+        due = MIN_POD_REFRESH_S if force and ok else self.settings.pods_ttl_s
+        if attempted is not None and now_s - attempted < due:
+            return
+        self._pods_attempt_s = now_s
+        pods = list(self._list_pods())
+        self._pods = _Pods({(p.namespace, p.name): p for p in pods}, {p.uid: p for p in pods}, fetched_at_s=now_s)
+        self._pods.cgroups = self._guard("cgroup_scan", self._scan_cgroups, {})
+        self._owners, self._keys = {}, {}  # re-resolved against the new list (and a reused PID is not kept)
+
+    def _by_key(self, consumers_j: Mapping[Consumer, float], node_j: float) -> dict[WorkloadKey | None, float]:
+        """Energy per ledger key, None being the node's idle energy."""
+        by_key: dict[WorkloadKey | None, float] = dict(workload_energy(consumers_j, self._key_of).items())
+        return {**by_key, None: node_j}
+
+    def _known(self, find: Callable[[], PodInfo | None]) -> PodInfo | None:
+        """A pod of the list; when it is not there, the list again (at most every `MIN_POD_REFRESH_S`): a pod that
+        started since the last list should not have its first half-minute booked as `other` or unresolved."""
+        if (pod := find()) is None:
+            self._guard("pods", lambda: self._refresh_pods(self._clock(), force=True), None)
+            pod = find()
+        return pod
+
+    def _key_of(self, consumer: Consumer) -> WorkloadKey:
+        """Cached until the next pod list: building the key (pydantic) per consumer per poll was a tenth of a poll."""
+        if (key := self._keys.get(consumer)) is not None:
+            return key
+        if isinstance(consumer, CgroupRef):
+            pod = self._known(lambda: self._pods.by_uid.get(consumer.pod_uid))
+            key = unresolved_workload(consumer) if pod is None else pod_workload(pod.namespace, pod.name, pod.labels)
+        else:
+            pod = self._known(lambda: self._pods.by_name.get((consumer.namespace, consumer.pod)))
+            key = pod_workload(consumer.namespace, consumer.pod, pod.labels if pod else {})
+        if pod is not None:  # a pod not (yet) listed is looked up again next time
+            self._keys[consumer] = key
+        return key
+
+    def _scan_cgroups(self) -> dict[str, Path]:
+        """Pod UID → cgroup directory, for the pods under the kubepods hierarchy (both drivers)."""
+        found: dict[str, Path] = {}
+        root = self.settings.cgroup_root
+        for directory, subdirs, _ in os.walk(root):
+            relative = Path(directory).relative_to(root)
+            depth = len(relative.parts)
+            if depth and not relative.parts[0].startswith("kubepods"):
+                subdirs.clear()
+                continue
+            ref = parse_cgroup_path(str(relative)) if depth else None
+            if ref is not None and ref.container_id is None and ref.pod_uid in self._pods.by_uid:
+                found[ref.pod_uid] = Path(directory)
+                subdirs.clear()
+            elif depth >= CGROUP_SCAN_DEPTH:
+                subdirs.clear()
+        return found
+
+    def _cpu_split(self, now_s: float) -> tuple[dict[WorkloadKey | None, float], bool]:
+        """The CPU energy of the interval per key, and whether it is an estimate; empty between CPU intervals."""
+        if self._cpu is None or now_s < self._cpu_due_s:
+            return {}, False
+        self._cpu_due_s = now_s + self.settings.cpu_interval_s
+        energy = self._guard("cpu_energy", self._cpu.sample, None)
+        busy_s = self._guard("proc_stat", self._busy_seconds, None)
+        usage: dict[Consumer, float] = self._guard("cgroup_cpu", self._pod_cpu_seconds, {})
+        if energy is None or busy_s is None:
+            return {}, False
+        busy_share = busy_s / (energy.dt_s * (os.cpu_count() or 1)) if energy.dt_s > 0 else 0.0
+        idle_j = cpu_idle_share_j(energy.energy_j, busy_share, estimated=energy.estimated)
+        split = split_cpu(energy.energy_j, idle_j, usage, busy_s)
+        return self._by_key(split.consumers_j, split.node_j), energy.estimated
+
+    def _busy_seconds(self) -> float | None:
+        """Busy CPU seconds on the node since the last call (all CPUs), from /proc/stat."""
+        ticks = parse_proc_stat((self.settings.proc_root / "stat").read_text()).busy
+        previous, self._proc_busy_ticks = self._proc_busy_ticks, ticks
+        return None if previous is None else max(ticks - previous, 0) / os.sysconf("SC_CLK_TCK")
+
+    def _pod_cpu_seconds(self) -> dict[Consumer, float]:
+        """CPU seconds per pod since the last call, from cgroup v2 `cpu.stat` (`usage_usec`)."""
+        usage: dict[Consumer, float] = {}
+        current: dict[str, float] = {}
+        for uid, directory in self._pods.cgroups.items():
+            text = (directory / "cpu.stat").read_text()
+            usec = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("usage_usec ")), None)
+            if usec is None:
+                continue
+            current[uid] = usec / 1e6
+            if uid in self._cpu_usage_s:
+                usage[CgroupRef(uid, None)] = max(current[uid] - self._cpu_usage_s[uid], 0.0)
+        self._cpu_usage_s = current
+        return usage
+
+    def _deltas(
+        self, gpu_j: Mapping[WorkloadKey | None, float], cpu_j: Mapping[WorkloadKey | None, float], estimated: bool
+    ) -> list[EnergyDelta]:
+        at = datetime.now(UTC)
+        meter = DeltaId(source=f"{self.settings.node}/{METER}", epoch=0, sequence=0)  # the spool stamps the ids
+        out = []
+        for key in dict.fromkeys([*gpu_j, *cpu_j]):
+            gpu, cpu = gpu_j.get(key, 0.0), cpu_j.get(key, 0.0)
+            if gpu > 0 or cpu > 0:
+                out.append(
+                    EnergyDelta(id=meter, node=self.settings.node, region=self.settings.region, at=at, key=key,
+                                gpu_energy_j=gpu, cpu_energy_j=cpu, cpu_estimated=estimated and cpu > 0)
+                )  # fmt: skip
+        return out
