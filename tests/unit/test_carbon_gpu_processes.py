@@ -1,7 +1,7 @@
 """GPU processes and their SM samples from NVML (moeops.carbon.gpu_processes), over a small fake of the two pynvml
 calls (same names, argument order, sample fields and error shape as nvidia-ml-py 13.615.71; checked below)."""
 
-# ruff: noqa: N802, N803, N815 -- the fake mirrors pynvml's camelCase names.
+# ruff: noqa: N802, N803 -- the fake mirrors pynvml's camelCase names.
 
 from __future__ import annotations
 
@@ -12,24 +12,10 @@ import pynvml
 import pytest
 
 from fakes.fake_nvml import NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNKNOWN, NVMLError
+from fakes.fake_nvml import FakeProcess as Process
+from fakes.fake_nvml import FakeUtilizationSample as UtilSample
 from moeops.carbon.attribution import sm_weights
 from moeops.carbon.gpu_processes import ProcessSampler
-
-
-@dataclass(frozen=True)
-class Process:
-    pid: int
-    usedGpuMemory: int | None = None
-
-
-@dataclass(frozen=True)
-class UtilSample:
-    pid: int
-    timeStamp: int
-    smUtil: int
-    memUtil: int = 0
-    encUtil: int = 0
-    decUtil: int = 0
 
 
 @dataclass

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .nvml_reader import NvmlErrorApi
+
 NVML_SUCCESS = 0
 
 
@@ -41,15 +43,8 @@ class _UtilizationSample(Protocol):
     def smUtil(self) -> int: ...
 
 
-class ProcessNvmlApi(Protocol):
+class ProcessNvmlApi(NvmlErrorApi, Protocol):
     """The part of pynvml used here (names as in pynvml; handles are opaque)."""
-
-    @property
-    def NVMLError(self) -> type[Exception]: ...
-    @property
-    def NVML_ERROR_NOT_SUPPORTED(self) -> int: ...
-    @property
-    def NVML_ERROR_NOT_FOUND(self) -> int: ...
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: object, /) -> Sequence[_RunningProcess]: ...
     def nvmlDeviceGetProcessUtilization(self, handle: object, last_seen_us: int, /) -> Sequence[_UtilizationSample]: ...

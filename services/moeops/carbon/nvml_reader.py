@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class NvmlApi(Protocol):
-    """The part of pynvml this reader uses (names as in pynvml; handles are opaque)."""
+class NvmlErrorApi(Protocol):
+    """pynvml's error class and the error codes every NVML caller here tells apart."""
 
     @property
     def NVMLError(self) -> type[Exception]: ...
@@ -47,6 +47,11 @@ class NvmlApi(Protocol):
     def NVML_ERROR_NOT_SUPPORTED(self) -> int: ...
     @property
     def NVML_ERROR_NOT_FOUND(self) -> int: ...
+
+
+class NvmlApi(NvmlErrorApi, Protocol):
+    """The part of pynvml this reader uses (names as in pynvml; handles are opaque)."""
+
     @property
     def NVML_DEVICE_MIG_ENABLE(self) -> int: ...
 
