@@ -63,10 +63,20 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer | None]
 
 
 @pytest.fixture(scope="session")
+def intensity_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The grid-intensity series the operator's carbon gate reads (re-read when it changes); tests write their own
+    region's rows into it. It starts empty."""
+    path = tmp_path_factory.mktemp("carbon") / "grid.csv"
+    path.write_text("timestamp,region,g_co2e_per_kwh\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
 def operator(
-    cluster: Cluster, bus: NatsServer | None, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster, bus: NatsServer | None, intensity_series: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     env = {"MOEOPS_NATS_URL": bus.url} if bus is not None else {}
+    env |= {"MOEOPS_CARBON_INTENSITY_SERIES": str(intensity_series), "MOEOPS_CARBON_GATE_INTERVAL_S": "1"}
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), env=env)
     proc.start()
     yield proc

@@ -27,6 +27,10 @@ class OperatorConfig:
     """The metrics bus; set on the workers of jobs with `rebalance.enabled` (empty: no bus, no rebalancing)."""
     nats_token_secret: str = ""
     """A Secret in the job's namespace whose `token` key authenticates the workers to NATS (empty: none)."""
+    carbon_intensity_series: str = ""
+    """A grid-intensity time series (CSV, re-read when it changes) asked before the static table (empty: none)."""
+    carbon_gate_interval_s: float = 30.0
+    """How often the carbon gate looks at each job with `spec.carbon.maxIntensity`."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -38,4 +42,6 @@ class OperatorConfig:
             max_workers=int(environ.get(env.OPERATOR_MAX_WORKERS, "16")),
             nats_url=environ.get(env.NATS_URL, ""),
             nats_token_secret=environ.get(env.OPERATOR_NATS_TOKEN_SECRET, ""),
+            carbon_intensity_series=environ.get(env.OPERATOR_CARBON_INTENSITY_SERIES, ""),
+            carbon_gate_interval_s=float(environ.get(env.OPERATOR_CARBON_GATE_INTERVAL, "30")),
         )

@@ -163,22 +163,22 @@ def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -
     return {"metadata": {"labels": labels}, "spec": pod}
 
 
-def desired_suspend(spec: MoETrainingJobSpec) -> bool | None:
+def desired_suspend(spec: MoETrainingJobSpec, *, carbon_paused: bool = False) -> bool | None:
     """What the operator wants `Job.spec.suspend` to be, or None to leave it to Kueue.
 
     A queued job is created suspended and Kueue unsuspends it on admission; the operator then only forces
-    suspension when the user asks for it.
+    suspension when the user asks for it, or while the carbon gate holds the job (`planning.carbon_gate`).
     """
-    if spec.run_policy.suspend:
+    if spec.run_policy.suspend or carbon_paused:
         return True
     return None if spec.scheduling.queue_name else False
 
 
-def worker_job(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> Child:
+def worker_job(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, *, carbon_paused: bool = False) -> Child:
     labels = training_labels(owner.name)
     if spec.scheduling.queue_name:
         labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
-    suspend = desired_suspend(spec)
+    suspend = desired_suspend(spec, carbon_paused=carbon_paused)
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": spec.workers.replicas,
@@ -217,8 +217,15 @@ def worker_job(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> C
 
 
 def training_children(
-    owner: Owner, spec: MoETrainingJobSpec, arch: Architecture, plan: Plan, cfg: OperatorConfig
+    owner: Owner,
+    spec: MoETrainingJobSpec,
+    arch: Architecture,
+    plan: Plan,
+    cfg: OperatorConfig,
+    *,
+    carbon_paused: bool = False,
 ) -> list[Child]:
     """Every child of a MoETrainingJob, in creation order (the Job last: its pods mount the others)."""
     config = runtime_config(owner, spec, arch, plan, cfg)
-    return [config_map(owner, config), workers_service(owner, cfg), worker_job(owner, spec, cfg)]
+    job = worker_job(owner, spec, cfg, carbon_paused=carbon_paused)
+    return [config_map(owner, config), workers_service(owner, cfg), job]

@@ -13,6 +13,7 @@ import kubernetes
 from moeops.bus.connection import ConnectionOptions
 
 from ..config import OperatorConfig
+from ..grid_intensity import GridIntensity
 from ..kube import Kube
 from ..reports import ReportReader
 
@@ -37,6 +38,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["config"] = cfg
     memo["kube"] = Kube(api_client(cfg.max_workers))
     memo["ttl_timers"] = {}
+    memo["grid_intensity"] = GridIntensity(cfg.carbon_intensity_series)  # the carbon gate's source
     # The rebalancer's reports (plan epoch, utilization) and the carbon totals reach status only when the operator
     # has a bus; both are read over one connection (a ReportReader is a BusReader).
     memo["reports"] = ReportReader(ConnectionOptions.from_env(name="moeops-operator")) if cfg.nats_url else None

@@ -20,6 +20,7 @@ from ..errors import InvalidSpec
 from ..kube import Kube, NotOwned
 from ..naming import MANAGED_BY, OPERATOR_NAME, TRAINING_JOB_LABEL
 from ..planning import plan_training_job
+from ..planning.carbon_gate import is_carbon_paused
 from ..status import StatusUpdate, invalid_spec_status, is_finished, plan_status, training_status, ttl_expiry
 from .common import (
     StatusFn,
@@ -57,7 +58,8 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> Statu
     owner_ref = owner_of(body)
     job: Mapping[str, Any] = {}
     likely_new = "observedGeneration" not in (body.get("status") or {})
-    for child in training_children(owner_ref, spec, arch, plan, cfg):
+    carbon_paused = is_carbon_paused(body.get("status") or {})
+    for child in training_children(owner_ref, spec, arch, plan, cfg, carbon_paused=carbon_paused):
         _, job = kube.ensure(child, owner_ref.uid, likely_new=likely_new)  # the Job comes last
 
     def status_of(owner: Mapping[str, Any]) -> StatusUpdate:

@@ -12,6 +12,7 @@ from moeops.api.v1alpha1.trainingjob_status import PlanStatus, RebalanceStatus
 from moeops.bus.reports import RebalanceReport
 
 from ..planning import Plan
+from ..planning.carbon_gate import PAUSED_CONDITION, is_carbon_paused
 from ..planning.memory import GIB
 from .conditions import Event, EventType, StatusUpdate, set_condition, timestamp, transitions
 
@@ -89,10 +90,11 @@ def training_status(
     c = put(c, "Succeeded", bool(succeeded), "AllWorkersSucceeded" if succeeded else "NotSucceeded", "")
 
     user_suspended = spec.run_policy.suspend
-    suspended = not terminal and (view.suspended or user_suspended)
+    carbon_paused = is_carbon_paused(previous)
+    suspended = not terminal and (view.suspended or user_suspended or carbon_paused)
     if suspended:
-        reason = "SuspendedByUser" if user_suspended else "WaitingForQueue"
-        c = put(c, "Suspended", True, reason, "workers stopped; state kept")
+        reason = "SuspendedByUser" if user_suspended else "CarbonPaused" if carbon_paused else "WaitingForQueue"
+        c = put(c, "Suspended", True, reason, _suspend_message(reason, before))
     else:
         was = any(x["type"] == "Suspended" and x["status"] == "True" for x in before)
         c = put(c, "Suspended", False, "Resumed" if was else "NotSuspended", "")
@@ -136,6 +138,13 @@ def training_status(
     if any(x["type"] == "Suspended" and x["status"] == "True" for x in before) and not suspended and not terminal:
         events.append(Event("Normal", "Resumed", "workers resumed"))
     return StatusUpdate(patch, events)
+
+
+def _suspend_message(reason: str, conditions: Sequence[Mapping[str, Any]]) -> str:
+    """Why the workers stopped; a carbon pause adds the gate's own message (the intensity and threshold)."""
+    gate = next((c for c in conditions if c.get("type") == PAUSED_CONDITION), {})
+    detail = f": {gate.get('message')}" if reason == "CarbonPaused" and gate.get("message") else ""
+    return f"workers stopped; state kept{detail}"
 
 
 def _reason_message(cond: Mapping[str, Any], default_reason: str) -> tuple[str, str]:
