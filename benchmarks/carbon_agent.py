@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.fake_nvml import FakeClock, FakeGpu, FakeNvml, Trace
 from moeops.bus.connection import ConnectionOptions
-from moeops.carbon.agent import NodeAgent
-from moeops.carbon.node_source import NodeSource, NodeSourceSettings, PodInfo
+from moeops.carbon.agent import AgentSettings, NodeAgent
+from moeops.carbon.attribution import PodInfo
+from moeops.carbon.node_source import NodeSource, NodeSourceSettings
 from moeops.carbon.nvml_reader import NvmlReader
 from moeops.carbon.podresources.devices import ContainerRef, DeviceMap
 from moeops.carbon.rapl import CpuEnergyMeter
@@ -104,6 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--hz", type=float, default=10.0)
+    parser.add_argument("--commit-s", type=float, default=1.0, help="the agent's commit interval")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         nvml, holders, pods = node(Path(tmp) / "proc")
@@ -111,13 +113,15 @@ def main() -> None:
         reader.open()
         settings = NodeSourceSettings("node-a", "de", proc_root=Path(tmp) / "proc")
         source = NodeSource(reader, nvml, settings, devices=lambda: holders, pods=lambda: pods, cpu=CpuEnergyMeter())
-        agent = NodeAgent(source, Spool(Path(tmp) / "spool"), ConnectionOptions())
+        timing = AgentSettings(poll_interval_s=1 / args.hz, commit_interval_s=args.commit_s)
+        agent = NodeAgent(source, Spool(Path(tmp) / "spool"), ConnectionOptions(), timing)
         variants: dict[str, Callable[[], object]] = {
             "nvml-poll": lambda: (reader.poll(), reader.report()),
             "source": source,
             "agent": agent.poll_once,
         }
-        print(f"{GPUS} fake GPUs ({SHARED} shared by 2 pods), {args.hz:g} Hz, {args.seconds:g} s per variant")
+        print(f"{GPUS} fake GPUs ({SHARED} shared by 2 pods), {args.hz:g} Hz, {args.seconds:g} s per variant, "
+              f"agent commits every {args.commit_s:g} s")  # fmt: skip
         print(f"{'variant':<10} {'polls':>6} {'CPU s':>7} {'wall s':>7} {'% core':>7} {'ms/poll':>8} {'vs base':>8}")
         base = None
         for name, poll in variants.items():
@@ -127,7 +131,8 @@ def main() -> None:
             print(f"{name:<10} {polls:>6} {cpu_s:>7.3f} {wall_s:>7.2f} {share:>6.2f}% {1e3 * cpu_s / polls:>8.3f} "
                   f"{share / base:>7.2f}x")  # fmt: skip
         print(
-            f"deltas spooled: {agent.spool.counters().appended}; polls: {agent.counters.polls}; "
+            f"deltas spooled: {agent.spool.counters().appended}; polls: {agent.counters.polls}, "
+            f"commits: {agent.counters.commits}; "
             f"source degraded: {dict(source.degraded) or 'none'}; fallback polls: {source.fallback_polls}"
         )
         print("goal: agent <= 1 % of one core (fake NVML: the real driver's call cost is not included)")

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .ledger import Stage, WorkloadKey, WorkloadKind
 from .podresources.devices import CgroupRef
@@ -140,6 +140,9 @@ def split_active(
     (PID → activity weight on this device), by activity, equally when there is none, unowned when nobody is there."""
     idle_j = min(max(idle_j, 0.0), energy_j)
     active_j = energy_j - idle_j
+    if not activity and len(assigned) <= 1:  # a GPU with one holder (no samples taken) or none: nothing to weigh
+        only: C | _Bucket = assigned[0] if assigned else _Bucket.UNOWNED
+        return _settled(energy_j, idle_j, {only: active_j}, equal=bool(assigned))
     consumers: list[C] = list(dict.fromkeys([*assigned, *(owner[pid] for pid in activity if pid in owner)]))
     weights: dict[C, float] = dict.fromkeys(consumers, 0.0)
     unowned_weight = 0.0
@@ -159,6 +162,11 @@ def split_active(
         shares, equal = exact_split(active_j, dict.fromkeys(consumers, 1.0)), True
     else:
         shares = {_Bucket.UNOWNED: active_j}
+    return _settled(energy_j, idle_j, shares, equal=equal)
+
+
+def _settled(energy_j: float, idle_j: float, shares: Mapping[C | _Bucket, float], *, equal: bool) -> Split[C]:
+    """The split of `energy_j` into `idle_j` and the active `shares`, its sum made exact (`settle`)."""
     parts: dict[C | _Bucket, float] = {_Bucket.IDLE: idle_j, _Bucket.UNOWNED: 0.0, **shares}
     parts = settle(energy_j, parts)
     consumers_j: dict[C, float] = {key: value for key, value in parts.items() if not isinstance(key, _Bucket)}
@@ -229,6 +237,29 @@ def split_node(
         device = interval.device_id
         node.add(device, split_gpu(interval, assigned.get(device, ()), sm_by_device.get(device, {}), owner))
     return node
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """A pod on this node as attribution needs it (`pods_from_list`): its labels name its workload."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    container_ids: Mapping[str, str] = field(default_factory=dict)
+    """Runtime container id (the 64 hex digits, without `containerd://`) → container name."""
+
+
+def pods_from_list(body: Mapping[str, Any]) -> list[PodInfo]:
+    """A `PodList` as JSON (what `list pods` answers) → the fields attribution needs."""
+    pods = []
+    for item in body.get("items") or []:
+        meta, status = item.get("metadata") or {}, item.get("status") or {}
+        statuses = [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]
+        ids = {s["containerID"].split("://", 1)[-1]: s["name"] for s in statuses if s.get("containerID")}
+        pods.append(PodInfo(meta["namespace"], meta["name"], meta["uid"], dict(meta.get("labels") or {}), ids))
+    return pods
 
 
 def pod_workload(

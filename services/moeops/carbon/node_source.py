@@ -1,6 +1,7 @@
 """The node agent's energy source: each poll, the node's GPU and CPU energy since the previous one, charged to pods.
 
-One poll (`NodeSource.__call__`, the agent's `DeltaSource`):
+One poll (`NodeSource.__call__`, the agent's `DeltaSource`; between two of them, `sample()` only reads NVML, at
+the agent's poll rate, so the energy integrates every reading while the rest runs once per commit):
 
 1. NVML: every GPU's energy since the last poll (`NvmlReader`, counter or power integral).
 2. Who holds which GPU: the kubelet's pod-resources map (`CachedDeviceMap`, refreshed every `device_map_ttl_s`).
@@ -41,8 +42,10 @@ from typing import Any, Protocol, TypeVar
 from .attribution import (
     GpuInterval,
     IdlePowerWindow,
+    PodInfo,
     cpu_idle_share_j,
     pod_workload,
+    pods_from_list,
     sm_weights,
     split_cpu,
     split_node,
@@ -72,27 +75,6 @@ class SourceNvmlApi(ProcessNvmlApi, Protocol):
     """pynvml as the source uses it beside the reader (handles by index, for the process calls)."""
 
     def nvmlDeviceGetHandleByIndex(self, index: int, /) -> object: ...  # noqa: N802 -- pynvml's name
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    namespace: str
-    name: str
-    uid: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    container_ids: Mapping[str, str] = field(default_factory=dict)
-    """Runtime container id (the 64 hex digits, without `containerd://`) → container name."""
-
-
-def pods_from_list(body: Mapping[str, Any]) -> list[PodInfo]:
-    """A `PodList` as JSON (what `list pods` answers) → the fields attribution needs."""
-    pods = []
-    for item in body.get("items") or []:
-        meta, status = item.get("metadata") or {}, item.get("status") or {}
-        statuses = [*(status.get("containerStatuses") or []), *(status.get("initContainerStatuses") or [])]
-        ids = {s["containerID"].split("://", 1)[-1]: s["name"] for s in statuses if s.get("containerID")}
-        pods.append(PodInfo(meta["namespace"], meta["name"], meta["uid"], dict(meta.get("labels") or {}), ids))
-    return pods
 
 
 def kube_pod_lister(node: str, *, timeout_s: float = 5.0) -> Callable[[], list[PodInfo]]:
@@ -173,6 +155,7 @@ class NodeSource:
         self._last_sm: dict[str, tuple[float, dict[int, float]]] = {}
         self._windows: dict[str, IdlePowerWindow] = {}
         self._gpu_total_j: dict[str, float] = {}
+        self._meter = DeltaId(source=f"{settings.node}/{METER}", epoch=0, sequence=0)  # the spool stamps the ids
         self._last_s: float | None = None
         self._cpu_due_s = -math.inf
         self._cpu_usage_s: dict[str, float] = {}
@@ -189,6 +172,10 @@ class NodeSource:
                 logger.warning("carbon source: %s failed (%s: %s); degrading, further %s failures are only counted",
                                kind, type(error).__name__, error, kind)  # fmt: skip
             return fallback
+
+    def sample(self) -> None:
+        """A reading between two calls (the agent's polls between commits): NVML only, attributed at the next call."""
+        self._reader.poll()
 
     def __call__(self) -> list[EnergyDelta]:
         self._reader.poll()
@@ -386,8 +373,7 @@ class NodeSource:
     def _deltas(
         self, gpu_j: Mapping[WorkloadKey | None, float], cpu_j: Mapping[WorkloadKey | None, float], estimated: bool
     ) -> list[EnergyDelta]:
-        at = datetime.now(UTC)
-        meter = DeltaId(source=f"{self.settings.node}/{METER}", epoch=0, sequence=0)  # the spool stamps the ids
+        at, meter = datetime.now(UTC), self._meter
         out = []
         for key in dict.fromkeys([*gpu_j, *cpu_j]):
             gpu, cpu = gpu_j.get(key, 0.0), cpu_j.get(key, 0.0)
