@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from moeops.api import env
 from moeops.carbon.report_cli import carbon
+
+if TYPE_CHECKING:
+    from moeops.carbon.local_meter import LocalRun
 
 
 @click.group()
@@ -53,11 +59,25 @@ def operator_run(
 @click.option("--nproc", type=int, default=None, help="Local processes (default: from the pod's environment).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=Path(".tmp/train"), show_default=True,
               help="With --job: where the resolved config and the checkpoints go.")  # fmt: skip
+@click.option("--no-carbon", is_flag=True, help="Do not meter a local run's energy (carbon.json beside the config).")
+@click.option("--carbon-region", envvar=env.CARBON_REGION, default=None,
+              help="Grid region of this machine, a key of the static intensity table  [default: world]")  # fmt: skip
+@click.option("--carbon-pue", type=click.FloatRange(min=1.0), default=None,
+              help="Facility PUE  [default: 1.0, a workstation; a data centre's is higher]")  # fmt: skip
 @click.argument("worker_args", nargs=-1, type=click.UNPROCESSED)
 def train(
-    config: Path | None, job: Path | None, nproc: int | None, work_dir: Path, worker_args: tuple[str, ...]
+    config: Path | None,
+    job: Path | None,
+    nproc: int | None,
+    work_dir: Path,
+    no_carbon: bool,
+    carbon_region: str | None,
+    carbon_pue: float | None,
+    worker_args: tuple[str, ...],
 ) -> None:
-    """Train: torch's elastic launcher starts the worker processes (extra args go to each worker)."""
+    """Train: torch's elastic launcher starts the worker processes (extra args go to each worker).
+
+    A local run (--job, or --nproc) meters its energy and writes a carbon ledger snapshot beside the config."""
     from moeops.trainer.launch import launch
 
     if (config is None) == (job is None):
@@ -76,7 +96,34 @@ def train(
         click.echo(f"resolved {job} for {nproc or 1} local rank(s): {resolved.plan} -> {config}", err=True)
         worker_args = ("--progress", *worker_args)
     assert config is not None
-    sys.exit(launch(config, nproc, list(worker_args)))
+    local = nproc is not None or env.NNODES not in os.environ  # in a pod, the node agent meters the run
+    meter = None if no_carbon or not local else _carbon_meter(config, nproc or 1, carbon_region, carbon_pue)
+    try:
+        code = launch(config, nproc, list(worker_args))
+    finally:
+        line = meter.finish() if meter is not None else None
+        if line is not None:
+            click.echo(line, err=True)
+    sys.exit(code)
+
+
+def _carbon_meter(config: Path, nproc: int, region: str | None, pue: float | None) -> LocalRun | None:
+    """The energy meter of a local run (`moeops.carbon.local_meter`); None when the config is unreadable (the
+    workers will say why). An unknown region is a usage error, raised before anything starts."""
+    from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
+    from moeops.carbon.intensity import IntensityUnavailableError
+    from moeops.carbon.local_meter import DEFAULT_REGION, SNAPSHOT_NAME, WORKSTATION_PUE, start_local_meter, train_key
+
+    try:
+        resolved = TrainingRuntimeConfig.model_validate_json(config.read_text())
+    except (OSError, ValueError):
+        return None
+    key = train_key(resolved.namespace, resolved.job_name)
+    snapshot = config.parent / SNAPSHOT_NAME
+    try:
+        return start_local_meter(key, region or DEFAULT_REGION, pue or WORKSTATION_PUE, nproc, snapshot)
+    except IntensityUnavailableError as exc:
+        raise click.BadParameter(str(exc), param_hint="--carbon-region") from exc
 
 
 @main.command()

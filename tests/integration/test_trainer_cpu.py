@@ -73,6 +73,10 @@ def test_sigterm_checkpoints_and_exits_preempted(tmp_path: Path) -> None:
     last = max(losses(tmp_path))
     checkpoints = sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith("step-"))
     assert checkpoints[-1] == f"step-{last:08d}", (checkpoints, last)
+    carbon = json.loads((tmp_path / "carbon.json").read_text())  # the local energy meter ran, preempted or not
+    assert carbon["workloads"][0]["key"] == {"namespace": "local", "kind": "MoETrainingJob", "name": "test",
+                                             "stage": "train"}  # fmt: skip
+    assert carbon["workloads"][0]["totals"]["energy_j"] > 0
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,9 @@ OPERATOR_NATS_TOKEN_SECRET = "MOEOPS_NATS_TOKEN_SECRET"  # a Secret (key `token`
 # Carbon-aware training (spec.carbon.maxIntensity): where the operator reads the grid's intensity, and how often.
 OPERATOR_CARBON_INTENSITY_SERIES = "MOEOPS_CARBON_INTENSITY_SERIES"  # a timestamp,region,g_co2e_per_kwh CSV file
 OPERATOR_CARBON_GATE_INTERVAL = "MOEOPS_CARBON_GATE_INTERVAL_S"  # seconds between two looks per job (default 30)
+# The grid region whose carbon intensity applies (a key of the static table): the carbon agent's node, or the
+# machine of a local `moeops train` run.
+CARBON_REGION = "MOEOPS_CARBON_REGION"
 # The operator also reads NATS_URL below and hands it to the worker pods of jobs that want rebalancing.
 
 # Set by the operator on every worker pod of a MoETrainingJob.

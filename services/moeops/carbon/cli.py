@@ -49,7 +49,7 @@ from .podresources.client import DEFAULT_SOCKET, PodResourcesClient
 from .rapl import CpuEnergyMeter
 from .spool import Spool
 
-CARBON_REGION = "MOEOPS_CARBON_REGION"
+CARBON_REGION = env.CARBON_REGION
 CARBON_SPOOL_DIR = "MOEOPS_CARBON_SPOOL_DIR"
 CARBON_POLL_S = "MOEOPS_CARBON_POLL_S"
 CARBON_PUE = "MOEOPS_CARBON_PUE"
