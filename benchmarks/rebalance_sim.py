@@ -1,20 +1,20 @@
 """Rebalancer simulation: utilization of a drifting, heterogeneous MoE training cluster under three policies
-(and ours without its migration gate).
+(and ours without its migration gate), against two oracles (`rebalance_oracle.py`).
 
 On the same seeded trace (`rebalance_trace.py`: GPU speeds with 20% stragglers at 0.6× that move, Zipf expert
 popularity that drifts, per-step batch noise), every `--interval` steps each policy re-plans from what it has
 measured so far, and its plan is judged on the steps after it (never on the loads it was planned from):
 - none: an even data split, experts contiguous (256 / EP per GPU), no spare slot; never re-planned.
-- EPLB: a clean-room rewrite of DeepSeek EPLB's global policy (replicate to the spare slots by max load per
-  replica, then balanced packing with equal slots per GPU), one spare slot per GPU, planned from the mean of the
-  last `--interval` steps' expert loads. It ignores GPU speeds and keeps the even data split.
-- ours: `moeops.rebalancer`: data shares from `plan_data_shares` (speeds smoothed with a damped trend and an
-  adaptive rate, `load.track`, planned for the slowest each GPU is forecast to be while the plan runs; each GPU's
-  predicted expert work as `fixed_seconds`) through the `Hysteresis`, and expert placement for every layer at once
-  (`placement.plan_layers`, one spare slot per GPU) from EWMA expert loads: per layer a fresh EPLB placement with
-  ranks kept in place or the current one repaired by a few swaps, and only the layers whose moves, received in
-  parallel, save more step time until the next plan than they take; "ours, no gate" adopts every fresh placement.
-Both re-planning policies pay their moves' migration time in the step after the plan.
+- EPLB: `rebalance_eplb.py`, one spare slot per GPU, planned from the mean of the last `--interval` steps'
+  expert loads. It ignores GPU speeds and keeps the even data split.
+- ours: `moeops.rebalancer`: data shares over the EP groups (`plan_group_shares`; `--per-gpu-shares`:
+  `plan_data_shares` with each GPU's expert work fixed) from speeds smoothed with a damped trend and an adaptive
+  rate (`load.track`), planned for the slowest each GPU is forecast to be while the plan runs, through the
+  `Hysteresis`, every `--shares-interval` steps; and every `--interval` steps expert placement for every layer at
+  once (`placement.plan_layers`, one spare slot per GPU) from EWMA expert loads: per layer a fresh EPLB placement
+  with ranks kept in place or the current one repaired by a few swaps, and only the layers whose moves, received
+  in parallel, save more step time until the next plan than they take (EPLB and ours pay their moves' time in
+  the step after the plan); "ours, no gate" adopts every placement.
 
     .venv/bin/python benchmarks/rebalance_sim.py                       # 128, 1,024 and 10,240 GPUs
     .venv/bin/python benchmarks/rebalance_sim.py --quick               # a smoke run
@@ -50,44 +50,9 @@ from moeops.rebalancer.load import (
 )
 from moeops.rebalancer.placement import holdings, place_layers, plan_layers, rank_loads
 from moeops.rebalancer.policy import Hysteresis, Verdict
+from rebalance_eplb import eplb_place
 from rebalance_oracle import Oracle
-from rebalance_trace import Config, Floats, Ints, Judged, Layout, Trace, judge, migration_cost
-
-
-def eplb_place(loads: Floats, ranks: int, spare: int) -> Ints:
-    """EPLB's global policy, every layer at once: (layers, experts) loads → (layers, ranks, slots) expert ids.
-
-    Replicate: each spare slot to the expert with the most load per replica. Pack: replicas heaviest first, each
-    onto the least-loaded GPU that still has a free slot (two replicas of an expert may share a GPU, as in EPLB).
-    """
-    layers, experts = loads.shape
-    rows = np.arange(layers)
-    copies = np.ones((layers, experts))
-    for _ in range(spare):
-        copies[rows, np.argmax(loads / copies, axis=1)] += 1
-    items = experts + spare
-    item_expert = np.stack([np.repeat(np.arange(experts), copies[layer].astype(np.int64)) for layer in rows])
-    item_load = (loads / copies)[rows[:, None], item_expert]
-    order = np.argsort(-item_load, axis=1, kind="stable")
-    per_rank = items // ranks
-    out = np.zeros((layers, ranks, per_rank), dtype=np.int64)
-    rank_load = np.zeros((layers, ranks))
-    count = np.zeros((layers, ranks), dtype=np.int64)
-    for i in range(items):
-        pick = order[:, i]
-        rank = np.argmin(np.where(count < per_rank, rank_load, np.inf), axis=1)
-        out[rows, rank, count[rows, rank]] = item_expert[rows, pick]
-        rank_load[rows, rank] += item_load[rows, pick]
-        count[rows, rank] += 1
-    return out
-
-
-def contiguous(c: Config, spare_slots: int) -> Ints:
-    """Experts in id order, 256 / EP per GPU, then `spare_slots` empty slots per GPU."""
-    per_rank = c.experts // c.ep
-    held = np.arange(c.experts).reshape(c.ep, per_rank)
-    empty = np.full((c.ep, spare_slots), c.experts)
-    return np.tile(np.concatenate([held, empty], axis=1), (c.layers, 1, 1))
+from rebalance_trace import Config, Floats, Ints, Judged, Layout, Trace, contiguous, judge, migration_cost
 
 
 @dataclass

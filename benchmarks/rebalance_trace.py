@@ -122,6 +122,14 @@ class Layout:
         return counts
 
 
+def contiguous(c: Config, spare_slots: int) -> Ints:
+    """Experts in id order, 256 / EP per GPU, then `spare_slots` empty slots per GPU."""
+    per_rank = c.experts // c.ep
+    held = np.arange(c.experts).reshape(c.ep, per_rank)
+    empty = np.full((c.ep, spare_slots), c.experts)
+    return np.tile(np.concatenate([held, empty], axis=1), (c.layers, 1, 1))
+
+
 @dataclass(frozen=True)
 class Judged:
     utilization: float

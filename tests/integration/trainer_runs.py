@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from moeops.api.v1alpha1.carbon import CarbonSpec
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.api.v1alpha1.runtime import CheckpointConfig, ParallelPlan, TrainingRuntimeConfig, WorldSpec
-from moeops.api.v1alpha1.trainingjob import CarbonSpec, DataSpec, RebalanceSpec, TrainingSpec
+from moeops.api.v1alpha1.trainingjob import DataSpec, RebalanceSpec, TrainingSpec
 
 TINY = Architecture(layers=2, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=32, vocab_size=128, seq_len=48)
 

@@ -12,7 +12,7 @@ import pytest
 
 from moeops.api import env
 from moeops.api.v1alpha1 import MoETrainingJobSpec
-from moeops.api.v1alpha1.trainingjob import CarbonSpec
+from moeops.api.v1alpha1.carbon import CarbonSpec
 from moeops.carbon.intensity import Intensity
 from moeops.operator.children.training import desired_suspend
 from moeops.operator.config import OperatorConfig

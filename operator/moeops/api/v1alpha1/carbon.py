@@ -1,4 +1,5 @@
-"""`.status.carbon` of a MoETrainingJob or an InferenceService: the energy and emissions charged to it so far.
+"""Carbon on the CRDs: `spec.carbon` of a MoETrainingJob (accounting and carbon-aware pausing), and `.status.carbon`
+of a MoETrainingJob or an InferenceService: the energy and emissions charged to it so far.
 
 Written by the operator only (`moeops.operator.handlers.carbon`), from the totals the carbon aggregator keeps in the
 `moeops-carbon` KV bucket. Energies are IT energy as the meters saw it (GPU + CPU); the facility overhead (PUE) is in
@@ -12,6 +13,24 @@ from datetime import datetime
 from pydantic import Field
 
 from .common import KubeModel
+
+
+class CarbonSpec(KubeModel):
+    """Carbon accounting and carbon-aware scheduling."""
+
+    enabled: bool = Field(default=True, description="Attribute GPU/CPU energy and gCO2e to this job.")
+    region: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Grid region for the carbon intensity, e.g. `DE` or `US-CAL`.",
+    )
+    pue: float = Field(default=1.2, ge=1.0, le=3.0, description="Data-centre power usage effectiveness.")
+    max_intensity: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=5000.0,
+        description="gCO2e/kWh above which the job is checkpointed and suspended until the grid is cleaner.",
+    )
 
 
 class CarbonIntensityStatus(KubeModel):

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from .carbon import CarbonSpec
 from .common import KubeModel
 from .inferenceservice import BatchingSpec, EarlyExitSpec
 from .presets import Architecture
-from .trainingjob import CarbonSpec, DataSpec, RebalanceSpec, TrainingSpec
+from .trainingjob import DataSpec, RebalanceSpec, TrainingSpec
 
 
 class ParallelPlan(KubeModel):

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator
 
+from .carbon import CarbonSpec
 from .common import (
     ABSOLUTE_PATH_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
@@ -259,24 +260,6 @@ class RebalanceSpec(KubeModel):
         " holding replicas of other ranks' experts so a plan can replicate hot experts (as DeepSeek's EPLB"
         " redundant experts). At most the experts per layer the other EP ranks hold; costs their weights and"
         " optimizer state per slot.",
-    )
-
-
-class CarbonSpec(KubeModel):
-    """Carbon accounting and carbon-aware scheduling."""
-
-    enabled: bool = Field(default=True, description="Attribute GPU/CPU energy and gCO2e to this job.")
-    region: str | None = Field(
-        default=None,
-        max_length=128,
-        description="Grid region for the carbon intensity, e.g. `DE` or `US-CAL`.",
-    )
-    pue: float = Field(default=1.2, ge=1.0, le=3.0, description="Data-centre power usage effectiveness.")
-    max_intensity: float | None = Field(
-        default=None,
-        gt=0.0,
-        le=5000.0,
-        description="gCO2e/kWh above which the job is checkpointed and suspended until the grid is cleaner.",
     )
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from moeops.api.v1alpha1.trainingjob import CarbonSpec
+from moeops.api.v1alpha1.carbon import CarbonSpec
 from moeops.carbon.intensity import Intensity
 
 RESUME_MARGIN = 0.05
