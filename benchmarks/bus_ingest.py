@@ -2,10 +2,11 @@
 
 This process runs the consumers pinned to one core; nats-server and the producer (a separate process, so that it
 does not share the ingest core) run on the other cores. The producer publishes realistic WorkerMetrics (the bytes
-`encode` makes: `--ranks` ranks per step, `tokens_per_expert` for `--layers` × `--experts`, the same on every
-rank of a step and different every step) into the METRICS stream, with a Nats-Msg-Id as the trainer's sink
-sends them. Besides messages/s it prints how busy the ingest core was (this process's CPU time / wall time) and
-messages per CPU-second: other processes share these cores, so that is what one core of our own would ingest.
+`encode` makes: `--ranks` ranks per step, `tokens_per_expert` for `--layers` × `--experts` from rank 0 only, as
+the trainer's sink sends them since 2026-11-29 (before, every rank sent the same counts), different every step)
+into the METRICS stream, with a Nats-Msg-Id. Besides messages/s it prints how busy the ingest core was (this
+process's CPU time / wall time) and messages per CPU-second: other processes share these cores, so that is what
+one core of our own would ingest.
 
 1. Saturation: a backlog of `--ranks` × `--steps` messages is stored first; each consumer then drains it with
    its own durable consumer; ingested messages/s from its first message to its last. Variants, alternating over
@@ -39,7 +40,7 @@ from pathlib import Path
 import nats
 
 from moeops.bus.connection import ConnectionOptions, connect
-from moeops.bus.messages import BadMessage, WorkerMetrics, decode_reference, encode
+from moeops.bus.messages import COUNTS_RANK, BadMessage, WorkerMetrics, decode_reference, encode
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket
 from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER
 from moeops.devcluster.nats_server import NatsServer
@@ -107,7 +108,8 @@ async def produce(args: argparse.Namespace) -> None:
             if counts[0] != step:
                 counts = (step, expert_counts(step, args.layers, args.experts))
             template = ranks[rank]
-            data = body(template, step, counts[1], time.time())
+            # As the trainer's sink sends them: the all-reduced counts from COUNTS_RANK only, [] from the others.
+            data = body(template, step, counts[1] if rank == COUNTS_RANK else b"[]", time.time())
             await client.publish(template[0], data, headers={MSG_ID_HEADER: f"{template[5]}{step}"})
             sent += 1
         await asyncio.sleep(0)

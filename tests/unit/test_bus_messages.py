@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from moeops.bus.messages import (
+    COUNTS_RANK,
     BadMessage,
     BadMessageReason,
     RebalancePlan,
@@ -54,10 +55,13 @@ def step_metrics(step: int = 7, rank: int = 1, loss: float = 2.5) -> StepMetrics
 
 
 def worker_metrics(**changes: object) -> WorkerMetrics:
+    """Rank 1's message, with expert counts (the schema allows them on any rank; the trainer's sink sends them
+    from COUNTS_RANK only): the decoder's paths with and without counts are both tested here."""
+    record = step_metrics()
     message = WorkerMetrics.from_step(
-        step_metrics(), namespace="team-a", job="llm.v2", world_size=4, measured_at_unix_s=1_700_000_000.5
+        record, namespace="team-a", job="llm.v2", world_size=4, measured_at_unix_s=1_700_000_000.5
     )
-    return message.model_copy(update=changes) if changes else message
+    return message.model_copy(update={"tokens_per_expert": record.tokens_per_expert, **changes})
 
 
 def plan(**changes: object) -> RebalancePlan:
@@ -132,6 +136,15 @@ def test_worker_metrics_mirror_the_trainers_step_metrics() -> None:
     assert message.subject == "moeops.metrics.team-a.llm_v2.1"
     assert message.msg_id == "team-a/llm_v2/1/7"
     assert decode(message.subject, encode(message)) == message
+
+
+def test_only_one_rank_sends_the_all_reduced_expert_counts() -> None:
+    for rank in range(3):
+        message = WorkerMetrics.from_step(
+            step_metrics(rank=rank), namespace="ns", job="j", world_size=3, measured_at_unix_s=1.0
+        )
+        expected = [[10, 20, 30, 40], [25, 25, 25, 25]] if rank == COUNTS_RANK else []
+        assert message.tokens_per_expert == expected, rank
 
 
 def test_a_diverging_loss_travels_as_json() -> None:

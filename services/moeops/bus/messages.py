@@ -57,6 +57,10 @@ class BusMessage(BaseModel):
         return name
 
 
+COUNTS_RANK = 0
+"""The rank whose metrics carry the step's (all-reduced, identical) expert counts."""
+
+
 class WorkerMetrics(BusMessage):
     """One worker rank's measurements for one training step (the trainer's StepMetrics, addressed)."""
 
@@ -75,7 +79,9 @@ class WorkerMetrics(BusMessage):
     lr: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
     tokens_per_expert: list[list[NonNegativeInt]] = Field(default_factory=list)
     """Per MoE layer (all layers, every pipeline stage), assignments per expert summed over the data-parallel
-    ranks this step: the same on every rank (the rebalancer's load input)."""
+    ranks this step (the rebalancer's load input). The all-reduce makes them the same on every rank, so only
+    rank 0 sends them (`COUNTS_RANK`): the others' messages carry [] and are cheaper for the rebalancer to
+    read."""
     max_memory_bytes: NonNegativeInt = 0
     measured_at_unix_s: FiniteFloat
     """Wall-clock time the worker handed the record over (Unix seconds); the rebalancer measures lag from it."""
@@ -103,7 +109,7 @@ class WorkerMetrics(BusMessage):
             compute_seconds=record.compute_seconds,
             comm_seconds=record.comm_seconds,
             lr=record.lr,
-            tokens_per_expert=record.tokens_per_expert,
+            tokens_per_expert=record.tokens_per_expert if record.rank == COUNTS_RANK else [],
             max_memory_bytes=record.max_memory_bytes,
             measured_at_unix_s=measured_at_unix_s,
         )
