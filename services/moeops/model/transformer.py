@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from moeops.api.v1alpha1.presets import Architecture
 
+from .kv_cache import KVCache
 from .moe import MoE, SwiGLU
 
 FFNKind = Literal["moe", "dense-active", "dense-total"]
@@ -51,6 +52,27 @@ class Attention(nn.Module):
         out: Tensor = self.wo(y_BHSd.transpose(1, 2).reshape(B, S, -1))
         return out
 
+    def kv(self, x_BSD: Tensor, rope_SF2: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Rotated keys and values (B, H, S, d) of positions [start, start+S)."""
+        B, S, _ = x_BSD.shape
+        k, v = (w(x_BSD).view(B, S, -1, self.head_dim).transpose(1, 2) for w in (self.wk, self.wv))
+        return apply_rope(k, rope_SF2[start : start + S]), v
+
+    def forward_cached(self, x_BSD: Tensor, rope_SF2: Tensor, cache: KVCache, layer: int, start: int) -> Tensor:
+        """Attention of positions [start, start+S) over the cached prefix and themselves; stores their K/V."""
+        B, S, _ = x_BSD.shape
+        q = apply_rope(self.wq(x_BSD).view(B, S, -1, self.head_dim).transpose(1, 2), rope_SF2[start : start + S])
+        keys_BHKd, values_BHKd = cache.write(layer, start, *self.kv(x_BSD, rope_SF2, start))
+        if S == 1:  # one new token sees every cached position: no mask
+            y_BHSd = F.scaled_dot_product_attention(q, keys_BHKd, values_BHKd)
+        elif start == 0:  # a prefill: the training forward's own causal attention
+            y_BHSd = F.scaled_dot_product_attention(q, keys_BHKd, values_BHKd, is_causal=True)
+        else:  # a chunk after a prefix: new position i sees keys up to start + i
+            visible_SK = torch.ones(S, start + S, dtype=torch.bool, device=x_BSD.device).tril(diagonal=start)
+            y_BHSd = F.scaled_dot_product_attention(q, keys_BHKd, values_BHKd, attn_mask=visible_SK)
+        out: Tensor = self.wo(y_BHSd.transpose(1, 2).reshape(B, S, -1))
+        return out
+
 
 @dataclass
 class BlockOutput:
@@ -85,6 +107,22 @@ class Block(nn.Module):
         out = self.moe(h_BSD.reshape(-1, h_BSD.shape[-1]))
         return BlockOutput(x_BSD + out.out_TD.view_as(x_BSD), out.aux_loss, out.z_loss, out.tokens_per_expert_E)
 
+    def forward_cached(self, x_BSD: Tensor, rope_SF2: Tensor, cache: KVCache, layer: int, start: int) -> Tensor:
+        """The block on positions [start, start+S) with cached attention (inference: no balancing losses)."""
+        x_BSD = x_BSD + self.attention.forward_cached(self.attention_norm(x_BSD), rope_SF2, cache, layer, start)
+        h_BSD = self.ffn_norm(x_BSD)
+        if self.moe is None:
+            assert self.dense is not None
+            ffn_BSD: Tensor = self.dense(h_BSD)
+        else:
+            ffn_BSD = self.moe(h_BSD.reshape(-1, h_BSD.shape[-1])).out_TD.view_as(x_BSD)
+        return x_BSD + ffn_BSD
+
+    def fill_kv(self, h_BSD: Tensor, rope_SF2: Tensor, cache: KVCache, layer: int, start: int) -> None:
+        """Store K/V computed from `h_BSD` taken as this block's input, without running the block: CALM's
+        propagation of an exiting token's state to the layers it skipped."""
+        cache.write(layer, start, *self.attention.kv(self.attention_norm(h_BSD), rope_SF2, start))
+
 
 @dataclass
 class ModelOutput:
@@ -99,6 +137,8 @@ class ModelOutput:
 
 
 class Transformer(nn.Module):
+    rope_SF2: Tensor
+
     def __init__(self, arch: Architecture, ffn: FFNKind = "moe", capacity_factor: float | None = None) -> None:
         super().__init__()
         self.arch = arch
@@ -132,6 +172,42 @@ class Transformer(nn.Module):
         logits_BSV = self.head(self.norm(x_BSD))
         counts_LE = torch.stack(counts) if counts else None
         return ModelOutput(logits_BSV, aux, z, counts_LE, hidden)
+
+    # -- incremental decoding (serving): the same blocks over a KV cache -------------------------------------
+
+    def new_kv_cache(self, batch: int, capacity: int | None = None) -> KVCache:
+        """An empty cache for `batch` sequences on this model's device and dtype (capacity: seq_len)."""
+        ref = self.embedding.weight
+        return KVCache.for_architecture(self.arch, batch, capacity, dtype=ref.dtype, device=ref.device)
+
+    def forward_cached(self, tokens_BS: Tensor, cache: KVCache) -> Tensor:
+        """Logits (B, S, V) of `tokens_BS` placed after the cache's prefix, through every layer; appends
+        their K/V. A prefill is a call on an empty cache, a decoding step a call with one token."""
+        start = cache.length
+        x_BSD = self.embedding(tokens_BS)
+        for layer in range(len(self.blocks)):
+            x_BSD = self.forward_layer_cached(layer, x_BSD, cache, start)
+        cache.advance(tokens_BS.shape[1])
+        return self.exit_logits(x_BSD)
+
+    def forward_layer_cached(self, layer: int, x_BSD: Tensor, cache: KVCache, start: int) -> Tensor:
+        """Block `layer` (0-based) on positions [start, start+S); the caller advances the cache."""
+        return self._block(layer).forward_cached(x_BSD, self.rope_SF2, cache, layer, start)
+
+    def propagate_kv(self, h_BSD: Tensor, layers: range, cache: KVCache, start: int) -> None:
+        """Fill the K/V of `layers` at [start, start+S) from hidden state `h_BSD` (an early exit's state)."""
+        for layer in layers:
+            self._block(layer).fill_kv(h_BSD, self.rope_SF2, cache, layer, start)
+
+    def _block(self, layer: int) -> Block:
+        block = self.blocks[layer]
+        assert isinstance(block, Block)
+        return block
+
+    def exit_logits(self, h_BSD: Tensor) -> Tensor:
+        """The shared exit head (LayerSkip): final norm and LM head on any layer's hidden state."""
+        logits: Tensor = self.head(self.norm(h_BSD))
+        return logits
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
