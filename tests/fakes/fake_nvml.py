@@ -10,6 +10,11 @@ Behaviour follows real NVML where the reader depends on it: calls before `nvmlIn
 counter is in integer millijoules and restarts from 0 at a reset; power is in integer milliwatts; MIG device
 handles support neither reading (NOT_SUPPORTED); an empty MIG slot is NOT_FOUND; a GPU without MIG support answers
 NOT_SUPPORTED to the MIG calls.
+
+MIG instances follow a `MigTrace` each (by MIG UUID in `FakeGpu.mig_traces`): their SM count
+(`nvmlDeviceGetAttributes`), when their process runs (`nvmlDeviceGetComputeRunningProcesses` on the MIG handle),
+and when the instance is destroyed (from then on its slot is empty, and calls on its old handle are NOT_FOUND).
+Per-process utilization samples are NOT_SUPPORTED on MIG handles, as in NVML.
 """
 
 # ruff: noqa: N802, N803, N815 -- the fake mirrors pynvml's camelCase names, which are not ours to choose.
@@ -106,6 +111,23 @@ class Fault:
     gpu: int | None = None
 
 
+@dataclass(frozen=True)
+class MigTrace:
+    """One MIG instance over time: its SMs, the spans [start, end) in which its process `pid` runs, when it is
+    destroyed (None: never)."""
+
+    sm_count: int = 16
+    busy: tuple[tuple[float, float], ...] = ()
+    pid: int = 0
+    destroyed_at_s: float | None = None
+
+    def running(self, t_s: float) -> bool:
+        return any(start <= t_s < end for start, end in self.busy)
+
+    def exists(self, t_s: float) -> bool:
+        return self.destroyed_at_s is None or t_s < self.destroyed_at_s
+
+
 @dataclass
 class FakeGpu:
     uuid: str
@@ -122,6 +144,10 @@ class FakeGpu:
     """Current MIG mode; None: the GPU has no MIG (the calls answer NOT_SUPPORTED)."""
     mig_slots: tuple[str | None, ...] = ()
     """MIG device UUIDs by slot; None is an empty slot."""
+    mig_traces: dict[str, MigTrace] = field(default_factory=dict)
+    """MIG device UUID → its trace (a slot's UUID without one: `MigTrace()`, idle for ever)."""
+    sm_count: int = 132
+    """The whole GPU's SMs (an H100 SXM's)."""
     sm_percent: dict[int, float] = field(default_factory=dict)
     """The processes with a compute context on this GPU (host PIDs) and the SM % each uses, steady."""
 
@@ -138,6 +164,16 @@ class FakeProcess:
 
     pid: int
     usedGpuMemory: int | None = None
+
+
+@dataclass(frozen=True)
+class FakeDeviceAttributes:
+    """pynvml's c_nvmlDeviceAttributes, as far as the callers read it."""
+
+    multiprocessorCount: int
+    gpuInstanceSliceCount: int = 1
+    computeInstanceSliceCount: int = 1
+    memorySizeMB: int = 10_240
 
 
 @dataclass(frozen=True)
@@ -191,12 +227,21 @@ class FakeNvml:
                 raise NVMLError(fault.code)
 
     def _gpu(self, call: str, handle: object) -> tuple[FakeGpu, FakeHandle]:
-        """The GPU behind a handle (and the handle, typed); a foreign handle is INVALID_ARGUMENT, as in NVML."""
+        """The GPU behind a handle (and the handle, typed); a foreign handle is INVALID_ARGUMENT, as in NVML, and
+        the handle of a destroyed MIG instance NOT_FOUND."""
         if not isinstance(handle, FakeHandle) or not 0 <= handle.gpu < len(self.gpus):
             self._enter(call)
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         self._enter(call, handle.gpu)
-        return self.gpus[handle.gpu], handle
+        gpu = self.gpus[handle.gpu]
+        if handle.mig_slot is not None and not self._mig(gpu, handle.mig_slot).exists(self.clock()):
+            raise NVMLError(NVML_ERROR_NOT_FOUND)
+        return gpu, handle
+
+    @staticmethod
+    def _mig(gpu: FakeGpu, slot: int) -> MigTrace:
+        uuid = gpu.mig_slots[slot]
+        return MigTrace() if uuid is None else gpu.mig_traces.get(uuid, MigTrace())
 
     def nvmlInit(self) -> None:
         self.calls["nvmlInit"] += 1
@@ -245,9 +290,15 @@ class FakeNvml:
         gpu, parent = self._gpu("nvmlDeviceGetMigDeviceHandleByIndex", handle)
         if gpu.mig_mode != NVML_DEVICE_MIG_ENABLE or not 0 <= index < len(gpu.mig_slots):
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
-        if gpu.mig_slots[index] is None:
+        if gpu.mig_slots[index] is None or not self._mig(gpu, index).exists(self.clock()):
             raise NVMLError(NVML_ERROR_NOT_FOUND)
         return FakeHandle(parent.gpu, index)
+
+    def nvmlDeviceGetAttributes(self, handle: object) -> FakeDeviceAttributes:
+        gpu, fake = self._gpu("nvmlDeviceGetAttributes", handle)
+        if fake.mig_slot is None:
+            return FakeDeviceAttributes(gpu.sm_count, gpuInstanceSliceCount=7, computeInstanceSliceCount=7)
+        return FakeDeviceAttributes(self._mig(gpu, fake.mig_slot).sm_count)
 
     def nvmlDeviceGetTotalEnergyConsumption(self, handle: object) -> int:
         gpu, fake = self._gpu("nvmlDeviceGetTotalEnergyConsumption", handle)
@@ -262,13 +313,18 @@ class FakeNvml:
         return round(1000 * gpu.trace.power_w(self.clock()))
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle: object) -> list[FakeProcess]:
-        gpu, _ = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
+        gpu, fake = self._gpu("nvmlDeviceGetComputeRunningProcesses", handle)
+        if fake.mig_slot is not None:
+            trace = self._mig(gpu, fake.mig_slot)
+            return [FakeProcess(trace.pid)] if trace.running(self.clock()) else []
         return [FakeProcess(pid) for pid in gpu.sm_percent]
 
     def nvmlDeviceGetProcessUtilization(self, handle: object, timeStamp: int) -> list[FakeUtilizationSample]:
         """One sample per process per driver period after `timeStamp` (µs of the fake clock), up to now; NOT_FOUND
         when there is none, as NVML answers."""
-        gpu, _ = self._gpu("nvmlDeviceGetProcessUtilization", handle)
+        gpu, fake = self._gpu("nvmlDeviceGetProcessUtilization", handle)
+        if fake.mig_slot is not None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         now_us = round(self.clock() * 1e6)
         first = (timeStamp // SAMPLE_PERIOD_US + 1) * SAMPLE_PERIOD_US
         stamps = range(first, now_us + 1, SAMPLE_PERIOD_US)

@@ -14,10 +14,13 @@ the agent's poll rate, so the energy integrates every reading while the rest run
 5. CPU, every `cpu_interval_s`: RAPL or the labelled estimate (`CpuEnergyMeter`), split over pods by their
    cgroup v2 `cpu.stat` usage; the CPU time outside every pod, and all of it where no cpu.stat is readable, is node.
 6. `attribution` splits it: GPU idle power to node idle, the active rest to workloads by SM share.
+7. MIG parents (`mig.py`): the instances' weights (SM count while running a compute process, else 0) split the
+   parent's energy at every NVML poll; a busy instance is then a device keyed by its MIG UUID (as the kubelet's map
+   keys `nvidia.com/mig-*`), charged to its holder like a whole GPU; energy while none is busy is node idle.
 
 Idle power per GPU: configured (`gpu_idle_power_w`, one figure for every GPU of the node) or, by default, measured:
 the lowest mean power of any second within the last hour (`attribution.IdlePowerWindow`, which says why and what
-it costs). MIG parents: with no per-instance activity source wired yet, a MIG GPU's energy is all node idle.
+it costs). A MIG parent's idle power is node idle too, taken from its busy instances in proportion to their energy.
 
 One delta per ledger key per poll (GPU and CPU joules together, meter `<node>/energy`; per-GPU meters would spool
 8× as many). Every part but the NVML read degrades instead of raising (counted in `degraded`, logged once per
@@ -54,6 +57,7 @@ from .attribution import (
 )
 from .gpu_processes import ProcessNvmlApi, ProcessSampler
 from .ledger import DeltaId, EnergyDelta, WorkloadKey
+from .mig import MigActivity, MigDeltas, MigNvmlApi, mig_intervals
 from .nvml_reader import NvmlReader
 from .podresources.cgroup import parse_cgroup_path, read_pid_cgroup
 from .podresources.devices import CachedDeviceMap, CgroupRef, ContainerRef, DeviceMap
@@ -71,10 +75,8 @@ so at 10 Hz many polls see none, and an equal split for those would blur a 3:1 s
 CGROUP_SCAN_DEPTH = 4  # kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice: 3 levels down
 
 
-class SourceNvmlApi(ProcessNvmlApi, Protocol):
-    """pynvml as the source uses it beside the reader (handles by index, for the process calls)."""
-
-    def nvmlDeviceGetHandleByIndex(self, index: int, /) -> object: ...  # noqa: N802 -- pynvml's name
+class SourceNvmlApi(ProcessNvmlApi, MigNvmlApi, Protocol):
+    """pynvml as the source uses it beside the reader (handles by index, the process and the MIG calls)."""
 
 
 def kube_pod_lister(node: str, *, timeout_s: float = 5.0) -> Callable[[], list[PodInfo]]:
@@ -112,6 +114,8 @@ class NodeSourceSettings:
     pods_ttl_s: float = 30.0
     cpu_interval_s: float = 1.0
     """CPU energy and cgroup reads at most this often: a poll at 10 Hz need not read 100 pods' cpu.stat."""
+    mig_interval_s: float = 1.0
+    """MIG instances' activity measured at most this often (`mig.MigActivity`), and held in between."""
     proc_root: Path = Path("/proc")
     cgroup_root: Path = Path("/sys/fs/cgroup")
 
@@ -149,6 +153,8 @@ class NodeSource:
         self._pods_attempt_s: float | None = None
         self._cpu, self._clock = cpu, clock
         self._sampler = ProcessSampler(nvml)
+        self._mig = MigActivity(nvml, lambda: reader.gpus, settings.mig_interval_s, clock)
+        self._mig_deltas = MigDeltas()
         self._handles: dict[str, object] = {}
         self._owners: dict[int, Consumer | None] = {}
         self._keys: dict[Consumer, WorkloadKey] = {}
@@ -175,10 +181,10 @@ class NodeSource:
 
     def sample(self) -> None:
         """A reading between two calls (the agent's polls between commits): NVML only, attributed at the next call."""
-        self._reader.poll()
+        self._reader.poll(self._guard("mig_activity", self._mig.weights, None))
 
     def __call__(self) -> list[EnergyDelta]:
-        self._reader.poll()
+        self.sample()
         now_s = self._clock()
         dt_s = 0.0 if self._last_s is None else max(now_s - self._last_s, 0.0)
         self._last_s = now_s
@@ -193,7 +199,8 @@ class NodeSource:
         return self._deltas(gpu_j, cpu_j, estimated)
 
     def _gpu_intervals(self, now_s: float, dt_s: float) -> tuple[list[GpuInterval], float]:
-        """Each GPU's interval (idle power from the window or the setting); a MIG parent's energy apart."""
+        """Each GPU's interval (idle power from the window or the setting), a MIG parent's busy instances' instead
+        (`mig.mig_intervals`); the second value is the MIG parents' energy of no instance, the node's."""
         intervals: list[GpuInterval] = []
         mig_j = 0.0
         for gpu in self._reader.report():
@@ -203,15 +210,17 @@ class NodeSource:
             uuid = gpu.gpu.uuid
             energy_j = max(total_j - self._gpu_total_j.get(uuid, 0.0), 0.0)
             self._gpu_total_j[uuid] = total_j
-            if gpu.gpu.mig_enabled:
-                mig_j += energy_j
-                continue
             window = self._windows.setdefault(uuid, IdlePowerWindow(self.settings.idle_window_s))
             window.add(now_s, energy_j, dt_s)
             idle_w = self.settings.gpu_idle_power_w
             if idle_w is None:
                 idle_w = window.power_w() or 0.0
-            intervals.append(GpuInterval(uuid, energy_j, dt_s, idle_w))
+            if gpu.gpu.mig_enabled:
+                instances, node_j = mig_intervals(self._mig_deltas.delta(uuid, gpu.mig_j), dt_s, idle_w)
+                intervals += instances
+                mig_j += node_j
+            else:
+                intervals.append(GpuInterval(uuid, energy_j, dt_s, idle_w))
         return intervals, mig_j
 
     def _holders(self, now_s: float) -> DeviceMap | None:
@@ -252,8 +261,11 @@ class NodeSource:
         return sm_by_device, owner, found
 
     def _handle(self, uuid: str) -> object | None:
+        """A GPU's handle, or a MIG device's (no SM samples there: holders of one instance share it equally)."""
         if uuid not in self._handles:
-            index = next(gpu.index for gpu in self._reader.gpus if gpu.uuid == uuid)
+            index = next((gpu.index for gpu in self._reader.gpus if gpu.uuid == uuid), None)
+            if index is None:
+                return self._mig.handle(uuid)
             handle = self._guard("gpu_handle", partial(self._nvml.nvmlDeviceGetHandleByIndex, index), None)
             if handle is None:
                 return None

@@ -10,9 +10,10 @@ unsupported for that device (it is permanent, so the call is not repeated), and 
 `errors` by kind and logged once per kind (a GPU that fell off the bus would otherwise log ten times a second).
 
 MIG: NVML reads energy and power only on the parent GPU, so a MIG parent's energy is split over its instances by
-activity weights the caller passes to `poll()` (per-instance utilization or SM share, keyed by MIG device UUID,
-from whatever measures them, e.g. DCGM); with none, it is booked as the parent's idle energy. Instances are
-enumerated at `open()`: a MIG layout changed while the reader runs needs a new reader.
+activity weights the caller passes to `poll()`, keyed by MIG device UUID; with none (or all 0), it is booked as the
+parent's idle energy (`energy.IDLE`). The node agent passes `mig.MigActivity`'s: each instance's SM count while it
+runs a compute process, else 0. The instances listed in `GpuInfo.mig_devices` are those at `open()`; the split
+follows whatever UUIDs the weights name, so an instance created or destroyed later is still accounted for.
 """
 
 # ruff: noqa: N802 -- NvmlApi mirrors pynvml's camelCase names, which are not ours to choose.
