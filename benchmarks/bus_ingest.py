@@ -1,12 +1,12 @@
 """Bus ingest: messages per second the rebalancer ingests on one core from a real nats-server, and its lag.
 
 This process runs the consumers pinned to one core; nats-server and the producer (a separate process, so that it
-does not share the ingest core) run on the other cores. The producer publishes realistic WorkerMetrics (the bytes
-`encode` makes: `--ranks` ranks per step, `tokens_per_expert` for `--layers` × `--experts` from rank 0 only, as
-the trainer's sink sends them since 2026-11-29 (before, every rank sent the same counts), different every step)
-into the METRICS stream, with a Nats-Msg-Id. Besides messages/s it prints how busy the ingest core was (this
-process's CPU time / wall time) and messages per CPU-second: other processes share these cores, so that is what
-one core of our own would ingest.
+does not share the ingest core) run on the other cores. The producer publishes realistic WorkerMetrics as the
+trainer's sink does since 2026-11-29 (`encode_metrics`' compact record, no Nats-Msg-Id header; `--json` and
+`--msg-id` send what it sent before): `--ranks` ranks per step, `tokens_per_expert` for `--layers` × `--experts`
+from rank 0 only, different every step, into the METRICS stream. Besides messages/s it prints how busy the
+ingest core was (this process's CPU time / wall time) and messages per CPU-second: other processes share these
+cores, so that is what one core of our own would ingest.
 
 1. Saturation: a backlog of `--ranks` × `--steps` messages is stored first; each consumer then drains it with
    its own durable consumer; ingested messages/s from its first message to its last. Variants, alternating over
@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,9 @@ from pathlib import Path
 import nats
 
 from moeops.bus.connection import ConnectionOptions, connect
-from moeops.bus.messages import COUNTS_RANK, BadMessage, WorkerMetrics, decode_reference, encode
+from moeops.bus.messages import COUNTS_RANK, BadMessage, WorkerMetrics, decode_reference, encode, encode_metrics
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket
-from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER
+from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_msg_id, metrics_subject
 from moeops.devcluster.nats_server import NatsServer
 from moeops.rebalancer.consumer import ConsumerLimits, MetricsConsumer
 from moeops.rebalancer.edge import RebalancerService
@@ -50,53 +51,58 @@ from moeops.rebalancer.jobs import JobKey, JobSettings, JobState
 from moeops.rebalancer.policy import Hysteresis
 
 NAMESPACE = "bench"
-STEP_MARK, TIME_MARK = 987654321, 1111111111.25
 
 
 # --- the producer (its own process) ---------------------------------------------------------------------------
 
 
-Template = tuple[str, bytes, bytes, bytes, bytes, str]
+# Where a record holds its step and its timestamp (metrics_wire's layout): the producer patches a per-rank template.
+STEP_AT, MEASURED_AT = struct.calcsize("<2sHII"), struct.calcsize("<2sHIIQQQdddddd")
 
 
-def templates(job: str, ranks: int) -> list[Template]:
-    """Per rank: subject; the encoded message cut around its step, its expert counts and its timestamp; the
-    msg-id prefix."""
-    out = []
-    for rank in range(ranks):
-        message = WorkerMetrics(
-            namespace=NAMESPACE, job=job, world_size=ranks, rank=rank, step=STEP_MARK, loss=2.0, aux_loss=0.01,
-            tokens=8192, step_seconds=0.5, compute_seconds=0.4 if rank else 0.6, comm_seconds=0.1, lr=3e-4,
-            tokens_per_expert=[], max_memory_bytes=60 << 30, measured_at_unix_s=TIME_MARK,
-        )  # fmt: skip
-        head, tail = encode(message).split(str(STEP_MARK).encode())
-        middle, end = tail.split(repr(TIME_MARK).encode())
-        before_counts, after_counts = middle.split(b'"tokens_per_expert":[]')
-        out.append(
-            (message.subject, head, before_counts + b'"tokens_per_expert":', after_counts, end, message.msg_id[:-9])
-        )
-    return out
+def rank_message(job: str, ranks: int, rank: int, step: int, counts: list[list[int]], now: float) -> WorkerMetrics:
+    return WorkerMetrics(
+        namespace=NAMESPACE, job=job, world_size=ranks, rank=rank, step=step, loss=2.0, aux_loss=0.01,
+        tokens=8192, step_seconds=0.5, compute_seconds=0.4 if rank else 0.6, comm_seconds=0.1, lr=3e-4,
+        tokens_per_expert=counts, max_memory_bytes=60 << 30, measured_at_unix_s=now,
+    )  # fmt: skip
 
 
-def expert_counts(step: int, layers: int, experts: int) -> bytes:
-    """One step's global counts (the same on every rank), as `encode` writes them; they change every step."""
-    counts = [
+def expert_counts(step: int, layers: int, experts: int) -> list[list[int]]:
+    """One step's global counts (the same on every rank); they change every step."""
+    return [
         [1000 + (37 * expert + 11 * layer + 7 * step) % 500 for expert in range(experts)] for layer in range(layers)
     ]
-    return json.dumps(counts, separators=(",", ":")).encode()
 
 
-def body(template: Template, step: int, counts: bytes, now: float) -> bytes:
-    _, head, before_counts, after_counts, end, _ = template
-    return b"".join((head, str(step).encode(), before_counts, counts, after_counts, repr(now).encode(), end))
+class Messages:
+    """The bytes a rank's sink publishes for a step: the compact record (or, with `json`, the JSON of before
+    2026-11-29), with the all-reduced counts from COUNTS_RANK only, [] from the others, as the trainer sends them."""
+
+    def __init__(self, job: str, args: argparse.Namespace) -> None:
+        self.job, self.args = job, args
+        self.subjects = [metrics_subject(NAMESPACE, job, rank) for rank in range(args.ranks)]
+        self.templates = [encode_metrics(rank_message(job, args.ranks, rank, 0, [], 0.0)) for rank in range(args.ranks)]
+        self.counts: tuple[int, list[list[int]]] = (-1, [])
+
+    def body(self, rank: int, step: int, now: float) -> bytes:
+        if self.counts[0] != step:
+            self.counts = (step, expert_counts(step, self.args.layers, self.args.experts))
+        if self.args.json or rank == COUNTS_RANK:
+            counts = self.counts[1] if rank == COUNTS_RANK else []
+            message = rank_message(self.job, self.args.ranks, rank, step, counts, now)
+            return encode(message) if self.args.json else encode_metrics(message)
+        record = bytearray(self.templates[rank])
+        struct.pack_into("<Q", record, STEP_AT, step)
+        struct.pack_into("<d", record, MEASURED_AT, now)
+        return bytes(record)
 
 
 async def produce(args: argparse.Namespace) -> None:
     """Publishes ranks × steps messages at `rate`/s (0: as fast as it can); prints what it sent."""
     client = await nats.connect(args.produce, pending_size=64 * 1024 * 1024)
-    ranks = templates(args.job, args.ranks)
+    messages = Messages(args.job, args)
     total, sent = args.ranks * args.steps, 0
-    counts = (-1, b"")
     started = time.perf_counter()
     while sent < total:
         due = total if args.rate <= 0 else min(total, int((time.perf_counter() - started) * args.rate) + 1)
@@ -105,12 +111,9 @@ async def produce(args: argparse.Namespace) -> None:
             continue
         for index in range(sent, min(due, sent + 2000)):
             step, rank = divmod(index, args.ranks)
-            if counts[0] != step:
-                counts = (step, expert_counts(step, args.layers, args.experts))
-            template = ranks[rank]
-            # As the trainer's sink sends them: the all-reduced counts from COUNTS_RANK only, [] from the others.
-            data = body(template, step, counts[1] if rank == COUNTS_RANK else b"[]", time.time())
-            await client.publish(template[0], data, headers={MSG_ID_HEADER: f"{template[5]}{step}"})
+            subject = messages.subjects[rank]
+            headers = {MSG_ID_HEADER: metrics_msg_id(NAMESPACE, args.job, rank, step)} if args.msg_id else None
+            await client.publish(subject, messages.body(rank, step, time.time()), headers=headers)
             sent += 1
         await asyncio.sleep(0)
     await client.flush(timeout=30)
@@ -125,6 +128,8 @@ def start_producer(
     command = [
         sys.executable, __file__, "--produce", url, "--job", job, "--steps", str(steps), "--rate", str(rate),
         "--ranks", str(args.ranks), "--layers", str(args.layers), "--experts", str(args.experts),
+        *(["--msg-id"] if args.msg_id else []),
+        *(["--json"] if args.json else []),
     ]  # fmt: skip
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus)
@@ -260,6 +265,7 @@ async def saturation(url: str, args: argparse.Namespace, cpus: set[int]) -> dict
         "pull-fetch": lambda durable: PullFetchBaseline(options(url), [settings(job)], durable=durable),
         "floor": lambda durable: Floor(options(url), job, durable),
     }
+    variants = {name: make for name, make in variants.items() if name in args.variants}
     rates: dict[str, list[float]] = {name: [] for name in variants}
     busy: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(args.repeats):
@@ -310,7 +316,7 @@ async def sustained(
 
 
 def message_bytes(args: argparse.Namespace) -> int:
-    return len(body(templates("saturation", args.ranks)[0], 450, expert_counts(450, args.layers, args.experts), 0.5))
+    return len(Messages("saturation", args).body(COUNTS_RANK + 1, 450, 0.5))
 
 
 async def bench(args: argparse.Namespace) -> dict[str, object]:
@@ -341,9 +347,12 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
             "saturation_core_busy": {name: round(value, 2) for name, value in busy.items()},
             # What the core would ingest if nothing else ran on it (others' processes share these two cores).
             "saturation_msgs_per_cpu_s": {name: round(median[name] / busy[name]) for name in median if busy[name] > 0},
-            "ratio_service_vs_pull_fetch": round(median["service"] / median["pull-fetch"], 2),
-            "ratio_service_vs_floor": round(median["service"] / median["floor"], 2),
         }
+        for baseline in ("pull-fetch", "floor"):
+            if {"service", baseline} <= median.keys():
+                result[f"ratio_service_vs_{baseline.replace('-', '_')}"] = round(
+                    median["service"] / median[baseline], 2
+                )
     result["sustained"] = {name: {k: round(v, 1) for k, v in run.items()} for name, run in live.items()}
     return result
 
@@ -358,6 +367,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="saturation runs of each variant (0: none)")
     parser.add_argument("--rates", type=float, nargs="*", default=[50_000, 5_000], help="offered msgs/s, sustained")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--variants", nargs="+", default=["service", "pull-fetch", "floor"], help="saturation consumers to run"
+    )
+    parser.add_argument("--json", action="store_true", help="publish JSON metrics (the format before 2026-11-29)")
+    parser.add_argument(
+        "--msg-id", action="store_true", help="publish with a Nats-Msg-Id header (as the sink did before 2026-11-29)"
+    )
     parser.add_argument("--ingest-cpu", type=int, default=0)
     parser.add_argument("--produce", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--job", default="bench", help=argparse.SUPPRESS)

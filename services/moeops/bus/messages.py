@@ -13,13 +13,12 @@ from __future__ import annotations
 import functools
 import math
 from enum import Enum
-from typing import Annotated, Any, Final, Literal, NotRequired, Self, TypeVar, cast
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 
 import pydantic_core
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.type_adapter import TypeAdapter
-from typing_extensions import TypedDict  # pydantic needs this TypedDict before Python 3.12
 
+from . import metrics_wire
 from .records import StepRecord
 from .subjects import (
     ParsedSubject,
@@ -207,7 +206,13 @@ class BadMessage(ValueError):
 
 
 def encode(message: Message) -> bytes:
+    """The canonical JSON of any message (what plans, reports and humans use)."""
     return message.model_dump_json().encode()
+
+
+def encode_metrics(message: WorkerMetrics) -> bytes:
+    """How workers publish their metrics: the compact record of `metrics_wire` (`decode` takes JSON as well)."""
+    return metrics_wire.pack(message.__dict__)
 
 
 _parse_cached: Final = functools.lru_cache(maxsize=4096)(parse)  # pure; a consumer sees a few subjects over again
@@ -216,13 +221,15 @@ _parse_cached: Final = functools.lru_cache(maxsize=4096)(parse)  # pure; a consu
 def decode(subject: str, data: bytes) -> Message:
     """The typed message on `subject`, or BadMessage: the only exception it raises, whatever the bytes.
 
-    Well-formed worker metrics take a fast path (`_fast_metrics`); everything else, and every message it does not
-    accept, goes through `decode_reference`, which defines what is valid and why not."""
+    Metrics records (`metrics_wire`) take a fast path (`_fast_metrics`); everything else, and every record it does
+    not accept, goes through `decode_reference`'s steps, which define what is valid and why not."""
     parsed = _parse_cached(subject)
     if parsed is None:
         raise BadMessage(BadMessageReason.UNKNOWN_SUBJECT, "not a moeops metrics or plans subject", subject)
-    if parsed.kind is SubjectKind.METRICS and (fast := _fast_metrics(parsed, data)) is not None:
-        return fast
+    if parsed.kind is SubjectKind.METRICS and metrics_wire.is_record(data):
+        fields = _record_fields(data, subject)
+        fast = _fast_metrics(parsed, fields)
+        return fast if fast is not None else _checked(parsed, subject, _validated(WorkerMetrics, fields, subject))
     return _decode(parsed, subject, data)
 
 
@@ -231,6 +238,8 @@ def decode_reference(subject: str, data: bytes) -> Message:
     parsed = parse(subject)
     if parsed is None:
         raise BadMessage(BadMessageReason.UNKNOWN_SUBJECT, "not a moeops metrics or plans subject", subject)
+    if parsed.kind is SubjectKind.METRICS and metrics_wire.is_record(data):
+        return _checked(parsed, subject, _validated(WorkerMetrics, _record_fields(data, subject), subject))
     return _decode(parsed, subject, data)
 
 
@@ -252,6 +261,17 @@ def _json_document(data: bytes, subject: str = "") -> Any:
     except ValueError as exc:
         # The parser names an early end of input "EOF while parsing ...": a cut-off message, not garbage.
         reason = BadMessageReason.TRUNCATED if str(exc).startswith("EOF") else BadMessageReason.NOT_JSON
+        raise BadMessage(reason, str(exc), subject) from None
+
+
+def _record_fields(data: bytes, subject: str) -> dict[str, Any]:
+    try:
+        return metrics_wire.read_fields(data)
+    except metrics_wire.WireError as exc:
+        if exc.version is not None:
+            reason = BadMessageReason.WRONG_SCHEMA_VERSION
+        else:
+            reason = BadMessageReason.TRUNCATED if exc.truncated else BadMessageReason.INVALID
         raise BadMessage(reason, str(exc), subject) from None
 
 
@@ -278,7 +298,11 @@ def _decode(parsed: ParsedSubject, subject: str, data: bytes) -> Message:
     document = _json_document(data, subject)
     if not isinstance(document, dict):
         raise BadMessage(BadMessageReason.INVALID, f"a JSON object expected, got {type(document).__name__}", subject)
-    message = _validated(_SCHEMAS[parsed.kind], document, subject)
+    return _checked(parsed, subject, _validated(_SCHEMAS[parsed.kind], document, subject))
+
+
+def _checked(parsed: ParsedSubject, subject: str, message: Message) -> Message:
+    """`message` if it is for the job (and rank) its subject names, else BadMessage(SUBJECT_MISMATCH)."""
     rank = message.rank if isinstance(message, WorkerMetrics) else None
     if (token(message.namespace), token(message.job), rank) != (parsed.namespace_token, parsed.job_token, parsed.rank):
         raise BadMessage(
@@ -289,107 +313,40 @@ def _decode(parsed: ParsedSubject, subject: str, data: bytes) -> Message:
     return message
 
 
-# The fast path for worker metrics: the model's Python validators took half of a decode, and building the ints of
-# `tokens_per_expert` most of the rest. Here: one strict pass from bytes into a TypedDict (the Python checks done
-# by hand), with the counts cut out and validated once per distinct value (every rank of a step reports the same
-# global counts). Strict mode accepts a subset of what the model does (no `true` as 1, no 1.0 as an int, no "NaN"
-# strings); whatever the fast path refuses goes to the reference decoder, so results and BadMessage reasons are
-# the reference's by construction, and tests/unit/test_bus_messages.py checks that the values agree.
+# The fast path for metrics records: pydantic's validation of a WorkerMetrics costs more than the rest of the
+# ingest together. The record's types are fixed by its layout (unsigned ints, doubles, UTF-8 names), so what is left
+# to check is the model's ranges, done here by hand; whatever these checks refuse goes to the model, so results and
+# BadMessage reasons are the reference's by construction (tests/unit/test_bus_metrics_wire.py checks it).
 
-_Name = Annotated[str, Field(min_length=1, max_length=253)]
-_Count = Annotated[int, Field(ge=0)]
-_Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-_COUNTS_KEY: Final = b'"tokens_per_expert":'
-_STAND_IN: Final = -7  # replaces the cut-out counts: no valid message can hold a negative int there
+_FIELDS_SET: Final = frozenset(WorkerMetrics.model_fields)
+_NAME_MAX: Final = 253
+_INF: Final = math.inf
 
 
-class _FastMetrics(TypedDict):
-    __pydantic_config__ = ConfigDict(strict=True, extra="ignore")  # type: ignore[misc]
-
-    schema_version: Annotated[int, Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]  # required, unlike the model's
-    namespace: _Name
-    job: _Name
-    world_size: Annotated[int, Field(ge=1)]
-    rank: _Count
-    step: _Count
-    loss: float
-    aux_loss: float
-    tokens: _Count
-    step_seconds: _Seconds
-    compute_seconds: _Seconds
-    comm_seconds: _Seconds
-    lr: _Seconds
-    tokens_per_expert: NotRequired[Annotated[int, Field(ge=_STAND_IN, le=_STAND_IN)] | list[list[_Count]]]
-    max_memory_bytes: NotRequired[_Count]
-    measured_at_unix_s: Annotated[float, Field(allow_inf_nan=False)]
-
-
-_FAST_METRICS: Final = TypeAdapter(_FastMetrics)
-_FAST_COUNTS: Final = TypeAdapter(list[list[_Count]], config=ConfigDict(strict=True))
-_COUNTS_SEEN: dict[bytes, list[list[int]]] = {}
-_METRICS_FIELDS: Final = tuple(WorkerMetrics.model_fields)
-_METRICS_DEFAULTS: Final = {"tokens_per_expert": list, "max_memory_bytes": int}
-
-
-def _cut_counts(data: bytes) -> tuple[bytes, bytes | None]:
-    """`data` with its first counts replaced by the stand-in, and the counts; or (`data`, None) if the key is absent
-    or spaced otherwise. If that was not the top-level key, or not its only occurrence (JSON: the last one counts),
-    or the cut is wrong, the stand-in is not the top-level value and the strict pass refuses the message."""
-    start = data.find(_COUNTS_KEY) + len(_COUNTS_KEY)
-    if start < len(_COUNTS_KEY) or data[start : start + 1] != b"[":
-        return data, None
-    end = start + 2 if data[start : start + 2] == b"[]" else data.find(b"]]", start) + 2
-    if end < start + 2:
-        return data, None
-    return b"%s%d%s" % (data[:start], _STAND_IN, data[end:]), data[start:end]
-
-
-def _counts(value: bytes) -> list[list[int]]:
-    counts = _COUNTS_SEEN.get(value)
-    if counts is None:
-        counts = _FAST_COUNTS.validate_json(value)
-        if len(_COUNTS_SEEN) >= 256:
-            _COUNTS_SEEN.clear()
-        _COUNTS_SEEN[value] = counts
-    return [layer.copy() for layer in counts]  # each message its own lists, as the reference gives
-
-
-def _fast_metrics(parsed: ParsedSubject, data: bytes) -> WorkerMetrics | None:
-    """The metrics in `data` if they pass the strict checks, else None (the caller then asks the reference)."""
-    try:
-        document, counts = _cut_counts(data)
-        values = cast("dict[str, Any]", _FAST_METRICS.validate_json(document))  # a new dict, keys in field order
-    except ValidationError:
-        return None
-    if counts is not None:
-        if values.get("tokens_per_expert") != _STAND_IN:
-            return None
-        try:
-            values["tokens_per_expert"] = _counts(counts)
-        except ValidationError:
-            return None
-    elif type(values.get("tokens_per_expert", [])) is not list:
-        return None
-    # Subject tokens match the token pattern already: comparing with `name` dots-to-`_` is `token(name) == ...`.
+def _fast_metrics(parsed: ParsedSubject, fields: dict[str, Any]) -> WorkerMetrics | None:
+    """The message if `fields` (a record's) pass the model's checks, else None (the caller then asks the model)."""
+    namespace, job, rank = fields["namespace"], fields["job"], fields["rank"]
     if not (
-        values["rank"] < values["world_size"]
-        and values["rank"] == parsed.rank
-        and values["namespace"].replace(".", "_") == parsed.namespace_token
-        and values["job"].replace(".", "_") == parsed.job_token
+        fields["schema_version"] == SCHEMA_VERSION
+        and rank < fields["world_size"]  # so world_size >= 1 too: rank is unsigned
+        and rank == parsed.rank
+        # Subject tokens match the token pattern already: comparing with `name` dots-to-`_` is `token(name) == ...`.
+        and 0 < len(namespace) <= _NAME_MAX
+        and 0 < len(job) <= _NAME_MAX
+        and namespace.replace(".", "_") == parsed.namespace_token
+        and job.replace(".", "_") == parsed.job_token
+        # `0 <= x < inf` is false for NaN and the infinities: the model's ge=0 and allow_inf_nan=False.
+        and 0.0 <= fields["step_seconds"] < _INF
+        and 0.0 <= fields["compute_seconds"] < _INF
+        and 0.0 <= fields["comm_seconds"] < _INF
+        and 0.0 <= fields["lr"] < _INF
+        and -_INF < fields["measured_at_unix_s"] < _INF
     ):
         return None
-    fields_set = set(values)
-    if len(values) != len(_METRICS_FIELDS):
-        for name, default in _METRICS_DEFAULTS.items():
-            if name not in values:
-                values[name] = default()
-        if len(values) != len(_METRICS_FIELDS):  # a field added to WorkerMetrics but not here: be safe
-            return None
-        values = {name: values[name] for name in _METRICS_FIELDS}
     # What `model_construct` does, without its per-field loop: every value is already validated.
     message = WorkerMetrics.__new__(WorkerMetrics)
-    object.__setattr__(message, "__dict__", values)
-    object.__setattr__(message, "__pydantic_fields_set__", fields_set)
+    object.__setattr__(message, "__dict__", fields)  # read_fields' order is the model's (a test checks it)
+    object.__setattr__(message, "__pydantic_fields_set__", set(_FIELDS_SET))
     object.__setattr__(message, "__pydantic_extra__", None)
     object.__setattr__(message, "__pydantic_private__", None)
     return message

@@ -5,9 +5,12 @@ counted, when it is full: a load balancer wants the freshest measurements) and w
 thread runs its own asyncio loop: it connects (retrying until a server answers), turns records into
 `WorkerMetrics` (validation and JSON stay off the training thread), and publishes them.
 
-Delivery: a JetStream publish that waits for the stream's ack, with `Nats-Msg-Id` = namespace/job/rank/step,
-so a retry after a lost ack is stored once. Every plain subscriber of the subject hears a JetStream publish too
-(the rebalancer's fast path); it may hear a retried step twice, so consumers key measurements by (rank, step).
+Delivery: a JetStream publish that waits for the stream's ack, of the compact metrics record (`metrics_wire`).
+No `Nats-Msg-Id` header: a retry after a lost ack may store a step twice, and the rebalancer keys measurements by
+(rank, step) and drops the second as a duplicate. The header would make the stream drop it instead, but nats-py
+parses every delivered message's headers in Python, about 7 µs a message at the rebalancer, a third of its budget
+(benchmarks/bus_ingest.py `--no-msg-id`, docs/benchmarks.md). Every plain subscriber of the subject hears a
+JetStream publish too; it may hear a retried step twice as well.
 When no stream stores the subject (JetStream off, or the stream not created yet: looked up again every 30 s) the
 record goes out as a plain publish: live subscribers still get it, and `unstored` counts it. While the connection
 is down the record waits (nats-py reconnects in the background) and the buffer absorbs new ones, up to its
@@ -37,9 +40,9 @@ from pydantic import ValidationError
 
 from .connection import ConnectionOptions, backoff_delay, connect
 from .loop_thread import cancel_until_done, run_own_loop
-from .messages import WorkerMetrics, encode
+from .messages import WorkerMetrics, encode_metrics
 from .records import StepRecord
-from .subjects import MSG_ID_HEADER, token
+from .subjects import token
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +68,6 @@ class SinkCounters:
     """Records acknowledged by the stream, or handed to the client when no stream captures them."""
     dropped: int
     """Records lost: buffer overflow, invalid records, rejected publishes, and what close() could not deliver."""
-    duplicates: int
-    """Acks saying the stream already held that step (a retry, or the same step published twice)."""
     unstored: int
     """Of `sent`, records published without a stream to store them."""
     pending: int
@@ -102,7 +103,7 @@ class NatsMetricsSink:
         self._buffer: deque[tuple[StepRecord, float]] = deque()
         self._pump_waiting = False
         self._closed = False
-        self._sent = self._dropped = self._duplicates = self._unstored = 0
+        self._sent = self._dropped = self._unstored = 0
 
         # The background thread's own.
         self._loop = asyncio.new_event_loop()
@@ -147,7 +148,7 @@ class NatsMetricsSink:
 
     def counters(self) -> SinkCounters:
         with self._lock:
-            return SinkCounters(self._sent, self._dropped, self._duplicates, self._unstored, len(self._buffer))
+            return SinkCounters(self._sent, self._dropped, self._unstored, len(self._buffer))
 
     @property
     def sent(self) -> int:
@@ -233,13 +234,13 @@ class NatsMetricsSink:
             self._wakeup.clear()
 
     async def _deliver(self, client: Client, js: JetStreamContext, message: WorkerMetrics) -> None:
-        payload, headers = encode(message), {MSG_ID_HEADER: message.msg_id}
+        payload = encode_metrics(message)
         failures = 0
         while True:
             if not client.is_connected:
                 await asyncio.sleep(DISCONNECTED_POLL_S)
                 continue
-            outcome = await self._publish_once(client, js, message, payload, headers)
+            outcome = await self._publish_once(client, js, message, payload)
             if outcome is not _Outcome.RETRY:
                 if outcome is _Outcome.DROPPED:
                     self._count_dropped()
@@ -252,16 +253,16 @@ class NatsMetricsSink:
             await asyncio.sleep(backoff_delay(failures, RETRY_BASE_S, RETRY_MAX_S, self._rng))
 
     async def _publish_once(
-        self, client: Client, js: JetStreamContext, message: WorkerMetrics, payload: bytes, headers: dict[str, str]
+        self, client: Client, js: JetStreamContext, message: WorkerMetrics, payload: bytes
     ) -> _Outcome:
         try:
             stream = await self._stream_for(js, message.subject)
             if stream is None:
-                await client.publish(message.subject, payload, headers=headers)
-                self._count_sent(duplicate=False, stored=False)
+                await client.publish(message.subject, payload)
+                self._count_sent(stored=False)
                 return _Outcome.SENT
             try:
-                ack = await js.publish(message.subject, payload, headers=headers)
+                await js.publish(message.subject, payload)
             except NoStreamResponseError:  # the stream was deleted since we looked
                 self._streams.pop(message.subject, None)
                 return _Outcome.RETRY
@@ -274,7 +275,7 @@ class NatsMetricsSink:
         except (nats.errors.Error, TimeoutError, OSError) as exc:  # a lost ack or a lost connection
             logger.debug("metrics %s: %s; retrying", message.msg_id, exc)
             return _Outcome.RETRY
-        self._count_sent(duplicate=bool(ack.duplicate), stored=True)
+        self._count_sent(stored=True)
         return _Outcome.SENT
 
     async def _stream_for(self, js: JetStreamContext, subject: str) -> str | None:
@@ -296,10 +297,9 @@ class NatsMetricsSink:
         self._streams[subject] = (name, now)
         return name
 
-    def _count_sent(self, *, duplicate: bool, stored: bool) -> None:
+    def _count_sent(self, *, stored: bool) -> None:
         with self._lock:
             self._sent += 1
-            self._duplicates += duplicate
             self._unstored += not stored
 
     def _count_dropped(self) -> None:
