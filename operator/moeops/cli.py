@@ -109,7 +109,8 @@ def train(
 
 def _carbon_meter(config: Path, nproc: int, region: str | None, pue: float | None) -> LocalRun | None:
     """The energy meter of a local run (`moeops.carbon.local_meter`); None when the config is unreadable (the
-    workers will say why). An unknown region is a usage error, raised before anything starts."""
+    workers will say why) or its job says `spec.carbon.enabled: false`. An unknown region is a usage error, raised
+    before anything starts."""
     from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
     from moeops.carbon.intensity import IntensityUnavailableError
     from moeops.carbon.local_meter import DEFAULT_REGION, SNAPSHOT_NAME, WORKSTATION_PUE, start_local_meter, train_key
@@ -117,6 +118,9 @@ def _carbon_meter(config: Path, nproc: int, region: str | None, pue: float | Non
     try:
         resolved = TrainingRuntimeConfig.model_validate_json(config.read_text())
     except (OSError, ValueError):
+        return None
+    if not resolved.carbon.enabled:
+        click.echo("carbon: spec.carbon.enabled is false: this run's energy is not metered", err=True)
         return None
     key = train_key(resolved.namespace, resolved.job_name)
     snapshot = config.parent / SNAPSHOT_NAME

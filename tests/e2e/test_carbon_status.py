@@ -64,3 +64,18 @@ def test_the_carbon_totals_show_in_the_job_status(
     writers = [entry for entry in job["metadata"]["managedFields"] if "f:carbon" in entry.get("fieldsV1", {}).get(
         "f:status", {})]  # fmt: skip
     assert [(w["manager"], w["operation"], w.get("subresource")) for w in writers] == [("kopf", "Update", "status")]
+
+
+def test_a_job_with_carbon_off_gets_no_status_carbon(
+    cluster: Cluster, operator: OperatorProcess, bus: NatsServer | None, namespace: str
+) -> None:
+    if bus is None:
+        missing(NATS_SERVER)
+    for name in ("quiet", "loud"):
+        asyncio.run(_put(bus.url, totals(namespace, name)))
+    cluster.kubectl.apply(training_job("quiet", namespace, {"carbon": {"enabled": False}}))
+    cluster.kubectl.apply(training_job("loud", namespace))
+    wait_for("status.carbon of the job with carbon on", lambda: cluster.status(PLURAL, namespace, "loud").get("carbon"),
+             timeout=45)  # fmt: skip
+    # Both jobs' first timer tick is 5 s after the operator saw them: the loud one's has come, so the quiet one's too.
+    assert "carbon" not in cluster.status(PLURAL, namespace, "quiet")

@@ -138,7 +138,7 @@ BAD_TRAINING_SPECS: list[tuple[str, dict, str]] = [
         "must not contain '..'",
     ),
     ("negative backoff limit", {"runPolicy": {"backoffLimit": -1}}, "spec.runPolicy.backoffLimit"),
-    ("PUE below 1", {"carbon": {"pue": 0.5}}, "spec.carbon.pue"),
+    ("PUE is the data centre's, not a job field", {"carbon": {"pue": 1.2}}, 'unknown field "spec.carbon.pue"'),
     ("invalid queue name", {"scheduling": {"queueName": "Bad_Queue"}}, "spec.scheduling.queueName"),
     ("unknown field", {"gpus": 8}, 'unknown field "spec.gpus"'),
 ]

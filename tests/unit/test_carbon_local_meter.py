@@ -166,3 +166,19 @@ def test_an_unknown_region_is_refused_before_the_meter_starts(tmp_path: Path) ->
     with pytest.raises(UnknownRegionError, match="atlantis"):
         start_local_meter(KEY, "atlantis", 1.0, 1, tmp_path / "carbon.json")
     assert not (tmp_path / "carbon.json").exists()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_job_with_carbon_off_is_not_metered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool) -> None:
+    from moeops import cli
+    from moeops.carbon import local_meter
+    from moeops.local import local_config
+
+    resolved = local_config(Path(__file__).parents[2] / "examples" / "moe-debug-trainingjob.yaml", 1, tmp_path / "ckpt")
+    carbon = resolved.carbon.model_copy(update={"enabled": enabled})
+    config = tmp_path / "config.json"
+    config.write_text(resolved.model_copy(update={"carbon": carbon}).model_dump_json(by_alias=True))
+    started: list[tuple[object, ...]] = []
+    monkeypatch.setattr(local_meter, "start_local_meter", lambda *args: started.append(args))
+    cli._carbon_meter(config, 1, None, None)
+    assert [args[0] for args in started] == ([train_key("local", "moe-debug")] if enabled else [])

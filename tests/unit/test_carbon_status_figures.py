@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+
+import kopf
 
 from moeops.api.v1alpha1 import InferenceServiceStatus, MoETrainingJobStatus
 from moeops.bus.carbon_messages import WorkloadCarbon
 from moeops.carbon.intensity import Intensity
 from moeops.carbon.ledger import Stage, Totals, WorkloadKind
-from moeops.operator.status.carbon import carbon_status
+from moeops.operator.status.carbon import carbon_reported, carbon_status
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -44,3 +47,33 @@ def test_stages_summed_and_the_newest_intensity() -> None:
     assert carbon_status(workload) == status  # no clock in it: unchanged totals, no patch
     for model in (MoETrainingJobStatus, InferenceServiceStatus):  # the wire form is what both schemas accept
         assert model.model_validate({"conditions": [], "carbon": status}).to_wire()["carbon"] == status
+
+
+def test_status_carbon_is_written_unless_the_job_turns_carbon_off() -> None:
+    assert carbon_reported({"carbon": {"enabled": True, "region": "DE"}})
+    assert carbon_reported({"carbon": {"region": "DE"}})  # enabled defaults to true
+    assert carbon_reported({"model": {"name": "chat"}})  # an InferenceService has no spec.carbon
+    assert not carbon_reported({"carbon": {"enabled": False}})
+
+
+def test_the_handler_neither_reads_nor_patches_a_job_with_carbon_off() -> None:
+    from moeops.operator.handlers.carbon import copy_carbon_totals  # here: importing registers kopf handlers
+
+    workload = WorkloadCarbon(namespace="ml", kind=WorkloadKind.TRAINING_JOB, name="j", stages={}, energy_j=0.0,
+                              gco2e=0.0)  # fmt: skip
+
+    class Reader:
+        reads = 0
+
+        async def read(self, *_: object) -> WorkloadCarbon:
+            self.reads += 1
+            return workload
+
+    resource = kopf.Resource("moeops.dev", "v1alpha1", "moetrainingjobs")
+    for enabled, reads in ((False, 0), (True, 1)):
+        reader, patch = Reader(), kopf.Patch()
+        spec = {"carbon": {"enabled": enabled}}
+        asyncio.run(copy_carbon_totals(resource=resource, spec=spec, status={}, namespace="ml", name="j",
+                                       memo=kopf.Memo(bus=reader), patch=patch))  # fmt: skip
+        assert reader.reads == reads
+        assert ("carbon" in patch.get("status", {})) is enabled

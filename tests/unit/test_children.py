@@ -145,3 +145,10 @@ def test_workers_get_the_bus_only_when_the_operator_has_one_and_the_job_rebalanc
     assert "MOEOPS_NATS_URL" not in worker_env(job_spec(rebalance={"enabled": False}), bus)
     assert "MOEOPS_NATS_URL" not in worker_env(job_spec(), CFG)
     assert OperatorConfig.from_env({"MOEOPS_NATS_URL": "nats://a:4222"}).nats_url == "nats://a:4222"
+
+
+def test_carbon_reaches_the_workers_config_without_a_pue() -> None:
+    config = json.loads(build(job_spec(carbon={"enabled": False, "region": "DE"}))["ConfigMap"]["data"]["config.json"])
+    assert config["carbon"] == {"enabled": False, "region": "DE"}  # the launcher's meter reads `enabled`
+    with pytest.raises(ValueError, match="pue"):  # the data centre's, set on the aggregator: not a job field
+        job_spec(carbon={"pue": 1.2})

@@ -16,15 +16,25 @@ from .common import KubeModel
 
 
 class CarbonSpec(KubeModel):
-    """Carbon accounting and carbon-aware scheduling."""
+    """Carbon accounting and carbon-aware scheduling.
 
-    enabled: bool = Field(default=True, description="Attribute GPU/CPU energy and gCO2e to this job.")
+    No PUE here: the facility overhead is a property of the data centre, not of a job, so it is set once for the
+    cluster (the carbon aggregator's `MOEOPS_CARBON_PUE`) and every job's grams use it. Likewise the intensity of a
+    job's energy is the grid of the node it ran on; `region` is the grid the carbon gate watches."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Report this job's energy and gCO2e. `false`: the operator does not write `.status.carbon` (what "
+        "is there stays), and a local `moeops train` run does not meter itself. The cluster's node agents still "
+        "measure every pod (a node's energy is accounted whole), so the ledger keeps this job's figures.",
+    )
     region: str | None = Field(
         default=None,
         max_length=128,
-        description="Grid region for the carbon intensity, e.g. `DE` or `US-CAL`.",
+        description="Grid region for the carbon gate (`maxIntensity`), e.g. `DE` or `US-CAL`. The energy itself is "
+        "charged at the grid of the node it was used on (the node agent's `MOEOPS_CARBON_REGION`) and with the data "
+        "centre's PUE (the carbon aggregator's `MOEOPS_CARBON_PUE`): PUE is not a job setting.",
     )
-    pue: float = Field(default=1.2, ge=1.0, le=3.0, description="Data-centre power usage effectiveness.")
     max_intensity: float | None = Field(
         default=None,
         gt=0.0,

@@ -15,8 +15,9 @@ plan, rebalance), so one process decides what status says and there is no second
 A timer per object rather than a watch on the bucket, as for `.status.rebalance`: the totals change by small
 amounts, one KV read per object every CARBON_INTERVAL_S is cheap, and a patch goes out only when the rounded
 figures changed. A job that finished more than SETTLE_S ago is not read again (the last deltas of its pods reach
-the ledger within seconds of the pods ending). Failures (no NATS, no bucket, a malformed value) are logged by the
-reader or here, and never fail the handler.
+the ledger within seconds of the pods ending), nor is one with `spec.carbon.enabled: false`: its `.status.carbon`
+is left as it is (nothing else is cleared either; the ledger keeps counting its pods' energy). Failures (no NATS,
+no bucket, a malformed value) are logged by the reader or here, and never fail the handler.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from moeops.bus.carbon_store import ensure_carbon_bucket, workload_carbon
 
 from ..bus_reader import BusReader
 from ..status import is_finished
-from ..status.carbon import carbon_status
+from ..status.carbon import carbon_reported, carbon_status
 from .common import now
 from .serving import SERVING
 from .training import TRAINING
@@ -60,6 +61,7 @@ def settled(status: kopf.Status, at: datetime) -> bool:
 @kopf.timer(*SERVING, interval=CARBON_INTERVAL_S, initial_delay=FIRST_READ_S)
 async def copy_carbon_totals(
     resource: kopf.Resource,
+    spec: kopf.Spec,
     status: kopf.Status,
     namespace: str | None,
     name: str,
@@ -69,7 +71,7 @@ async def copy_carbon_totals(
 ) -> None:
     reader: BusReader | None = memo.get("bus")
     kind = KINDS.get(resource.plural)
-    if reader is None or namespace is None or kind is None or settled(status, now()):
+    if reader is None or namespace is None or kind is None or not carbon_reported(spec) or settled(status, now()):
         return
     totals = await reader.read(
         ensure_carbon_bucket,

@@ -2,12 +2,14 @@
 
 The figures are rounded (a millijoule, a microgram) so that the status the API server gives back compares equal to
 a fresh computation from unchanged totals; `lastUpdate` is the newest delta's time, never the clock, so unchanged
-totals give an unchanged status and the handler patches nothing.
+totals give an unchanged status and the handler patches nothing. A job with `spec.carbon.enabled: false` gets no
+`.status.carbon` written at all (`carbon_reported`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +19,13 @@ from moeops.bus.carbon_messages import WorkloadCarbon
 ENERGY_DIGITS = 3
 GRAM_DIGITS = 6
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def carbon_reported(spec: Mapping[str, Any]) -> bool:
+    """Whether `.status.carbon` is written for a workload with this spec: not when a MoETrainingJob says
+    `spec.carbon.enabled: false` (an InferenceService has no `spec.carbon`: always)."""
+    carbon = spec.get("carbon")
+    return not isinstance(carbon, Mapping) or carbon.get("enabled", True) is not False
 
 
 def carbon_status(workload: WorkloadCarbon) -> dict[str, Any]:
