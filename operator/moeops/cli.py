@@ -12,6 +12,7 @@ import click
 
 from moeops.api import env
 from moeops.carbon.report_cli import carbon
+from moeops.serving.export_cli import export
 
 if TYPE_CHECKING:
     from moeops.carbon.local_meter import LocalRun
@@ -173,6 +174,7 @@ def dev_cluster(work_dir: Path) -> None:
 
 
 main.add_command(carbon)
+main.add_command(export)
 
 if __name__ == "__main__":
     main()
