@@ -28,6 +28,7 @@ from moeops.model.moe import MoE
 from . import checkpoint
 from .corpus import build_corpus, save_tokenizer
 from .distributed import World, all_reduce_sum
+from .early_exit_loss import ExitLossRunner, check_early_exit
 from .errors import ConfigError
 from .expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_experts
 from .expert_placement import move_experts
@@ -99,6 +100,7 @@ class Trainer:
         self.sequence_delay_s = sequence_delay_s
         training, plan, arch = config.training, config.plan, config.architecture
         check_plan(plan, arch, world.world_size)
+        check_early_exit(training.early_exit, arch.layers, plan.pipeline)
         spare = config.rebalance.expert_spare_slots
         if spare > arch.experts - arch.experts // plan.expert:
             raise ConfigError(
@@ -171,11 +173,14 @@ class Trainer:
             )
         precision = training.precision
         autocast = functools.partial(autocast_for, precision, world.device)
-        self.runner: StepRunner = (
-            PipelineRunner(self.module, topo, micro, autocast, world.device)
-            if topo.pp.active
-            else LocalRunner(self.module, topo, micro, autocast)
-        )
+        self.runner: StepRunner
+        if topo.pp.active:
+            self.runner = PipelineRunner(self.module, topo, micro, autocast, world.device)
+        elif training.early_exit.loss_weight > 0:
+            exits = training.early_exit
+            self.runner = ExitLossRunner(self.module, self.model, topo, micro, autocast, exits, arch.layers)
+        else:
+            self.runner = LocalRunner(self.module, topo, micro, autocast)
         # foreach kernels refuse a mix of DTensor and plain tensors (tensor parallelism leaves both).
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, training.weight_decay),

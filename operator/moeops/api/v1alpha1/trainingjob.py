@@ -13,7 +13,6 @@ from pydantic import ConfigDict, Field, field_validator
 from .carbon import CarbonSpec
 from .common import (
     ABSOLUTE_PATH_PATTERN,
-    DNS_SUBDOMAIN_PATTERN,
     NO_PARENT_SEGMENTS_RULE,
     KubeModel,
     PrinterColumn,
@@ -26,6 +25,8 @@ from .common import (
     name_rules,
     reject_parent_segments,
 )
+from .early_exit_loss import EarlyExitLossSpec
+from .job_policy import RunPolicy, SchedulingSpec
 from .presets import PresetName
 from .trainingjob_status import MoETrainingJobStatus
 
@@ -145,6 +146,10 @@ class TrainingSpec(KubeModel):
         description="Step of DeepSeek-V3's auxiliary-loss-free balancing bias per optimizer step (0 disables).",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seed for init, data order and dropout.")
+    early_exit: EarlyExitLossSpec = Field(
+        default_factory=EarlyExitLossSpec,
+        description="LayerSkip's early-exit loss, which trains the exits an InferenceService's early exit takes.",
+    )
 
 
 class WorkerSpec(KubeModel):
@@ -263,45 +268,6 @@ class RebalanceSpec(KubeModel):
     )
 
 
-class RunPolicy(KubeModel):
-    """Lifecycle policy, as in Kubeflow's runPolicy."""
-
-    suspend: bool = Field(default=False, description="Suspend the job: workers stop, state is kept.")
-    backoff_limit: int = Field(
-        default=3, ge=0, le=10000, description="Worker failures tolerated before the job is Failed."
-    )
-    active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job when it has been running longer than this."
-    )
-    ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the job (and its children) this long after it finished."
-    )
-
-
-class SchedulingSpec(KubeModel):
-    """Queueing and gang-scheduling hints."""
-
-    queue_name: str | None = Field(
-        default=None,
-        max_length=63,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-        description="Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label on the worker Job.",
-    )
-    priority_class_name: str | None = Field(
-        default=None,
-        max_length=253,
-        pattern=DNS_SUBDOMAIN_PATTERN,
-        description="PriorityClass of the workers.",
-    )
-    scheduler_name: str | None = Field(
-        default=None, max_length=253, description="Scheduler of the worker pods, e.g. a gang scheduler."
-    )
-    gang: bool = Field(
-        default=False,
-        description="Label the workers as one pod group (`scheduling.x-k8s.io/pod-group`) for a gang scheduler.",
-    )
-
-
 class MoETrainingJobSpec(KubeModel):
     """Desired state of a MoETrainingJob."""
 
@@ -333,6 +299,20 @@ class MoETrainingJobSpec(KubeModel):
                     " || self.parallelism.pipeline <= self.model.layers",
                     "parallelism.pipeline must be at most model.layers",
                     field_path=".parallelism.pipeline",
+                ),
+                cel(
+                    "!has(self.training.earlyExit) || self.training.earlyExit.lossWeight == 0.0"
+                    " || !has(self.parallelism.pipeline)"
+                    " || self.parallelism.pipeline == 1",
+                    "training.earlyExit needs every layer's hidden state on one rank: it is not supported with"
+                    " pipeline parallelism (set parallelism.pipeline to 1 or training.earlyExit.lossWeight to 0)",
+                    field_path=".training.earlyExit.lossWeight",
+                ),
+                cel(
+                    "!has(self.training.earlyExit) || !has(self.model.layers)"
+                    " || self.training.earlyExit.minLayer < self.model.layers",
+                    "training.earlyExit.minLayer must be less than model.layers (the last layer is the output)",
+                    field_path=".training.earlyExit.minLayer",
                 ),
             ]
         }

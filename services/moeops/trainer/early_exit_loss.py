@@ -1,0 +1,123 @@
+"""LayerSkip's early-exit loss: the shared head (final norm + LM head) trained on earlier layers' hidden states,
+so that serving can stop a token at the first confident layer (moeops.serving.decode).
+
+Objective per micro-batch, on the same normalisation as the final cross-entropy (runners.py):
+
+    (CE_L + w · Σ_{l=minLayer}^{L-1} s_l · CE_l) / (answer tokens of the global batch) · D,   s_l = l / Σ m
+
+(CE_l: the cross-entropy sum of layer l's exit; scales and their rationale in
+moeops.api.v1alpha1.early_exit_loss). The reported loss stays the final layer's alone, comparable with runs
+without the exit loss. Only without pipeline parallelism: a pipeline stage holds neither every layer's
+hidden state nor, but for the last, the head (the Trainer refuses the combination).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from moeops.api.v1alpha1.early_exit_loss import EarlyExitLossSpec
+
+from .errors import ConfigError
+from .runners import AutocastFactory, LocalRunner, _cross_entropy_sum
+from .stage import TransformerStage
+from .topology import Topology
+
+
+def exit_scales(layers: int, min_layer: int) -> dict[int, float]:
+    """1-based exit layer → its share s_l of the exit loss: l / Σ m over minLayer..L-1 (empty for one layer)."""
+    exits = range(min_layer, layers)
+    total = sum(exits)
+    return {layer: layer / total for layer in exits}
+
+
+def scaled_exit_ce(
+    hidden: Mapping[int, Tensor], scales: Mapping[int, float], norm: nn.Module, head: nn.Module, targets_BS: Tensor
+) -> Tensor:
+    """Σ_l s_l · (cross-entropy sum of the shared head on layer l's hidden state), over the layers in `scales`."""
+    total = targets_BS.new_zeros((), dtype=torch.float32)
+    for layer, scale in scales.items():
+        logits_BSV = head(norm(hidden[layer]))
+        total = total + scale * _cross_entropy_sum(logits_BSV, targets_BS)
+    return total
+
+
+def check_early_exit(spec: EarlyExitLossSpec, layers: int, pipeline: int) -> None:
+    """The trainer's refusal of what the CRD's CEL rules refuse (a runtime config is not validated by them)."""
+    if spec.loss_weight == 0:
+        return
+    if pipeline > 1:
+        raise ConfigError(
+            "training.earlyExit needs every layer's hidden state on one rank: it is not supported with pipeline"
+            f" parallelism (the plan has {pipeline} stages); set training.earlyExit.lossWeight to 0 or pipeline to 1"
+        )
+    if spec.min_layer >= layers:
+        raise ConfigError(
+            f"training.earlyExit.minLayer ({spec.min_layer}) must be less than the model's layers ({layers})"
+        )
+
+
+class ExitLossRunner(LocalRunner):
+    """LocalRunner's gradient accumulation with the exit losses added to each micro-batch's objective. Block
+    outputs are taken by forward hooks (the stage's forward returns the logits only), inside the forward
+    pass alone: activation checkpointing re-runs blocks in backward, and those recomputed outputs are not
+    new exits."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        stage: TransformerStage,
+        topo: Topology,
+        micro: int,
+        autocast: AutocastFactory,
+        spec: EarlyExitLossSpec,
+        layers: int,
+    ) -> None:
+        super().__init__(module, topo, micro, autocast)
+        if stage.norm is None or stage.head is None:
+            raise ConfigError("the early-exit loss needs the output head on this rank (no pipeline stages)")
+        self.norm, self.head = stage.norm, stage.head
+        self.weight = spec.loss_weight
+        self.scales = exit_scales(layers, spec.min_layer)
+        self._hidden: dict[int, Tensor] = {}
+        self._capturing = False
+        for key, block in stage.blocks.items():
+            if int(key) + 1 in self.scales:  # block i (0-based) outputs layer i+1's hidden state
+                block.register_forward_hook(self._hook(int(key) + 1))
+
+    def _hook(self, layer: int) -> Any:
+        def keep(_module: nn.Module, _args: Any, out: Any) -> None:
+            if self._capturing:
+                self._hidden[layer] = out.x_BSD
+
+        return keep
+
+    def forward_backward(self, inputs_BS: Tensor, targets_BS: Tensor, answers: Tensor) -> Tensor | None:
+        if self.weight == 0:  # exactly the plain objective, not + 0 · something
+            return super().forward_backward(inputs_BS, targets_BS, answers)
+        total = torch.zeros((), device=inputs_BS.device)
+        self._last_bucket_at = None
+        pairs = list(zip(inputs_BS.tensor_split(self.micro), targets_BS.tensor_split(self.micro), strict=True))
+        for i, (x_BS, y_BS) in enumerate(pairs):
+            defer = isinstance(self.module, DistributedDataParallel) and i < len(pairs) - 1
+            with self.module.no_sync() if defer else contextlib.nullcontext():  # type: ignore[operator]
+                self._hidden, self._capturing = {}, True
+                try:
+                    with self.autocast():
+                        logits_BSV = self.module(x_BS)
+                        exits = scaled_exit_ce(self._hidden, self.scales, self.norm, self.head, y_BS)
+                finally:
+                    self._capturing = False
+                ce = _cross_entropy_sum(logits_BSV, y_BS)
+                ((ce + self.weight * exits) / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
+                self._hidden = {}
+            total += ce.detach()
+        ready = self._last_bucket_at
+        self.wait_seconds = 0.0 if ready is None else time.perf_counter() - ready
+        return total
