@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nats
@@ -47,7 +47,7 @@ from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_msg_id, m
 from moeops.devcluster.nats_server import NatsServer
 from moeops.rebalancer.consumer import ConsumerLimits, MetricsConsumer
 from moeops.rebalancer.edge import RebalancerService
-from moeops.rebalancer.jobs import JobKey, JobSettings, JobState
+from moeops.rebalancer.jobs import JobKey, JobSettings
 from moeops.rebalancer.policy import Hysteresis
 
 NAMESPACE = "bench"
@@ -152,15 +152,15 @@ def settings(job: str) -> JobSettings:
 
 
 class MeasuredService(RebalancerService):
-    """The service, recording each record's lag as it is folded in."""
+    """The service, recording each record's lag as it is folded in (one clock reading per run of records)."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.lags = array("d")
+        super().__init__(*args, observe=self._observe, **kwargs)  # type: ignore[arg-type]
 
-    def _accept(self, state: JobState, metrics: WorkerMetrics) -> JobKey | None:
-        self.lags.append(time.time() - metrics.measured_at_unix_s)
-        return super()._accept(state, metrics)
+    def _observe(self, measured_at: Sequence[float]) -> None:
+        now = time.time()
+        self.lags.extend(now - at for at in measured_at)
 
 
 class PullFetchBaseline(MeasuredService):
@@ -185,7 +185,8 @@ class PullFetchBaseline(MeasuredService):
                 except BadMessage:
                     continue
                 assert isinstance(decoded, WorkerMetrics)
-                key = self._accept(self.jobs[(decoded.namespace, decoded.job)], decoded)
+                self._observe((decoded.measured_at_unix_s,))
+                key = self.ingest.accept(self.jobs[(decoded.namespace, decoded.job)], decoded)
                 if key is not None:
                     touched.add(key)
             for key in sorted(touched):

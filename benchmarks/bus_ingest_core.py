@@ -55,7 +55,7 @@ async def live(url: str, args: argparse.Namespace, cpus: set[int], job: str, fol
     async def on_message(message: Msg) -> None:
         nonlocal count, first, last
         if fold:
-            key = service._ingest(message)
+            key = service.ingest.one(message.subject, message.data)
             if key is not None:
                 touched.add(key)
         count += 1

@@ -23,7 +23,8 @@ from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, 
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan
 from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_filter, metrics_subject
 from moeops.devcluster.nats_server import NatsServer
-from moeops.rebalancer.edge import UNKNOWN_JOB, RebalancerService
+from moeops.rebalancer.edge import RebalancerService
+from moeops.rebalancer.ingest import UNKNOWN_JOB
 from moeops.rebalancer.jobs import JobSettings
 from moeops.rebalancer.policy import APPLY_LEAD_S, Hysteresis
 from moeops.rebalancer.replan import sequences_from_fractions

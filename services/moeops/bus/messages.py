@@ -215,7 +215,7 @@ def encode_metrics(message: WorkerMetrics) -> bytes:
     return metrics_wire.pack(message.__dict__)
 
 
-_parse_cached: Final = functools.lru_cache(maxsize=4096)(parse)  # pure; a consumer sees a few subjects over again
+parse_cached: Final = functools.lru_cache(maxsize=4096)(parse)  # pure; a consumer sees a few subjects over again
 
 
 def decode(subject: str, data: bytes) -> Message:
@@ -223,7 +223,7 @@ def decode(subject: str, data: bytes) -> Message:
 
     Metrics records (`metrics_wire`) take a fast path (`_fast_metrics`); everything else, and every record it does
     not accept, goes through `decode_reference`'s steps, which define what is valid and why not."""
-    parsed = _parse_cached(subject)
+    parsed = parse_cached(subject)
     if parsed is None:
         raise BadMessage(BadMessageReason.UNKNOWN_SUBJECT, "not a moeops metrics or plans subject", subject)
     if parsed.kind is SubjectKind.METRICS and metrics_wire.is_record(data):
@@ -323,6 +323,17 @@ _NAME_MAX: Final = 253
 _INF: Final = math.inf
 
 
+def names_fit(parsed: ParsedSubject, namespace: str, job: str) -> bool:
+    """The model accepts these names, and they are the ones `parsed` (a subject) names."""
+    # Subject tokens match the token pattern already: comparing with `name` dots-to-`_` is `token(name) == ...`.
+    return (
+        0 < len(namespace) <= _NAME_MAX
+        and 0 < len(job) <= _NAME_MAX
+        and namespace.replace(".", "_") == parsed.namespace_token
+        and job.replace(".", "_") == parsed.job_token
+    )
+
+
 def _fast_metrics(parsed: ParsedSubject, fields: dict[str, Any]) -> WorkerMetrics | None:
     """The message if `fields` (a record's) pass the model's checks, else None (the caller then asks the model)."""
     namespace, job, rank = fields["namespace"], fields["job"], fields["rank"]
@@ -330,11 +341,7 @@ def _fast_metrics(parsed: ParsedSubject, fields: dict[str, Any]) -> WorkerMetric
         fields["schema_version"] == SCHEMA_VERSION
         and rank < fields["world_size"]  # so world_size >= 1 too: rank is unsigned
         and rank == parsed.rank
-        # Subject tokens match the token pattern already: comparing with `name` dots-to-`_` is `token(name) == ...`.
-        and 0 < len(namespace) <= _NAME_MAX
-        and 0 < len(job) <= _NAME_MAX
-        and namespace.replace(".", "_") == parsed.namespace_token
-        and job.replace(".", "_") == parsed.job_token
+        and names_fit(parsed, namespace, job)
         # `0 <= x < inf` is false for NaN and the infinities: the model's ge=0 and allow_inf_nan=False.
         and 0.0 <= fields["step_seconds"] < _INF
         and 0.0 <= fields["compute_seconds"] < _INF

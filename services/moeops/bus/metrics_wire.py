@@ -29,29 +29,47 @@ import sys
 from array import array
 from typing import Any, Final
 
+import numpy as np
+
 MAGIC: Final = b"\xffM"
 SCHEMA_VERSION: Final = 1  # the record's own layout version; the same number as messages.SCHEMA_VERSION today
 
-_HEAD: Final = struct.Struct("<2sHIIQQQdddddddHHH")
+_LAYOUT: Final = (
+    ("magic", "2s"),
+    ("schema_version", "H"),
+    ("world_size", "I"),
+    ("rank", "I"),
+    ("step", "Q"),
+    ("tokens", "Q"),
+    ("max_memory_bytes", "Q"),
+    ("loss", "d"),
+    ("aux_loss", "d"),
+    ("step_seconds", "d"),
+    ("compute_seconds", "d"),
+    ("comm_seconds", "d"),
+    ("lr", "d"),
+    ("measured_at_unix_s", "d"),
+    ("namespace_len", "H"),
+    ("job_len", "H"),
+    ("layers", "H"),
+)
+"""The record's head, field by field (struct codes); the names, layer widths and counts follow it."""
+_HEAD: Final = struct.Struct("<" + "".join(code for _, code in _LAYOUT))
+HEAD_SIZE: Final = _HEAD.size
+FIELDS: Final = tuple(name for name, _ in _LAYOUT[2:-3])
+"""The WorkerMetrics fields in the head, in their order."""
 _U16_MAX: Final = 0xFFFF
 _COUNT: Final = "Q"  # u64: a step's global count for one expert passes 2**32 at about 500k GPUs' worth of tokens
 _NATIVE_LITTLE: Final = sys.byteorder == "little"  # arrays read and write the host's order
+PLAIN_PREFIX: Final = MAGIC + SCHEMA_VERSION.to_bytes(2, "little")
+"""How every record of this version begins."""
 
-FIELDS: Final = (
-    "world_size",
-    "rank",
-    "step",
-    "tokens",
-    "max_memory_bytes",
-    "loss",
-    "aux_loss",
-    "step_seconds",
-    "compute_seconds",
-    "comm_seconds",
-    "lr",
-    "measured_at_unix_s",
-)
-"""The head's fields after the magic and the version, in their order."""
+
+def plain_dtype(names_len: int) -> np.dtype[np.void]:
+    """The numpy record type of a record without expert counts whose two names take `names_len` bytes: a run of
+    such records (every rank but COUNTS_RANK sends them) is read as columns in one pass."""
+    fields = [(name, f"S{code[0]}" if code.endswith("s") else f"<{code}") for name, code in _LAYOUT]
+    return np.dtype([*fields, ("names", f"S{names_len}")])
 
 
 class WireError(ValueError):

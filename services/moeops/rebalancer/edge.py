@@ -31,41 +31,20 @@ from nats.js.kv import KeyValue
 
 from moeops.bus.buckets import ensure_jobs_bucket, ensure_reports_bucket, job_description, put_report
 from moeops.bus.connection import ConnectionOptions, connect
-from moeops.bus.messages import BadMessage, RebalancePlan, WorkerMetrics, decode
+from moeops.bus.messages import BadMessage, RebalancePlan
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan, put_plan
 from moeops.bus.subjects import METRICS_STREAM, metrics_filter, token
 
 from .consumer import ConsumerLimits, MetricsConsumer
+from .ingest import Counters, Ingest, LagObserver
 from .jobs import JobKey, JobSettings, JobState
-from .load import Ingested
 from .policy import with_lead_time
 from .replan import replan_outcome
 
 logger = logging.getLogger(__name__)
 
-NOT_A_METRICS_MESSAGE = "not_metrics"
-UNKNOWN_JOB = "unknown_job"
-"""Extra `bad_messages` reasons beside BadMessageReason's values."""
 DESCRIBE_RETRY_S = 5.0
 """How often to look again for the description of a job whose metrics arrive without one."""
-
-
-@dataclass
-class Counters:
-    received: int = 0
-    ingested: Counter[str] = field(default_factory=Counter)
-    """By `Ingested` value: accepted, duplicate, stale, not_usable."""
-    bad_messages: Counter[str] = field(default_factory=Counter)
-    """By `BadMessageReason` value, plus `not_metrics` and `unknown_job`."""
-    verdicts: Counter[str] = field(default_factory=Counter)
-    plans_published: int = 0
-    plan_conflicts: int = 0
-    """Writes refused because another planner stored a plan first (its plan is adopted)."""
-    plan_errors: int = 0
-    """Plans that could not be written (the server was away): planned again, and the round not acked."""
-    reports_written: int = 0
-    fetch_errors: int = 0
-    """Acks that failed (the server was away): those messages come again and are dropped as duplicates."""
 
 
 class _Buckets(NamedTuple):
@@ -108,11 +87,13 @@ class RebalancerService:
         limits: ConsumerLimits | None = None,
         plan_interval_s: float = 0.2,
         report_interval_s: float = 5.0,
+        observe: LagObserver | None = None,
     ) -> None:
         """`batch`: the most messages taken from the consumer at once; `fetch_timeout_s`: how long to wait for a
         message before looking at `stop` again; `plan_interval_s`: the least time between two planning rounds (a
         round plans every job touched since the last one, then acks what was folded in); `report_interval_s`: how
-        often a job's report (plan epoch, utilization: the operator's `.status.rebalance`) is rewritten.
+        often a job's report (plan epoch, utilization: the operator's `.status.rebalance`) is rewritten;
+        `observe`: told the measurement times of the records folded in (a benchmark measures the lag with it).
 
         Without `jobs` the service serves every job that describes itself in the jobs bucket (rank 0 of each
         job writes its layout and settings there): one rebalancer for the whole cluster."""
@@ -138,6 +119,7 @@ class RebalancerService:
         self.plan_interval_s = plan_interval_s
         self.report_interval_s = report_interval_s
         self.counters = Counters()
+        self.ingest = Ingest(self.jobs, self.counters, self.discover, self.undescribed, observe)
         self.ready = asyncio.Event()
         """Set once connected, with the stream, bucket and consumer in place and the stored plans read."""
 
@@ -167,7 +149,7 @@ class RebalancerService:
                 due = planned_at + self.plan_interval_s - time.monotonic()
                 wait = min(self.fetch_timeout_s, max(0.0, due)) if pending.last else self.fetch_timeout_s
                 messages = await consumer.next_batch(self.batch, stop, wait)
-                pending.add(self._ingest_batch(messages), messages)
+                pending.add(self.ingest.batch(messages), messages)
                 if pending.last and (
                     time.monotonic() >= planned_at + self.plan_interval_s or pending.full(self.limits)
                 ):
@@ -247,42 +229,6 @@ class RebalancerService:
             await consumer.ack(pending.last)
         self.counters.fetch_errors = consumer.ack_errors
         return stored
-
-    def _ingest_batch(self, messages: list[Msg]) -> set[JobKey]:
-        """Folds the messages in; the jobs that took at least one record."""
-        touched: set[JobKey] = set()
-        for message in messages:
-            key = self._ingest(message)
-            if key is not None:
-                touched.add(key)
-        return touched
-
-    def _ingest(self, message: Msg) -> JobKey | None:
-        self.counters.received += 1
-        try:
-            decoded = decode(message.subject, message.data)
-        except BadMessage as exc:
-            self.counters.bad_messages[exc.reason.value] += 1
-            return None
-        if not isinstance(decoded, WorkerMetrics):
-            self.counters.bad_messages[NOT_A_METRICS_MESSAGE] += 1
-            return None
-        key = (decoded.namespace, decoded.job)
-        state = self.jobs.get(key)
-        if state is None:
-            self.counters.bad_messages[UNKNOWN_JOB] += 1
-            if self.discover:
-                self.undescribed.setdefault(key, 0.0)
-            return None
-        return self._accept(state, decoded)
-
-    def _accept(self, state: JobState, metrics: WorkerMetrics) -> JobKey | None:
-        outcome = state.aggregator.ingest(metrics)
-        self.counters.ingested[outcome.value] += 1
-        if outcome is Ingested.RESTARTED:  # back at a checkpoint: the minimum interval counts from now on
-            state.last_applied_step = state.last_full_step = None
-            logger.info("%s/%s: restarted at step %d", *state.settings.key, metrics.step)
-        return state.settings.key if outcome in (Ingested.ACCEPTED, Ingested.RESTARTED) else None
 
     async def _plan(self, kv: KeyValue, state: JobState) -> None:
         settings = state.settings

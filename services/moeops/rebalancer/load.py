@@ -196,6 +196,29 @@ class LoadSnapshot:
         return len(self.ranks) == self.world_size
 
 
+def _classify(
+    state: _RankState | None,
+    step: int,
+    tokens: int,
+    compute_seconds: float,
+    step_seconds: float,
+    measured_at_unix_s: float,
+) -> Ingested:
+    if state is not None:
+        if measured_at_unix_s < state.measured_at:
+            return Ingested.STALE  # measured before what was folded in: late, whatever its step (an old run's)
+        if step <= state.last_step and measured_at_unix_s > state.measured_at:
+            return Ingested.RESTARTED
+        if step == state.last_step:
+            return Ingested.DUPLICATE
+        if step < state.last_step:
+            return Ingested.STALE
+    seconds = compute_seconds if compute_seconds > 0 else step_seconds
+    if seconds <= 0 or tokens == 0:
+        return Ingested.NOT_USABLE
+    return Ingested.ACCEPTED
+
+
 @dataclass(slots=True)
 class _RankState:
     last_step: int
@@ -237,10 +260,34 @@ class LoadAggregator:
         step time is the slowest rank's (the fast ones wait in the all-reduce), so step time hides the straggler
         the shares must correct. Without a compute time (0), the step time is the best estimate left.
         """
-        # The rebalancer's per-message path (bus_ingest's budget is 20 µs a message, nats-py's share included):
+        return self.fold(
+            metrics.rank,
+            metrics.step,
+            metrics.world_size,
+            metrics.tokens,
+            metrics.compute_seconds,
+            metrics.step_seconds,
+            metrics.measured_at_unix_s,
+            metrics.tokens_per_expert,
+        )
+
+    def fold(
+        self,
+        rank: int,
+        step: int,
+        world_size: int,
+        tokens: int,
+        compute_seconds: float,
+        step_seconds: float,
+        measured_at_unix_s: float,
+        tokens_per_expert: list[list[int]],
+    ) -> Ingested:
+        """`ingest` of a record's fields, validated as WorkerMetrics validates them (the columnar ingest calls this
+        without building the message)."""
+        # The rebalancer's per-record path (bus_ingest's budget is 20 µs a message, nats-py's share included):
         # one dict lookup per record, the smoothing inlined (`ewma`'s operations, in its order: the same doubles).
-        state = self._ranks.get(metrics.rank)
-        outcome = self._classify(metrics, state)
+        state = self._ranks.get(rank)
+        outcome = _classify(state, step, tokens, compute_seconds, step_seconds, measured_at_unix_s)
         self._counts[outcome] += 1
         if outcome is Ingested.RESTARTED:
             self._ranks.clear()
@@ -248,19 +295,17 @@ class LoadAggregator:
             state = None
         elif outcome is not Ingested.ACCEPTED:
             return outcome
-        if metrics.world_size > self.world_size:
-            self.world_size = metrics.world_size
-        if metrics.step > self._max_step:
-            self._max_step = metrics.step
-        seconds = metrics.compute_seconds if metrics.compute_seconds > 0 else metrics.step_seconds
-        rate = metrics.tokens / seconds
+        if world_size > self.world_size:
+            self.world_size = world_size
+        if step > self._max_step:
+            self._max_step = step
+        seconds = compute_seconds if compute_seconds > 0 else step_seconds
+        rate = tokens / seconds
         if state is None:
-            self._ranks[metrics.rank] = _RankState(
-                metrics.step, rate, seconds, metrics.step_seconds, metrics.measured_at_unix_s
-            )
+            self._ranks[rank] = _RankState(step, rate, seconds, step_seconds, measured_at_unix_s)
         else:
             smoothing = self.smoothing
-            state.last_step, state.measured_at = metrics.step, metrics.measured_at_unix_s
+            state.last_step, state.measured_at = step, measured_at_unix_s
             state.tokens_per_second, state.trend, state.error, state.abs_error = _track_one(
                 state.tokens_per_second,
                 state.trend,
@@ -273,44 +318,26 @@ class LoadAggregator:
                 self.error_smoothing,
             )
             state.compute_seconds += smoothing * (seconds - state.compute_seconds)
-            state.step_seconds += smoothing * (metrics.step_seconds - state.step_seconds)
+            state.step_seconds += smoothing * (step_seconds - state.step_seconds)
             state.samples += 1
-        if metrics.tokens_per_expert:
-            self._fold_expert_counts(metrics)
+        if tokens_per_expert:
+            self._fold_expert_counts(step, tokens_per_expert)
         return outcome
 
-    @staticmethod
-    def _classify(metrics: WorkerMetrics, state: _RankState | None) -> Ingested:
-        if state is not None:
-            if metrics.measured_at_unix_s < state.measured_at:
-                return Ingested.STALE  # measured before what was folded in: late, whatever its step (an old run's)
-            if metrics.step <= state.last_step and metrics.measured_at_unix_s > state.measured_at:
-                return Ingested.RESTARTED
-            if metrics.step == state.last_step:
-                return Ingested.DUPLICATE
-            if metrics.step < state.last_step:
-                return Ingested.STALE
-        seconds = metrics.compute_seconds if metrics.compute_seconds > 0 else metrics.step_seconds
-        if seconds <= 0 or metrics.tokens == 0:
-            return Ingested.NOT_USABLE
-        return Ingested.ACCEPTED
-
-    def _fold_expert_counts(self, metrics: WorkerMetrics) -> None:
+    def _fold_expert_counts(self, step: int, tokens_per_expert: list[list[int]]) -> None:
         # The trainer all-reduces the counts, so every rank reports the same global counts for a step: fold each
         # step in once (from whichever rank reports it first), and never an older step after a newer one.
-        if not metrics.tokens_per_expert or metrics.step <= self._expert_step:
+        if step <= self._expert_step:
             return
-        shape_changed = [len(layer) for layer in metrics.tokens_per_expert] != [
-            len(layer) for layer in self._expert_tokens
-        ]
+        shape_changed = [len(layer) for layer in tokens_per_expert] != [len(layer) for layer in self._expert_tokens]
         if shape_changed:  # first record, or the model changed: averages of other experts mean nothing
-            self._expert_tokens = [[float(count) for count in layer] for layer in metrics.tokens_per_expert]
+            self._expert_tokens = [[float(count) for count in layer] for layer in tokens_per_expert]
         else:
             self._expert_tokens = [
                 [ewma(old, float(new), self.smoothing) for old, new in zip(old_layer, new_layer, strict=True)]
-                for old_layer, new_layer in zip(self._expert_tokens, metrics.tokens_per_expert, strict=True)
+                for old_layer, new_layer in zip(self._expert_tokens, tokens_per_expert, strict=True)
             ]
-        self._expert_step = metrics.step
+        self._expert_step = step
 
     def snapshot(self) -> LoadSnapshot:
         ranks = tuple(
