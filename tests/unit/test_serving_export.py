@@ -58,7 +58,7 @@ def make_moe(experts: int, **kwargs: Any) -> MoE:
 def test_static_moe_matches_the_eager_layer() -> None:
     moe = make_moe(8, shared_experts=1)
     moe.router.selection_bias_E.copy_(torch.linspace(-0.05, 0.05, 8))
-    static = StaticMoE(moe)
+    static = StaticMoE(moe, losses=True)
     x_TD = torch.randn(40, 32)
     with torch.no_grad():
         eager, fixed = moe(x_TD), static(x_TD)
@@ -67,6 +67,10 @@ def test_static_moe_matches_the_eager_layer() -> None:
     torch.testing.assert_close(fixed.z_loss, eager.z_loss)
     assert torch.equal(fixed.tokens_per_expert_E, eager.tokens_per_expert_E)
     assert static.router is moe.router and static.experts is moe.experts  # shared, not copied
+    with torch.no_grad():
+        serving = StaticMoE(moe)(x_TD)  # without the losses: the same output, zeros for the rest
+    torch.testing.assert_close(serving.out_TD, fixed.out_TD, rtol=0, atol=0)
+    assert float(serving.aux_loss) == 0.0 and not serving.tokens_per_expert_E.any()
 
 
 def test_static_copy_shares_weights_and_leaves_the_model_eager(model: Transformer) -> None:

@@ -16,13 +16,15 @@ ScatterElements: no Loop/If) and torch.compile(fullgraph=True). The copy shares 
 exported keeps its eager, trainable MoE layers, and training numerics are untouched.
 
 The trade-off. The dense masked formulation costs E/K times the routed experts' FLOPs and E·T·F activations:
-2x for moe-debug (4 experts, top-2), 4x for 8 experts top-2. The alternative static formulation gathers each
-token's K expert weight matrices (w[experts_TK]: (T, K, F, D) per projection) and costs exactly K experts of
-FLOPs, but moves T·K·3·F·D weights: cheap for decoding (T = batch) and prohibitive for a prefill (T = 1024,
-F = 1024, D = 512: 4 GiB per projection). With the few experts of the presets the dense form is the reasonable
-one for both; a many-expert model would want the gather for decode, or a grouped matmul (static shapes, data
-offsets) where a runtime has one. Serving is dropless: a capacity factor is a training device and StaticMoE
-ignores it (the trainer's own evaluation builds the model without one).
+2x for moe-debug (4 experts, top-2), 4x for 8 experts top-2. Measured per layer on 2 busy CPU cores (best of
+runs, static / eager time): prefill T=1024: 4.2x at moe-debug's size, 2.3x at d=512, F=1024, 8 experts; decode
+T=8: 0.4x and 0.85x (the dense form skips the sort, the split and the host sync). The alternative static
+formulation gathers each token's K expert weight matrices (w[experts_TK]: (T, K, F, D) per projection) and
+costs exactly K experts of FLOPs, but moves T·K·3·F·D weights: cheap for decoding (T = batch) and prohibitive
+for a prefill (T = 1024, F = 1024, D = 512: 4 GiB per projection). With the few experts of the presets the
+dense form is the reasonable one for both; a many-expert model would want the gather for decode, or a grouped
+matmul (static shapes, data offsets) where a runtime has one. Serving is dropless: a capacity factor is a
+training device and StaticMoE ignores it (the trainer's own evaluation builds the model without one).
 
 Parity: StaticMoE takes the same router decisions as the eager layer, so logits agree to fp32 summation order
 (tests/unit/test_serving_export.py: ≤1e-5 eager vs static, torch.export and torch.compile; ≤1e-4 in onnxruntime).

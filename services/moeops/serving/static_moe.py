@@ -33,10 +33,11 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 class StaticMoE(MoE):
     """The same router, experts and shared experts as `moe` (the parameters are shared, not copied), with a
-    static-shape forward. Inference only: it returns the same losses and counts as MoE, but is not meant for
-    training (the dense formulation would train every expert's weights on masked rows at E/K times the cost)."""
+    static-shape forward. Inference only: not meant for training (the dense formulation would cost E/K times the
+    FLOPs). With `losses` it also returns the eager layer's auxiliary loss, z-loss and counts; without (serving),
+    zeros, so that an exported graph carries no dead computation."""
 
-    def __init__(self, moe: MoE) -> None:
+    def __init__(self, moe: MoE, *, losses: bool = False) -> None:
         nn.Module.__init__(self)
         if moe.dispatcher is not None:
             raise ValueError("an expert-parallel MoE (with a dispatcher) cannot be made static: gather it first")
@@ -44,6 +45,7 @@ class StaticMoE(MoE):
         self.capacity_factor = None  # dropless
         self.top_k = moe.top_k
         self.dispatcher = None
+        self.losses = losses
 
     def forward(self, x_TD: Tensor) -> MoEOutput:
         T, E = x_TD.shape[0], self.router.experts
@@ -52,6 +54,9 @@ class StaticMoE(MoE):
         out_TD = self._all_experts(x_TD, weights_TE)
         if self.shared is not None:
             out_TD = out_TD + self.shared(x_TD)
+        if not self.losses:
+            zero = probs_TE.new_zeros(())
+            return MoEOutput(out_TD, zero, zero, experts_TK.new_zeros(E))
         # Counts without bincount (whose output size is data-dependent): a one-hot sum over tokens.
         counts_E = torch.zeros_like(probs_TE).scatter(1, experts_TK, 1.0).sum(dim=0)
         fraction_E = counts_E / (T * self.top_k)
@@ -69,18 +74,19 @@ class StaticMoE(MoE):
         return torch.bmm(weights_T1E, y_ETD.transpose(0, 1)).squeeze(1)
 
 
-def static_copy(model: ModuleT) -> ModuleT:
-    """A copy of `model` whose MoE layers are StaticMoE, sharing every parameter and buffer with `model` (no
-    weight memory is duplicated; the original keeps its eager, trainable MoE layers). Returned in eval mode."""
+def static_copy(model: ModuleT, *, losses: bool = False) -> ModuleT:
+    """A copy of `model` whose MoE layers are StaticMoE (`losses` as there), sharing every parameter and buffer
+    with `model` (no weight memory is duplicated; the original keeps its eager, trainable MoE layers). Returned
+    in eval mode."""
     memo: dict[int, object] = {id(t): t for t in (*model.parameters(), *model.buffers())}
     clone = copy.deepcopy(model, memo)
-    _swap(clone)
+    _swap(clone, losses)
     return clone.eval()
 
 
-def _swap(module: nn.Module) -> None:
+def _swap(module: nn.Module, losses: bool) -> None:
     for name, child in module.named_children():
         if isinstance(child, MoE) and not isinstance(child, StaticMoE):
-            setattr(module, name, StaticMoE(child))
+            setattr(module, name, StaticMoE(child, losses=losses))
         else:
-            _swap(child)
+            _swap(child, losses)
