@@ -27,7 +27,9 @@ ARCH = Architecture(layers=3, d_model=32, heads=4, experts=4, top_k=2, ffn_hidde
 CPU = World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
-def _trainer(tmp: Path, weight: float, steps: int = 80, micro: int | None = None) -> Trainer:
+def _trainer(
+    tmp: Path, weight: float, steps: int = 80, micro: int | None = None, checkpointing: bool = False
+) -> Trainer:
     config = TrainingRuntimeConfig(
         job_name="test",
         namespace="local",
@@ -44,7 +46,7 @@ def _trainer(tmp: Path, weight: float, steps: int = 80, micro: int | None = None
         ),
         # One domain a model this small learns within a few dozen steps (test runs stay short).
         data=DataSpec(source="synthetic://template"),
-        plan=ParallelPlan(data=1, tensor=1, pipeline=1, expert=1, activation_checkpointing=False),
+        plan=ParallelPlan(data=1, tensor=1, pipeline=1, expert=1, activation_checkpointing=checkpointing),
         world=WorldSpec(nnodes=1, nproc_per_node=1, rendezvous_port=29500),
         checkpoint=CheckpointConfig(interval_steps=1000, keep=1, directory=str(tmp)),
         rebalance=RebalanceSpec(enabled=False),
@@ -94,6 +96,17 @@ def test_weight_zero_keeps_the_plain_objective_exactly(tmp_path: Path) -> None:
         assert plain.train_step().loss == exits.train_step().loss
     for (name, p), q in zip(plain.model.named_parameters(), exits.model.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_activation_checkpointing_recomputes_without_adding_exits(tmp_path: Path) -> None:
+    """Recomputed block outputs in backward must not count as exits again: the same gradients either way."""
+    plain = _trainer(tmp_path / "plain", 1.0, micro=2)
+    recomputed = _trainer(tmp_path / "recomputed", 1.0, micro=2, checkpointing=True)
+    for _ in range(2):
+        assert math.isclose(plain.train_step().loss, recomputed.train_step().loss, rel_tol=1e-5)
+    for (name, p), q in zip(plain.model.named_parameters(), recomputed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def _exit_accuracy(trainer: Trainer, layer: int) -> float:
