@@ -1,4 +1,3 @@
-# ruff: noqa: N803, N806  (tensor names carry their shape, as in moeops.model)
 """Export for serving: the static-shape MoE against the eager one, torch.export / ONNX / torch.compile against eager
 logits, on shapes other than the traced example (the dynamic dimensions really work)."""
 

@@ -1,4 +1,3 @@
-# ruff: noqa: N803, N806  (tensor names carry their shape, as in moeops.model)
 """Export a trained model for serving: torch.export (.pt2), ONNX, and torch.compile.
 
 What is exported is the logits forward in eval mode: tokens (B, S) int64 → logits (B, S, V) fp32, with the batch

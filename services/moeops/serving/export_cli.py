@@ -1,4 +1,3 @@
-# ruff: noqa: N803  (tensor names carry their shape, as in moeops.model)
 """`moeops export`: a trained checkpoint to a torch.export program (.pt2) or an ONNX model, checked against eager.
 
 Registered on the `moeops` command line (`moeops.cli`). Only click is imported up front; torch, the trainer's

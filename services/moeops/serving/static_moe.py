@@ -1,4 +1,3 @@
-# ruff: noqa: N803, N806, N812  (tensor names carry their shape, as in moeops.model)
 """A static-shape MoE for export and compiled serving: every expert runs on every token, masked by the gates.
 
 The eager MoE (`moeops.model.moe`) sorts the T·K assignments by expert and runs each expert on its own rows: the
