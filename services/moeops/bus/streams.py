@@ -2,7 +2,8 @@
 
 - Stream MOEOPS_METRICS holds `moeops.metrics.>` with limits retention: the last hour, at most
   `max_msgs_per_subject` steps per rank, oldest discarded first. A restarted rebalancer rebuilds its averages
-  from it; messages carry a `Nats-Msg-Id`, so a retried publish within the duplicate window is stored once.
+  from it. Worker metrics carry no `Nats-Msg-Id` (publisher.py says why): a retried publish may be stored twice
+  and the rebalancer drops the copy; the duplicate window still serves anything that does send one.
 - KV bucket `moeops-plans` keeps the latest plan of each job (history 1) under `<namespace>.<job>`, and
   republishes every stored plan on `moeops.plans.<namespace>.<job>`: ranks can read the current plan when they
   start and follow new ones with a plain subscription.
