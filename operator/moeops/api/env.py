@@ -12,6 +12,8 @@ OPERATOR_NATS_TOKEN_SECRET = "MOEOPS_NATS_TOKEN_SECRET"  # a Secret (key `token`
 # Carbon-aware training (spec.carbon.maxIntensity): where the operator reads the grid's intensity, and how often.
 OPERATOR_CARBON_INTENSITY_SERIES = "MOEOPS_CARBON_INTENSITY_SERIES"  # a timestamp,region,g_co2e_per_kwh CSV file
 OPERATOR_CARBON_GATE_INTERVAL = "MOEOPS_CARBON_GATE_INTERVAL_S"  # seconds between two looks per job (default 30)
+# InferenceService autoscaling (needs NATS_URL): seconds between two looks at each service's load (default 5).
+OPERATOR_AUTOSCALE_INTERVAL = "MOEOPS_AUTOSCALE_INTERVAL_S"
 # The grid region whose carbon intensity applies (a key of the static table): the carbon agent's node, or the
 # machine of a local `moeops train` run.
 CARBON_REGION = "MOEOPS_CARBON_REGION"
@@ -39,7 +41,8 @@ NATS_TLS_CA = "MOEOPS_NATS_TLS_CA"  # path of the CA bundle that signed the serv
 NATS_TLS_CERT = "MOEOPS_NATS_TLS_CERT"  # path of a client certificate (mutual TLS), with NATS_TLS_KEY
 NATS_TLS_KEY = "MOEOPS_NATS_TLS_KEY"
 
-# Set by the operator on every server pod of an InferenceService.
+# Set by the operator on every server pod of an InferenceService (and POD_NAME, NATS_URL, NATS_TOKEN above when
+# the operator has a bus: the server reports its load for the autoscaler, `moeops.serving.load_reporter`).
 SERVING_CONFIG = "MOEOPS_SERVING_CONFIG"
 MODEL_DIR = "MOEOPS_MODEL_DIR"
 

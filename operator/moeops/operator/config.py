@@ -31,6 +31,8 @@ class OperatorConfig:
     """A grid-intensity time series (CSV, re-read when it changes) asked before the static table (empty: none)."""
     carbon_gate_interval_s: float = 30.0
     """How often the carbon gate looks at each job with `spec.carbon.maxIntensity`."""
+    autoscale_interval_s: float = 5.0
+    """How often the autoscaler reads each InferenceService's load (only with a bus: `nats_url`)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -44,4 +46,5 @@ class OperatorConfig:
             nats_token_secret=environ.get(env.OPERATOR_NATS_TOKEN_SECRET, ""),
             carbon_intensity_series=environ.get(env.OPERATOR_CARBON_INTENSITY_SERIES, ""),
             carbon_gate_interval_s=float(environ.get(env.OPERATOR_CARBON_GATE_INTERVAL, "30")),
+            autoscale_interval_s=float(environ.get(env.OPERATOR_AUTOSCALE_INTERVAL, "5")),
         )

@@ -2,10 +2,15 @@
 
 The operator turns it into a Deployment running the model server and a Service in front of it. Like KServe,
 the annotation `moeops.dev/stop: "true"` scales it to zero and marks it Stopped without deleting it.
+
+With a NATS bus, the operator's autoscaler sets the Deployment's replicas within `spec.replicas` from the load the
+servers report (`moeops.operator.planning.autoscale`); a service scaled to zero is woken by setting the annotation
+`moeops.dev/wake` to a new value.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import ConfigDict, Field
@@ -29,6 +34,8 @@ SINGULAR = "inferenceservice"
 # `isvc` is KServe's; ours must not collide with it.
 SHORT_NAMES = ["moeisvc", "misvc"]
 STOP_ANNOTATION = "moeops.dev/stop"
+WAKE_ANNOTATION = "moeops.dev/wake"
+"""Any value not acted on before wakes a service scaled to zero (there is no activator holding its requests)."""
 CONDITION_TYPES = ("Ready", "Stopped")
 
 
@@ -57,7 +64,9 @@ class ModelSource(KubeModel):
 
 
 class ReplicaSpec(KubeModel):
-    """Replica bounds and the load each replica should carry."""
+    """Replica bounds and the load each replica should carry.
+
+    Without a NATS bus nothing measures load and the Deployment keeps max(min, 1) replicas."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -71,6 +80,20 @@ class ReplicaSpec(KubeModel):
     max: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
     target_in_flight: int = Field(
         default=8, ge=1, le=10000, description="Concurrent requests per replica the autoscaler aims for."
+    )
+    stable_window_seconds: int = Field(
+        default=60,
+        ge=5,
+        le=3600,
+        description="Scale-up is immediate; scale-down waits until the load has been lower for this long.",
+    )
+    scale_to_zero_after_seconds: int = Field(
+        default=300,
+        ge=5,
+        le=86400,
+        description="With min 0: scale to zero after this long without a request. No activator holds requests"
+        f" for a service at zero: set the annotation `{WAKE_ANNOTATION}` to a new value (e.g. a timestamp) to"
+        " scale it to max(min, 1) and start this idle period over.",
     )
 
 
@@ -112,6 +135,18 @@ class InferenceServiceSpec(KubeModel):
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
 
 
+class AutoscalingStatus(KubeModel):
+    """The autoscaler's last decision (written by the operator when it changes)."""
+
+    last_scale_time: datetime | None = Field(default=None, description="When the replicas last changed.")
+    reason: str | None = Field(
+        default=None,
+        description="Why: ScaleUp, ScaleDown, Stabilizing, ScaledToZero, Wake, Bounds or Steady.",
+    )
+    message: str | None = Field(default=None, description="The load behind the decision.")
+    wake: str | None = Field(default=None, description=f"The last `{WAKE_ANNOTATION}` value acted on.")
+
+
 class InferenceServiceStatus(KubeModel):
     """Observed state of an InferenceService."""
 
@@ -121,6 +156,10 @@ class InferenceServiceStatus(KubeModel):
     model: str | None = Field(default=None, description="The checkpoint location being served.")
     replicas: int = Field(default=0, ge=0, description="Replicas that exist.")
     ready_replicas: int = Field(default=0, ge=0, description="Replicas ready to serve.")
+    desired_replicas: int | None = Field(
+        default=None, ge=0, description="Replicas the autoscaler set; unset until it first decides."
+    )
+    autoscaling: AutoscalingStatus | None = Field(default=None, description="The autoscaler's last decision.")
     carbon: CarbonStatus | None = Field(default=None, description="Energy and emissions (patched by the operator).")
 
 
@@ -137,6 +176,7 @@ RESOURCE = ResourceInfo(
         PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status', description="Serving."),
         PrinterColumn("URL", ".status.url", description="In-cluster URL."),
         PrinterColumn("Replicas", ".status.readyReplicas", "integer", "Ready replicas."),
+        PrinterColumn("Desired", ".status.desiredReplicas", "integer", "Replicas the autoscaler set.", priority=1),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         PrinterColumn("Model", ".status.model", description="Checkpoint served.", priority=1),
     ),

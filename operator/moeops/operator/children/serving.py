@@ -49,9 +49,19 @@ def service_url(owner: Owner) -> str:
     return f"http://{owner.name}.{owner.namespace}.svc.cluster.local"
 
 
-def desired_replicas(spec: InferenceServiceSpec, stopped: bool) -> int:
-    # Until load-driven scaling owns this number, serve with the minimum (at least one unless stopped).
-    return 0 if stopped else max(spec.replicas.min, 1)
+def desired_replicas(spec: InferenceServiceSpec, stopped: bool, autoscaled: int | None = None) -> int:
+    """The Deployment's replicas: 0 when stopped; else what the autoscaler last decided (`.status.desiredReplicas`,
+    bounded again in case spec.replicas changed since), and max(min, 1) until it has decided (always, without a
+    bus). Derived from the status rather than left out of the managed fields, so that every reconcile re-applies
+    the autoscaler's number instead of resetting it to min, and a Deployment deleted by hand comes back at it."""
+    if stopped:
+        return 0
+    bounds = spec.replicas
+    if autoscaled is None:
+        return max(bounds.min, 1)
+    if autoscaled == 0 and bounds.min == 0:
+        return 0  # scaled to zero when idle
+    return min(bounds.max, max(bounds.min, 1, autoscaled))
 
 
 def _server_config(owner: Owner, spec: InferenceServiceSpec) -> ServingRuntimeConfig:
@@ -65,8 +75,28 @@ def _server_config(owner: Owner, spec: InferenceServiceSpec) -> ServingRuntimeCo
     )
 
 
+def _server_env(config: str, model: VolumeLocation, cfg: OperatorConfig) -> list[dict[str, Any]]:
+    bus: list[dict[str, Any]] = []
+    if cfg.nats_url:  # the server reports its load for the autoscaler (moeops.serving.load_reporter)
+        bus.append({"name": env.NATS_URL, "value": cfg.nats_url})
+        if cfg.nats_token_secret:
+            secret = {"name": cfg.nats_token_secret, "key": "token"}
+            bus.append({"name": env.NATS_TOKEN, "valueFrom": {"secretKeyRef": secret}})
+    return [
+        {"name": env.SERVING_CONFIG, "value": config},
+        {"name": env.MODEL_DIR, "value": model.in_mount(MODEL_MOUNT)},
+        *bus,
+        pods.field_env(env.POD_NAME, "metadata.name"),  # the key of this server's load in the bus
+    ]
+
+
 def deployment(
-    owner: Owner, spec: InferenceServiceSpec, model: VolumeLocation, stopped: bool, cfg: OperatorConfig
+    owner: Owner,
+    spec: InferenceServiceSpec,
+    model: VolumeLocation,
+    stopped: bool,
+    cfg: OperatorConfig,
+    autoscaled: int | None = None,
 ) -> Child:
     labels = serving_labels(owner.name)
     selector = {INFERENCE_SERVICE_LABEL: owner.name}
@@ -77,10 +107,7 @@ def deployment(
         "image": spec.image or cfg.runtime_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["moeops", "serve"],
-        "env": [
-            {"name": env.SERVING_CONFIG, "value": config},
-            {"name": env.MODEL_DIR, "value": model.in_mount(MODEL_MOUNT)},
-        ],
+        "env": _server_env(config, model, cfg),
         "ports": [{"name": cfg.http_port_name, "containerPort": spec.port}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "httpGet": {**probe["httpGet"], "path": "/healthz"}, "periodSeconds": 10},
@@ -96,7 +123,7 @@ def deployment(
             "volumes": [pods.storage_volume("model", model, read_only=True), *pods.scratch_volumes()],
         },
     }
-    replicas = desired_replicas(spec, stopped)
+    replicas = desired_replicas(spec, stopped, autoscaled)
     body = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -118,6 +145,12 @@ def service(owner: Owner, spec: InferenceServiceSpec, cfg: OperatorConfig) -> Ch
 
 
 def serving_children(
-    owner: Owner, spec: InferenceServiceSpec, model: VolumeLocation, stopped: bool, cfg: OperatorConfig
+    owner: Owner,
+    spec: InferenceServiceSpec,
+    model: VolumeLocation,
+    stopped: bool,
+    cfg: OperatorConfig,
+    autoscaled: int | None = None,
 ) -> list[Child]:
-    return [service(owner, spec, cfg), deployment(owner, spec, model, stopped, cfg)]
+    """`autoscaled`: the owner's `.status.desiredReplicas` (see `desired_replicas`)."""
+    return [service(owner, spec, cfg), deployment(owner, spec, model, stopped, cfg, autoscaled)]

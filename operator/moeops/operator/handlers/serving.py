@@ -55,10 +55,17 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
         deployment: Mapping[str, Any] | None, *, model: str | None, not_ready: tuple[str, str] | None
     ) -> StatusFn:
         url = service_url(owner) if deployment else None
-        return lambda fresh: serving_status(
-            deployment, fresh.get("status") or {}, stopped=stopped, url=url, model=model, not_ready=not_ready,
-            generation=generation, now=now(),
-        )  # fmt: skip
+
+        def status_of(fresh: Mapping[str, Any]) -> StatusUpdate:
+            update = serving_status(
+                deployment, fresh.get("status") or {}, stopped=stopped, url=url, model=model, not_ready=not_ready,
+                generation=generation, now=now(),
+            )  # fmt: skip
+            if stopped:  # forget the autoscaler's number: un-stopping starts again from max(min, 1)
+                update = StatusUpdate({**update.patch, "desiredReplicas": None}, update.events)
+            return update
+
+        return status_of
 
     try:
         spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
@@ -74,7 +81,8 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
 
     deployment: Mapping[str, Any] = {}
     likely_new = "observedGeneration" not in (body.get("status") or {})
-    for child in serving_children(owner, spec, location, stopped, cfg):
+    autoscaled = (body.get("status") or {}).get("desiredReplicas")  # the autoscaler's number (handlers/autoscale)
+    for child in serving_children(owner, spec, location, stopped, cfg, autoscaled):
         _, deployment = kube.ensure(child, owner.uid, likely_new=likely_new)  # the Deployment comes last
     return report(deployment, model=model_uri(location), not_ready=None), False
 

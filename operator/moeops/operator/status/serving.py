@@ -35,6 +35,8 @@ def serving_status(
         ready, (reason, message) = False, not_ready
     elif ready_replicas > 0:
         ready, reason, message = True, "MinimumReplicasAvailable", f"{ready_replicas}/{replicas} replicas ready"
+    elif previous.get("desiredReplicas") == 0:  # the autoscaler's doing, not a failure: say how to wake it
+        ready, reason, message = False, "ScaledToZero", "idle: scaled to zero; set moeops.dev/wake to a new value"
     else:
         ready, reason, message = False, "WaitingForReplicas", f"{ready_replicas}/{replicas} replicas ready"
 

@@ -1,0 +1,126 @@
+"""InferenceService autoscaling: a timer per service reads its servers' load from NATS and sets the replicas.
+
+Every MOEOPS_AUTOSCALE_INTERVAL_S (5 s by default; read when the handlers are imported, as kopf fixes a timer's
+interval then) the timer reads the latest load of each of the service's server pods from the `moeops-serving-load`
+KV bucket (`moeops.bus.serving_load`; the servers write it, `moeops.serving.load_reporter`) and asks the pure
+`planning.autoscale.decide` for the replicas (the algorithm is stated there).
+
+Who sets the Deployment's replicas. One writer: the serving reconcile (`children.serving.desired_replicas`), which
+derives them from `.status.desiredReplicas`. The timer writes its decision there and re-runs the reconcile on the
+owner as it will be (the carbon gate's pattern): the Deployment is patched by the operator's field manager
+(`moeops-operator`), and a reconcile triggered by anything else (a spec edit, the wake annotation, a deleted
+Deployment) re-applies the autoscaler's number instead of resetting it to min. The status write is conditional on
+the owner's resourceVersion; on a conflict it is recomputed from a fresh read.
+
+State. The window of recent recommendations and the idle timer live in kopf's per-object memo; the decided replicas
+and the last wake value acted on live in the status. After an operator restart the window restarts full at the
+replicas in force and the idle timer at the restart (`planning.autoscale.initial_state`): scale-down and scale to
+zero are delayed by at most one window or idle period, never brought forward.
+
+Without a bus (no MOEOPS_NATS_URL) the timer does nothing and the Deployment keeps max(min, 1) replicas. When the bus
+cannot be read (server down, bucket missing) a tick does nothing either: replicas are never changed on missing data.
+A stopped service (`moeops.dev/stop`) is left to the reconcile, which holds it at zero; its memo state is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from moeops.api.v1alpha1.inferenceservice import PLURAL, WAKE_ANNOTATION, InferenceServiceSpec
+from moeops.bus.serving_load import ensure_serving_load_bucket, service_loads
+
+from ..bus_reader import BusReader
+from ..children.serving import desired_replicas
+from ..config import OperatorConfig
+from ..kube import Kube
+from ..planning.autoscale import Decision, Policy, State, decide, initial_state
+from ..status import StatusUpdate
+from ..status.autoscale import autoscale_status
+from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
+from .serving import SERVING, is_stopped, reconcile
+
+logger = logging.getLogger(__name__)
+
+AUTOSCALE_INTERVAL_S = OperatorConfig.from_env(os.environ).autoscale_interval_s
+STATE = "autoscale_state"
+"""The memo key of this object's `planning.autoscale.State` (kopf gives each object a memo of its own)."""
+
+
+def policy_of(spec: InferenceServiceSpec) -> Policy:
+    r = spec.replicas
+    return Policy(r.min, r.max, r.target_in_flight, r.stable_window_seconds, r.scale_to_zero_after_seconds)
+
+
+def starting_state(spec: InferenceServiceSpec, status: Mapping[str, Any], at: float) -> State:
+    """The first tick's state (also after a restart): the replicas in force, and the wake value acted on last."""
+    recorded = status.get("desiredReplicas")
+    in_force = desired_replicas(spec, stopped=False, autoscaled=None if recorded is None else int(recorded))
+    return initial_state(in_force, at, (status.get("autoscaling") or {}).get("wake"))
+
+
+def autoscale_update(kube: Kube, cfg: OperatorConfig, decision: Decision, at: datetime, owner: Mapping[str, Any]) -> (
+        StatusUpdate | None):  # fmt: skip
+    """The decision's status update for the owner as read, with the Deployment brought to the decided replicas."""
+    status = owner.get("status") or {}
+    if is_stopped(owner):
+        return None  # stopped since the tick began: the reconcile holds it at zero
+    update = autoscale_status(status, decision, at)
+    if update is None and int(status.get("replicas") or 0) == decision.replicas:
+        return None  # nothing new, and the Deployment has the replicas (as far as its status says)
+    patch = update.patch if update is not None else {}
+    merged = {**owner, "status": {**status, **patch}}
+    children = reconcile(kube, cfg, merged)[0](merged)  # re-applies the Deployment with status.desiredReplicas
+    if children is None:
+        return update
+    events = [*(update.events if update is not None else []), *children.events]
+    return StatusUpdate({**children.patch, **patch}, events)
+
+
+@api_errors_to_kopf
+def apply_decision(kube: Kube, cfg: OperatorConfig, decision: Decision, at: datetime, body: Mapping[str, Any]) -> None:
+    meta = body["metadata"]
+    compute = lambda owner: autoscale_update(kube, cfg, decision, at, owner)  # noqa: E731
+    with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], compute, cached=body)
+
+
+@kopf.timer(*SERVING, interval=AUTOSCALE_INTERVAL_S, initial_delay=AUTOSCALE_INTERVAL_S)
+async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reader: BusReader | None = memo.get("bus")
+    if reader is None:
+        return
+    if is_stopped(body) or body["metadata"].get("deletionTimestamp"):
+        memo.pop(STATE, None)  # un-stopped, it starts over from the replicas the reconcile gives it
+        return
+    status = body.get("status") or {}
+    if not status.get("model"):
+        return  # the model is not resolved yet: there is no Deployment to scale
+    try:
+        spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return  # the reconcile reports it
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    loads = await reader.read(
+        ensure_serving_load_bucket,
+        lambda kv: service_loads(kv, namespace, name),
+        f"load of InferenceService {namespace}/{name}",
+    )
+    if loads is None:
+        return  # no reading: keep the replicas as they are
+    at = now()
+    state: State = memo.get(STATE) or starting_state(spec, status, at.timestamp())
+    wake = (body["metadata"].get("annotations") or {}).get(WAKE_ANNOTATION)
+    decision = decide(policy_of(spec), loads, at.timestamp(), None if wake is None else str(wake), state)
+    memo[STATE] = decision.state
+    if decision.changed:
+        logger.info("InferenceService %s/%s: %s replicas (%s: %s)", namespace, name, decision.replicas,
+                    decision.reason.value, decision.message)  # fmt: skip
+    # The API calls block: off the event loop, in a thread, as kopf runs sync handlers.
+    await asyncio.to_thread(apply_decision, kube_of(memo), config_of(memo), decision, at, body)
