@@ -18,6 +18,9 @@ The agent attributes energy to pods (`node_source.NodeSource`): the kubelet's de
 absent or silent, the GPU processes' cgroups (the agent's pod needs hostPID); pod labels from `list pods` on this
 node (the agent's RBAC: list pods). Where neither is wanted (no socket mounted, no hostPID), MOEOPS_CARBON_NVML_ONLY
 books all GPU energy as node idle, as the agent did before attribution; the log says which mode runs.
+Both publish OpenTelemetry metrics through the API (`telemetry`: hw.energy and hw.power per GPU and pod from the
+agent, moeops.carbon.emissions per workload from the aggregator) on the process's global MeterProvider, which is
+the API's no-op until the process configures an SDK and exporter (a later issue); until then they cost next to nothing.
 A machine without NVML ends the agent with a one-line message and exit status 69 (EX_UNAVAILABLE), not a
 traceback: a DaemonSet scheduled on a node without GPUs should say why it stops.
 """
@@ -46,8 +49,10 @@ from .ledger import DEFAULT_PUE, DeltaId, EnergyDelta
 from .node_source import NodeSource, NodeSourceSettings, SourceNvmlApi, kube_pod_lister
 from .nvml_reader import NvmlReader, NvmlUnavailable
 from .podresources.client import DEFAULT_SOCKET, PodResourcesClient
+from .poll_telemetry import PollTelemetry
 from .rapl import CpuEnergyMeter
 from .spool import Spool
+from .telemetry import CarbonTelemetry, GpuReading, carbon_meter
 
 CARBON_REGION = env.CARBON_REGION
 CARBON_SPOOL_DIR = "MOEOPS_CARBON_SPOOL_DIR"
@@ -64,38 +69,54 @@ EX_CONFIG = 78
 logger = logging.getLogger(__name__)
 
 
-def nvml_idle_source(reader: NvmlReader, node: str, region: str) -> DeltaSource:
+def nvml_idle_source(
+    reader: NvmlReader, node: str, region: str, telemetry: CarbonTelemetry | None = None
+) -> DeltaSource:
     """Each GPU's energy since the previous call, as the node's idle energy (the NVML-only mode); meters are
-    named `<node>/<gpu uuid>`. The spool gives epoch and sequence (the zeros here are placeholders)."""
+    named `<node>/<gpu uuid>`. The spool gives epoch and sequence (the zeros here are placeholders). `telemetry`
+    gets each call's energy and latest power per GPU, none of it a pod's."""
     previous: dict[str, float] = {}
 
     def deltas() -> list[EnergyDelta]:
         reader.poll()
         now = datetime.now(UTC)
         out = []
+        readings = []
         for gpu in reader.report():
             total = gpu.energy.energy_j
             if total is None:
                 continue
             energy_j = max(0.0, total - previous.get(gpu.gpu.uuid, 0.0))
             previous[gpu.gpu.uuid] = total
+            readings.append(GpuReading(gpu.gpu.uuid, energy_j, gpu.energy.last_power_w))
             meter = DeltaId(source=f"{node}/{gpu.gpu.uuid}", epoch=0, sequence=0)
             out.append(
                 EnergyDelta(id=meter, node=node, region=region, at=now, key=None, gpu_energy_j=energy_j, cpu_energy_j=0)
             )
+        if telemetry is not None:
+            try:
+                telemetry.record_poll(node, readings)
+            except ValueError:  # metrics must never lose the poll's deltas (the NVML totals are taken already)
+                logger.exception("carbon telemetry refused a poll")
         return out
 
     return deltas
 
 
 def attributed_source(
-    reader: NvmlReader, kubelet: PodResourcesClient, environ: Mapping[str, str], node: str, region: str
+    reader: NvmlReader,
+    kubelet: PodResourcesClient,
+    environ: Mapping[str, str],
+    node: str,
+    region: str,
+    telemetry: CarbonTelemetry,
 ) -> DeltaSource:
-    """The agent's source as the settings ask: pods attributed (`NodeSource`), or NVML only; logs which."""
+    """The agent's source as the settings ask: pods attributed (`NodeSource`), or NVML only; logs which. Each
+    call of either feeds `telemetry` (`CarbonTelemetry.record_poll`)."""
     if environ.get(CARBON_NVML_ONLY, "").strip().lower() in ("1", "true", "yes"):
         logger.warning("%s is set: NVML only, every GPU's energy is booked as node idle (no pod attribution)",
                        CARBON_NVML_ONLY)  # fmt: skip
-        return nvml_idle_source(reader, node, region)
+        return nvml_idle_source(reader, node, region, telemetry)
     if not kubelet.socket_path.is_socket():
         logger.warning("kubelet pod-resources socket %s is absent: GPUs are attributed through their processes' "
                        "cgroups (needs hostPID); set %s=true to book all GPU energy as node idle instead",
@@ -105,7 +126,8 @@ def attributed_source(
     logger.info("attributing energy to pods; GPU idle power %s", f"{idle_w} W" if idle_w else "measured per GPU")
     # The module the reader initialised (imports are cached): the process calls need its handles.
     nvml = cast(SourceNvmlApi, importlib.import_module("pynvml"))
-    return NodeSource(reader, nvml, settings, devices=kubelet.devices, pods=kube_pod_lister(node), cpu=CpuEnergyMeter())
+    return NodeSource(reader, nvml, settings, devices=kubelet.devices, pods=kube_pod_lister(node), cpu=CpuEnergyMeter(),
+                      on_split=PollTelemetry(telemetry, node, reader))  # fmt: skip
 
 
 def _setting(environ: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -134,15 +156,21 @@ def run_agent(environ: Mapping[str, str]) -> None:
     socket = Path(_setting(environ, CARBON_KUBELET_SOCKET, str(DEFAULT_SOCKET)))
     with NvmlReader() as reader, PodResourcesClient(socket) as kubelet:
         logger.info("carbon agent on %s: %d GPU(s)", node, len(reader.gpus))
-        source = attributed_source(reader, kubelet, environ, node, region)
+        source = attributed_source(reader, kubelet, environ, node, region, CarbonTelemetry(carbon_meter()))
         spool = Spool(Path(_setting(environ, CARBON_SPOOL_DIR, DEFAULT_SPOOL_DIR)))
         _serve(NodeAgent(source, spool, options, settings).run)
 
 
-def run_aggregator(environ: Mapping[str, str]) -> None:
+def make_aggregator(environ: Mapping[str, str], telemetry: CarbonTelemetry | None = None) -> CarbonAggregator:
+    """The aggregator as the settings ask, its totals into `telemetry` (default: one on the global meter)."""
     pue = float(_setting(environ, CARBON_PUE, str(DEFAULT_PUE)))
     options = ConnectionOptions.from_env(environ, name="moeops-carbon-aggregator")
-    _serve(CarbonAggregator(options, default_static_table(), pue=pue).run)
+    telemetry = CarbonTelemetry(carbon_meter()) if telemetry is None else telemetry
+    return CarbonAggregator(options, default_static_table(), pue=pue, on_totals=telemetry.record_totals)
+
+
+def run_aggregator(environ: Mapping[str, str]) -> None:
+    _serve(make_aggregator(environ).run)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:

@@ -46,6 +46,7 @@ from .attribution import (
     GpuInterval,
     IdlePowerWindow,
     PodInfo,
+    Split,
     cpu_idle_share_j,
     pod_workload,
     pods_from_list,
@@ -131,9 +132,9 @@ class _Pods:
 
 
 class NodeSource:
-    """The agent's `DeltaSource` (see the module docstring). `devices`: the kubelet's map (e.g.
-    `PodResourcesClient.devices`), None for the cgroup fallback only; `pods`: the pod lister (`kube_pod_lister`,
-    or a list in tests); `cpu`: None for GPU energy only."""
+    """The agent's `DeltaSource` (module docstring). `devices`: the kubelet's map (`PodResourcesClient.devices`),
+    None for the cgroup fallback only; `pods`: the pod lister (`kube_pod_lister`, or a list in tests); `cpu`: None
+    for GPU energy only; `on_split`: each call's split per device and pods by UID (`poll_telemetry`, guarded)."""
 
     def __init__(
         self,
@@ -145,13 +146,14 @@ class NodeSource:
         pods: Callable[[], Iterable[PodInfo]],
         cpu: CpuEnergyMeter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_split: Callable[[Mapping[str, Split[Consumer]], Mapping[str, PodInfo]], None] = lambda *_: None,
     ) -> None:
         self._reader, self._nvml, self.settings = reader, nvml, settings
         self._devices = None if devices is None else CachedDeviceMap(devices, settings.device_map_ttl_s, clock)
-        self._device_retry_at_s = -math.inf
+        self._device_retry_at_s = self._cpu_due_s = -math.inf
         self._list_pods, self._pods = pods, _Pods()
         self._pods_attempt_s: float | None = None
-        self._cpu, self._clock = cpu, clock
+        self._cpu, self._clock, self._on_split = cpu, clock, on_split
         self._sampler = ProcessSampler(nvml)
         self._mig = MigActivity(nvml, lambda: reader.gpus, settings.mig_interval_s, clock)
         self._mig_deltas = MigDeltas()
@@ -163,7 +165,6 @@ class NodeSource:
         self._gpu_total_j: dict[str, float] = {}
         self._meter = DeltaId(source=f"{settings.node}/{METER}", epoch=0, sequence=0)  # the spool stamps the ids
         self._last_s: float | None = None
-        self._cpu_due_s = -math.inf
         self._cpu_usage_s: dict[str, float] = {}
         self._proc_busy_ticks: int | None = None
         self.degraded: Counter[str] = Counter()
@@ -194,6 +195,7 @@ class NodeSource:
         sm_by_device, owner, found = self._activity(now_s, intervals, holders)
         assigned: Mapping[str, Sequence[Consumer]] = holders if holders is not None else found
         gpu = split_node(intervals, assigned, sm_by_device, owner)
+        self._guard("telemetry", partial(self._on_split, gpu.devices, self._pods.by_uid), None)
         gpu_j = self._by_key(gpu.consumers_j, math.fsum([gpu.idle_j, gpu.unowned_j, mig_j]))
         cpu_j, estimated = self._cpu_split(now_s)
         return self._deltas(gpu_j, cpu_j, estimated)
@@ -385,13 +387,11 @@ class NodeSource:
     def _deltas(
         self, gpu_j: Mapping[WorkloadKey | None, float], cpu_j: Mapping[WorkloadKey | None, float], estimated: bool
     ) -> list[EnergyDelta]:
-        at, meter = datetime.now(UTC), self._meter
+        at, meter, node, region = datetime.now(UTC), self._meter, self.settings.node, self.settings.region
         out = []
         for key in dict.fromkeys([*gpu_j, *cpu_j]):
             gpu, cpu = gpu_j.get(key, 0.0), cpu_j.get(key, 0.0)
             if gpu > 0 or cpu > 0:
-                out.append(
-                    EnergyDelta(id=meter, node=self.settings.node, region=self.settings.region, at=at, key=key,
-                                gpu_energy_j=gpu, cpu_energy_j=cpu, cpu_estimated=estimated and cpu > 0)
-                )  # fmt: skip
+                out.append(EnergyDelta(id=meter, node=node, region=region, at=at, key=key, gpu_energy_j=gpu,
+                                       cpu_energy_j=cpu, cpu_estimated=estimated and cpu > 0))  # fmt: skip
         return out

@@ -1,8 +1,14 @@
 """Carbon accounting as OpenTelemetry metrics, following the hardware semantic conventions.
 
 Instruments (all asynchronous: the SDK's reader calls back for the current values when it collects, so the reader
-decides *when*, and whatever exporter it has decides *where*; this module sets up neither — wiring an OTLP exporter
-into the agent and the aggregator is a later issue, and the tests use `InMemoryMetricReader`):
+decides *when*, and whatever exporter it has decides *where*). This module sets up neither: as OpenTelemetry asks of
+libraries, it instruments through the API only (`carbon_meter()`: `metrics.get_meter("moeops.carbon", version)`)
+and the process's configured MeterProvider decides where the metrics go. Configuring the SDK and an OTLP exporter
+in the agent and the aggregator is a later issue; until then the global provider is the API's no-op, which never
+calls back, so the instruments cost a few dict updates per poll and nothing else. (The API's meter is a proxy: a
+provider set later, even after the instruments were created, gets them.) The tests use `InMemoryMetricReader`.
+
+The instruments:
 
     hw.energy                 Counter, J   cumulative GPU energy; attributes hw.id (the GPU's UUID), hw.type="gpu",
                                             k8s.node.name, and on the energy attributed to a pod k8s.namespace.name
@@ -16,9 +22,16 @@ A GPU's energy is one set of data points that add up to the device's energy: one
 and one without pod attributes for the rest (idle, unowned). Summing `hw.energy` over `hw.id` therefore gives
 the device meter, never twice its energy.
 
-Feeding it: the node agent calls `record_poll` once per poll with each GPU's energy since the previous poll (and
-how much of it went to which pod); the aggregator's totals go to `record_totals` (e.g. as `CarbonAggregator`'s
-`on_totals`). Both may be called from another thread than the reader's: a lock guards the values.
+Feeding it, at runtime (`cli.py` makes one `CarbonTelemetry(carbon_meter())` per process):
+
+- the node agent: each call of its source (every commit, `agent.AgentSettings.commit_interval_s`) calls
+  `record_poll` with each GPU's energy since the previous call, its latest power, and how much of the energy went to
+  which pod: `NodeSource`'s `on_split` hook, `poll_telemetry.PollTelemetry`. In the NVML-only mode
+  (`cli.nvml_idle_source`) each GPU's energy and power, all of it the node's.
+- the aggregator: `record_totals` is `CarbonAggregator`'s `on_totals` (`cli.make_aggregator`): the totals of the
+  workloads each commit touched, and all of them after a restore from the checkpoint.
+
+Both may be called from another thread than the reader's: a lock guards the values.
 """
 
 from __future__ import annotations
@@ -27,11 +40,14 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
+from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from moeops.bus.carbon_messages import WorkloadCarbon
 
+METER_NAME = "moeops.carbon"
 HW_ENERGY = "hw.energy"
 HW_POWER = "hw.power"
 EMISSIONS = "moeops.carbon.emissions"
@@ -86,6 +102,15 @@ class GpuReading:
         parts: dict[PodRef | None, float] = dict(self.pods.items())
         parts[None] = max(0.0, self.energy_j - attributed)
         return parts
+
+
+def carbon_meter() -> Meter:
+    """The carbon meter of the process's global MeterProvider (the API's no-op until the process configures one)."""
+    try:
+        release = version("moeops")
+    except PackageNotFoundError:  # run from a source tree without the package installed
+        release = ""
+    return metrics.get_meter(METER_NAME, release)
 
 
 def gpu_attributes(node: str, gpu_id: str, pod: PodRef | None = None) -> Attributes:
