@@ -109,6 +109,15 @@ def test_a_wake_value_acted_on_before_a_restart_does_not_wake_again() -> None:
     assert decision.replicas == 0 and decision.reason is Reason.SCALED_TO_ZERO
 
 
+def test_a_restart_does_not_wake_a_service_at_zero() -> None:
+    policy = Policy(
+        min_replicas=0, max_replicas=4, target_in_flight=4, stable_window_s=10.0, scale_to_zero_after_s=60.0
+    )
+    decision = decide(policy, [], 105.0, None, initial_state(0, 100.0, None))
+    assert decision.replicas == 0 and "since the autoscaler started" in decision.message
+    assert decide(policy, [Load(1)], 110.0, None, decision.state).replicas == 1
+
+
 def test_after_a_restart_nothing_scales_down_before_a_window() -> None:
     state = initial_state(6, 100.0, None)  # the operator restarted with 6 replicas in force
     decision = decide(POLICY, [Load(1)], 110.0, None, state)

@@ -15,7 +15,7 @@ the owner's resourceVersion; on a conflict it is recomputed from a fresh read.
 State. The window of recent recommendations and the idle timer live in kopf's per-object memo; the decided replicas
 and the last wake value acted on live in the status. After an operator restart the window restarts full at the
 replicas in force and the idle timer at the restart (`planning.autoscale.initial_state`): scale-down and scale to
-zero are delayed by at most one window or idle period, never brought forward.
+zero are delayed by at most one window or idle period, never brought forward, and a service at zero stays there.
 
 Without a bus (no MOEOPS_NATS_URL) the timer does nothing and the Deployment keeps max(min, 1) replicas. When the bus
 cannot be read (server down, bucket missing) a tick does nothing either: replicas are never changed on missing data.

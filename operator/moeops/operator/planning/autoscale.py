@@ -71,8 +71,9 @@ class Policy:
 class State:
     replicas: int
     """The replicas decided last (what the Deployment was set to)."""
-    last_active_s: float
-    """When demand was last seen, or the last wake (seconds on the caller's clock)."""
+    last_active_s: float | None
+    """When demand was last seen, or the last wake (seconds on the caller's clock); None: not since the state
+    began at zero replicas (idle already)."""
     wake: str | None = None
     """The last `moeops.dev/wake` value acted on."""
     window: tuple[tuple[float, int], ...] = field(default_factory=tuple)
@@ -81,9 +82,11 @@ class State:
 
 def initial_state(replicas: int, now_s: float, wake: str | None) -> State:
     """The state at the first tick, or after an operator restart: the replicas in force fill the window (nothing is
-    scaled down before a window has passed) and the idle timer starts now; `wake` is the value last acted on (from
-    the status), so an old annotation does not wake the service again."""
-    return State(replicas=replicas, last_active_s=now_s, wake=wake, window=((now_s, replicas),))
+    scaled down before a window has passed) and the idle timer starts now, unless the service is at zero already
+    (an operator restart must not wake every idle service); `wake` is the value last acted on (from the status), so
+    an old annotation does not wake the service again."""
+    last_active = None if replicas == 0 else now_s
+    return State(replicas=replicas, last_active_s=last_active, wake=wake, window=((now_s, replicas),))
 
 
 class Reason(StrEnum):
@@ -119,7 +122,7 @@ def decide(policy: Policy, loads: Iterable[PodLoad], now_s: float, wake: str | N
     demand = sum(load.in_flight + load.queued for load in pods)
     woken = wake is not None and wake != state.wake
     last_active = now_s if demand > 0 or woken else state.last_active_s
-    idle_s = now_s - last_active
+    idle_s = math.inf if last_active is None else now_s - last_active
     wanted = math.ceil(demand / policy.target_in_flight)
     if policy.min_replicas == 0 and idle_s >= policy.scale_to_zero_after_s:
         recommendation = 0
@@ -139,7 +142,8 @@ def decide(policy: Policy, loads: Iterable[PodLoad], now_s: float, wake: str | N
         reason, message = Reason.WAKE, f"woken by moeops.dev/wake={wake}"
     elif replicas == 0:
         reason = Reason.SCALED_TO_ZERO
-        message = f"no load for {idle_s:.0f}s (scaleToZeroAfterSeconds {policy.scale_to_zero_after_s:.0f})"
+        idle = "since the autoscaler started" if last_active is None else f"for {idle_s:.0f}s"
+        message = f"no load {idle} (scaleToZeroAfterSeconds {policy.scale_to_zero_after_s:.0f})"
     elif _out_of_bounds(policy, previous) and replicas == policy.bounded(previous):
         reason, message = Reason.BOUNDS, f"replicas {previous} outside [{policy.floor}, {policy.max_replicas}]"
     elif replicas > previous:
