@@ -1,0 +1,310 @@
+"""The model worker: one thread that owns the model, a dynamic batcher in front of it, and the server's load counters.
+
+Generation runs off the event loop on a dedicated thread (torch releases the GIL inside its kernels, so the loop
+keeps answering HTTP while a step runs); tokens flow back to each request's asyncio queue through
+`loop.call_soon_threadsafe` as they are made, which is what streaming sends.
+
+Batching is iteration-level scheduling (continuous batching, as in Orca and vLLM's scheduler): when the worker is
+idle it takes the first request, then up to `max_batch_size` that arrive within `max_latency_ms` of that first one,
+and serves them together; while sequences are running, new requests join at the next round (a round advances every
+running sequence by one token) up to `max_batch_size` at once, and a finished one leaves at once. Honestly: this
+batches the scheduling, not the matrix products. Each sequence keeps its own KV cache and runs `decode.decode_step`
+alone, because sequences of a round have different lengths and exit at different layers (early exit), and the KV
+cache keeps one length for all its rows (model/kv_cache.py). What it buys: no request waits for another to finish
+(no head-of-line blocking), the first token of a new request comes after at most one round, and the per-round cost is
+shared fairly. What it does not buy: the GPU throughput of one (B, 1) matmul instead of B (1, 1) ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from moeops.model import Transformer
+from moeops.model.kv_cache import KVCache
+
+from .decode import DecodedToken, decode_step
+from .early_exit import ExitPolicy
+
+logger = logging.getLogger(__name__)
+
+RATE_WINDOW_S = 10.0
+"""Tokens/s and requests/s are averaged over this many seconds (what the autoscaler sees)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+    """"stop" (the end-of-sequence token) or "length" (max_tokens)."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = DecodedToken | Finished | Failed
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine is not running, or its queue is full: the request cannot be taken now (503)."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: list[int]
+    max_tokens: int
+    policy: ExitPolicy
+    eos: int | None
+
+
+class Handle:
+    """One request's side of the engine: its events, in order, and a way to stop it early (a stop string was
+    seen, or the client went away)."""
+
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+        self.request = request
+        self.arrived = time.monotonic()
+        self.cancelled = False
+        self._loop = loop
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def cancel(self) -> None:
+        self.cancelled = True  # read by the worker at its next round (a plain bool: one writer, one reader)
+
+    def push(self, event: Event) -> None:
+        """From the worker thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancelled = True
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Tokens, then one Finished or Failed."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if not isinstance(event, DecodedToken):
+                return
+
+
+@dataclass
+class _Sequence:
+    handle: Handle
+    cache: KVCache
+    token: int
+    generated: int = 0
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    in_flight: int
+    """Sequences being generated now."""
+    queued: int
+    """Requests waiting for a place in the batch."""
+    tokens_per_second: float
+    requests_per_second: float
+    mean_exit_layer: float | None
+    """Over every token generated so far (None before the first)."""
+    tokens_generated: int
+    requests_completed: int
+    rounds: int
+    batched_rounds: int
+    """Rounds that advanced more than one sequence."""
+    max_round_size: int
+
+
+@dataclass
+class _Counters:
+    tokens: int = 0
+    exit_layer_sum: int = 0
+    completed: int = 0
+    rounds: int = 0
+    batched_rounds: int = 0
+    max_round_size: int = 0
+    window: collections.deque[tuple[float, int, int]] = field(default_factory=collections.deque)
+
+
+_STOP = object()
+
+
+class Engine:
+    """Owns `model` on one worker thread; `submit` from the event loop, `stats` from anywhere."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        max_batch_size: int,
+        max_latency_ms: float,
+        max_queued: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch_size < 1 or max_latency_ms < 0:
+            raise ValueError("max_batch_size must be at least 1 and max_latency_ms not negative")
+        self.model = model.eval()
+        self.max_batch_size, self.max_latency_s, self.max_queued = max_batch_size, max_latency_ms / 1000, max_queued
+        self._clock = clock
+        self._pending: queue.Queue[Handle | object] = queue.Queue()
+        self._active: list[_Sequence] = []
+        self._counters = _Counters()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.error: str | None = None
+        """Why the worker died (it should not): the server is then not ready."""
+
+    # -- the event loop's side -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the engine is already started")
+        self._thread = threading.Thread(target=self._run, name="moeops-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Fail what is queued or running, and end the worker thread (blocking: call it from a thread)."""
+        self._stopping = True
+        self._pending.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    def submit(self, request: GenerationRequest) -> Handle:
+        """Queue a request (on the running loop); EngineUnavailable when stopped or full."""
+        if not self.running:
+            raise EngineUnavailable(self.error or "the model worker is not running")
+        if self._pending.qsize() >= self.max_queued:
+            raise EngineUnavailable(f"{self.max_queued} requests are already queued: retry later")
+        handle = Handle(request, asyncio.get_running_loop())
+        self._pending.put(handle)
+        return handle
+
+    def stats(self) -> EngineStats:
+        now = self._clock()
+        with self._lock:
+            c = self._counters
+            while c.window and c.window[0][0] < now - RATE_WINDOW_S:
+                c.window.popleft()
+            tokens = sum(t for _, t, _ in c.window)
+            done = sum(d for _, _, d in c.window)
+            mean = c.exit_layer_sum / c.tokens if c.tokens else None
+            counts = (c.tokens, c.completed, c.rounds, c.batched_rounds, c.max_round_size)
+        return EngineStats(
+            len(self._active),
+            self._pending.qsize(),
+            tokens / RATE_WINDOW_S,
+            done / RATE_WINDOW_S,
+            mean,
+            *counts,
+        )
+
+    # -- the worker thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while not self._stopping:
+                    self._admit()
+                    if self._active:
+                        self._round()
+        except Exception as exc:  # a bug: say so, and stop being ready
+            logger.exception("the model worker died")
+            self.error = f"the model worker died: {type(exc).__name__}: {exc}"
+            self._stopping = True
+        finally:
+            self._drain("the server is shutting down" if self.error is None else self.error)
+
+    def _drain(self, why: str) -> None:
+        for seq in self._active:
+            seq.handle.push(Failed(why))
+        self._active.clear()
+        while True:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Handle):
+                item.push(Failed(why))
+
+    def _admit(self) -> None:
+        """Idle: wait for a request, then for more until `max_latency_ms` after it arrived or the batch is full.
+        Busy: take what is already waiting, up to the batch size."""
+        if not self._active:
+            first = self._pending.get()
+            if not isinstance(first, Handle):
+                return  # stopping
+            self._start(first)
+            deadline = first.arrived + self.max_latency_s
+            while len(self._active) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                try:
+                    item = self._pending.get(timeout=left)
+                except queue.Empty:
+                    break
+                if not isinstance(item, Handle):
+                    return
+                self._start(item)
+        while len(self._active) < self.max_batch_size:
+            try:
+                item = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(item, Handle):
+                return
+            self._start(item)
+
+    def _start(self, handle: Handle) -> None:
+        """Prefill the prompt (all but its last token, which is the first decoding step's input)."""
+        if handle.cancelled:
+            return
+        request = handle.request
+        try:
+            cache = self.model.new_kv_cache(batch=1, capacity=len(request.prompt) + request.max_tokens - 1)
+            if len(request.prompt) > 1:
+                device = self.model.embedding.weight.device
+                self.model.forward_cached(torch.tensor([request.prompt[:-1]], device=device), cache)
+        except (ValueError, RuntimeError, IndexError) as exc:  # checked by the app before: a bug if it happens
+            logger.exception("prefill failed")
+            handle.push(Failed(f"prefill failed: {exc}"))
+            return
+        self._active.append(_Sequence(handle, cache, request.prompt[-1]))
+
+    def _round(self) -> None:
+        """Every running sequence one token further."""
+        size = len(self._active)
+        tokens = exit_sum = done = 0
+        still: list[_Sequence] = []
+        for seq in self._active:
+            if seq.handle.cancelled:
+                done += 1
+                continue
+            request = seq.handle.request
+            out = decode_step(self.model, seq.token, seq.cache, request.policy)
+            seq.generated += 1
+            tokens, exit_sum = tokens + 1, exit_sum + out.exit_layer
+            seq.handle.push(out)
+            if out.token == request.eos or seq.generated >= request.max_tokens:
+                seq.handle.push(Finished("stop" if out.token == request.eos else "length"))
+                done += 1
+            else:
+                seq.token = out.token
+                still.append(seq)
+        self._active = still
+        with self._lock:
+            c = self._counters
+            c.tokens, c.exit_layer_sum, c.completed = c.tokens + tokens, c.exit_layer_sum + exit_sum, c.completed + done
+            c.rounds += 1
+            c.batched_rounds += size > 1
+            c.max_round_size = max(c.max_round_size, size)
+            c.window.append((self._clock(), tokens, done))

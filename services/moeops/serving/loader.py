@@ -1,0 +1,79 @@
+"""The model a server serves: a trainer's checkpoint loaded in eval mode, its tokenizer, and its name.
+
+Found as `moeops export` finds it (serving/export_cli.py, reused rather than copied): `checkpoint` is a
+`step-XXXXXXXX` directory or the directory of them (the newest is taken), and the architecture comes from the run's
+resolved `config.json` (given, or beside the checkpoints as `moeops train --job` leaves it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import torch
+
+from moeops.api.v1alpha1.presets import Architecture
+from moeops.model import Transformer
+
+from .codec import Codec, codec_for
+from .export_cli import find_config, load_model, read_architecture, resolve_checkpoint
+
+
+class ModelLoadError(ValueError):
+    """The checkpoint, its config or its tokenizer cannot be served (a message for the operator's log)."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """Where the weights and the architecture are: resolved before any weight is read (fails fast)."""
+
+    step_dir: Path
+    step: int
+    config: Path
+    arch: Architecture
+
+    @classmethod
+    def resolve(cls, checkpoint: Path, config: Path | None = None) -> CheckpointRef:
+        try:
+            step_dir, step = resolve_checkpoint(checkpoint)
+            found = find_config(step_dir, config)
+            return cls(step_dir, step, found, read_architecture(found))
+        except click.ClickException as exc:
+            raise ModelLoadError(exc.message) from exc
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    """The id clients put in `model` (GET /v1/models lists it)."""
+    model: Transformer
+    codec: Codec
+    step: int
+    checkpoint: Path
+
+    @property
+    def arch(self) -> Architecture:
+        return self.model.arch
+
+    @property
+    def context(self) -> int:
+        return self.model.arch.seq_len
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_served(ref: CheckpointRef, name: str, device: torch.device | None = None) -> ServedModel:
+    """Read the weights (seconds for a large model: call it off the event loop) and the tokenizer."""
+    try:
+        model = load_model(ref.step_dir, ref.arch)
+    except click.ClickException as exc:
+        raise ModelLoadError(exc.message) from exc
+    try:
+        codec = codec_for(ref.step_dir.parent, ref.arch.vocab_size)
+    except ValueError as exc:
+        raise ModelLoadError(f"{ref.step_dir.parent}: {exc}") from exc
+    model = model.to(device or default_device()).eval()
+    return ServedModel(name, model, codec, ref.step, ref.step_dir)
