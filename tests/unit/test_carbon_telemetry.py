@@ -63,6 +63,19 @@ def test_gpu_energy_is_a_cumulative_joule_counter_split_by_pod(wired: Any) -> No
     assert points(power) == {gpu("GPU-a"): 180.5}  # the latest reading; GPU-b has none
 
 
+def test_a_pod_gone_for_the_expiry_stops_being_reported() -> None:
+    reader, now = InMemoryMetricReader(), [0.0]
+    meter = MeterProvider(metric_readers=[reader]).get_meter("moeops.carbon")
+    telemetry = CarbonTelemetry(meter, pod_expiry_s=600.0, clock=lambda: now[0])
+    later = PodRef("team-a", "llm-worker-1")
+    telemetry.record_poll("node-1", [GpuReading("GPU-a", 300.0, 250.0, {POD: 200.0})])
+    for now[0] in (300.0, 600.0, 601.0):  # POD ended at 0 s; `later` runs on the GPU from 300 s
+        telemetry.record_poll("node-1", [GpuReading("GPU-a", 100.0, 250.0, {later: 100.0})])
+    energy = points(metrics(reader)["hw.energy"])
+    assert energy == {gpu("GPU-a"): 100.0, gpu("GPU-a", **{"k8s.namespace.name": "team-a",
+                                                          "k8s.pod.name": "llm-worker-1"}): 300.0}  # fmt: skip
+
+
 def test_a_bad_reading_changes_nothing(wired: Any) -> None:
     telemetry, reader = wired
     telemetry.record_poll("node-1", [GpuReading("GPU-a", 10.0)])

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -64,6 +65,8 @@ STAGE = "moeops.stage"
 INTENSITY_SOURCE = "moeops.carbon.intensity.source"
 """As the ledger labels it: a stale last-good value's source ends in " (stale)"."""
 
+POD_EXPIRY_S = 600.0
+"""A pod's energy data points are dropped after this long without new energy (it ended, or moved away)."""
 ENERGY_SLACK = 1e-9
 """Relative rounding allowed when the pods' parts add up to a little more than the GPU's energy."""
 
@@ -131,8 +134,13 @@ def emission_attributes(workload: WorkloadCarbon, stage: str, source: str) -> At
 class CarbonTelemetry:
     """The instruments on `meter` and the values they report (see the module docstring)."""
 
-    def __init__(self, meter: Meter) -> None:
+    def __init__(
+        self, meter: Meter, *, pod_expiry_s: float = POD_EXPIRY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._lock = threading.Lock()
+        self._pod_expiry_s, self._clock = pod_expiry_s, clock
+        self._pod_seen: dict[Attributes, float] = {}
+        """When each pod's energy data point last grew: a pod gone that long stops being reported."""
         self._energy_j: dict[Attributes, float] = {}
         self._power_w: dict[Attributes, float] = {}
         self._grams: dict[Attributes, float] = {}
@@ -150,13 +158,24 @@ class CarbonTelemetry:
         """One poll of a node agent: adds each GPU's energy, sets its power. A bad reading raises ValueError and
         changes nothing (the whole poll is checked first)."""
         checked = [(reading, reading.parts()) for reading in readings]
+        now = self._clock()
         with self._lock:
             for reading, parts in checked:
                 for pod, energy_j in parts.items():
                     key = gpu_attributes(node, reading.gpu_id, pod)
                     self._energy_j[key] = self._energy_j.get(key, 0.0) + energy_j
+                    if pod is not None and energy_j > 0:
+                        self._pod_seen[key] = now
                 if reading.power_w is not None and math.isfinite(reading.power_w):
                     self._power_w[gpu_attributes(node, reading.gpu_id)] = reading.power_w
+            self._expire_pods(now)
+
+    def _expire_pods(self, now: float) -> None:
+        # Pods come and go, a node's GPUs stay: without this the series of every pod a node ever ran would be
+        # reported for ever (the cardinality leak exporters warn about). A backend keeps a series' last value.
+        for key, seen in list(self._pod_seen.items()):
+            if now - seen > self._pod_expiry_s:
+                del self._pod_seen[key], self._energy_j[key]
 
     def record_totals(self, workloads: Iterable[WorkloadCarbon]) -> None:
         """The aggregator's totals (cumulative already: they replace what was there for each workload)."""
