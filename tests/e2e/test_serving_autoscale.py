@@ -56,6 +56,15 @@ def replicas_become(cluster: Cluster, namespace: str, count: int, timeout: float
     return wait_for(f"{count} replicas", probe, timeout=timeout)
 
 
+def decided(cluster: Cluster, namespace: str, count: int) -> dict[str, Any]:
+    """The status once it records `count` replicas (written just after the Deployment is patched)."""
+    return wait_for(
+        f"status.desiredReplicas {count}",
+        lambda: (s := cluster.status(PLURAL, namespace, NAME)).get("desiredReplicas") == count and s,
+        timeout=10,
+    )
+
+
 def test_replicas_follow_the_servers_load(
     cluster: Cluster, operator: OperatorProcess, bus: NatsServer | None, namespace: str
 ) -> None:
@@ -67,8 +76,8 @@ def test_replicas_follow_the_servers_load(
     # 9 requests at 4 per replica: 3, at the next tick.
     report(bus.url, namespace, a=(6, 1), b=(2, 0))
     deployment = replicas_become(cluster, namespace, 3, timeout=3 * TICK_S)
-    status = cluster.status(PLURAL, namespace, NAME)
-    assert status["desiredReplicas"] == 3 and status["autoscaling"]["reason"] == "ScaleUp"
+    status = decided(cluster, namespace, 3)
+    assert status["autoscaling"]["reason"] == "ScaleUp"
     assert status["autoscaling"]["lastScaleTime"] and "9 request(s)" in status["autoscaling"]["message"]
     managers = [f["manager"] for f in deployment["metadata"]["managedFields"]
                 if "f:replicas" in f.get("fieldsV1", {}).get("f:spec", {})]  # fmt: skip
@@ -77,20 +86,19 @@ def test_replicas_follow_the_servers_load(
     # 60 requests would want 15: held at max 4.
     report(bus.url, namespace, a=(30, 10), b=(20, 0))
     replicas_become(cluster, namespace, 4, timeout=3 * TICK_S)
-    assert "held at replicas.max 4" in cluster.status(PLURAL, namespace, NAME)["autoscaling"]["message"]
+    assert "held at replicas.max 4" in decided(cluster, namespace, 4)["autoscaling"]["message"]
 
     # 5 requests want 2, but only once the 4 has been out of the stable window.
     dropped_at = time.monotonic()
     report(bus.url, namespace, a=(3, 0), b=(2, 0))
     replicas_become(cluster, namespace, 2, timeout=WINDOW_S + 3 * TICK_S)
     assert time.monotonic() - dropped_at >= WINDOW_S - TICK_S - 1  # the last 4 was decided at most a tick before
-    assert cluster.status(PLURAL, namespace, NAME)["autoscaling"]["reason"] == "ScaleDown"
+    assert decided(cluster, namespace, 2)["autoscaling"]["reason"] == "ScaleDown"
 
     # No load: 1 while idle for less than scaleToZeroAfterSeconds (min 0), then 0.
     report(bus.url, namespace, a=(0, 0), b=(0, 0))
     replicas_become(cluster, namespace, 0, timeout=WINDOW_S + IDLE_S + 3 * TICK_S)
-    status = cluster.status(PLURAL, namespace, NAME)
-    assert status["desiredReplicas"] == 0 and status["autoscaling"]["reason"] == "ScaledToZero"
+    assert decided(cluster, namespace, 0)["autoscaling"]["reason"] == "ScaledToZero"
     ready = wait_for("Ready=False ScaledToZero", lambda: (c := cluster.condition(PLURAL, namespace, NAME, "Ready"))
                      and c["reason"] == "ScaledToZero" and c)  # fmt: skip
     assert ready["status"] == "False"
@@ -98,5 +106,5 @@ def test_replicas_follow_the_servers_load(
     # No activator: the wake annotation brings one server back.
     cluster.kubectl("annotate", "misvc", NAME, "-n", namespace, "moeops.dev/wake=1")
     replicas_become(cluster, namespace, 1, timeout=3 * TICK_S)
-    status = cluster.status(PLURAL, namespace, NAME)
+    status = decided(cluster, namespace, 1)
     assert status["autoscaling"]["reason"] == "Wake" and status["autoscaling"]["wake"] == "1"
