@@ -77,6 +77,7 @@ def operator(
 ) -> Iterator[OperatorProcess]:
     env = {"MOEOPS_NATS_URL": bus.url} if bus is not None else {}
     env |= {"MOEOPS_CARBON_INTENSITY_SERIES": str(intensity_series), "MOEOPS_CARBON_GATE_INTERVAL_S": "1"}
+    env["MOEOPS_AUTOSCALE_INTERVAL_S"] = "1"  # the autoscaler's timer, 5 s by default
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), env=env)
     proc.start()
     yield proc

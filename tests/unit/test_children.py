@@ -111,7 +111,7 @@ def test_serving_children_and_stop() -> None:
     spec = isvc_spec(replicas={"min": 0, "max": 3})
     location = resolve_model(spec, None)
     service, deployment = serving_children(ISVC_OWNER, spec, location, False, CFG)
-    assert deployment.body["spec"]["replicas"] == 1  # min 0 still serves until load-driven scaling exists
+    assert deployment.body["spec"]["replicas"] == 1  # min 0 serves until the autoscaler has decided
     assert desired_replicas(spec, stopped=True) == 0
     container = deployment.body["spec"]["template"]["spec"]["containers"][0]
     config = json.loads(next(e["value"] for e in container["env"] if e["name"] == "MOEOPS_SERVING_CONFIG"))
