@@ -7,12 +7,14 @@ keeps answering HTTP while a step runs); tokens flow back to each request's asyn
 Batching is iteration-level scheduling (continuous batching, as in Orca and vLLM's scheduler): when the worker is
 idle it takes the first request, then up to `max_batch_size` that arrive within `max_latency_ms` of that first one,
 and serves them together; while sequences are running, new requests join at the next round (a round advances every
-running sequence by one token) up to `max_batch_size` at once, and a finished one leaves at once. Honestly: this
-batches the scheduling, not the matrix products. Each sequence keeps its own KV cache and runs `decode.decode_step`
-alone, because sequences of a round have different lengths and exit at different layers (early exit), and the KV
-cache keeps one length for all its rows (model/kv_cache.py). What it buys: no request waits for another to finish
-(no head-of-line blocking), the first token of a new request comes after at most one round, and the per-round cost is
-shared fairly. What it does not buy: the GPU throughput of one (B, 1) matmul instead of B (1, 1) ones.
+running sequence by one token) up to `max_batch_size` at once, and a finished one leaves at once. So no request
+waits for another to finish (no head-of-line blocking), and a new request's first token comes after one round.
+
+Within a round, the sequences that run every layer (early exit off for them) share one pass: their projections,
+experts and head run as one (B, D) batch, attention per row over each sequence's own KV cache (batched.py; the
+cache keeps one length for its rows, and the sequences of a round have different lengths). A sequence that may exit
+early runs `decode.decode_step` alone, since it leaves at its own layer: for those the batching is of scheduling,
+not of matrix products. Prompts are prefilled one by one as they join.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 from moeops.model import Transformer
 from moeops.model.kv_cache import KVCache
 
+from .batched import decode_rows
 from .decode import DecodedToken, decode_step
 from .early_exit import ExitPolicy
 
@@ -146,6 +149,7 @@ class Engine:
         max_batch_size: int,
         max_latency_ms: float,
         max_queued: int = 4096,
+        batched_matmuls: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch_size < 1 or max_latency_ms < 0:
@@ -153,6 +157,8 @@ class Engine:
         self.model = model.eval()
         self.max_batch_size, self.max_latency_s, self.max_queued = max_batch_size, max_latency_ms / 1000, max_queued
         self._clock = clock
+        self.batched_matmuls = batched_matmuls
+        """Full-depth sequences of a round share one pass (batched.py); False: each its own decode_step."""
         self._pending: queue.Queue[Handle | object] = queue.Queue()
         self._active: list[_Sequence] = []
         self._counters = _Counters()
@@ -280,17 +286,28 @@ class Engine:
             return
         self._active.append(_Sequence(handle, cache, request.prompt[-1]))
 
+    def _step(self, live: list[_Sequence]) -> list[DecodedToken]:
+        """The next token of every sequence: the full-depth ones in one batched pass (batched.decode_rows), the
+        ones that may exit early one by one (decode.decode_step follows each to its own exit layer)."""
+        batch = [s for s in live if s.handle.request.policy.never_exits] if self.batched_matmuls else []
+        out: dict[int, DecodedToken] = {}
+        if len(batch) > 1:
+            tokens = decode_rows(self.model, [s.token for s in batch], [s.cache for s in batch])
+            out = {id(s): t for s, t in zip(batch, tokens, strict=True)}
+        for seq in live:
+            if id(seq) not in out:
+                out[id(seq)] = decode_step(self.model, seq.token, seq.cache, seq.handle.request.policy)
+        return [out[id(seq)] for seq in live]
+
     def _round(self) -> None:
         """Every running sequence one token further."""
         size = len(self._active)
         tokens = exit_sum = done = 0
         still: list[_Sequence] = []
-        for seq in self._active:
-            if seq.handle.cancelled:
-                done += 1
-                continue
+        live = [seq for seq in self._active if not seq.handle.cancelled]
+        done += size - len(live)
+        for seq, out in zip(live, self._step(live), strict=True):
             request = seq.handle.request
-            out = decode_step(self.model, seq.token, seq.cache, request.policy)
             seq.generated += 1
             tokens, exit_sum = tokens + 1, exit_sum + out.exit_layer
             seq.handle.push(out)
