@@ -13,9 +13,22 @@ prompt's prefill), tokens/s, exact-match accuracy per domain and the mean exit l
 per prompt (these machines drift 20-50% run to run). The seed claims -31% latency at the same success rate;
 the figures printed are whatever this run measures.
 
-    .venv/bin/python benchmarks/early_exit.py                 # 4 layers, d=64, 1500 steps × 16 (a few minutes)
+    .venv/bin/python benchmarks/early_exit.py                 # 4 layers, d=64, 1500 steps × 16 (~6 minutes)
     .venv/bin/python benchmarks/early_exit.py --steps 50 --eval-per-domain 5     # smoke run
     .venv/bin/python benchmarks/early_exit.py --checkpoint CKPT/step-00001000 --config CKPT/../config.json
+
+Measured 2026-11-29, defaults (2 shared, busy CPU cores; 30 test prompts per domain, one seed; EM = mean
+exact match over the six domains; ratios: p50 per-token latency against `full`):
+
+  exit loss weight   full EM   calibrated t (δ=0.02)   at t: p50 ×, ΔEM, mean exit layer   at t=0.95
+  0   (off)          0.522     1.0 (no exit passes)    -                                   0.99×, -0.189, 3.48
+  0.2 (default)      0.611     0.85                    0.67×, -0.011, 2.37 of 4            0.75×, +0.000, 2.62
+  1.0                0.394     0.8                     0.68×, -0.017, 2.27 of 4            0.78×, -0.006, 2.45
+
+So without the exit loss the early layers' predictions are useless through the shared head (LayerSkip's point);
+with it at 0.2 the -31% claim holds here at the calibrated threshold within one example in 90 of the full
+model's accuracy, and -25% at equal accuracy; weight 1.0 cost the final layer 13-22 EM points in this 4-layer
+model. The KV cache alone gives ~1.15× over recomputing the prefix (prompts of 10-30 tokens: overhead-bound).
 """
 
 from __future__ import annotations
@@ -194,7 +207,7 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=2)
     parser.add_argument("--ffn-hidden", type=int, default=128)
-    parser.add_argument("--exit-weight", type=float, default=1.0, help="training.earlyExit.lossWeight")
+    parser.add_argument("--exit-weight", type=float, default=0.2, help="training.earlyExit.lossWeight")
     parser.add_argument("--min-layer", type=int, default=1)
     parser.add_argument("--rule", choices=["softmax-max", "top2-margin"], default="softmax-max")
     parser.add_argument("--thresholds", default="0.5,0.7,0.8,0.9,0.95")
