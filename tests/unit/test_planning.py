@@ -62,6 +62,13 @@ def test_the_seed_rule_by_cluster_scale(preset: str, world: int, summary: str, n
     assert plan.memory_per_gpu_bytes <= 0.9 * 80 * GIB
 
 
+def test_the_early_exit_loss_keeps_every_layer_on_one_rank() -> None:
+    x = inputs("moe-10b", 1024)
+    plan = choose_plan(PlanInputs(**{**x.__dict__, "pipeline_allowed": False}))
+    assert plan.degrees.pipeline == 1 and plan.degrees.data * plan.degrees.tensor == 1024
+    assert "no pipeline stages (the early-exit loss" in plan.reason
+
+
 def test_the_largest_scale_turns_on_activation_checkpointing_and_expert_parallel() -> None:
     plan = choose_plan(inputs("moe-100b", 10240))
     assert plan.degrees.activation_checkpointing and plan.degrees.expert > 1

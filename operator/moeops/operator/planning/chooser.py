@@ -35,6 +35,8 @@ class PlanInputs:
     global_batch_size: int
     micro_batch_size: int = 1
     precision: str = "bf16"
+    pipeline_allowed: bool = True
+    """False when every layer's hidden state must be on one rank (the early-exit loss): no pipeline stages."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def _tensor_candidates(x: PlanInputs) -> list[int]:
 
 
 def _pipeline_candidates(x: PlanInputs, tensor: int) -> list[int]:
+    if not x.pipeline_allowed:
+        return [1]
     return [p for p in _divisors(x.world_size // tensor) if p <= x.arch.layers]
 
 
@@ -89,15 +93,20 @@ def _regime(x: PlanInputs) -> tuple[str, Degrees]:
     tensor = max(_tensor_candidates(x))
     pipes = [p for p in _pipeline_candidates(x, tensor) if p >= 2] or [1]
     start = _with(x, Degrees(1, tensor, pipes[0]), expert=1)
+    across = (
+        "pipeline across nodes"
+        if x.pipeline_allowed
+        else "no pipeline stages (the early-exit loss needs every layer on one rank)"
+    )
     if x.world_size <= MEDIUM_SCALE_MAX_GPUS:
         return (
             f"{x.world_size} GPUs (~1,000 scale): tensor parallel inside {x.gpus_per_node}-GPU nodes,"
-            " pipeline across nodes, data parallel over the rest",
+            f" {across}, data parallel over the rest",
             start,
         )
     start = _with(x, start, expert=MAX_EXPERT_DEGREE, activation_checkpointing=True)
     return (
-        f"{x.world_size} GPUs (~10,000 scale): tensor inside nodes, pipeline across nodes,"
+        f"{x.world_size} GPUs (~10,000 scale): tensor inside nodes, {across},"
         " expert parallel within the data-parallel group, activation checkpointing",
         start,
     )

@@ -20,6 +20,7 @@ def plan_inputs(spec: MoETrainingJobSpec, arch: Architecture) -> PlanInputs:
         global_batch_size=spec.training.global_batch_size,
         micro_batch_size=spec.training.micro_batch_size or 1,
         precision=spec.training.precision,
+        pipeline_allowed=spec.training.early_exit.loss_weight == 0,  # the trainer refuses exit losses with PP
     )
 
 
