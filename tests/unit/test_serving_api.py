@@ -16,6 +16,7 @@ import pytest
 
 from moeops.data.synthetic import CharTokenizer
 from moeops.model import Transformer
+from moeops.serving.api_models import Completion
 from moeops.serving.app import ServerSettings, create_app
 from moeops.serving.codec import CharCodec
 from moeops.serving.decode import generate
@@ -102,6 +103,7 @@ def test_streaming_sends_the_same_text_as_chunks_then_done(server: tuple[str, Se
         chunks = sse_chunks(r.read().decode())
     assert chunks[-1] == "[DONE]"
     parts = [c for c in chunks[:-1] if isinstance(c, dict)]
+    assert all(Completion.model_validate(c).id == parts[0]["id"] for c in parts)
     assert "".join(c["choices"][0]["text"] for c in parts) == whole["choices"][0]["text"]
     assert all(c["choices"][0]["finish_reason"] is None and "usage" not in c for c in parts[:-1])
     last = parts[-1]

@@ -47,6 +47,8 @@ class ServerSettings:
     max_batch_size: int = 16
     max_latency_ms: float = 10.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    batched_matmuls: bool = True
+    """Full-depth sequences of a round in one pass (engine.py); False: batching of scheduling only."""
     service: str | None = None
     """The InferenceService and namespace, for the load reporter (None: no reporting)."""
     namespace: str | None = None
@@ -135,7 +137,12 @@ def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> Fas
             logger.exception("cannot load the model")
             state.load_error = f"{type(exc).__name__}: {exc}"
             return
-        engine = Engine(served.model, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
+        engine = Engine(
+            served.model,
+            max_batch_size=settings.max_batch_size,
+            max_latency_ms=settings.max_latency_ms,
+            batched_matmuls=settings.batched_matmuls,
+        )
         engine.start()
         state.served, state.engine = served, engine
         logger.info("serving %s (step %d) from %s", served.name, served.step, served.checkpoint)

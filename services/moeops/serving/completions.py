@@ -213,14 +213,14 @@ def stream(handle: Handle, p: Plan, served: ServedModel) -> StreamingResponse:
     cid, created = _completion_id(), int(time.time())
 
     def chunk(delta: str, reason: str | None = None, outcome: Outcome | None = None) -> str:
-        body = Completion(
-            id=cid, created=created, model=served.name,
-            choices=[Choice(text=delta, finish_reason=reason)],
-            usage=outcome.usage(len(p.prompt)) if outcome else None,
-            moeops=outcome.exits(served.arch.layers, p.policy) if outcome else None,
-        )  # fmt: skip
-        fields = body.model_dump(exclude={"usage", "moeops"} if outcome is None else None)
-        return f"data: {json.dumps(fields)}\n\n"
+        # A plain dict with Completion's fields (one per token: no model validation on the hot path).
+        choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}
+        body: dict[str, object] = {"id": cid, "object": "text_completion", "created": created, "model": served.name,
+                                   "choices": [choice]}  # fmt: skip
+        if outcome is not None:
+            body["usage"] = outcome.usage(len(p.prompt)).model_dump()
+            body["moeops"] = outcome.exits(served.arch.layers, p.policy).model_dump()
+        return f"data: {json.dumps(body)}\n\n"
 
     async def events() -> AsyncIterator[str]:
         text, outcome = TextAssembler(served.codec, p.stops), Outcome()

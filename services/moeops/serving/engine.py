@@ -77,7 +77,7 @@ class Handle:
         self.request = request
         self.arrived = time.monotonic()
         self.cancelled = False
-        self._loop = loop
+        self.loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
     def cancel(self) -> None:
@@ -85,10 +85,7 @@ class Handle:
 
     def push(self, event: Event) -> None:
         """From the worker thread."""
-        try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.cancelled = True
+        deliver({self.loop: [(self, event)]})
 
     async def events(self) -> AsyncIterator[Event]:
         """Tokens, then one Finished or Failed."""
@@ -97,6 +94,21 @@ class Handle:
             yield event
             if not isinstance(event, DecodedToken):
                 return
+
+
+def deliver(events: dict[asyncio.AbstractEventLoop, list[tuple[Handle, Event]]]) -> None:
+    """Hand events to their handles from the worker thread: one wake-up of each loop per round, not per token."""
+    for loop, items in events.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            for handle, _ in items:
+                handle.cancelled = True
+
+
+def _put_all(items: list[tuple[Handle, Event]]) -> None:
+    for handle, event in items:
+        handle._events.put_nowait(event)
 
 
 @dataclass
@@ -306,18 +318,21 @@ class Engine:
         still: list[_Sequence] = []
         live = [seq for seq in self._active if not seq.handle.cancelled]
         done += size - len(live)
+        events: dict[asyncio.AbstractEventLoop, list[tuple[Handle, Event]]] = {}
         for seq, out in zip(live, self._step(live), strict=True):
-            request = seq.handle.request
+            handle, request = seq.handle, seq.handle.request
             seq.generated += 1
             tokens, exit_sum = tokens + 1, exit_sum + out.exit_layer
-            seq.handle.push(out)
+            mine = events.setdefault(handle.loop, [])
+            mine.append((handle, out))
             if out.token == request.eos or seq.generated >= request.max_tokens:
-                seq.handle.push(Finished("stop" if out.token == request.eos else "length"))
+                mine.append((handle, Finished("stop" if out.token == request.eos else "length")))
                 done += 1
             else:
                 seq.token = out.token
                 still.append(seq)
         self._active = still
+        deliver(events)
         with self._lock:
             c = self._counters
             c.tokens, c.exit_layer_sum, c.completed = c.tokens + tokens, c.exit_layer_sum + exit_sum, c.completed + done

@@ -57,6 +57,8 @@ def _fail(message: str) -> None:
               help="The id clients send as `model`  [default: the service, or the checkpoint's job]")  # fmt: skip
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=None, help="[default: the config's, or 16]")
 @click.option("--max-latency-ms", type=click.FloatRange(min=0), default=None, help="[default: the config's, or 10]")
+@click.option("--batched-matmuls/--no-batched-matmuls", default=True, show_default=True,
+              help="Run a round's full-depth sequences as one batch (off: one pass per sequence)")  # fmt: skip
 @click.option("--early-exit/--no-early-exit", default=None, help="[default: the config's, or off]")
 @click.option("--exit-threshold", type=click.FloatRange(0, 1), default=None, help="[default: the config's, or 0.9]")
 @click.option("--exit-rule", type=click.Choice(["softmax-max", "top2-margin"]), default=None)
@@ -72,6 +74,7 @@ def serve(
     model_name: str | None,
     max_batch_size: int | None,
     max_latency_ms: float | None,
+    batched_matmuls: bool,
     early_exit: bool | None,
     exit_threshold: float | None,
     exit_rule: str | None,
@@ -118,6 +121,7 @@ def serve(
         max_batch_size=max_batch_size or batching.max_batch_size,
         max_latency_ms=batching.max_latency_ms if max_latency_ms is None else max_latency_ms,
         max_body_bytes=max_body_bytes,
+        batched_matmuls=batched_matmuls,
         service=runtime.service_name if runtime else None,
         namespace=runtime.namespace if runtime else None,
     )
