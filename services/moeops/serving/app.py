@@ -189,6 +189,12 @@ def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> Fas
     async def client_error(_: Request, exc: ClientError) -> JSONResponse:
         return error_response(exc.status, exc.message, exc.param, exc.code)
 
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:
+        """Not the client's fault (those are all handled above): a bug, logged; the fuzz tests look for these."""
+        logger.error("unhandled error", exc_info=exc)
+        return error_response(500, f"internal server error ({type(exc).__name__}): please report it")
+
     errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 503)}
 
     @app.post("/v1/completions", responses=errors)
