@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from moeops.api import env
 from moeops.data.synthetic import CharTokenizer
 from moeops.model import Transformer
 from moeops.serving.api_models import Completion
@@ -260,3 +263,24 @@ def test_a_failed_load_is_not_ready_and_says_why(tmp_path: Path) -> None:
             threading.Event().wait(0.02)
         assert r.status_code == 503 and r.json() == {"status": "failed", "error": "ValueError: no weights here"}
         assert post(url, {"model": "tiny", "prompt": "a"}).status_code == 503
+
+
+def test_with_an_unreachable_bus_the_load_reporter_never_gets_in_the_way(
+    run: tuple[Path, Transformer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env.NATS_URL, f"nats://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv(env.POD_NAME, "tiny-0")
+    ref = CheckpointRef.resolve(run[0] / "checkpoints")
+    settings = ServerSettings(policy=NEVER_EXIT, service="tiny", namespace="team-a")
+    started = time.monotonic()
+    app = create_app(lambda: load_served(ref, "tiny"), settings)
+    with live_server(app) as url:
+        assert post(url, {"model": "tiny", "prompt": "a", "max_tokens": 2}).status_code == 200
+        assert app.state.server.reporter is not None  # started, and retrying in the background
+    assert time.monotonic() - started < 20
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

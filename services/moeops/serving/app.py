@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,6 +34,9 @@ from .completions import ClientError, complete, error_response, plan, stream, su
 from .early_exit import ExitPolicy
 from .engine import Engine
 from .loader import ServedModel
+
+if TYPE_CHECKING:
+    from .load_reporter import LoadReporter
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class ServerState:
     served: ServedModel | None = None
     engine: Engine | None = None
     load_error: str | None = None
+    reporter: LoadReporter | None = None
+    """Publishes this server's load on NATS for the autoscaler (load_reporter.py), when MOEOPS_NATS_URL is set."""
     started: float = field(default_factory=time.time)
 
     @property
@@ -154,7 +159,7 @@ def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> Fas
         if settings.service and settings.namespace:
             from .load_reporter import LoadReporter
 
-            reporter = LoadReporter.from_environment(
+            reporter = state.reporter = LoadReporter.from_environment(
                 settings.service,
                 settings.namespace,
                 sample=lambda: _load_sample(state.engine) if state.engine else _idle_sample(),
