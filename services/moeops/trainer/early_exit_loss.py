@@ -13,14 +13,11 @@ hidden state nor, but for the last, the head (the Trainer refuses the combinatio
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from moeops.api.v1alpha1.early_exit_loss import EarlyExitLossSpec
 
@@ -98,26 +95,15 @@ class ExitLossRunner(LocalRunner):
 
         return keep
 
-    def forward_backward(self, inputs_BS: Tensor, targets_BS: Tensor, answers: Tensor) -> Tensor | None:
+    def micro_losses(self, x_BS: Tensor, y_BS: Tensor) -> tuple[Tensor, Tensor]:
         if self.weight == 0:  # exactly the plain objective, not + 0 · something
-            return super().forward_backward(inputs_BS, targets_BS, answers)
-        total = torch.zeros((), device=inputs_BS.device)
-        self._last_bucket_at = None
-        pairs = list(zip(inputs_BS.tensor_split(self.micro), targets_BS.tensor_split(self.micro), strict=True))
-        for i, (x_BS, y_BS) in enumerate(pairs):
-            defer = isinstance(self.module, DistributedDataParallel) and i < len(pairs) - 1
-            with self.module.no_sync() if defer else contextlib.nullcontext():  # type: ignore[operator]
-                self._hidden, self._capturing = {}, True
-                try:
-                    with self.autocast():
-                        logits_BSV = self.module(x_BS)
-                        exits = scaled_exit_ce(self._hidden, self.scales, self.norm, self.head, y_BS)
-                finally:
-                    self._capturing = False
-                ce = _cross_entropy_sum(logits_BSV, y_BS)
-                ((ce + self.weight * exits) / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
-                self._hidden = {}
-            total += ce.detach()
-        ready = self._last_bucket_at
-        self.wait_seconds = 0.0 if ready is None else time.perf_counter() - ready
-        return total
+            return super().micro_losses(x_BS, y_BS)
+        self._hidden, self._capturing = {}, True
+        try:
+            with self.autocast():
+                logits_BSV = self.module(x_BS)
+                exits = scaled_exit_ce(self._hidden, self.scales, self.norm, self.head, y_BS)
+        finally:
+            self._capturing, self._hidden = False, {}  # autograd keeps what backward needs
+        ce = _cross_entropy_sum(logits_BSV, y_BS)
+        return ce, ce + self.weight * exits

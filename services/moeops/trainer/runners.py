@@ -83,14 +83,20 @@ class LocalRunner:
         for i, (x_BS, y_BS) in enumerate(pairs):
             defer = isinstance(self.module, DistributedDataParallel) and i < len(pairs) - 1
             with self.module.no_sync() if defer else contextlib.nullcontext():  # type: ignore[operator]
-                with self.autocast():
-                    logits_BSV = self.module(x_BS)
-                ce = _cross_entropy_sum(logits_BSV, y_BS)
-                (ce / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
+                ce, objective = self.micro_losses(x_BS, y_BS)
+                (objective / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
             total += ce.detach()
         ready = self._last_bucket_at
         self.wait_seconds = time.perf_counter() - ready if ready is not None else 0.0
         return total
+
+    def micro_losses(self, x_BS: Tensor, y_BS: Tensor) -> tuple[Tensor, Tensor]:
+        """One micro-batch's cross-entropy sum (what is reported) and the sum its gradient comes from (the same
+        here; a subclass may add terms, e.g. trainer/early_exit_loss.py)."""
+        with self.autocast():
+            logits_BSV = self.module(x_BS)
+        ce = _cross_entropy_sum(logits_BSV, y_BS)
+        return ce, ce
 
 
 class PipelineRunner:
