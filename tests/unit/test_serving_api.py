@@ -284,3 +284,19 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_client_that_goes_away_mid_stream_frees_its_place(server: tuple[str, ServedModel, Engine]) -> None:
+    url, _, engine = server
+    before = engine.stats().tokens_generated
+    body = {"model": "tiny", "prompt": [1] * 2, "max_tokens": 31, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30.0) as r:
+        assert next(r.iter_raw()).startswith(b"data: ")
+    for _ in range(250):  # the engine drops it at its next round
+        if engine.stats().in_flight == 0:
+            break
+        time.sleep(0.02)
+    stats = engine.stats()
+    assert stats.in_flight == 0 and stats.queued == 0
+    assert post(url, {"model": "tiny", "prompt": "a", "max_tokens": 2}).status_code == 200
+    assert stats.tokens_generated - before <= 31
