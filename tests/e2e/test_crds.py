@@ -140,6 +140,31 @@ BAD_TRAINING_SPECS: list[tuple[str, dict, str]] = [
     ("negative backoff limit", {"runPolicy": {"backoffLimit": -1}}, "spec.runPolicy.backoffLimit"),
     ("PUE is the data centre's, not a job field", {"carbon": {"pue": 1.2}}, 'unknown field "spec.carbon.pue"'),
     ("invalid queue name", {"scheduling": {"queueName": "Bad_Queue"}}, "spec.scheduling.queueName"),
+    (
+        "early-exit loss with pipeline stages",
+        {
+            "training": {"earlyExit": {"lossWeight": 0.2}},
+            "parallelism": {"mode": "explicit", "data": 1, "tensor": 1, "pipeline": 2},
+        },
+        "training.earlyExit needs every layer's hidden state on one rank",
+    ),
+    (
+        "early exits trained from the output layer",
+        {
+            "model": {
+                "preset": DELETE,
+                "layers": 2,
+                "dModel": 64,
+                "heads": 4,
+                "experts": 4,
+                "topK": 1,
+                "ffnHidden": 64,
+            },
+            "training": {"earlyExit": {"lossWeight": 0.2, "minLayer": 2}},
+        },
+        "training.earlyExit.minLayer must be less than model.layers",
+    ),
+    ("negative exit loss weight", {"training": {"earlyExit": {"lossWeight": -1}}}, "earlyExit.lossWeight"),
     ("unknown field", {"gpus": 8}, 'unknown field "spec.gpus"'),
 ]
 
@@ -183,6 +208,7 @@ BAD_INFERENCE_SPECS: list[tuple[str, dict, str]] = [
     ("unknown confidence rule", {"earlyExit": {"rule": "entropy"}}, "spec.earlyExit.rule: Unsupported value"),
     ("privileged port", {"port": 80}, "spec.port"),
     ("zero batch size", {"batching": {"maxBatchSize": 0}}, "spec.batching.maxBatchSize"),
+    ("too short a scale-down window", {"replicas": {"stableWindowSeconds": 1}}, "spec.replicas.stableWindowSeconds"),
 ]
 
 
