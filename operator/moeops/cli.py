@@ -13,6 +13,7 @@ import click
 from moeops.api import env
 from moeops.carbon.report_cli import carbon
 from moeops.serving.export_cli import export
+from moeops.serving.serve_cli import serve
 
 if TYPE_CHECKING:
     from moeops.carbon.local_meter import LocalRun
@@ -175,6 +176,7 @@ def dev_cluster(work_dir: Path) -> None:
 
 main.add_command(carbon)
 main.add_command(export)
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,8 @@ import psutil
 import pytest
 from trainer_runs import TINY, losses, train, train_cmd, write_config
 
+from moeops.serving.export_cli import read_architecture
+
 
 @pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
 def test_a_killed_worker_resumes_from_the_checkpoint_on_the_same_trajectory(tmp_path: Path, expert: int) -> None:
@@ -131,6 +133,7 @@ def test_trains_on_jsonl_files_with_a_tokenizer_trained_on_them(tmp_path: Path) 
         result = train(write_config(run_dir, data=data, arch=arch, source=f"file://{corpus}"), data)
         assert result.returncode == 0, result.stderr[-3000:]
         assert (run_dir / "ckpt" / "tokenizer.json").is_file()
+        assert read_architecture(run_dir / "ckpt" / "config.json") == arch  # what a model server rebuilds it from
         runs[data] = losses(run_dir)
     for step, loss in runs[1].items():
         assert runs[2][step] == pytest.approx(loss, rel=1e-4), (step, runs)

@@ -24,8 +24,11 @@ from serving_server import write_run
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """As a training pod leaves its checkpoint volume: the resolved config inside the checkpoints' directory
+    (trainer/corpus.py `save_run_config`), nothing above it."""
     path = tmp_path_factory.mktemp("run")
     write_run(path)
+    (path / "config.json").replace(path / "checkpoints" / "config.json")
     return path
 
 

@@ -13,6 +13,8 @@ from .errors import ConfigError
 
 Corpus = SyntheticCorpus | TextCorpus
 TOKENIZER_FILE = "tokenizer.json"
+RUN_CONFIG_FILE = "config.json"
+"""The run's resolved config beside its checkpoints: what a model server needs to rebuild the model from them."""
 
 
 def _synthetic(config: TrainingRuntimeConfig) -> SyntheticCorpus:
@@ -64,4 +66,16 @@ def save_tokenizer(corpus: Corpus, checkpoint_root: Path) -> Path | None:
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     path = checkpoint_root / TOKENIZER_FILE
     corpus.tokenizer.save(path)
+    return path
+
+
+def save_run_config(config: TrainingRuntimeConfig, checkpoint_root: Path) -> Path:
+    """Keep the resolved config next to the checkpoints: in a pod the config is a ConfigMap, gone with the job,
+    while an InferenceService serves the checkpoint volume and reads the architecture from here (serving/loader.py).
+    Written to a temporary name and renamed, so a server never reads half a file."""
+    checkpoint_root.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_root / RUN_CONFIG_FILE
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(config.model_dump_json(by_alias=True, indent=2))
+    partial.replace(path)
     return path

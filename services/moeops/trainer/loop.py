@@ -26,7 +26,7 @@ from moeops.model import Transformer
 from moeops.model.moe import MoE
 
 from . import checkpoint
-from .corpus import build_corpus, save_tokenizer
+from .corpus import build_corpus, save_run_config, save_tokenizer
 from .distributed import World, all_reduce_sum
 from .early_exit_loss import ExitLossRunner, check_early_exit
 from .errors import ConfigError
@@ -119,6 +119,7 @@ class Trainer:
         self.corpus = build_corpus(config)
         if world.is_main:
             save_tokenizer(self.corpus, checkpoint_root)
+            save_run_config(config, checkpoint_root)
         self.topo = build_topology(world, plan)
 
         self.follower = PlanFollower(world, plans)
