@@ -65,6 +65,7 @@ PLAIN_PREFIX: Final = MAGIC + SCHEMA_VERSION.to_bytes(2, "little")
 """How every record of this version begins."""
 
 
+@functools.lru_cache(maxsize=64)
 def plain_dtype(names_len: int) -> np.dtype[np.void]:
     """The numpy record type of a record without expert counts whose two names take `names_len` bytes: a run of
     such records (every rank but COUNTS_RANK sends them) is read as columns in one pass."""

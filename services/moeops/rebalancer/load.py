@@ -333,8 +333,9 @@ class LoadAggregator:
         if shape_changed:  # first record, or the model changed: averages of other experts mean nothing
             self._expert_tokens = [[float(count) for count in layer] for layer in tokens_per_expert]
         else:
+            s = self.smoothing  # `ewma` inlined (its operations in its order): 256+ calls a step otherwise
             self._expert_tokens = [
-                [ewma(old, float(new), self.smoothing) for old, new in zip(old_layer, new_layer, strict=True)]
+                [old + s * (float(new) - old) for old, new in zip(old_layer, new_layer, strict=True)]
                 for old_layer, new_layer in zip(self._expert_tokens, tokens_per_expert, strict=True)
             ]
         self._expert_step = step
