@@ -45,6 +45,7 @@ from ..planning.autoscale import Decision, Policy, State, decide, initial_state
 from ..status import StatusUpdate
 from ..status.autoscale import autoscale_status
 from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
+from .observe import traced
 from .serving import SERVING, is_stopped, reconcile
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def apply_decision(kube: Kube, cfg: OperatorConfig, decision: Decision, at: date
 
 
 @kopf.timer(*SERVING, interval=AUTOSCALE_INTERVAL_S, initial_delay=AUTOSCALE_INTERVAL_S)
+@traced()
 async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reader: BusReader | None = memo.get("bus")
     if reader is None:

@@ -36,6 +36,7 @@ from ..bus_reader import BusReader
 from ..status import is_finished
 from ..status.carbon import carbon_reported, carbon_status
 from .common import now
+from .observe import traced
 from .serving import SERVING
 from .training import TRAINING
 
@@ -59,6 +60,7 @@ def settled(status: kopf.Status, at: datetime) -> bool:
 
 @kopf.timer(*TRAINING, interval=CARBON_INTERVAL_S, initial_delay=FIRST_READ_S)
 @kopf.timer(*SERVING, interval=CARBON_INTERVAL_S, initial_delay=FIRST_READ_S)
+@traced()
 async def copy_carbon_totals(
     resource: kopf.Resource,
     spec: kopf.Spec,

@@ -28,6 +28,7 @@ from ..planning.carbon_gate import Action, decide_gate, is_carbon_paused
 from ..status import StatusUpdate, is_finished
 from ..status.carbon_gate import gate_status, merge_events
 from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
+from .observe import traced
 from .training import TRAINING, reconcile
 
 GATE_INTERVAL_S = OperatorConfig.from_env(os.environ).carbon_gate_interval_s
@@ -64,6 +65,7 @@ def gate_update(kube: Kube, cfg: OperatorConfig, grid: GridIntensity, owner: Map
 
 
 @kopf.timer(*TRAINING, interval=GATE_INTERVAL_S, initial_delay=GATE_INTERVAL_S, when=gated)
+@traced()
 @api_errors_to_kopf
 def carbon_gate(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if is_finished(body.get("status") or {}):

@@ -15,6 +15,7 @@ from ..drift import is_subset
 from ..kube import ApiError, Kube
 from ..naming import Owner
 from ..status import StatusUpdate
+from .observe import record_status
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +70,7 @@ def write_status(kube: Kube, plural: str, body: Mapping[str, Any], update: Statu
     The write is conditional on the resourceVersion `body` was read at, so of two handlers racing on the
     same transition only one writes it and posts its events; the other gets a 409 and recomputes.
     """
+    record_status(body, update.patch)
     if is_subset(update.patch, body.get("status") or {}):
         return
     meta = body["metadata"]

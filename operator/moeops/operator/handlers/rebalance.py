@@ -12,12 +12,14 @@ import kopf
 
 from ..reports import ReportReader
 from ..status import is_finished, rebalance_status
+from .observe import JOBS, traced
 from .training import TRAINING
 
 REPORT_INTERVAL_S = 15.0
 
 
 @kopf.timer(*TRAINING, interval=REPORT_INTERVAL_S, initial_delay=REPORT_INTERVAL_S)
+@traced()
 async def copy_rebalancer_report(
     spec: kopf.Spec,
     status: kopf.Status,
@@ -39,5 +41,6 @@ async def copy_rebalancer_report(
     if report is None:
         return
     fresh = rebalance_status(report)
+    JOBS.record(namespace, name, {"rebalance": fresh})
     if fresh != dict(status.get("rebalance") or {}):
         patch.status["rebalance"] = fresh

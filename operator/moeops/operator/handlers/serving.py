@@ -30,6 +30,7 @@ from .common import (
     validation_message,
     with_fresh_owner,
 )
+from .observe import traced
 
 SERVING = (GROUP, VERSION, PLURAL)
 DEPLOYMENT_LABELS: Mapping[str, Any] = {
@@ -90,6 +91,7 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
 @kopf.on.resume(*SERVING)
 @kopf.on.create(*SERVING)
 @kopf.on.update(*SERVING)
+@traced()
 @api_errors_to_kopf
 def reconcile_inference_service(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     kube = kube_of(memo)
@@ -101,6 +103,7 @@ def reconcile_inference_service(body: kopf.Body, memo: kopf.Memo, **_: Any) -> N
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=DEPLOYMENT_LABELS)
+@traced("InferenceService", owner_label=INFERENCE_SERVICE_LABEL)
 def server_deployment_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Follow the Deployment's replicas into the owner's status; recreate it if it was deleted."""
     kube, cfg = kube_of(memo), config_of(memo)

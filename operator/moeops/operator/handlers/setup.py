@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 import kubernetes
 
+from moeops import telemetry
 from moeops.bus.connection import ConnectionOptions
 
 from ..config import OperatorConfig
@@ -34,6 +35,7 @@ def api_client(max_connections: int) -> kubernetes.client.ApiClient:
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    memo["telemetry"] = telemetry.setup("operator")  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     cfg = OperatorConfig.from_env(os.environ)
     memo["config"] = cfg
     memo["kube"] = Kube(api_client(cfg.max_workers))
@@ -76,3 +78,11 @@ async def close_bus(memo: kopf.Memo, **_: Any) -> None:
     reader: ReportReader | None = memo.get("reports")
     if reader is not None:
         await reader.close()
+
+
+@kopf.on.cleanup()
+def flush_telemetry(memo: kopf.Memo, **_: Any) -> None:
+    """Export the last spans and metrics before the process ends."""
+    otel: telemetry.Telemetry | None = memo.get("telemetry")
+    if otel is not None:
+        otel.shutdown()

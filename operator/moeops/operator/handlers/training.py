@@ -32,6 +32,7 @@ from .common import (
     validation_message,
     with_fresh_owner,
 )
+from .observe import JOBS, traced
 
 TRAINING = (GROUP, VERSION, PLURAL)
 JOB_LABELS: Mapping[str, Any] = {MANAGED_BY: OPERATOR_NAME, TRAINING_JOB_LABEL: kopf.PRESENT}
@@ -76,6 +77,7 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> Statu
 @kopf.on.resume(*TRAINING)
 @kopf.on.create(*TRAINING)
 @kopf.on.update(*TRAINING)
+@traced()
 @api_errors_to_kopf
 def reconcile_training_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if is_finished(body.get("status") or {}):
@@ -97,6 +99,7 @@ def training_jobs_by_name(namespace: str | None, name: str | None, body: kopf.Bo
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
+@traced("MoETrainingJob", owner_label=TRAINING_JOB_LABEL)
 def worker_job_changed(
     event: kopf.RawEvent,
     body: kopf.Body,
@@ -133,6 +136,7 @@ def worker_job_changed(
 
 
 @kopf.on.event(*TRAINING)
+@traced()
 async def schedule_ttl_deletion(
     event: kopf.RawEvent, body: kopf.Body, spec: kopf.Spec, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -144,6 +148,8 @@ async def schedule_ttl_deletion(
     scheduled: dict[str, asyncio.TimerHandle] = memo["ttl_timers"]
     uid = body.metadata.uid or ""
     expiry = ttl_expiry(body.get("status") or {}, spec.get("runPolicy", {}).get("ttlSecondsAfterFinished"))
+    if event["type"] == "DELETED":
+        JOBS.forget(body.metadata.namespace or "", body.metadata.name or "")
     if event["type"] == "DELETED" or expiry is None:
         handle = scheduled.pop(uid, None)
         if handle:
