@@ -1,0 +1,187 @@
+{{/* Names ------------------------------------------------------------------------------------------------ */}}
+{{- define "moeops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "moeops.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "moeops.component.fullname" (dict "root" $ "component" "operator") */}}
+{{- define "moeops.component.fullname" -}}
+{{- printf "%s-%s" (include "moeops.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels ----------------------------------------------------------------------------------------------- */}}
+{{- define "moeops.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: moeops
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+{{ include "moeops.selectorLabels" . }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "moeops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "moeops.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* ServiceAccount name of a component: "moeops.serviceAccountName" (dict "root" $ "component" "operator" "values" .Values.operator) */}}
+{{- define "moeops.serviceAccountName" -}}
+{{- if .values.serviceAccount.create -}}
+{{- default (include "moeops.component.fullname" .) .values.serviceAccount.name -}}
+{{- else -}}
+{{- required (printf "%s: serviceAccount.name is required when serviceAccount.create is false" .component) .values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Images ----------------------------------------------------------------------------------------------- */}}
+{{/* "moeops.image" (dict "root" $ "name" "moeops-operator" "override" .Values.operator.image) */}}
+{{- define "moeops.image" -}}
+{{- $repo := default (printf "%s/%s" .root.Values.image.registry .name) .override.repository -}}
+{{- $tag := default (default .root.Chart.AppVersion .root.Values.image.tag) .override.tag -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{- define "moeops.pullPolicy" -}}
+{{- default .root.Values.image.pullPolicy .override.pullPolicy -}}
+{{- end -}}
+
+{{- define "moeops.runtimeImage" -}}
+{{- $rt := .Values.operator.runtimeImage -}}
+{{- $repo := default (printf "%s/moeops-runtime" .Values.image.registry) $rt.repository -}}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) $rt.tag -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+
+{{/* Environment ------------------------------------------------------------------------------------------ */}}
+{{/* NATS: MOEOPS_NATS_URL and MOEOPS_NATS_* exactly as moeops.bus.connection reads them. */}}
+{{- define "moeops.natsEnv" -}}
+{{- $nats := .Values.nats -}}
+{{- if $nats.enabled }}
+- name: MOEOPS_NATS_URL
+  value: {{ $nats.url | quote }}
+{{- if $nats.auth.existingSecret }}
+{{- if eq $nats.auth.type "token" }}
+- name: MOEOPS_NATS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $nats.auth.existingSecret | quote }}
+      key: {{ $nats.auth.tokenKey | quote }}
+{{- else if eq $nats.auth.type "creds" }}
+- name: MOEOPS_NATS_CREDS
+  value: /etc/moeops/nats-auth/{{ $nats.auth.credsKey }}
+{{- else if eq $nats.auth.type "nkey" }}
+- name: MOEOPS_NATS_NKEY_SEED
+  value: /etc/moeops/nats-auth/{{ $nats.auth.nkeySeedKey }}
+{{- end }}
+{{- end }}
+{{- if $nats.tls.enabled }}
+- name: MOEOPS_NATS_TLS_CA
+  value: /etc/moeops/nats-tls/{{ $nats.tls.caKey }}
+{{- if $nats.tls.certKey }}
+- name: MOEOPS_NATS_TLS_CERT
+  value: /etc/moeops/nats-tls/{{ $nats.tls.certKey }}
+- name: MOEOPS_NATS_TLS_KEY
+  value: /etc/moeops/nats-tls/{{ $nats.tls.keyKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Whether the NATS credentials are a file to mount. */}}
+{{- define "moeops.natsAuthFile" -}}
+{{- if and .Values.nats.enabled .Values.nats.auth.existingSecret (ne .Values.nats.auth.type "token") }}true{{ end -}}
+{{- end -}}
+
+{{- define "moeops.natsVolumeMounts" -}}
+{{- if include "moeops.natsAuthFile" . }}
+- name: nats-auth
+  mountPath: /etc/moeops/nats-auth
+  readOnly: true
+{{- end }}
+{{- if and .Values.nats.enabled .Values.nats.tls.enabled }}
+- name: nats-tls
+  mountPath: /etc/moeops/nats-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "moeops.natsVolumes" -}}
+{{- if include "moeops.natsAuthFile" . }}
+- name: nats-auth
+  secret:
+    secretName: {{ .Values.nats.auth.existingSecret | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- if and .Values.nats.enabled .Values.nats.tls.enabled }}
+- name: nats-tls
+  secret:
+    secretName: {{ .Values.nats.tls.existingSecret | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{/* OTel: "moeops.otelEnv" (dict "root" $ "service" "moeops-operator"); "nodeNameSet" true where the pod sets MOEOPS_NODE_NAME itself. */}}
+{{- define "moeops.otelEnv" -}}
+{{- $otel := .root.Values.otel -}}
+{{- if $otel.enabled }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $otel.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $otel.protocol | quote }}
+# The pod's k8s.* resource attributes (moeops.telemetry reads these names).
+- name: MOEOPS_POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: MOEOPS_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+{{- if not .nodeNameSet }}
+- name: MOEOPS_NODE_NAME
+  valueFrom: {fieldRef: {fieldPath: spec.nodeName}}
+{{- end }}
+{{- with $otel.resourceAttributes }}
+{{- $attrs := list }}
+{{- range $k, $v := . }}
+{{- $attrs = append $attrs (printf "%s=%s" $k (toString $v)) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Scheduling: nodeSelector, tolerations, affinity of a component's values. */}}
+{{- define "moeops.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The bus is there (components that only make sense with it). */}}
+{{- define "moeops.busComponent" -}}
+{{- if .Values.nats.enabled }}true{{ end -}}
+{{- end -}}
