@@ -185,3 +185,34 @@ affinity:
 {{- define "moeops.busComponent" -}}
 {{- if .Values.nats.enabled }}true{{ end -}}
 {{- end -}}
+
+{{/* RBAC: the operator's namespaced rules (a ClusterRole's when it watches the whole cluster, else a Role's in
+each watched namespace). Each one is a call of moeops.operator.kube, the handlers or kopf. */}}
+{{- define "moeops.operatorNamespacedRules" -}}
+- apiGroups: [moeops.dev]
+  resources: [moetrainingjobs, inferenceservices]
+  verbs: [get, list, watch, patch]
+- apiGroups: [moeops.dev]
+  resources: [moetrainingjobs]
+  verbs: [delete]
+- apiGroups: [moeops.dev]
+  resources: [moetrainingjobs/status, inferenceservices/status]
+  verbs: [patch]
+# Children carry ownerReferences with blockOwnerDeletion: clusters that enforce OwnerReferencesPermissionEnforcement
+# ask for update on the owner's finalizers.
+- apiGroups: [moeops.dev]
+  resources: [moetrainingjobs/finalizers, inferenceservices/finalizers]
+  verbs: [update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [""]
+  resources: [configmaps, services]
+  verbs: [get, create, patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
