@@ -168,6 +168,17 @@ class Telemetry:
 _active: Telemetry | None = None
 
 
+def active() -> Telemetry | None:
+    """The Telemetry of the last `setup` that turned it on (None: off, or shut down)."""
+    return _active
+
+
+def flush() -> None:
+    """Export what is pending now, if telemetry is on: for exits that skip `shutdown` (uvicorn re-raises SIGTERM)."""
+    if _active is not None:
+        _active.force_flush()
+
+
 def tracer(name: str = INSTRUMENTATION) -> Tracer:
     """A tracer of the configured Telemetry (the last `setup`), else of the global provider (no-op if none)."""
     if _active is not None:

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+from moeops import telemetry as otel
 from moeops.api import env
 from moeops.bus.connection import BusConfigError, ConnectionOptions
 
@@ -180,6 +181,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     values = os.environ if environ is None else environ
+    # OpenTelemetry (when OTEL_EXPORTER_OTLP_ENDPOINT is set), before the instruments are made on the global meter.
+    otel_setup = otel.setup(f"carbon-{args.command}", environ=values)
     try:
         (run_agent if args.command == "agent" else run_aggregator)(values)
     except NvmlUnavailable as exc:
@@ -188,3 +191,5 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except (BusConfigError, ValueError) as exc:
         print(f"moeops carbon {args.command}: bad settings: {exc}", file=sys.stderr)
         raise SystemExit(EX_CONFIG) from None
+    finally:
+        otel_setup.shutdown()

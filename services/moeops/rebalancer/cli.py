@@ -9,10 +9,12 @@ import logging
 import signal
 from collections.abc import Sequence
 
+from moeops import telemetry
 from moeops.bus.connection import ConnectionOptions
 
 from .edge import RebalancerService
 from .jobs import JobSettings
+from .otel import register
 from .policy import Hysteresis
 
 
@@ -61,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Runs the service until SIGINT/SIGTERM; NATS settings from MOEOPS_NATS_*."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    otel = telemetry.setup("rebalancer")  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     service = RebalancerService(ConnectionOptions.from_env(name="moeops-rebalancer"), settings_from_args(args))
+    register(telemetry.meter("moeops.rebalancer"), service.counters)
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -70,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             loop.add_signal_handler(signum, stop.set)
         await service.run(stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    finally:
+        otel.shutdown()
 
 
 if __name__ == "__main__":

@@ -29,11 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from moeops import telemetry
+
 from .api_models import CompletionRequest, ErrorBody, ModelCard, ModelList
 from .completions import ClientError, complete, error_response, plan, stream, submit
 from .early_exit import ExitPolicy
 from .engine import Engine
 from .loader import ServedModel
+from .otel import RequestTimer, register_engine
 
 if TYPE_CHECKING:
     from .load_reporter import LoadReporter
@@ -176,10 +179,17 @@ def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> Fas
                 await reporter.stop()
             if state.engine is not None:
                 await asyncio.to_thread(state.engine.stop)
+            # uvicorn re-raises SIGTERM next, so serve_cli's shutdown never runs: export the last metrics here.
+            await asyncio.to_thread(telemetry.flush)
 
     app = FastAPI(title="moeops model server", version="v1", lifespan=lifespan)
     app.state.server = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RequestTimer)  # OpenTelemetry (no-op unless the process set it up: serve_cli)
+    app.state.instruments = register_engine(
+        telemetry.meter("moeops.serving"),
+        lambda: (state.engine.stats(), state.served.name) if state.engine and state.served else None,
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import click
 
+from moeops import telemetry
 from moeops.api import env
 from moeops.api.v1alpha1.inferenceservice import BatchingSpec, EarlyExitSpec
 from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
@@ -130,9 +131,13 @@ def serve(
         f" batch ≤ {settings.max_batch_size} within {settings.max_latency_ms:g} ms; early exit {policy}",
         err=True,
     )
+    otel = telemetry.setup("server")  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     app = create_app(lambda: load_served(ref, name, target), settings)
-    uvicorn.run(app, host=host, port=port or (runtime.port if runtime else DEFAULT_PORT), log_level=log_level,
-                timeout_graceful_shutdown=10)  # fmt: skip
+    try:
+        uvicorn.run(app, host=host, port=port or (runtime.port if runtime else DEFAULT_PORT), log_level=log_level,
+                    timeout_graceful_shutdown=10)  # fmt: skip
+    finally:
+        otel.shutdown()
 
 
 def _env_path(name: str) -> Path | None:

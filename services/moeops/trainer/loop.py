@@ -25,7 +25,7 @@ from moeops.data.synthetic import SyntheticCorpus
 from moeops.model import Transformer
 from moeops.model.moe import MoE
 
-from . import checkpoint
+from . import checkpoint, otel
 from .corpus import build_corpus, save_run_config, save_tokenizer
 from .distributed import World, all_reduce_sum
 from .early_exit_loss import ExitLossRunner, check_early_exit
@@ -202,7 +202,8 @@ class Trainer:
         t, world, topo = self.config.training, self.world, self.topo
         started = time.perf_counter()
         if (changes := self.follower.due(self.step + 1)) is not None:
-            self._apply(changes)
+            with otel.span("plan apply", world.rank, step=self.step + 1, **{"plan.epoch": changes.epoch}):
+                self._apply(changes)
         batch = self.corpus.rows(
             self.step, first_row(self.shares, topo.dp.rank), self.shares[topo.dp.rank], t.global_batch_size
         )
@@ -268,9 +269,10 @@ class Trainer:
     def save(self, loss: float) -> Path:
         cfg = self.config.checkpoint
         meta = {"loss": loss, "job": self.config.job_name, "stage_layers": [list(r) for r in self.stage_layers]}
-        return checkpoint.save(
-            self.checkpoint_root, self.step, self.model, self.optimizer, self.world, meta, cfg.keep, self.sharding
-        )
+        with otel.span("checkpoint save", self.world.rank, step=self.step):
+            return checkpoint.save(
+                self.checkpoint_root, self.step, self.model, self.optimizer, self.world, meta, cfg.keep, self.sharding
+            )
 
     def fit(self, max_steps: int | None = None) -> FitResult:
         """Train to `training.steps` (or `max_steps`), checkpointing every interval, at the end, and when

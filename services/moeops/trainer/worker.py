@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from moeops import telemetry
 from moeops.api import env
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 from moeops.bus.connection import BusConfigError, ConnectionOptions
@@ -28,6 +29,7 @@ from .errors import EXIT_PREEMPTED, ConfigError
 from .faults import SEQUENCE_DELAY_ENV, sequence_delay_for
 from .loop import Trainer, evaluate
 from .metrics import BackgroundSink, FanOut, JsonlSink, MetricsSink, NullSink, ProgressSink
+from .otel import StepGauges
 
 log = logging.getLogger("moeops.trainer")
 
@@ -115,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.checkpoint_dir or config.checkpoint.directory)
     total = min(config.training.steps, args.max_steps or config.training.steps)
     sink = _sink(config, args.metrics, world, total if args.progress else None)
+    if telemetry.active() is not None:  # the last step's figures as OpenTelemetry gauges
+        sink = FanOut(sink, StepGauges())
     plans = _plan_watcher(config, world)
     delay = sequence_delay_for(world.rank)
     if delay > 0:
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--progress", action="store_true", help="a progress bar on rank 0's stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    otel = telemetry.setup("trainer")  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     try:
         code = run(args)
     except ConfigError as exc:
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         code = exc.exit_code
     finally:
         shutdown()
+        otel.shutdown()
     sys.exit(code)
 
 

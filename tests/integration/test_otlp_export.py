@@ -1,0 +1,161 @@
+"""OTLP end to end: real components export to an OTLP/HTTP receiver the test runs (tests/otlp_receiver.py), and the
+test reads what arrives: metric names, units, attributes, and the Resource (service.name and the pod's attributes).
+
+- the model server (`python -m moeops.serving` on a tiny checkpoint) answering a completion: its engine's metrics and
+  the request duration histogram, gzip-compressed as the standard variable asks;
+- the rebalancer (`python -m moeops.rebalancer` on a real nats-server): its counters, and a clean exit's last export.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from moeops.api import env
+from moeops.api.v1alpha1.inferenceservice import BatchingSpec, EarlyExitSpec
+from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
+from moeops.devcluster.nats_server import NatsServer
+from moeops.telemetry import package_version
+from otlp_receiver import OtlpReceiver
+from serving_server import write_run
+
+OTEL_KEYS = [key for key in os.environ if key.startswith("OTEL_")]
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+def component_env(receiver: OtlpReceiver, **extra: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k not in OTEL_KEYS and k != env.NATS_URL}
+    return {**environ, **receiver.env(interval_ms=300), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return out
+
+
+def test_the_model_server_exports_its_metrics(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    write_run(tmp_path)
+    (tmp_path / "config.json").replace(tmp_path / "checkpoints" / "config.json")
+    port = free_port()
+    config = ServingRuntimeConfig(service_name="chat", namespace="team-a", model_dir="/models", port=port,
+                                  early_exit=EarlyExitSpec(enabled=True, threshold=0.0, min_layer=2),
+                                  batching=BatchingSpec())  # fmt: skip
+    environ = component_env(
+        receiver,
+        OTEL_EXPORTER_OTLP_COMPRESSION="gzip",
+        OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test,k8s.node.name=node-%2F1",
+        **{env.SERVING_CONFIG: config.model_dump_json(by_alias=True), env.MODEL_DIR: str(tmp_path / "checkpoints"),
+           env.POD_NAME: "chat-0", env.NAMESPACE: "team-a"},
+    )  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "moeops.serving", "--host", "127.0.0.1"], env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        body = httpx.post(f"{url}/v1/completions", json={"model": "chat", "prompt": "1+1=", "max_tokens": 3}).json()
+        tokens = body["usage"]["completion_tokens"]
+
+        def served() -> bool:
+            generated = receiver.latest("moeops.server.tokens.generated")
+            return generated is not None and generated.points()[0][1] == tokens
+
+        receiver.wait("moeops.server.tokens.generated after the request", served, timeout_s=30)
+    finally:
+        out = stop(proc)
+    print(f"server up and exported in {time.monotonic() - started:.1f} s")
+    assert "Finished server process" in out, out
+
+    generated = receiver.latest("moeops.server.tokens.generated")
+    assert generated is not None
+    resource = generated.resource
+    assert resource["service.name"] == "moeops-server"
+    assert resource["service.version"] == package_version()
+    assert resource["k8s.pod.name"] == "chat-0"
+    assert resource["k8s.namespace.name"] == "team-a"
+    assert resource["k8s.node.name"] == "node-/1"
+    assert resource["deployment.environment"] == "test"
+    assert resource["telemetry.sdk.language"] == "python"
+    assert generated.scope == "moeops.serving"
+    assert (generated.unit, generated.kind) == ("{token}", "sum")
+    assert generated.metric.sum.is_monotonic
+    assert generated.points() == [({"moeops.model": "chat"}, tokens)]
+
+    expected = {
+        "moeops.server.requests.completed": ("{request}", "sum", 1),
+        "moeops.server.in_flight": ("{sequence}", "gauge", 0),
+        "moeops.server.queued": ("{request}", "gauge", 0),
+        "moeops.server.exit_layer.mean": ("{layer}", "gauge", 2.0),  # exits at once from layer 2
+    }
+    for name, (unit, kind, value) in expected.items():
+        metric = receiver.latest(name)
+        assert metric is not None, name
+        assert (metric.unit, metric.kind, metric.points()) == (unit, kind, [({"moeops.model": "chat"}, value)])
+    rate = receiver.latest("moeops.server.tokens_per_second")
+    assert rate is not None and rate.unit == "{token}/s"
+
+    duration = receiver.latest("http.server.request.duration")
+    assert duration is not None and (duration.unit, duration.kind) == ("s", "histogram")
+    ((attributes, histogram),) = duration.points()
+    assert attributes == {"http.request.method": "POST", "http.route": "/v1/completions",
+                          "http.response.status_code": 200}  # fmt: skip
+    assert histogram.count == 1 and 0 < histogram.sum < 60
+    assert list(histogram.explicit_bounds)[:3] == [0.005, 0.01, 0.025]
+    # FastAPI traces its requests itself once a TracerProvider is set: the completion's span reaches the receiver too.
+    print(sorted({(s.scope, s.name) for s in receiver.spans()}))
+    completion_spans = [s for s in receiver.spans() if "/v1/completions" in s.name]
+    assert completion_spans, [s.name for s in receiver.spans()]
+    assert {s.resource["service.name"] for s in completion_spans} == {"moeops-server"}
+    assert {encoding for _, encoding in receiver.requests} == {"gzip"}
+
+
+@pytest.mark.nats
+def test_the_rebalancer_exports_its_counters(nats_server: NatsServer, receiver: OtlpReceiver) -> None:
+    environ = component_env(receiver, OTEL_SERVICE_NAME="rebalancer-east", **{env.NATS_URL: nats_server.url})
+    proc = subprocess.Popen([sys.executable, "-m", "moeops.rebalancer"], env=environ, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        receiver.wait("the rebalancer's counters", lambda: receiver.latest("moeops.rebalancer.plans.published"))
+        exports = len(receiver.requests)
+    finally:
+        out = stop(proc)
+    assert proc.returncode == 0, out
+    assert len(receiver.requests) > exports  # shutdown's last export, on the way out
+    published = receiver.latest("moeops.rebalancer.plans.published")
+    assert published is not None
+    assert published.resource["service.name"] == "rebalancer-east"
+    assert published.resource["moeops.component"] == "rebalancer"
+    assert (published.unit, published.kind, published.points()) == ("{plan}", "sum", [({}, 0)])
+    received = receiver.latest("moeops.rebalancer.messages.received")
+    assert received is not None and received.unit == "{message}"
+    failed = receiver.latest("moeops.rebalancer.plans.failed")
+    assert failed is not None
+    assert sorted(a["moeops.plan.failure"] for a, _ in failed.points()) == ["conflict", "error"]
