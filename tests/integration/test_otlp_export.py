@@ -3,7 +3,8 @@ test reads what arrives: metric names, units, attributes, and the Resource (serv
 
 - the model server (`python -m moeops.serving` on a tiny checkpoint) answering a completion: its engine's metrics and
   the request duration histogram, gzip-compressed as the standard variable asks;
-- the rebalancer (`python -m moeops.rebalancer` on a real nats-server): its counters, and a clean exit's last export.
+- the rebalancer (`python -m moeops.rebalancer` on a real nats-server): its counters, and a clean exit's last export;
+- the trainer (`moeops train` on CPU, 4 steps): a span per checkpoint save, and the last step's gauges.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from trainer_runs import train, write_config
 
 from moeops.api import env
 from moeops.api.v1alpha1.inferenceservice import BatchingSpec, EarlyExitSpec
@@ -159,3 +161,23 @@ def test_the_rebalancer_exports_its_counters(nats_server: NatsServer, receiver: 
     failed = receiver.latest("moeops.rebalancer.plans.failed")
     assert failed is not None
     assert sorted(a["moeops.plan.failure"] for a, _ in failed.points()) == ["conflict", "error"]
+
+
+def test_the_trainer_exports_checkpoint_spans_and_its_last_step(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    config = write_config(tmp_path, steps=4)  # a checkpoint every 2 steps
+    environ = component_env(receiver, OMP_NUM_THREADS="1", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf")
+    done = train(config, 1, env=environ)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saves = [s for s in receiver.spans() if s.name == "checkpoint save"]
+    assert sorted(s.attributes["moeops.step"] for s in saves) == [2, 4]
+    assert {s.attributes["moeops.rank"] for s in saves} == {0}
+    assert {(s.scope, s.resource["service.name"]) for s in saves} == {("moeops.trainer", "moeops-trainer")}
+    step = receiver.latest("moeops.trainer.step")
+    assert step is not None  # shutdown's export on the way out: the last step
+    assert (step.unit, step.kind, step.points()) == ("{step}", "gauge", [({"moeops.rank": 0}, 4.0)])
+    for name, unit in [("moeops.trainer.tokens_per_second", "{token}/s"), ("moeops.trainer.step.duration", "s"),
+                       ("moeops.trainer.loss", "1")]:  # fmt: skip
+        metric = receiver.latest(name)
+        assert metric is not None and metric.unit == unit, name
+        ((attributes, value),) = metric.points()
+        assert attributes == {"moeops.rank": 0} and value > 0
