@@ -126,10 +126,17 @@ class OperatorProcess:
     """`moeops operator run` as a child process, the way it runs in a pod."""
 
     def __init__(
-        self, kubeconfig: Path, log_dir: Path, *, standalone: bool = True, env: dict[str, str] | None = None
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        *,
+        standalone: bool = True,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.kubeconfig = kubeconfig
         self.extra_env = env or {}
+        self.extra_args = args  # more `moeops operator run` options, e.g. ("--namespace", "team-a")
         self.log_dir = log_dir
         self.standalone = standalone
         self.proc: subprocess.Popen[bytes] | None = None
@@ -145,6 +152,7 @@ class OperatorProcess:
                "--liveness", f"http://127.0.0.1:{port}/healthz"]  # fmt: skip
         if self.standalone:
             cmd.append("--standalone")
+        cmd.extend(self.extra_args)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
         def healthy() -> bool:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,32 @@ class Helm:
         return result
 
 
+@contextmanager
+def installed(cluster: Cluster, namespace: str, values: dict[str, Any]) -> Iterator[tuple[Helm, str]]:
+    """The chart installed as a fresh release in `namespace` with `values` (images that never pull); uninstalled
+    afterwards. (helm, release name)."""
+    helm = Helm(cluster.kubeconfig)
+    name = f"moeops-{uuid.uuid4().hex[:6]}"
+    args = [f"--set-json={k}={json.dumps(v)}" for k, v in {"image.registry": NEVER_PULLS, **values}.items()]
+    try:
+        helm("install", name, str(CHART), "--namespace", namespace, *args, "--timeout", "120s")
+        yield helm, name
+    finally:
+        helm("uninstall", name, "--namespace", namespace, "--timeout", "60s", check=False)
+
+
+def fresh_namespace(cluster: Cluster, name: str, level: str) -> None:
+    labels = {"pod-security.kubernetes.io/enforce": level}
+    cluster.core.create_namespace({"metadata": {"name": name, "labels": labels}})
+
+
 @pytest.fixture
 def release(cluster: Cluster, namespace: str) -> Iterator[tuple[Helm, str, str, str]]:
     """The chart installed in `namespace` (Pod Security `restricted`), the node agent in a `privileged` namespace of
-    its own; (helm, release, release namespace, agent namespace). Uninstalled afterwards."""
-    helm = Helm(cluster.kubeconfig)
-    name = f"moeops-{uuid.uuid4().hex[:6]}"
+    its own; (helm, release, release namespace, agent namespace)."""
     agent_ns = f"{namespace}-node"
-    cluster.core.create_namespace(
-        {"metadata": {"name": agent_ns, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}
-    )
+    fresh_namespace(cluster, agent_ns, "privileged")
     values = {
-        "image.registry": NEVER_PULLS,
         "carbonAgent.enabled": True,
         "carbonAgent.region": "eu-west-1",
         "carbonAgent.namespace": agent_ns,
@@ -100,12 +115,10 @@ def release(cluster: Cluster, namespace: str) -> Iterator[tuple[Helm, str, str, 
         "nats.tls.existingSecret": "nats-tls",
         "grafanaDashboard.enabled": True,
     }
-    args = [f"--set-json={k}={json.dumps(v)}" for k, v in values.items()]
     try:
-        helm("install", name, str(CHART), "--namespace", namespace, *args, "--timeout", "120s")
-        yield helm, name, namespace, agent_ns
+        with installed(cluster, namespace, values) as (helm, name):
+            yield helm, name, namespace, agent_ns
     finally:
-        helm("uninstall", name, "--namespace", namespace, "--timeout", "60s", check=False)
         cluster.core.delete_namespace(agent_ns, _preload_content=False)
 
 
@@ -224,3 +237,46 @@ def test_the_operator_runs_under_its_service_account(
     finally:
         scoped.stop()
         operator.start()
+
+
+def test_watched_namespaces_and_peering_under_the_service_account(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """Two replicas watching one namespace: a Role there (not a ClusterRole), kopf's KopfPeering in it, and the
+    operator, peering under its ServiceAccount's token, reconciles a job there without a single refusal."""
+    jobs = f"{namespace}-jobs"
+    fresh_namespace(cluster, jobs, "baseline")
+    try:
+        with installed(cluster, namespace, {"operator.replicas": 2, "operator.watchNamespaces": [jobs]}) as (_, name):
+            account = f"system:serviceaccount:{namespace}:{name}-operator"
+            for verb, resource in [*OPERATOR_MAY, ("patch", "kopfpeerings.kopf.dev")]:
+                assert can_i(cluster, account, verb, resource, jobs), f"operator cannot {verb} {resource} in {jobs}"
+            for verb, resource in [("list", "moetrainingjobs.moeops.dev"), ("create", "jobs.batch")]:
+                assert not can_i(cluster, account, verb, resource, "default"), f"operator may {verb} {resource}"
+            assert can_i(cluster, account, "watch", "namespaces", None)
+            assert not can_i(cluster, account, "patch", "clusterkopfpeerings.kopf.dev", None)
+            cluster.kubectl("get", "kopfpeering", "moeops", "-n", jobs)
+
+            kubeconfig = kubeconfig_for(cluster, namespace, f"{name}-operator", tmp_path / "operator.kubeconfig")
+            operator.stop()
+            (tmp_path / "log").mkdir()
+            scoped = OperatorProcess(kubeconfig, tmp_path / "log", standalone=False, args=("--namespace", jobs))
+            try:
+                scoped.start()
+                cluster.kubectl.apply(training_job("chart-peered", jobs))
+                wait_for("the worker Job", lambda: cluster.read("Job", jobs, "chart-peered"), timeout=60)
+                wait_for("status set", lambda: cluster.status("moetrainingjobs", jobs, "chart-peered").get("plan"))
+
+                def peering_record() -> dict[str, Any] | None:
+                    got = cluster.kubectl("get", "kopfpeering", "moeops", "-n", jobs, "-o", "json")
+                    return json.loads(got.stdout).get("status") or None
+
+                wait_for("the replica's record in the KopfPeering", peering_record, timeout=30)
+                log = scoped.log()
+                for sign in ("Forbidden", "forbidden", "Not enough permissions", " 403"):
+                    assert sign not in log, f"{sign!r} in the operator's log: {log[-3000:]}"
+            finally:
+                scoped.stop()
+                operator.start()
+    finally:
+        cluster.core.delete_namespace(jobs, _preload_content=False)
