@@ -104,6 +104,7 @@ def test_defaults(helm: str) -> None:
     assert e["MOEOPS_NATS_URL"] == "nats://nats.nats.svc.cluster.local:4222"
     assert not any(k.startswith("OTEL_") for k in e) and "MOEOPS_WATCH_NAMESPACES" not in e
     reb = container(named(objects, "Deployment", "-rebalancer"))
+    assert named(objects, "Deployment", "-rebalancer")["spec"]["replicas"] == 1  # one per cluster
     assert reb["command"] == ["python", "-m", "moeops.rebalancer"] and "--job" not in " ".join(reb.get("args", []))
     agg = container(named(objects, "Deployment", "-carbon-aggregator"))
     assert agg["command"] == ["moeops-carbon", "aggregator"] and agg["image"].endswith("/moeops-operator:0.1.0")
@@ -355,6 +356,7 @@ def test_every_container_is_restricted_but_the_agents_exceptions(helm: str) -> N
         (["--set", "operator.resources.requests.cpu=-1"], "/operator/resources/requests/cpu"),
         (["--set", "rebalancer.resources.limits.memory=-512Mi"], "/rebalancer/resources/limits/memory"),
         (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+        (["--set", "rebalancer.replicas=2"], "additional properties 'replicas' not allowed"),
         (["--set", "operator.watchNamespace=a"], "additional properties 'watchNamespace' not allowed"),
         (["--set", "carbonAgent.enabled=true"], "/carbonAgent/region': minLength"),
         (["--set", "nats.tls.enabled=true"], "/nats/tls/existingSecret': minLength"),
