@@ -14,6 +14,7 @@ from harness import Cluster, OperatorProcess, wait_for
 from missing import missing
 from moeops.devcluster import ControlPlane, FakeKubelet, find_binaries
 from moeops.devcluster.nats_server import NatsServer, find_nats_server
+from otlp_receiver import OtlpReceiver
 
 REPO = Path(__file__).resolve().parents[2]
 EXTERNAL_KUBECONFIG = os.environ.get("MOEOPS_E2E_KUBECONFIG")
@@ -72,12 +73,24 @@ def intensity_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """The OTLP/HTTP receiver the operator exports its spans and metrics to (tests/otlp_receiver.py)."""
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
 def operator(
-    cluster: Cluster, bus: NatsServer | None, intensity_series: Path, tmp_path_factory: pytest.TempPathFactory
+    cluster: Cluster,
+    bus: NatsServer | None,
+    intensity_series: Path,
+    otlp_receiver: OtlpReceiver,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     env = {"MOEOPS_NATS_URL": bus.url} if bus is not None else {}
     env |= {"MOEOPS_CARBON_INTENSITY_SERIES": str(intensity_series), "MOEOPS_CARBON_GATE_INTERVAL_S": "1"}
     env["MOEOPS_AUTOSCALE_INTERVAL_S"] = "1"  # the autoscaler's timer, 5 s by default
+    env |= otlp_receiver.env(interval_ms=1000)  # OpenTelemetry: spans and metrics to the receiver (test_otlp_operator)
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), env=env)
     proc.start()
     yield proc
