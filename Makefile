@@ -1,5 +1,5 @@
 # The two commands of the README. Each one sets up whatever is missing first (venv, tools, control plane).
-.PHONY: test demo bootstrap crds benchmark clean
+.PHONY: test demo bootstrap crds chart-crds benchmark clean
 
 test: bootstrap          ## lint, types, contracts and every test tier (e2e on a real control plane)
 	hack/check.sh
@@ -12,8 +12,12 @@ demo: bootstrap          ## the operator on a local control plane, then a small 
 bootstrap:
 	hack/bootstrap.sh
 
-crds: bootstrap          ## regenerate crds/ from the API models
+crds: bootstrap          ## regenerate crds/ from the API models, and the chart's copy of them
 	.venv/bin/moeops crds
+	$(MAKE) chart-crds
+
+chart-crds:              ## copy crds/ into the Helm chart (Helm installs a chart's crds/ folder; a test keeps them equal)
+	cp crds/*.yaml charts/moeops/crds/
 
 benchmark: bootstrap     ## the benchmarks of docs/benchmarks.md
 	.venv/bin/python -m pip install --quiet -e ".[dev,bench]"
