@@ -181,3 +181,52 @@ def test_the_trainer_exports_checkpoint_spans_and_its_last_step(tmp_path: Path, 
         assert metric is not None and metric.unit == unit, name
         ((attributes, value),) = metric.points()
         assert attributes == {"moeops.rank": 0} and value > 0
+
+
+AGENT = """
+import sys, time
+from fakes.fake_nvml import FakeGpu, FakeNvml, Trace
+started = time.monotonic()
+sys.modules["pynvml"] = FakeNvml([FakeGpu("GPU-otel", Trace.steady(300.0))], clock=lambda: time.monotonic() - started)
+from moeops.carbon.cli import main
+main(["agent"])
+"""
+
+
+@pytest.mark.nats
+def test_the_carbon_agent_exports_hardware_metrics(
+    tmp_path: Path, nats_server: NatsServer, receiver: OtlpReceiver
+) -> None:
+    """The node agent over the fake NVML (one GPU at a steady 300 W), NVML-only: hw.energy and hw.power."""
+    tests = Path(__file__).resolve().parents[1]
+    environ = component_env(
+        receiver,
+        PYTHONPATH=os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+        MOEOPS_CARBON_NVML_ONLY="true",
+        MOEOPS_CARBON_POLL_S="0.2",
+        MOEOPS_CARBON_SPOOL_DIR=str(tmp_path / "spool"),
+        **{env.NATS_URL: nats_server.url, env.NODE_NAME: "node-a", env.CARBON_REGION: "de"},
+    )
+    proc = subprocess.Popen([sys.executable, "-c", AGENT], env=environ, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+
+        def energy() -> bool:
+            metric = receiver.latest("hw.energy")
+            return metric is not None and any(v > 0 for _, v in metric.points())
+
+        receiver.wait("hw.energy from the agent", energy)
+        receiver.wait("hw.power from the agent", lambda: receiver.latest("hw.power"))
+    finally:
+        out = stop(proc)
+    energy_metric, power = receiver.latest("hw.energy"), receiver.latest("hw.power")
+    assert energy_metric is not None and power is not None, out
+    assert energy_metric.resource["service.name"] == "moeops-carbon-agent"
+    assert energy_metric.resource["k8s.node.name"] == "node-a"
+    assert energy_metric.scope == "moeops.carbon"
+    assert (energy_metric.unit, energy_metric.kind) == ("J", "sum")
+    assert energy_metric.metric.sum.is_monotonic
+    gpu = {"hw.id": "GPU-otel", "hw.type": "gpu", "k8s.node.name": "node-a"}
+    assert [a for a, _ in energy_metric.points()] == [gpu]
+    assert (power.unit, power.kind) == ("W", "gauge")
+    assert power.points() == [(gpu, pytest.approx(300.0))]

@@ -19,8 +19,9 @@ absent or silent, the GPU processes' cgroups (the agent's pod needs hostPID); po
 node (the agent's RBAC: list pods). Where neither is wanted (no socket mounted, no hostPID), MOEOPS_CARBON_NVML_ONLY
 books all GPU energy as node idle, as the agent did before attribution; the log says which mode runs.
 Both publish OpenTelemetry metrics through the API (`telemetry`: hw.energy and hw.power per GPU and pod from the
-agent, moeops.carbon.emissions per workload from the aggregator) on the process's global MeterProvider, which is
-the API's no-op until the process configures an SDK and exporter (a later issue); until then they cost next to nothing.
+agent, moeops.carbon.emissions per workload from the aggregator) on the process's global MeterProvider, which
+`moeops.telemetry.setup` configures with an OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set (service.name
+moeops-carbon-agent / moeops-carbon-aggregator); without it they stay on the API's no-op and cost next to nothing.
 A machine without NVML ends the agent with a one-line message and exit status 69 (EX_UNAVAILABLE), not a
 traceback: a DaemonSet scheduled on a node without GPUs should say why it stops.
 """
