@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -230,3 +231,48 @@ def test_the_carbon_agent_exports_hardware_metrics(
     assert [a for a, _ in energy_metric.points()] == [gpu]
     assert (power.unit, power.kind) == ("W", "gauge")
     assert power.points() == [(gpu, pytest.approx(300.0))]
+
+
+def test_grpc_protocol_exports_to_an_otlp_grpc_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the SDK's gRPC exporters, reading the endpoint from the environment, reach
+    a gRPC OTLP receiver (opentelemetry-proto's services on a real grpc server). In process, without the globals."""
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    from moeops import telemetry
+
+    got: dict[str, list[Any]] = {"spans": [], "metrics": []}
+
+    class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 -- the service's method name
+            got["spans"] += [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+            got["metrics"] += [m for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+               "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_METRIC_EXPORT_INTERVAL": "3600000"}  # fmt: skip
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)  # the exporters read them from os.environ
+    otel = telemetry.setup("rebalancer", environ=environ, set_global=False)
+    try:
+        with otel.tracer().start_as_current_span("round"):
+            pass
+        otel.meter().create_counter("moeops.test.rounds", unit="{round}").add(2)
+        otel.force_flush()
+    finally:
+        otel.shutdown()
+        server.stop(grace=None)
+    assert [s.name for s in got["spans"]] == ["round"]
+    assert [(m.name, m.unit) for m in got["metrics"]][:1] == [("moeops.test.rounds", "{round}")]
