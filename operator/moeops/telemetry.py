@@ -211,7 +211,24 @@ def setup(
     injected = span_exporter is not None or metric_reader is not None
     if environ.get(SDK_DISABLED, "").strip().lower() == "true" or not (injected or enabled(environ)):
         return Telemetry(component)
+    try:
+        configured = _configure(component, environ, span_exporter, metric_reader, set_global)
+    except ImportError as exc:  # an image without the SDK or an exporter: run without telemetry, and say so
+        logger.warning("OpenTelemetry is asked for but not installed (the `telemetry` extra): %s", exc)
+        return Telemetry(component)
+    _active = configured
+    service = resource_attributes(component, environ)["service.name"]
+    logger.info("OpenTelemetry on for %s (service.name %s)", component, service)
+    return configured
 
+
+def _configure(
+    component: str,
+    environ: Mapping[str, str],
+    span_exporter: SpanExporter | None,
+    metric_reader: MetricReader | None,
+    set_global: bool,
+) -> Telemetry:
     from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from opentelemetry.sdk.resources import Resource
@@ -232,10 +249,7 @@ def setup(
     if set_global:
         trace.set_tracer_provider(tracer_provider)
         metrics.set_meter_provider(meter_provider)
-    telemetry = Telemetry(component, tracer_provider, meter_provider, enabled=True)
-    _active = telemetry
-    logger.info("OpenTelemetry on for %s (service.name %s)", component, resource.attributes.get("service.name"))
-    return telemetry
+    return Telemetry(component, tracer_provider, meter_provider, enabled=True)
 
 
 def _sdk_resource() -> Resource:

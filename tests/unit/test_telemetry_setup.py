@@ -117,3 +117,12 @@ def test_spans_and_metrics_reach_the_injected_exporter_and_reader() -> None:
     assert next(iter(metric.data.data_points)).attributes == {"a": "b"}
     otel.shutdown()
     otel.shutdown()  # idempotent
+
+
+def test_without_the_sdk_it_runs_without_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.trace", None)  # import fails, as in an image without it
+    otel = telemetry.setup("operator", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, set_global=False)
+    assert not otel.enabled
+    assert telemetry.active() is None
