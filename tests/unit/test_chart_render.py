@@ -309,9 +309,12 @@ def test_grafana_dashboard(helm: str) -> None:
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["metadata"]["namespace"] == "monitoring"
     dashboard = json.loads(cm["data"]["moeops.json"])
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
-    for metric in ("moeops_job_progress", "moeops_job_plan_epoch", "moeops_serving_request_duration_seconds_bucket",
-                   "moeops_serving_exit_layer", "hw_energy_joules_total", "hw_power_watts",
-                   "moeops_carbon_emissions_grams_total"):  # fmt: skip
+    # The instruments' names (operator/handlers/observe.py, serving/otel.py, carbon/telemetry.py) as an OTel →
+    # Prometheus pipeline writes them (dots to underscores; unit and _total suffixes matched loosely where they vary).
+    for metric in ("moeops_job_progress", "moeops_job_tokens_per_second", "moeops_job_utilization",
+                   "moeops_job_plan_epoch", "http_server_request_duration_seconds_bucket",
+                   "moeops_server_tokens_generated", "moeops_server_exit_layer_mean", "hw_energy_joules_total",
+                   "hw_power_watts", "moeops_carbon_emissions_grams_total"):  # fmt: skip
         assert metric in exprs, metric
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
