@@ -289,6 +289,12 @@ def test_final_user_is_numeric_and_not_root(name: str) -> None:
     assert int(uid) == USER_ID and (not gid or int(gid) == USER_ID), f"USER {user}: the images run as {USER_ID}"
 
 
+def test_the_operator_runs_job_and_server_pods_as_the_images_user() -> None:
+    from moeops.operator.children.pods import RUN_AS_USER
+
+    assert RUN_AS_USER == USER_ID
+
+
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_final_stage_environment(name: str) -> None:
     final = parse(name).final

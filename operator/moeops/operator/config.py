@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from moeops.api import env
 
-DEFAULT_RUNTIME_IMAGE = "ghcr.io/moeops/runtime:0.1.0"
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/moeops/moeops-runtime:0.1.0"  # images/runtime.Dockerfile; the chart sets its own
 
 
 @dataclass(frozen=True)

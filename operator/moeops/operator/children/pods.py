@@ -6,7 +6,7 @@ from typing import Any
 
 from moeops.api.v1alpha1.common import GPU_RESOURCE, ResourceRequirements, VolumeLocation
 
-RUN_AS_USER = 1000  # the runtime image's non-root user (images/).
+RUN_AS_USER = 65532  # the runtime image's non-root user (images/runtime.Dockerfile, a test checks it).
 
 # Pod Security Standard "restricted": non-root, no privilege escalation, no capabilities, RuntimeDefault seccomp.
 POD_SECURITY_CONTEXT: dict[str, Any] = {
