@@ -3,9 +3,10 @@
 Instruments (all asynchronous: the SDK's reader calls back for the current values when it collects, so the reader
 decides *when*, and whatever exporter it has decides *where*). This module sets up neither: as OpenTelemetry asks of
 libraries, it instruments through the API only (`carbon_meter()`: `metrics.get_meter("moeops.carbon", version)`)
-and the process's configured MeterProvider decides where the metrics go. Configuring the SDK and an OTLP exporter
-in the agent and the aggregator is a later issue; until then the global provider is the API's no-op, which never
-calls back, so the instruments cost a few dict updates per poll and nothing else. (The API's meter is a proxy: a
+and the process's configured MeterProvider decides where the metrics go: the agent's and the aggregator's CLI call
+`moeops.telemetry.setup`, which installs the SDK with an OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set;
+otherwise the global provider stays the API's no-op, which never calls back, so the instruments cost a few dict
+updates per poll and nothing else. (The API's meter is a proxy: a
 provider set later, even after the instruments were created, gets them.) The tests use `InMemoryMetricReader`.
 
 The instruments:
