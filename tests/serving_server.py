@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
 import threading
 import time
 import warnings
@@ -40,6 +41,17 @@ def write_run(run_dir: Path, arch: Architecture = TINY, seed: int = 0, job: str 
         warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
         checkpoint.save(run_dir / "checkpoints", 1, model, optimizer, world, {"loss": 1.0, "job": job}, keep=2)
     return model.eval()
+
+
+def wait_ready(proc: subprocess.Popen[str], url: str, timeout_s: float) -> None:
+    """Until the server process at `url` answers /readyz with 200; fails with its output if it exits or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
 from moeops.devcluster.nats_server import NatsServer
 from moeops.telemetry import package_version
 from otlp_receiver import OtlpReceiver
-from serving_server import write_run
+from serving_server import wait_ready, write_run
 
 OTEL_KEYS = [key for key in os.environ if key.startswith("OTEL_")]
 
@@ -75,15 +75,8 @@ def test_the_model_server_exports_its_metrics(tmp_path: Path, receiver: OtlpRece
     proc = subprocess.Popen([sys.executable, "-m", "moeops.serving", "--host", "127.0.0.1"], env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, url, timeout_s=90)
         body = httpx.post(f"{url}/v1/completions", json={"model": "chat", "prompt": "1+1=", "max_tokens": 3}).json()
         tokens = body["usage"]["completion_tokens"]
 

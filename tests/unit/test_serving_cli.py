@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ from moeops.api import env
 from moeops.api.v1alpha1.inferenceservice import BatchingSpec, EarlyExitSpec
 from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
 from moeops.serving.serve_cli import serve
-from serving_server import write_run
+from serving_server import wait_ready, write_run
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +55,8 @@ def test_a_server_started_as_the_operator_starts_it(run_dir: Path) -> None:
         env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(proc, url, timeout_s=60)
         assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["chat"]
         body = httpx.post(f"{url}/v1/completions", json={"model": "chat", "prompt": "1+1=", "max_tokens": 3}).json()
         assert body["moeops"]["mean_exit_layer"] == 2.0  # the service's policy: exit at once from layer 2
