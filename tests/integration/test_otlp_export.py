@@ -157,7 +157,9 @@ def test_the_rebalancer_exports_its_counters(nats_server: NatsServer, receiver: 
     assert sorted(a["moeops.plan.failure"] for a, _ in failed.points()) == ["conflict", "error"]
 
 
-def test_the_trainer_exports_checkpoint_spans_and_its_last_step(tmp_path: Path, receiver: OtlpReceiver) -> None:
+def test_the_trainer_exports_step_phase_and_checkpoint_spans_and_its_last_step(
+    tmp_path: Path, receiver: OtlpReceiver
+) -> None:
     config = write_config(tmp_path, steps=4)  # a checkpoint every 2 steps
     environ = component_env(receiver, OMP_NUM_THREADS="1", OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="http/protobuf")
     done = train(config, 1, env=environ)
@@ -166,6 +168,10 @@ def test_the_trainer_exports_checkpoint_spans_and_its_last_step(tmp_path: Path, 
     assert sorted(s.attributes["moeops.step"] for s in saves) == [2, 4]
     assert {s.attributes["moeops.rank"] for s in saves} == {0}
     assert {(s.scope, s.resource["service.name"]) for s in saves} == {("moeops.trainer", "moeops-trainer")}
+    steps = {s.span.span_id: s for s in receiver.spans() if s.name == "train step"}
+    assert sorted(s.attributes["moeops.step"] for s in steps.values()) == [1, 2, 3, 4]
+    phases = [s for s in receiver.spans() if s.name in ("forward backward", "gradient sync", "optimizer")]
+    assert len(phases) == 3 * 4 and all(p.span.parent_span_id in steps for p in phases)
     step = receiver.latest("moeops.trainer.step")
     assert step is not None  # shutdown's export on the way out: the last step
     assert (step.unit, step.kind, step.points()) == ("{step}", "gauge", [({"moeops.rank": 0}, 4.0)])

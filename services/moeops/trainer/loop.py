@@ -198,7 +198,11 @@ class Trainer:
         return lr
 
     def train_step(self) -> StepMetrics:
-        """Run optimizer step `self.step + 1`."""
+        """Run optimizer step `self.step + 1`: a span `train step`, its phases child spans (otel.py)."""
+        with otel.span("train step", self.world.rank, step=self.step + 1):
+            return self._train_step()
+
+    def _train_step(self) -> StepMetrics:
         t, world, topo = self.config.training, self.world, self.topo
         started = time.perf_counter()
         if (changes := self.follower.due(self.step + 1)) is not None:
@@ -212,14 +216,16 @@ class Trainer:
         with comm:
             answers = all_reduce((targets_BS != -100).sum().float(), topo.dp).clamp(min=1.0)
 
-        ce_sum = self.runner.forward_backward(inputs_BS, targets_BS, answers)
+        with otel.span("forward backward", world.rank):
+            ce_sum = self.runner.forward_backward(inputs_BS, targets_BS, answers)
         comm.seconds += self.runner.wait_seconds
-        with comm:
+        with comm, otel.span("gradient sync", world.rank):
             sync_sharded_grads(self.sharded, topo.dp.size, topo.ep)
-        clip_grad_norm(self.model, self.sharded, topo, t.grad_clip)
-        lr = self._set_lr(self.step)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with otel.span("optimizer", world.rank):
+            clip_grad_norm(self.model, self.sharded, topo, t.grad_clip)
+            lr = self._set_lr(self.step)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
         with comm:
             ce_total, aux, counts_LE = self._reduce_stats(ce_sum)

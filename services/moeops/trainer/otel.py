@@ -1,8 +1,12 @@
 """The trainer's OpenTelemetry, where it is cheap (the process configures the SDK: `moeops.telemetry.setup`).
 
-No span per step or step phase (thousands of steps; the step metrics already go to the bus): a span per checkpoint
-save and per plan application (`span`), and the last step's figures as observable gauges read when the SDK's reader
-collects (`StepGauges`, a metrics sink beside the others; attribute moeops.rank):
+Spans (`span`): one `train step` per optimizer step (attribute moeops.step) with its phases as children
+(`forward backward`, `gradient sync`, `optimizer`), one per checkpoint save and per plan application; all carry
+moeops.rank. Cheap beside a step (a few spans of ~10 µs each with the SDK's batch processor, ~1 µs each with the
+API's no-op tracer), and a trace backend samples them as it likes. They time the host: on a GPU the kernels run
+asynchronously, so a phase's span ends when its kernels are queued, and the wait for them shows up in the phase that
+synchronises (the collectives, the loss read at the step's end). The last step's figures are observable gauges read
+when the SDK's reader collects (`StepGauges`, a metrics sink beside the others; attribute moeops.rank):
 
     moeops.trainer.tokens_per_second  {token}/s  this rank's tokens over its step time
     moeops.trainer.step.duration      s          the last step's wall time on this rank
