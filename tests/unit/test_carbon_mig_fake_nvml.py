@@ -11,6 +11,7 @@ import pytest
 
 from fakes import fake_nvml
 from fakes.fake_nvml import FakeGpu, FakeNvml, Fault, MigTrace, Trace
+from missing import PYNVML, import_or_missing
 from moeops.carbon.attribution import PodInfo, split_node
 from moeops.carbon.energy import IDLE
 from moeops.carbon.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
@@ -169,7 +170,7 @@ def test_mig_parent_energy_goes_to_the_pods_by_sm_share_and_idle_intervals_to_th
 
 
 def test_the_fake_mirrors_pynvml_for_the_mig_calls() -> None:
-    pynvml = pytest.importorskip("pynvml")
+    pynvml = import_or_missing("pynvml", PYNVML)
     used = [name for name in dir(MigNvmlApi) if name.startswith("nvml")]
     assert len(used) == 6
     for name in used:

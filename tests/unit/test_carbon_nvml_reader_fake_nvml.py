@@ -1,6 +1,7 @@
 """NvmlReader against a FAKE NVML (tests/fakes/fake_nvml.py): enumeration, energy on traces with a known integral,
 unsupported readings, MIG, errors mid-run and the adaptive interval. Time is the fake clock's, advanced by the test.
-The last tests check the fake against the real pynvml module (names, arities, constants), when it is installed."""
+The last tests check the fake against the real pynvml module (names, arities, constants): the carbon extra installs
+it, and under CI=true its absence fails them (tests/missing.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from fakes import fake_nvml
 from fakes.fake_nvml import FakeClock, FakeGpu, FakeNvml, Fault, Trace
+from missing import PYNVML, import_or_missing
 from moeops.carbon.energy import IDLE, EnergyState
 from moeops.carbon.nvml_reader import COUNTER, POWER, GpuEnergy, MigDeviceInfo, NvmlApi, NvmlReader, NvmlUnavailable
 from moeops.carbon.poll_interval import IntervalPolicy
@@ -175,7 +177,7 @@ def test_the_poll_interval_stays_short_while_power_changes_and_backs_off_once_st
 
 
 def test_the_fake_mirrors_pynvml_names_arities_and_constants() -> None:
-    pynvml = pytest.importorskip("pynvml")
+    pynvml = import_or_missing("pynvml", PYNVML)
     used = [name for name in dir(NvmlApi) if name.startswith(("nvml", "NVML"))]
     assert len(used) == 15
     for name in used:
