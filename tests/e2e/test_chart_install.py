@@ -32,7 +32,8 @@ OPERATOR_MAY = [
     ("patch", "moetrainingjobs.moeops.dev/status"),
     ("patch", "inferenceservices.moeops.dev/status"),
     ("update", "moetrainingjobs.moeops.dev/finalizers"),
-    *((verb, "jobs.batch") for verb in ("get", "list", "watch", "create", "patch")),
+    *((verb, "jobs.batch") for verb in ("get", "list", "watch", "create", "patch", "delete")),  # delete: restarts
+    ("list", "pods"),  # which worker failed
     *((verb, "deployments.apps") for verb in ("get", "list", "watch", "create", "patch")),
     *((verb, resource) for verb in ("get", "create", "patch") for resource in ("configmaps", "services")),
     ("create", "events"),
@@ -44,7 +45,8 @@ OPERATOR_MAY_NOT = [
     ("list", "secrets"),
     ("create", "pods/exec"),
     ("create", "pods"),
-    ("delete", "jobs.batch"),
+    ("get", "pods"),
+    ("delete", "pods"),
     ("delete", "deployments.apps"),
     ("delete", "inferenceservices.moeops.dev"),
     ("create", "moetrainingjobs.moeops.dev"),

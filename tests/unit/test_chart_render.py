@@ -139,7 +139,8 @@ def test_operator_rbac_is_what_it_calls(helm: str) -> None:
         ("moeops.dev", "inferenceservices/status"): ["patch"],
         ("moeops.dev", "moetrainingjobs/finalizers"): ["update"],
         ("moeops.dev", "inferenceservices/finalizers"): ["update"],
-        ("batch", "jobs"): ["create", "get", "list", "patch", "watch"],
+        ("batch", "jobs"): ["create", "delete", "get", "list", "patch", "watch"],  # delete: a group restart
+        ("", "pods"): ["list"],  # which worker failed
         ("apps", "deployments"): ["create", "get", "list", "patch", "watch"],
         ("", "configmaps"): ["create", "get", "patch"],
         ("", "services"): ["create", "get", "patch"],
@@ -147,7 +148,7 @@ def test_operator_rbac_is_what_it_calls(helm: str) -> None:
     }
     assert not any("*" in rule["verbs"] or "*" in rule["resources"] for rule in role["rules"])
     assert not any(
-        r in ("secrets", "pods", "pods/exec", "namespaces") for rule in role["rules"] for r in rule["resources"]
+        r in ("secrets", "pods/exec", "pods/log", "namespaces") for rule in role["rules"] for r in rule["resources"]
     )
     (binding,) = of_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-moeops-operator", "namespace": "moeops"}]

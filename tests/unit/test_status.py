@@ -50,21 +50,24 @@ def test_all_workers_ready_is_running() -> None:
     assert created["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # unchanged status keeps its time
 
 
-def test_a_failure_while_below_strength_is_restarting() -> None:
-    update = training_status(SPEC, job(active=2, ready=1, failed=1), {}, generation=1, now=T0)
-    assert update.patch["state"] == "Restarting"
-    assert any(e.type == "Warning" and e.reason == "WorkerFailed" for e in update.events)
+def test_a_worker_short_of_ready_is_waiting_not_restarting() -> None:
+    # backoffLimit 0: a Job with a failure has failed; one that has not is just waiting for its workers.
+    update = training_status(SPEC, job(active=2, ready=1), {}, generation=1, now=T0)
+    assert update.patch["state"] == "Created" and conds(update)["Restarting"] == "False"
+    running = next(c for c in update.patch["conditions"] if c["type"] == "Running")
+    assert (running["reason"], running["message"]) == ("WaitingForWorkers", "1/2 workers ready")
 
 
-def test_failure_target_is_failed_with_the_job_reason() -> None:
+def test_a_final_job_failure_is_failed_with_the_job_reason() -> None:
     update = training_status(
-        SPEC, job(failed=2, conditions=[("FailureTarget", "BackoffLimitExceeded", "too many")]), {},
+        SPEC, job(failed=1, conditions=[("FailureTarget", "DeadlineExceeded", "too long")]), {},
         generation=1, now=T0,
     )  # fmt: skip
     failed = next(c for c in update.patch["conditions"] if c["type"] == "Failed")
-    assert (failed["status"], failed["reason"], failed["message"]) == ("True", "BackoffLimitExceeded", "too many")
+    assert (failed["status"], failed["reason"], failed["message"]) == ("True", "DeadlineExceeded", "too long")
     assert update.patch["state"] == "Failed" and update.patch["completionTime"] == "2026-01-01T00:05:00Z"
     assert conds(update)["Running"] == "False" and conds(update)["Restarting"] == "False"
+    assert update.patch["restarts"] == 0
 
 
 def test_success_criteria_met_is_succeeded() -> None:

@@ -139,6 +139,24 @@ class Kube:
             raise _error(exc, f"patch {child.kind} {child.namespace}/{child.name}") from exc
         return "patched", _json(patched)
 
+    def delete_foreground(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete one exact object (uid precondition) with Foreground propagation: its dependents (a Job's
+        pods) are gone before it is, so a successor of the same name never meets them."""
+        body = {"preconditions": {"uid": uid}, "propagationPolicy": "Foreground"}
+        try:
+            self._method(api_version, kind, "delete")(name, namespace, body=body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status not in (404, 409):  # gone already, or a successor holds the name
+                raise _error(exc, f"delete {kind} {namespace}/{name}") from exc
+
+    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        core = kubernetes.client.CoreV1Api(self._client)
+        try:
+            response = core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+        except ApiException as exc:
+            raise _error(exc, f"list pods in {namespace} ({selector})") from exc
+        return list(_json(response)["items"])
+
     # Our custom resources ----------------------------------------------------------------------------
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -15,6 +15,8 @@ TRAINING_JOB_LABEL = f"{GROUP}/training-job"
 INFERENCE_SERVICE_LABEL = f"{GROUP}/inference-service"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 POD_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+RESTART_ATTEMPT_LABEL = f"{GROUP}/restart-attempt"
+"""On a worker Job and its pods: the group restart they belong to (JobSet: `jobset.sigs.k8s.io/restart-attempt`)."""
 FIELD_MANAGER = OPERATOR_NAME
 
 

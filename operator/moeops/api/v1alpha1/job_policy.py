@@ -13,7 +13,11 @@ class RunPolicy(KubeModel):
 
     suspend: bool = Field(default=False, description="Suspend the job: workers stop, state is kept.")
     backoff_limit: int = Field(
-        default=3, ge=0, le=10000, description="Worker failures tolerated before the job is Failed."
+        default=3,
+        ge=0,
+        le=10000,
+        description="Restarts of the whole group of workers after a worker failed, before the job is Failed"
+        " (a disruption such as preemption or eviction restarts it without counting).",
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the job when it has been running longer than this."

@@ -357,6 +357,7 @@ RESOURCE = ResourceInfo(
         PrinterColumn("Plan", ".status.plan.summary", description="Parallel plan in force."),
         PrinterColumn("Workers", ".spec.workers.replicas", "integer", "Worker pods."),
         PrinterColumn("Ready", ".status.workers.ready", "integer", "Worker pods ready."),
+        PrinterColumn("Restarts", ".status.restarts", "integer", "Restarts of the whole group of workers."),
         PrinterColumn("Progress", ".status.progress.percent", "integer", "Percent of steps done."),
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         PrinterColumn("Reason", ".status.plan.reason", description="Why this plan.", priority=1),

@@ -84,6 +84,17 @@ class MoETrainingJobStatus(KubeModel):
     observed_generation: int | None = Field(default=None, ge=0, description="Generation last reconciled.")
     plan: PlanStatus | None = Field(default=None, description="The parallel plan in force.")
     workers: WorkerCounts | None = Field(default=None, description="Worker pods by state.")
+    restarts: int | None = Field(
+        default=None,
+        ge=0,
+        description="Restarts of the whole group of workers after a worker failed (also the current attempt).",
+    )
+    restarts_count_towards_max: int | None = Field(
+        default=None,
+        ge=0,
+        description="Restarts counted against runPolicy.backoffLimit: those after a disruption (preemption,"
+        " eviction) are not.",
+    )
     progress: Progress | None = Field(default=None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
     carbon: CarbonStatus | None = Field(default=None, description="Energy and emissions (patched by the operator).")

@@ -15,6 +15,7 @@ from ..config import OperatorConfig
 from ..naming import (
     KUEUE_QUEUE_LABEL,
     POD_GROUP_LABEL,
+    RESTART_ATTEMPT_LABEL,
     Owner,
     config_map_name,
     metadata,
@@ -76,13 +77,19 @@ def config_map(owner: Owner, config: TrainingRuntimeConfig) -> Child:
     return Child(body, managed={"metadata": {"labels": labels}, "data": data})
 
 
-def workers_service(owner: Owner, cfg: OperatorConfig) -> Child:
+def worker_labels(owner: Owner, attempt: int) -> dict[str, str]:
+    """The labels of the worker pods of one restart attempt (the headless Service selects only those)."""
+    return {**training_labels(owner.name), ROLE_LABEL: "worker", RESTART_ATTEMPT_LABEL: str(attempt)}
+
+
+def workers_service(owner: Owner, cfg: OperatorConfig, *, attempt: int = 0) -> Child:
     labels = training_labels(owner.name)
     spec = {
         "clusterIP": "None",
         # Rendezvous happens before any worker is Ready: publish addresses regardless of readiness.
         "publishNotReadyAddresses": True,
-        "selector": {**training_labels(owner.name), ROLE_LABEL: "worker"},
+        # `<job>-0.<job>-workers` never resolves to a pod of an earlier attempt that is still stopping.
+        "selector": worker_labels(owner, attempt),
         "ports": [{"name": "rendezvous", "port": cfg.rendezvous_port, "targetPort": cfg.rendezvous_port}],
     }
     body = {
@@ -121,9 +128,9 @@ def _worker_env(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> 
     ]
 
 
-def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> dict[str, Any]:
+def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, attempt: int) -> dict[str, Any]:
     workers, sched = spec.workers, spec.scheduling
-    labels = {**training_labels(owner.name), ROLE_LABEL: "worker"}
+    labels = worker_labels(owner, attempt)
     if sched.gang:
         labels[POD_GROUP_LABEL] = owner.name
     container = {
@@ -142,7 +149,7 @@ def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -
         ],
     }
     pod: dict[str, Any] = {
-        "restartPolicy": "Never",  # the Job controller replaces failed workers (podFailurePolicy needs Never).
+        "restartPolicy": "Never",  # a failed worker fails the Job: the operator restarts the whole group.
         "subdomain": workers_service_name(owner.name),
         "terminationGracePeriodSeconds": cfg.worker_grace_seconds,
         "securityContext": pods.POD_SECURITY_CONTEXT,
@@ -174,7 +181,17 @@ def desired_suspend(spec: MoETrainingJobSpec, *, carbon_paused: bool = False) ->
     return None if spec.scheduling.queue_name else False
 
 
-def worker_job(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, *, carbon_paused: bool = False) -> Child:
+def worker_job(
+    owner: Owner,
+    spec: MoETrainingJobSpec,
+    cfg: OperatorConfig,
+    *,
+    carbon_paused: bool = False,
+    attempt: int = 0,
+    deadline_left_s: int | None = None,
+) -> Child:
+    """The Indexed Job of one restart attempt. `deadline_left_s` replaces `activeDeadlineSeconds` for a later
+    attempt (what is left of it: restarts do not extend the deadline)."""
     labels = training_labels(owner.name)
     if spec.scheduling.queue_name:
         labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
@@ -183,13 +200,14 @@ def worker_job(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, *, c
         "completionMode": "Indexed",
         "completions": spec.workers.replicas,
         "parallelism": spec.workers.replicas,
-        "backoffLimit": spec.run_policy.backoff_limit,
+        # A pod replaced alone could not rejoin the static rendezvous its peers left: the first failure fails
+        # the Job (its other pods are stopped) and the operator restarts the whole group (planning/recovery.py),
+        # counting the restarts against runPolicy.backoffLimit; disruptions (DisruptionTarget) are not counted.
+        "backoffLimit": 0,
         "suspend": True if suspend is None else suspend,
         "podFailurePolicy": {
             "rules": [
-                # Preemption and eviction are not the job's fault: the trainer checkpointed on SIGTERM.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                # A configuration the trainer rejects will be rejected again: fail now, don't retry.
+                # A configuration the trainer rejects will be rejected again: fail now, don't restart.
                 {
                     "action": "FailJob",
                     "onExitCodes": {
@@ -200,16 +218,18 @@ def worker_job(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, *, c
                 },
             ]
         },
-        "template": _pod_template(owner, spec, cfg),
+        "template": _pod_template(owner, spec, cfg, attempt),
     }
-    if spec.run_policy.active_deadline_seconds:
-        job_spec["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    deadline = deadline_left_s if deadline_left_s is not None else spec.run_policy.active_deadline_seconds
+    if deadline:
+        job_spec["activeDeadlineSeconds"] = deadline
     body = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(owner, worker_job_name(owner.name), labels),
+        "metadata": metadata(owner, worker_job_name(owner.name), {**labels, RESTART_ATTEMPT_LABEL: str(attempt)}),
         "spec": job_spec,
     }
+    # The attempt label is not managed: a Job of an earlier attempt keeps it until it is deleted.
     managed: dict[str, Any] = {"metadata": {"labels": labels}}
     if suspend is not None:
         managed["spec"] = {"suspend": suspend}
@@ -224,8 +244,13 @@ def training_children(
     cfg: OperatorConfig,
     *,
     carbon_paused: bool = False,
+    attempt: int = 0,
+    deadline_left_s: int | None = None,
 ) -> list[Child]:
-    """Every child of a MoETrainingJob, in creation order (the Job last: its pods mount the others)."""
+    """Every child of a MoETrainingJob, in creation order (the Job last: its pods mount the others).
+
+    `attempt` is the group restart the worker Job belongs to (`.status.restarts`).
+    """
     config = runtime_config(owner, spec, arch, plan, cfg)
-    job = worker_job(owner, spec, cfg, carbon_paused=carbon_paused)
-    return [config_map(owner, config), workers_service(owner, cfg), job]
+    job = worker_job(owner, spec, cfg, carbon_paused=carbon_paused, attempt=attempt, deadline_left_s=deadline_left_s)
+    return [config_map(owner, config), workers_service(owner, cfg, attempt=attempt), job]

@@ -1,4 +1,5 @@
-"""MoETrainingJob handlers: reconcile children and status; follow the worker Job; expire after the TTL."""
+"""MoETrainingJob handlers: reconcile children and status; follow the worker Job and restart the whole group of
+workers when one fails (planning/recovery.py); expire after the TTL."""
 
 from __future__ import annotations
 
@@ -18,9 +19,18 @@ from ..config import OperatorConfig
 from ..drift import controlled_by
 from ..errors import InvalidSpec
 from ..kube import Kube, NotOwned
-from ..naming import MANAGED_BY, OPERATOR_NAME, TRAINING_JOB_LABEL
+from ..naming import MANAGED_BY, OPERATOR_NAME, RESTART_ATTEMPT_LABEL, TRAINING_JOB_LABEL
 from ..planning import plan_training_job
 from ..planning.carbon_gate import is_carbon_paused
+from ..planning.recovery import (
+    Recovery,
+    Verdict,
+    decide_recovery,
+    first_failed_pod,
+    needs_failed_pod,
+    remaining_deadline_s,
+    restarts,
+)
 from ..status import StatusUpdate, invalid_spec_status, is_finished, plan_status, training_status, ttl_expiry
 from .common import (
     StatusFn,
@@ -36,6 +46,24 @@ from .observe import JOBS, traced
 
 TRAINING = (GROUP, VERSION, PLURAL)
 JOB_LABELS: Mapping[str, Any] = {MANAGED_BY: OPERATOR_NAME, TRAINING_JOB_LABEL: kopf.PRESENT}
+JOB_POD_LABEL = "batch.kubernetes.io/controller-uid"
+"""The Job controller's label on the pods of one Job (by uid: never those of an earlier Job of the same name)."""
+
+
+def follow_job(
+    kube: Kube, spec: MoETrainingJobSpec, job: Mapping[str, Any], owner: Mapping[str, Any], *, generation: int
+) -> tuple[StatusUpdate | None, Recovery]:
+    """The owner's status from its worker Job, and what to do about a failure (None: a Job of an earlier
+    attempt says nothing about the job). Reads the Job's pods only when a worker failed."""
+    status = owner.get("status") or {}
+    failed_pod = None
+    if needs_failed_pod(job, status):
+        meta = job["metadata"]
+        failed_pod = first_failed_pod(kube.list_pods(meta["namespace"], f"{JOB_POD_LABEL}={meta['uid']}"))
+    recovery = decide_recovery(job, status, backoff_limit=spec.run_policy.backoff_limit, failed_pod=failed_pod)
+    if recovery.verdict is Verdict.STALE:
+        return None, recovery
+    return training_status(spec, job, status, generation=generation, now=now(), recovery=recovery), recovery
 
 
 def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> StatusFn:
@@ -58,14 +86,23 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> Statu
 
     owner_ref = owner_of(body)
     job: Mapping[str, Any] = {}
-    likely_new = "observedGeneration" not in (body.get("status") or {})
-    carbon_paused = is_carbon_paused(body.get("status") or {})
-    for child in training_children(owner_ref, spec, arch, plan, cfg, carbon_paused=carbon_paused):
+    status = body.get("status") or {}
+    likely_new = "observedGeneration" not in status
+    carbon_paused = is_carbon_paused(status)
+    attempt = restarts(status)  # a Job is created for the current attempt only (planning/recovery.py)
+    deadline = spec.run_policy.active_deadline_seconds
+    deadline_left = remaining_deadline_s(deadline, status.get("startTime"), now()) if attempt else None
+    children = training_children(
+        owner_ref, spec, arch, plan, cfg, carbon_paused=carbon_paused, attempt=attempt, deadline_left_s=deadline_left
+    )
+    for child in children:
         _, job = kube.ensure(child, owner_ref.uid, likely_new=likely_new)  # the Job comes last
 
-    def status_of(owner: Mapping[str, Any]) -> StatusUpdate:
+    def status_of(owner: Mapping[str, Any]) -> StatusUpdate | None:
         status = owner.get("status") or {}
-        update = training_status(spec, job, status, generation=generation, now=now())
+        update, _ = follow_job(kube, spec, job, owner, generation=generation)
+        if update is None:
+            return None  # a Job of an earlier attempt, being deleted: its successor will report
         update.patch["plan"] = plan_status(plan)
         if not status.get("progress"):
             update.patch["progress"] = {"step": 0, "totalSteps": spec.training.steps, "percent": 0}
@@ -107,19 +144,27 @@ def worker_job_changed(
     logger: kopf.Logger,
     **kwargs: Any,
 ) -> None:
-    """Follow the worker Job (and through it the pods) into the owner's status; recreate it if deleted."""
+    """Follow the worker Job (and through it the pods) into the owner's status; recreate it if deleted.
+
+    A worker failure is a group restart (planning/recovery.py): the restart is written to the owner's status
+    first, then the Job is deleted (Foreground), and its DELETED event creates the next attempt's Job. The same
+    order after an operator restart: a Job older than `.status.restarts` is deleted whenever it is seen.
+    """
     kube, cfg = kube_of(memo), config_of(memo)
+    deleted = event["type"] == "DELETED"
+    decided: list[Recovery] = []  # the decision of the last computation, the one whose status stands
 
     def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
+        decided.clear()
         status = owner.get("status") or {}
         # No waiting for the owner's own handler to write first: that would drop a Job change that lands
         # in between. Both may compute the same transition; the conditional write lets one of them win.
         if not controlled_by(body, owner["metadata"]["uid"]):
             return None
-        if event["type"] == "DELETED":
+        if deleted:
             if is_finished(status):
                 return None  # a finished job's children are never recreated.
-            logger.info("worker Job deleted while the training job is active: recreating it")
+            logger.info("worker Job deleted while the training job is active: creating attempt %d", restarts(status))
             return reconcile(kube, cfg, owner)(owner)
         # A finished job still takes the Job's final counts (they may land after the terminal condition).
         try:
@@ -127,12 +172,20 @@ def worker_job_changed(
         except ValidationError:
             return None  # the owner's own handler reports it.
         generation = int(owner["metadata"].get("generation") or 0)
-        return training_status(spec, body, status, generation=generation, now=now())
+        update, recovery = follow_job(kube, spec, body, owner, generation=generation)
+        decided.append(recovery)
+        return update
 
     key = (body.metadata.namespace, body.metadata.labels[TRAINING_JOB_LABEL])
     index: kopf.Index[Any, Any] = kwargs["training_jobs_by_name"]  # kopf passes indices by their name
-    cached = next(iter(index.get(key, [])), None)
+    # The next attempt's Job is built from a fresh read: the index may not hold the restart just written yet.
+    cached = None if deleted else next(iter(index.get(key, [])), None)
     with_fresh_owner(kube, PLURAL, key[0] or "", key[1], compute, cached=cached)
+    restart = decided and decided[0].verdict in (Verdict.RESTART, Verdict.STALE)
+    if restart and not body.metadata.get("deletionTimestamp"):
+        attempt = body.metadata.labels.get(RESTART_ATTEMPT_LABEL, "0")
+        logger.info("deleting the worker Job of attempt %s: %s", attempt, decided[0].message or "restart recorded")
+        kube.delete_foreground("batch/v1", "Job", key[0] or "", body.metadata.name or "", body.metadata.uid or "")
 
 
 @kopf.on.event(*TRAINING)

@@ -14,6 +14,7 @@ from moeops.bus.reports import RebalanceReport
 from ..planning import Plan
 from ..planning.carbon_gate import PAUSED_CONDITION, is_carbon_paused
 from ..planning.memory import GIB
+from ..planning.recovery import Recovery, Verdict, counted_restarts, decide_recovery, job_failure, restarts
 from .conditions import Event, EventType, StatusUpdate, set_condition, timestamp, transitions
 
 EVENT_TYPES: dict[str, EventType] = {
@@ -39,7 +40,6 @@ class JobView:
     failed: int
     suspended: bool
     finished_ok: Mapping[str, Any] | None
-    finished_failed: Mapping[str, Any] | None
     start_time: str | None
     completion_time: str | None
 
@@ -47,7 +47,7 @@ class JobView:
     def of(cls, job: Mapping[str, Any]) -> JobView:
         status = job.get("status") or {}
         conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-        # SuccessCriteriaMet/FailureTarget come first; Complete/Failed once every pod has terminated.
+        # SuccessCriteriaMet comes first, Complete once every pod has terminated (failures: planning.recovery).
         return cls(
             active=int(status.get("active") or 0),
             ready=int(status.get("ready") or 0),
@@ -55,7 +55,6 @@ class JobView:
             failed=int(status.get("failed") or 0),
             suspended="Suspended" in conds,
             finished_ok=conds.get("Complete") or conds.get("SuccessCriteriaMet"),
-            finished_failed=conds.get("Failed") or conds.get("FailureTarget"),
             start_time=status.get("startTime"),
             completion_time=status.get("completionTime"),
         )
@@ -73,8 +72,16 @@ def training_status(
     *,
     generation: int,
     now: datetime,
+    recovery: Recovery | None = None,
 ) -> StatusUpdate:
-    """The status patch for a job whose children exist; `previous` is the current `.status`."""
+    """The status patch for a job whose children exist; `previous` is the current `.status`.
+
+    `recovery` is what `planning.recovery.decide_recovery` made of the Job (decided here without the failed pod
+    when not given). A RESTART is recorded here: one more `.status.restarts`, Restarting with its reason.
+    """
+    if recovery is None:
+        backoff_limit = spec.run_policy.backoff_limit
+        recovery = decide_recovery(job, previous, backoff_limit=backoff_limit, failed_pod=None)
     view = JobView.of(job)
     desired = spec.workers.replicas
     before: list[dict[str, Any]] = list(previous.get("conditions") or [])
@@ -83,15 +90,16 @@ def training_status(
         return set_condition(conds, type_, on, reason, message, now=now, generation=generation)
 
     c = put(before, "Created", True, "ChildrenCreated", "ConfigMap, headless Service and worker Job created")
-    failed = view.finished_failed
-    succeeded = view.finished_ok if not failed else None
+    failed = recovery.verdict is Verdict.FAIL
+    restart = recovery.verdict is Verdict.RESTART
+    succeeded = view.finished_ok is not None and not failed and not restart
     terminal = failed or succeeded
-    c = put(c, "Failed", bool(failed), *(_reason_message(failed, "JobFailed") if failed else ("NotFailed", "")))
-    c = put(c, "Succeeded", bool(succeeded), "AllWorkersSucceeded" if succeeded else "NotSucceeded", "")
+    c = put(c, "Failed", failed, *((recovery.reason, recovery.message) if failed else ("NotFailed", "")))
+    c = put(c, "Succeeded", succeeded, "AllWorkersSucceeded" if succeeded else "NotSucceeded", "")
 
     user_suspended = spec.run_policy.suspend
     carbon_paused = is_carbon_paused(previous)
-    suspended = not terminal and (view.suspended or user_suspended or carbon_paused)
+    suspended = not terminal and not restart and (view.suspended or user_suspended or carbon_paused)
     if suspended:
         reason = "SuspendedByUser" if user_suspended else "CarbonPaused" if carbon_paused else "WaitingForQueue"
         c = put(c, "Suspended", True, reason, _suspend_message(reason, before))
@@ -100,22 +108,25 @@ def training_status(
         c = put(c, "Suspended", False, "Resumed" if was else "NotSuspended", "")
 
     all_ready = view.ready >= desired
-    running = not terminal and not suspended and all_ready
+    running = not terminal and not restart and not suspended and all_ready
     ready_msg = f"{view.ready}/{desired} workers ready"
     if terminal:
         c = put(c, "Running", False, "JobFinished", "")
+    elif restart:
+        c = put(c, "Running", False, "Restarting", recovery.message)
     elif suspended:
         c = put(c, "Running", False, "Suspended", "")
     else:
         c = put(c, "Running", running, "AllWorkersReady" if running else "WaitingForWorkers", ready_msg)
 
-    restarting = not terminal and not suspended and view.failed > 0 and not all_ready
-    limit = spec.run_policy.backoff_limit
-    if restarting:
-        msg = f"{view.failed} worker failure(s), backoffLimit {limit}: replacing failed workers"
-        c = put(c, "Restarting", True, "WorkerFailed", msg)
+    restarts_before = restarts(previous)
+    was_restarting = next((x for x in before if x["type"] == "Restarting" and x["status"] == "True"), None)
+    if restart:
+        c = put(c, "Restarting", True, recovery.reason, recovery.message)
+    elif was_restarting and not (terminal or suspended or all_ready):  # the new attempt's workers are starting
+        c = put(c, "Restarting", True, was_restarting["reason"], was_restarting["message"])
     else:
-        c = put(c, "Restarting", False, "WorkersRecovered" if view.failed else "NoFailures", "")
+        c = put(c, "Restarting", False, "WorkersRecovered" if restarts_before else "NoFailures", "")
 
     patch: dict[str, Any] = {
         "state": _state(c),
@@ -128,13 +139,19 @@ def training_status(
             "succeeded": view.succeeded,
             "failed": view.failed,
         },
+        "restarts": restarts_before + int(restart),
+        "restartsCountTowardsMax": counted_restarts(previous) + int(restart and recovery.counted),
     }
-    if view.start_time:
-        patch["startTime"] = view.start_time
-    finished_at = view.completion_time or (terminal or {}).get("lastTransitionTime")
+    if view.start_time and not (restarts_before and previous.get("startTime")):
+        patch["startTime"] = view.start_time  # the first attempt's: a restart does not start the job anew
+    finished_at = view.completion_time or ((view.finished_ok if succeeded else job_failure(job)) or {}).get(
+        "lastTransitionTime"
+    )
     if terminal and finished_at:
         patch["completionTime"] = finished_at
     events = transitions(before, c, EVENT_TYPES)
+    if restart and was_restarting:  # Restarting was already True: its transition posted no event for this one
+        events.append(Event("Warning", recovery.reason, recovery.message))
     if any(x["type"] == "Suspended" and x["status"] == "True" for x in before) and not suspended and not terminal:
         events.append(Event("Normal", "Resumed", "workers resumed"))
     return StatusUpdate(patch, events)
@@ -145,11 +162,6 @@ def _suspend_message(reason: str, conditions: Sequence[Mapping[str, Any]]) -> st
     gate = next((c for c in conditions if c.get("type") == PAUSED_CONDITION), {})
     detail = f": {gate.get('message')}" if reason == "CarbonPaused" and gate.get("message") else ""
     return f"workers stopped; state kept{detail}"
-
-
-def _reason_message(cond: Mapping[str, Any], default_reason: str) -> tuple[str, str]:
-    reason = str(cond.get("reason") or default_reason)
-    return reason, str(cond.get("message") or "")
 
 
 def invalid_spec_status(
