@@ -4,10 +4,8 @@
 test: bootstrap          ## lint, types, contracts and every test tier (e2e on a real control plane)
 	hack/check.sh
 
-demo: bootstrap          ## the operator on a local control plane, then a small MoE trained by 2 local processes
+demo: bootstrap          ## the whole platform locally: apply a job, watch it train in real pods, serve it, ask it
 	.venv/bin/python hack/demo.py
-	rm -rf .tmp/train/moe-debug-trainingjob
-	.venv/bin/moeops train --job examples/moe-debug-trainingjob.yaml --nproc 2 --eval-per-domain 50
 
 bootstrap:
 	hack/bootstrap.sh

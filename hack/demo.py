@@ -1,107 +1,124 @@
-"""The README's "main job" for now: a local control plane, the operator, the examples, shown with kubectl.
+"""The README's main job: the whole of moeops on this machine, one user's journey from `kubectl apply` to an answer.
 
-There is no kubelet in the local control plane: a fake kubelet binds the worker pods to a fake node and
-reports them running, so that the status you see is what the operator derives from real Job and
-Deployment controllers. No container actually runs (the trainer comes with a later issue).
-Pass --keep to leave the cluster and operator running until Ctrl-C.
+Starts the local platform (`moeops.devcluster.platform`: control plane, nats-server, operator, rebalancer, carbon
+aggregator and node agent, and the process node whose pods run as real processes), applies the example
+MoETrainingJob and watches it train, serves its checkpoint with the example InferenceService, asks it a question
+through its Service, measures exact match per domain through the same API, and sums up time, accuracy and energy.
+Pass --keep to leave everything running until Ctrl-C (then `export KUBECONFIG=.tmp/demo/controlplane/kubeconfig`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import kubernetes
-
-from moeops.devcluster import ControlPlane, FakeKubelet, find_binaries
+from moeops.data.synthetic import DOMAINS
+from moeops.devcluster import find_binaries
+from moeops.devcluster.node import local_service_address
+from moeops.devcluster.platform import LocalPlatform
+from moeops.devcluster.served_eval import complete, served_exact_match
 
 ROOT = Path(__file__).resolve().parents[1]
-KUBECTL = str(ROOT / ".cache" / "bin" / "kubectl")
+EXAMPLES = ROOT / "examples"
+JOB, SERVICE = "moe-debug", "moe-debug"
+COLUMNS = (
+    "NAME:.metadata.name,STATE:.status.state,STEP:.status.progress.step,LOSS:.status.progress.loss,"
+    "TOKENS/S:.status.progress.tokensPerSecond,PLAN-EPOCH:.status.rebalance.epoch,"
+    "UTIL:.status.rebalance.utilization,ENERGY-J:.status.carbon.energyJoules,RESTARTS:.status.restarts"
+)
 
 
-def kubectl(kubeconfig: Path, *args: str, show: bool = True) -> str:
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    if show:
-        print(f"\n$ kubectl {' '.join(args)}", flush=True)
-    out = subprocess.run([KUBECTL, *args], env=env, check=True, capture_output=True, text=True).stdout
-    if show:
-        print(out, end="", flush=True)
-    return out
+def say(text: str) -> None:
+    print(text, flush=True)
 
 
-def wait(what: str, probe, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
+def status(platform: LocalPlatform, plural: str, name: str) -> dict:
+    out = platform.kubectl("get", plural, name, "-o", "json", check=False)
+    return (json.loads(out).get("status") or {}) if out else {}
+
+
+def watch_training(platform: LocalPlatform, timeout_s: float = 1200) -> dict:
+    say(f"\n$ kubectl get mtj {JOB} -w   (custom columns; a line each time something changes)")
+    header, last = True, ""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"demo: timed out waiting for {what}")
+        platform.check()
+        table = platform.kubectl("get", "mtj", JOB, "-o", f"custom-columns={COLUMNS}", check=False).splitlines()
+        if len(table) == 2 and table[1] != last:
+            if header:
+                say(table[0])
+                header = False
+            say(table[1])
+            last = table[1]
+        found = status(platform, "mtj", JOB)
+        if found.get("state") in ("Succeeded", "Failed"):
+            return found
+        time.sleep(3)
+    raise SystemExit(f"demo: {JOB} did not finish in {timeout_s:.0f}s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="keep the cluster running until Ctrl-C")
+    parser.add_argument("--keep", action="store_true", help="keep the platform running until Ctrl-C")
+    parser.add_argument("--eval-per-domain", type=int, default=20, help="held-out questions per domain")
     args = parser.parse_args()
     if find_binaries() is None:
         raise SystemExit("demo: control-plane binaries missing; run hack/bootstrap.sh (needs Go)")
     work = ROOT / ".tmp" / "demo"
     shutil.rmtree(work, ignore_errors=True)
-    with ControlPlane(work) as cluster:
-        kc = cluster.kubeconfig
-        print(f"demo: control plane up at {cluster.server} (KUBECONFIG={kc})", flush=True)
-        kubectl(kc, "apply", "-f", str(ROOT / "crds"))
-        kubectl(kc, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s", show=False)
-        # API discovery lags the Established condition by a moment; an operator started before discovery lists
-        # the new group would not see it until the next CRD change.
-        wait(
-            "API discovery of moeops.dev",
-            lambda: "moetrainingjobs" in kubectl(kc, "api-resources", "--api-group=moeops.dev", show=False),
-        )
-        log = (work / "operator.log").open("wb")
-        env = {**os.environ, "KUBECONFIG": str(kc)}
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "moeops.cli", "operator", "run", "--standalone"], env=env, stdout=log, stderr=log
-        )
-        kubelet = FakeKubelet(kubernetes.config.new_client_from_config(config_file=str(kc)))
-        try:
-            kubelet.ensure_node()
-            kubelet.start_reaper()
-            kubectl(kc, "apply", "-f", str(ROOT / "examples"))
+    started = time.monotonic()
+    say("demo: starting the platform (control plane, nats-server, operator, rebalancer, carbon, process node)")
+    with LocalPlatform(work) as platform:
+        say(f"demo: up in {time.monotonic() - started:.0f}s; export KUBECONFIG={platform.kubeconfig}")
+        journey = time.monotonic()
+        for example in ("moe-checkpoints-pvc.yaml", "moe-debug-trainingjob.yaml"):
+            say(f"\n$ kubectl apply -f examples/{example}")
+            say(platform.kubectl("apply", "-f", str(EXAMPLES / example)).strip())
+        final = watch_training(platform)
+        say(f"\n$ kubectl get mtj,pods -o wide\n{platform.kubectl('get', 'mtj,pods', '-o', 'wide')}")
+        if final["state"] != "Succeeded":
+            say(platform.kubectl("describe", "mtj", JOB, check=False))
+            raise SystemExit(f"demo: {JOB} ended {final['state']}")
+        trained = time.monotonic() - journey
 
-            def pods_started(selector: str, count: int) -> bool:
-                pending = [p for p in kubelet.pods("default", selector) if not p["spec"].get("nodeName")]
-                for pod in pending:
-                    kubelet.run(pod)
-                return len(kubelet.pods("default", selector)) >= count
+        say("$ kubectl apply -f examples/moe-debug-inferenceservice.yaml")
+        say(platform.kubectl("apply", "-f", str(EXAMPLES / "moe-debug-inferenceservice.yaml")).strip())
+        deadline = time.monotonic() + 300
+        while status(platform, "inferenceservice", SERVICE).get("readyReplicas", 0) < 1:
+            platform.check()
+            if time.monotonic() > deadline:
+                raise SystemExit("demo: the InferenceService did not become Ready in 300s")
+            time.sleep(2)
+        say(platform.kubectl("get", "inferenceservice", SERVICE))
+        cluster_ip = platform.kubectl("get", "service", SERVICE, "-o", "jsonpath={.spec.clusterIP}")
+        url = f"http://{local_service_address(cluster_ip)}"
+        say(f"The Service's ClusterIP {cluster_ip} is served by the process node's proxy at {url}")
+        question = "12+34="
+        say(f'$ curl {url}/v1/completions -d \'{{"model": "{SERVICE}", "prompt": "{question}", "max_tokens": 5}}\'')
+        say(f"answer: {complete(url, SERVICE, question, 5)!r}")
 
-            wait("moe-debug's workers", lambda: pods_started("moeops.dev/training-job=moe-debug", 2))
-            wait("moe-small's server", lambda: pods_started("moeops.dev/inference-service=moe-small", 1))
-            wait(
-                "moe-debug to be Running",
-                lambda: (
-                    "Running" in kubectl(kc, "get", "moejob", "moe-debug", "-o=jsonpath={.status.state}", show=False)
-                ),
-            )
-            time.sleep(1)
-            kubectl(kc, "get", "moetrainingjobs,inferenceservices", "-o", "wide")
-            kubectl(kc, "get", "jobs,deployments,services,configmaps,pods", "-l", "app.kubernetes.io/part-of=moeops")
-            kubectl(kc, "get", "events", "--field-selector=involvedObject.kind=MoETrainingJob")
-            if args.keep:
-                print(f"\ndemo: running; export KUBECONFIG={kc}; Ctrl-C to stop", flush=True)
+        config = platform.kubectl("get", "configmap", f"{JOB}-config", "-o", "jsonpath={.data.config\\.json}")
+        seed = int(json.loads(config)["training"].get("seed", 0))
+        accuracy = served_exact_match(url, SERVICE, DOMAINS, seed, args.eval_per_domain)
+        carbon = status(platform, "mtj", JOB).get("carbon") or {}
+        say("\n== summary")
+        say(f"training (apply → Succeeded): {trained:.0f}s; whole journey: {time.monotonic() - journey:.0f}s")
+        say(f"exact match through the InferenceService ({args.eval_per_domain} held-out questions per domain):")
+        say("  " + "  ".join(f"{d} {a:.2f}" for d, a in accuracy.items()))
+        say(f"energy: {carbon.get('energyJoules', 0):.0f} J (CPU estimated: {carbon.get('cpuEstimated')}), "
+            f"{carbon.get('gCO2e', 0):.3f} gCO2e")  # fmt: skip
+        if args.keep:
+            say(f"\ndemo: running; export KUBECONFIG={platform.kubeconfig}; Ctrl-C to stop")
+            try:
                 while True:
                     time.sleep(3600)
-        except KeyboardInterrupt:
-            print("\ndemo: stopping", flush=True)
-        finally:
-            kubelet.stop()
-            operator.terminate()
-            operator.wait(timeout=30)
-            log.close()
+            except KeyboardInterrupt:
+                say("\ndemo: stopping")
+    sys.exit(0)
 
 
 if __name__ == "__main__":
