@@ -112,3 +112,21 @@ def test_transient_errors_become_kopf_retries_and_permanent_ones_stop() -> None:
     assert outage.value.delay == 10
     with pytest.raises(kopf.PermanentError):
         handler(ApiError("invalid", status=422, transient=False))
+
+
+async def test_a_group_restart_deletes_the_exact_job_in_the_foreground_and_tolerates_a_successor(
+    kmock: km.RawHandler,
+) -> None:
+    kmock[f"delete {JOBS}/j"][:1] << 200 << job()
+    # 409: the uid precondition failed (a successor holds the name); 404: gone already. Neither is an error.
+    kmock[f"delete {JOBS}/j"][1:2] << 409 << status(409, "Precondition failed: UID in precondition: old-uid")
+    kmock[f"delete {JOBS}/j"][2:3] << 404 << status(404, "not found")
+    kmock[f"delete {JOBS}/j"] << 500 << status(500, "etcdserver: leader changed")
+    kube = kube_for(kmock)
+    for _ in range(3):
+        await asyncio.to_thread(kube.delete_foreground, "batch/v1", "Job", "ns", "j", "old-uid")
+    with pytest.raises(ApiError) as info:
+        await asyncio.to_thread(kube.delete_foreground, "batch/v1", "Job", "ns", "j", "old-uid")
+    assert info.value.transient
+    first = list(kmock["delete"])[0]
+    assert first.data == {"preconditions": {"uid": "old-uid"}, "propagationPolicy": "Foreground"}

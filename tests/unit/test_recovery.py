@@ -72,6 +72,12 @@ def test_restarts_exhausted_fail_the_job_with_the_reason() -> None:
     assert "exited with code 1" in decision.message and "backoffLimit (2) reached: 2 restart(s)" in decision.message
 
 
+def test_the_message_says_when_the_restart_starts_over() -> None:
+    failed = job(failure="BackoffLimitExceeded")
+    decision = decide_recovery(failed, status(), backoff_limit=2, failed_pod=CRASH, durable_checkpoints=False)
+    assert decision.verdict is Verdict.RESTART and "from step 0 (checkpoints on ephemeral disk" in decision.message
+
+
 def test_a_raised_backoff_limit_allows_another_restart() -> None:
     failed = job(2, failure="BackoffLimitExceeded")
     assert decide_recovery(failed, status(2, 2), backoff_limit=3, failed_pod=CRASH).verdict is Verdict.RESTART

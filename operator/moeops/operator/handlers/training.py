@@ -60,7 +60,13 @@ def follow_job(
     if needs_failed_pod(job, status):
         meta = job["metadata"]
         failed_pod = first_failed_pod(kube.list_pods(meta["namespace"], f"{JOB_POD_LABEL}={meta['uid']}"))
-    recovery = decide_recovery(job, status, backoff_limit=spec.run_policy.backoff_limit, failed_pod=failed_pod)
+    recovery = decide_recovery(
+        job,
+        status,
+        backoff_limit=spec.run_policy.backoff_limit,
+        failed_pod=failed_pod,
+        durable_checkpoints=spec.checkpoint.storage.claim_name is not None,
+    )
     if recovery.verdict is Verdict.STALE:
         return None, recovery
     return training_status(spec, job, status, generation=generation, now=now(), recovery=recovery), recovery

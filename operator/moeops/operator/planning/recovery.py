@@ -109,9 +109,18 @@ def needs_failed_pod(job: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
 
 
 def decide_recovery(
-    job: Mapping[str, Any], status: Mapping[str, Any], *, backoff_limit: int, failed_pod: WorkerFailure | None
+    job: Mapping[str, Any],
+    status: Mapping[str, Any],
+    *,
+    backoff_limit: int,
+    failed_pod: WorkerFailure | None,
+    durable_checkpoints: bool = True,
 ) -> Recovery:
-    """What to do with the worker Job as observed, given the owner's `.status` and the restart budget."""
+    """What to do with the worker Job as observed, given the owner's `.status` and the restart budget.
+
+    `durable_checkpoints`: the checkpoints are on a claim, so the next attempt resumes from the last one (on the
+    pods' ephemeral disk they go with the pods, and the message says that the job starts over).
+    """
     if job_attempt(job) < restarts(status):
         return Recovery(Verdict.STALE)
     failure = job_failure(job)
@@ -122,11 +131,12 @@ def decide_recovery(
         return Recovery(Verdict.FAIL, reason, str(failure.get("message") or ""))
     what = failed_pod.describe() if failed_pod else "a worker failed"
     used = counted_restarts(status)
+    start = "the last checkpoint" if durable_checkpoints else "step 0 (checkpoints on ephemeral disk are lost)"
     if failed_pod and failed_pod.disrupted:
-        message = f"{what}: restarting every worker from the last checkpoint (not counted: {used} of {backoff_limit})"
+        message = f"{what}: restarting every worker from {start}; not counted ({used} of {backoff_limit} used)"
         return Recovery(Verdict.RESTART, "WorkerDisrupted", message, counted=False)
     if used < backoff_limit:
-        message = f"{what}: restarting every worker from the last checkpoint (restart {used + 1} of {backoff_limit})"
+        message = f"{what}: restarting every worker from {start} (restart {used + 1} of {backoff_limit})"
         return Recovery(Verdict.RESTART, "WorkerFailed", message, counted=True)
     message = f"{what}; runPolicy.backoffLimit ({backoff_limit}) reached: {used} restart(s) used"
     return Recovery(Verdict.FAIL, RESTARTABLE_REASON, message)
