@@ -26,10 +26,11 @@ import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from .ledger import Stage, WorkloadKey, WorkloadKind
+from .ledger import DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
 from .podresources.devices import CgroupRef
 
 C = TypeVar("C", bound=Hashable)
@@ -291,6 +292,26 @@ def workload_energy(consumers_j: Mapping[C, float], key_of: Callable[[C], Worklo
     for consumer, energy_j in consumers_j.items():
         parts.setdefault(key_of(consumer), []).append(energy_j)
     return {key: math.fsum(values) for key, values in parts.items()}
+
+
+def node_deltas(
+    meter: DeltaId,
+    node: str,
+    region: str,
+    at: datetime,
+    gpu_j: Mapping[WorkloadKey | None, float],
+    cpu_j: Mapping[WorkloadKey | None, float],
+    *,
+    cpu_estimated: bool,
+) -> list[EnergyDelta]:
+    """One delta per ledger key (None: node idle) with energy, GPU and CPU joules together on the node's meter."""
+    out = []
+    for key in dict.fromkeys([*gpu_j, *cpu_j]):
+        gpu, cpu = gpu_j.get(key, 0.0), cpu_j.get(key, 0.0)
+        if gpu > 0 or cpu > 0:
+            out.append(EnergyDelta(id=meter, node=node, region=region, at=at, key=key, gpu_energy_j=gpu,
+                                   cpu_energy_j=cpu, cpu_estimated=cpu_estimated and cpu > 0))  # fmt: skip
+    return out
 
 
 @dataclass

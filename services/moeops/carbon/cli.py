@@ -13,6 +13,11 @@ Settings come from the environment (NATS: MOEOPS_NATS_*, see `moeops.bus.connect
     MOEOPS_CARBON_GPU_IDLE_W    the agent's GPU idle power in watts (default: measured per GPU, see node_source)
     MOEOPS_CARBON_KUBELET_SOCKET  the kubelet's pod-resources socket (default: podresources.client.DEFAULT_SOCKET)
     MOEOPS_CARBON_NVML_ONLY     `true`: no pod attribution, every GPU's energy is node idle (`nvml_idle_source`)
+    MOEOPS_CARBON_GPUS          `auto` (default): NVML where it starts, else CPU only; `required`: no NVML ends the
+                                agent (exit 69); `none`: CPU only, NVML not tried
+    MOEOPS_CARBON_CGROUP_ROOT   the cgroup v2 tree holding the pods' `kubepods*` cgroups (default: the cgroup2 mount
+                                of /proc/self/mountinfo, /sys/fs/cgroup or, on a hybrid host, /sys/fs/cgroup/unified)
+    MOEOPS_CARBON_WATTS_PER_CPU the CPU estimate's watts per logical CPU where RAPL is not readable (default 5)
 
 The agent attributes energy to pods (`node_source.NodeSource`): the kubelet's device map, or, while its socket is
 absent or silent, the GPU processes' cgroups (the agent's pod needs hostPID); pod labels from `list pods` on this
@@ -22,14 +27,17 @@ Both publish OpenTelemetry metrics through the API (`telemetry`: hw.energy and h
 agent, moeops.carbon.emissions per workload from the aggregator) on the process's global MeterProvider, which
 `moeops.telemetry.setup` configures with an OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set (service.name
 moeops-carbon-agent / moeops-carbon-aggregator); without it they stay on the API's no-op and cost next to nothing.
-A machine without NVML ends the agent with a one-line message and exit status 69 (EX_UNAVAILABLE), not a
-traceback: a DaemonSet scheduled on a node without GPUs should say why it stops.
+Without NVML (no driver, no GPU) the agent measures the CPU only (`cpu_source.CpuNodeSource`: RAPL, else the
+labelled estimate, split over the pods by their cgroup v2 CPU time) and logs a warning saying so. With
+MOEOPS_CARBON_GPUS=required (or MOEOPS_CARBON_NVML_ONLY, which has nothing to measure without NVML) a machine
+without NVML ends the agent with a one-line message and exit status 69 (EX_UNAVAILABLE), not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -43,16 +51,19 @@ from typing import cast
 from moeops import telemetry as otel
 from moeops.api import env
 from moeops.bus.connection import BusConfigError, ConnectionOptions
+from moeops.bus.subjects import CARBON_BUCKET, CARBON_STREAM
 
 from .agent import AgentSettings, DeltaSource, NodeAgent
 from .aggregator import CarbonAggregator
+from .cpu_source import CpuNodeSource, CpuSourceSettings
 from .intensity import default_static_table
 from .ledger import DEFAULT_PUE, DeltaId, EnergyDelta
 from .node_source import NodeSource, NodeSourceSettings, SourceNvmlApi, kube_pod_lister
 from .nvml_reader import NvmlReader, NvmlUnavailable
+from .pod_cpu import MOUNTINFO, find_cgroup2_root
 from .podresources.client import DEFAULT_SOCKET, PodResourcesClient
 from .poll_telemetry import PollTelemetry
-from .rapl import CpuEnergyMeter
+from .rapl import DEFAULT_WATTS_PER_CPU, CpuEnergyMeter
 from .spool import Spool
 from .telemetry import CarbonTelemetry, GpuReading, carbon_meter
 
@@ -63,6 +74,11 @@ CARBON_PUE = "MOEOPS_CARBON_PUE"
 CARBON_GPU_IDLE_W = "MOEOPS_CARBON_GPU_IDLE_W"
 CARBON_KUBELET_SOCKET = "MOEOPS_CARBON_KUBELET_SOCKET"
 CARBON_NVML_ONLY = "MOEOPS_CARBON_NVML_ONLY"
+CARBON_GPUS = "MOEOPS_CARBON_GPUS"
+CARBON_CGROUP_ROOT = "MOEOPS_CARBON_CGROUP_ROOT"
+CARBON_WATTS_PER_CPU = "MOEOPS_CARBON_WATTS_PER_CPU"
+GPU_MODES = ("auto", "required", "none")
+FALLBACK_CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_SPOOL_DIR = "/var/lib/moeops/carbon-spool"
 EX_UNAVAILABLE = 69
 """sysexits.h: a service the program needs (here NVML) is not there."""
@@ -105,6 +121,56 @@ def nvml_idle_source(
     return deltas
 
 
+def _flag(environ: Mapping[str, str], name: str) -> bool:
+    return environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def open_nvml(environ: Mapping[str, str]) -> NvmlReader | None:
+    """NVML started (the caller closes it), or None where the settings allow the agent to go on without it
+    (MOEOPS_CARBON_GPUS); raises NvmlUnavailable where they do not."""
+    mode = environ.get(CARBON_GPUS, "").strip().lower() or "auto"
+    if mode not in GPU_MODES:
+        raise ValueError(f"{CARBON_GPUS} must be one of {', '.join(GPU_MODES)}, not {mode!r}")
+    if mode == "none":
+        logger.warning("%s=none: NVML not tried, no GPU energy is measured on this node", CARBON_GPUS)
+        return None
+    reader = NvmlReader()
+    try:
+        reader.open()
+    except NvmlUnavailable as exc:
+        if mode == "required" or _flag(environ, CARBON_NVML_ONLY):
+            raise
+        logger.warning("NVML is not available (%s): NO GPU energy is measured on this node, only the CPU's; set "
+                       "%s=required to stop the agent instead", exc, CARBON_GPUS)  # fmt: skip
+        return None
+    return reader
+
+
+def cgroup_root(environ: Mapping[str, str], mountinfo: Path = MOUNTINFO) -> Path:
+    """The cgroup v2 tree the pods' cgroups are read from: configured, else the cgroup2 mount (logged)."""
+    if configured := environ.get(CARBON_CGROUP_ROOT, "").strip():
+        return Path(configured)
+    found = find_cgroup2_root(mountinfo)
+    if found is None:
+        logger.warning("no cgroup2 mount in /proc/self/mountinfo: pods' CPU time cannot be read, their CPU energy "
+                       "is booked as the node's (set %s)", CARBON_CGROUP_ROOT)  # fmt: skip
+        return FALLBACK_CGROUP_ROOT
+    return found
+
+
+def cpu_meter(environ: Mapping[str, str]) -> CpuEnergyMeter:
+    return CpuEnergyMeter(watts_per_cpu=float(_setting(environ, CARBON_WATTS_PER_CPU, str(DEFAULT_WATTS_PER_CPU))))
+
+
+def cpu_only_source(environ: Mapping[str, str], node: str, region: str) -> DeltaSource:
+    """The source of a node without NVML: the CPU packages' energy over the pods (`CpuNodeSource`)."""
+    root = cgroup_root(environ)
+    logger.info("carbon agent on %s: CPU only (no GPU); CPU energy by RAPL or the estimate, split over pods by "
+                "cgroup v2 cpu.stat under %s/kubepods*, pod labels from the API server", node, root)  # fmt: skip
+    settings = CpuSourceSettings(node, region, cgroup_root=root)
+    return CpuNodeSource(settings, pods=kube_pod_lister(node), cpu=cpu_meter(environ))
+
+
 def attributed_source(
     reader: NvmlReader,
     kubelet: PodResourcesClient,
@@ -115,7 +181,7 @@ def attributed_source(
 ) -> DeltaSource:
     """The agent's source as the settings ask: pods attributed (`NodeSource`), or NVML only; logs which. Each
     call of either feeds `telemetry` (`CarbonTelemetry.record_poll`)."""
-    if environ.get(CARBON_NVML_ONLY, "").strip().lower() in ("1", "true", "yes"):
+    if _flag(environ, CARBON_NVML_ONLY):
         logger.warning("%s is set: NVML only, every GPU's energy is booked as node idle (no pod attribution)",
                        CARBON_NVML_ONLY)  # fmt: skip
         return nvml_idle_source(reader, node, region, telemetry)
@@ -124,12 +190,13 @@ def attributed_source(
                        "cgroups (needs hostPID); set %s=true to book all GPU energy as node idle instead",
                        kubelet.socket_path, CARBON_NVML_ONLY)  # fmt: skip
     idle_w = environ.get(CARBON_GPU_IDLE_W, "").strip()
-    settings = NodeSourceSettings(node, region, gpu_idle_power_w=float(idle_w) if idle_w else None)
+    settings = NodeSourceSettings(node, region, gpu_idle_power_w=float(idle_w) if idle_w else None,
+                                  cgroup_root=cgroup_root(environ))  # fmt: skip
     logger.info("attributing energy to pods; GPU idle power %s", f"{idle_w} W" if idle_w else "measured per GPU")
     # The module the reader initialised (imports are cached): the process calls need its handles.
     nvml = cast(SourceNvmlApi, importlib.import_module("pynvml"))
-    return NodeSource(reader, nvml, settings, devices=kubelet.devices, pods=kube_pod_lister(node), cpu=CpuEnergyMeter(),
-                      on_split=PollTelemetry(telemetry, node, reader))  # fmt: skip
+    return NodeSource(reader, nvml, settings, devices=kubelet.devices, pods=kube_pod_lister(node),
+                      cpu=cpu_meter(environ), on_split=PollTelemetry(telemetry, node, reader))  # fmt: skip
 
 
 def _setting(environ: Mapping[str, str], name: str, default: str | None = None) -> str:
@@ -156,10 +223,16 @@ def run_agent(environ: Mapping[str, str]) -> None:
     settings = AgentSettings(poll_interval_s=float(_setting(environ, CARBON_POLL_S, "1")))
     options = ConnectionOptions.from_env(environ, name=f"moeops-carbon-agent-{node}")
     socket = Path(_setting(environ, CARBON_KUBELET_SOCKET, str(DEFAULT_SOCKET)))
-    with NvmlReader() as reader, PodResourcesClient(socket) as kubelet:
-        logger.info("carbon agent on %s: %d GPU(s)", node, len(reader.gpus))
-        source = attributed_source(reader, kubelet, environ, node, region, CarbonTelemetry(carbon_meter()))
-        spool = Spool(Path(_setting(environ, CARBON_SPOOL_DIR, DEFAULT_SPOOL_DIR)))
+    spool = Spool(Path(_setting(environ, CARBON_SPOOL_DIR, DEFAULT_SPOOL_DIR)))
+    with contextlib.ExitStack() as stack:
+        reader = open_nvml(environ)
+        if reader is None:
+            source = cpu_only_source(environ, node, region)
+        else:
+            stack.callback(reader.close)
+            kubelet = stack.enter_context(PodResourcesClient(socket))
+            logger.info("carbon agent on %s: %d GPU(s)", node, len(reader.gpus))
+            source = attributed_source(reader, kubelet, environ, node, region, CarbonTelemetry(carbon_meter()))
         _serve(NodeAgent(source, spool, options, settings).run)
 
 
@@ -172,7 +245,10 @@ def make_aggregator(environ: Mapping[str, str], telemetry: CarbonTelemetry | Non
 
 
 def run_aggregator(environ: Mapping[str, str]) -> None:
-    _serve(make_aggregator(environ).run)
+    aggregator = make_aggregator(environ)
+    logger.info("carbon aggregator: stream %s → ledger (PUE %s) → bucket %s", CARBON_STREAM, aggregator.ledger.pue,
+                CARBON_BUCKET)  # fmt: skip
+    _serve(aggregator.run)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:

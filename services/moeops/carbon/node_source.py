@@ -12,7 +12,8 @@ the agent's poll rate, so the energy integrates every reading while the rest run
 4. Pod labels: the pods on this node (`list pods` with `spec.nodeName=<node>`: the agent's RBAC needs only that),
    cached for `pods_ttl_s` and refreshed early (at most every `MIN_POD_REFRESH_S`) when a holder is not in it.
 5. CPU, every `cpu_interval_s`: RAPL or the labelled estimate (`CpuEnergyMeter`), split over pods by their
-   cgroup v2 `cpu.stat` usage; the CPU time outside every pod, and all of it where no cpu.stat is readable, is node.
+   cgroup v2 `cpu.stat` usage (`pod_cpu`); the CPU time outside every pod, and all of it where no cpu.stat is
+   readable, is node. A node without NVML runs `cpu_source.CpuNodeSource` instead.
 6. `attribution` splits it: GPU idle power to node idle, the active rest to workloads by SM share.
 7. MIG parents (`mig.py`): the instances' weights (SM count while running a compute process, else 0) split the
    parent's energy at every NVML poll; a busy instance is then a device keyed by its MIG UUID (as the kubelet's map
@@ -32,9 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,11 +46,10 @@ from .attribution import (
     IdlePowerWindow,
     PodInfo,
     Split,
-    cpu_idle_share_j,
+    node_deltas,
     pod_workload,
     pods_from_list,
     sm_weights,
-    split_cpu,
     split_node,
     unresolved_workload,
     workload_energy,
@@ -60,20 +58,20 @@ from .gpu_processes import ProcessNvmlApi, ProcessSampler
 from .ledger import DeltaId, EnergyDelta, WorkloadKey
 from .mig import MigActivity, MigDeltas, MigNvmlApi, mig_intervals
 from .nvml_reader import NvmlReader
-from .podresources.cgroup import parse_cgroup_path, read_pid_cgroup
+from .pod_cpu import CpuAttribution, DegradingGuard, scan_pod_cgroups
+from .podresources.cgroup import read_pid_cgroup
 from .podresources.devices import CachedDeviceMap, CgroupRef, ContainerRef, DeviceMap
-from .rapl import CpuEnergyMeter, parse_proc_stat
+from .rapl import CpuEnergyMeter
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 Consumer = ContainerRef | CgroupRef
+AnyConsumer = TypeVar("AnyConsumer", bound=Consumer)
 METER = "energy"
 MIN_POD_REFRESH_S = 2.0
 SM_HOLD_S = 1.0
 """An interval without SM samples reuses the GPU's last weights this long: the driver samples about every 1/6 s,
 so at 10 Hz many polls see none, and an equal split for those would blur a 3:1 share towards 1:1."""
-CGROUP_SCAN_DEPTH = 4  # kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice: 3 levels down
 
 
 class SourceNvmlApi(ProcessNvmlApi, MigNvmlApi, Protocol):
@@ -149,11 +147,14 @@ class NodeSource:
         on_split: Callable[[Mapping[str, Split[Consumer]], Mapping[str, PodInfo]], None] = lambda *_: None,
     ) -> None:
         self._reader, self._nvml, self.settings = reader, nvml, settings
+        self._guard = DegradingGuard(logger)
+        self.degraded = self._guard.counts
         self._devices = None if devices is None else CachedDeviceMap(devices, settings.device_map_ttl_s, clock)
         self._device_retry_at_s = self._cpu_due_s = -math.inf
         self._list_pods, self._pods = pods, _Pods()
         self._pods_attempt_s: float | None = None
-        self._cpu, self._clock, self._on_split = cpu, clock, on_split
+        self._cpu = None if cpu is None else CpuAttribution(cpu, settings.proc_root, self._guard)
+        self._clock, self._on_split = clock, on_split
         self._sampler = ProcessSampler(nvml)
         self._mig = MigActivity(nvml, lambda: reader.gpus, settings.mig_interval_s, clock)
         self._mig_deltas = MigDeltas()
@@ -165,20 +166,7 @@ class NodeSource:
         self._gpu_total_j: dict[str, float] = {}
         self._meter = DeltaId(source=f"{settings.node}/{METER}", epoch=0, sequence=0)  # the spool stamps the ids
         self._last_s: float | None = None
-        self._cpu_usage_s: dict[str, float] = {}
-        self._proc_busy_ticks: int | None = None
-        self.degraded: Counter[str] = Counter()
         self.fallback_polls = 0  # polls attributed through cgroups: the kubelet's map was unavailable
-
-    def _guard(self, kind: str, call: Callable[[], T], fallback: T) -> T:
-        try:
-            return call()
-        except Exception as error:  # any failure of one part: the poll's NVML energy must still be booked
-            self.degraded[kind] += 1
-            if self.degraded[kind] == 1:
-                logger.warning("carbon source: %s failed (%s: %s); degrading, further %s failures are only counted",
-                               kind, type(error).__name__, error, kind)  # fmt: skip
-            return fallback
 
     def sample(self) -> None:
         """A reading between two calls (the agent's polls between commits): NVML only, attributed at the next call."""
@@ -300,10 +288,11 @@ class NodeSource:
         self._pods_attempt_s = now_s
         pods = list(self._list_pods())
         self._pods = _Pods({(p.namespace, p.name): p for p in pods}, {p.uid: p for p in pods}, fetched_at_s=now_s)
-        self._pods.cgroups = self._guard("cgroup_scan", self._scan_cgroups, {})
+        scan = partial(scan_pod_cgroups, self.settings.cgroup_root, lambda uid: uid in self._pods.by_uid)
+        self._pods.cgroups = self._guard("cgroup_scan", scan, {})
         self._owners, self._keys = {}, {}  # re-resolved against the new list (and a reused PID is not kept)
 
-    def _by_key(self, consumers_j: Mapping[Consumer, float], node_j: float) -> dict[WorkloadKey | None, float]:
+    def _by_key(self, consumers_j: Mapping[AnyConsumer, float], node_j: float) -> dict[WorkloadKey | None, float]:
         """Energy per ledger key, None being the node's idle energy."""
         by_key: dict[WorkloadKey | None, float] = dict(workload_energy(consumers_j, self._key_of).items())
         return {**by_key, None: node_j}
@@ -330,68 +319,19 @@ class NodeSource:
             self._keys[consumer] = key
         return key
 
-    def _scan_cgroups(self) -> dict[str, Path]:
-        """Pod UID → cgroup directory, for the pods under the kubepods hierarchy (both drivers)."""
-        found: dict[str, Path] = {}
-        root = self.settings.cgroup_root
-        for directory, subdirs, _ in os.walk(root):
-            relative = Path(directory).relative_to(root)
-            depth = len(relative.parts)
-            if depth and not relative.parts[0].startswith("kubepods"):
-                subdirs.clear()
-                continue
-            ref = parse_cgroup_path(str(relative)) if depth else None
-            if ref is not None and ref.container_id is None and ref.pod_uid in self._pods.by_uid:
-                found[ref.pod_uid] = Path(directory)
-                subdirs.clear()
-            elif depth >= CGROUP_SCAN_DEPTH:
-                subdirs.clear()
-        return found
-
     def _cpu_split(self, now_s: float) -> tuple[dict[WorkloadKey | None, float], bool]:
         """The CPU energy of the interval per key, and whether it is an estimate; empty between CPU intervals."""
         if self._cpu is None or now_s < self._cpu_due_s:
             return {}, False
         self._cpu_due_s = now_s + self.settings.cpu_interval_s
-        energy = self._guard("cpu_energy", self._cpu.sample, None)
-        busy_s = self._guard("proc_stat", self._busy_seconds, None)
-        usage: dict[Consumer, float] = self._guard("cgroup_cpu", self._pod_cpu_seconds, {})
-        if energy is None or busy_s is None:
+        interval = self._cpu.split(self._pods.cgroups)
+        if interval is None:
             return {}, False
-        busy_share = busy_s / (energy.dt_s * (os.cpu_count() or 1)) if energy.dt_s > 0 else 0.0
-        idle_j = cpu_idle_share_j(energy.energy_j, busy_share, estimated=energy.estimated)
-        split = split_cpu(energy.energy_j, idle_j, usage, busy_s)
-        return self._by_key(split.consumers_j, split.node_j), energy.estimated
-
-    def _busy_seconds(self) -> float | None:
-        """Busy CPU seconds on the node since the last call (all CPUs), from /proc/stat."""
-        ticks = parse_proc_stat((self.settings.proc_root / "stat").read_text()).busy
-        previous, self._proc_busy_ticks = self._proc_busy_ticks, ticks
-        return None if previous is None else max(ticks - previous, 0) / os.sysconf("SC_CLK_TCK")
-
-    def _pod_cpu_seconds(self) -> dict[Consumer, float]:
-        """CPU seconds per pod since the last call, from cgroup v2 `cpu.stat` (`usage_usec`)."""
-        usage: dict[Consumer, float] = {}
-        current: dict[str, float] = {}
-        for uid, directory in self._pods.cgroups.items():
-            text = (directory / "cpu.stat").read_text()
-            usec = next((int(line.split()[1]) for line in text.splitlines() if line.startswith("usage_usec ")), None)
-            if usec is None:
-                continue
-            current[uid] = usec / 1e6
-            if uid in self._cpu_usage_s:
-                usage[CgroupRef(uid, None)] = max(current[uid] - self._cpu_usage_s[uid], 0.0)
-        self._cpu_usage_s = current
-        return usage
+        return self._by_key(interval.split.consumers_j, interval.split.node_j), interval.energy.estimated
 
     def _deltas(
         self, gpu_j: Mapping[WorkloadKey | None, float], cpu_j: Mapping[WorkloadKey | None, float], estimated: bool
     ) -> list[EnergyDelta]:
-        at, meter, node, region = datetime.now(UTC), self._meter, self.settings.node, self.settings.region
-        out = []
-        for key in dict.fromkeys([*gpu_j, *cpu_j]):
-            gpu, cpu = gpu_j.get(key, 0.0), cpu_j.get(key, 0.0)
-            if gpu > 0 or cpu > 0:
-                out.append(EnergyDelta(id=meter, node=node, region=region, at=at, key=key, gpu_energy_j=gpu,
-                                       cpu_energy_j=cpu, cpu_estimated=estimated and cpu > 0))  # fmt: skip
-        return out
+        settings = self.settings
+        return node_deltas(self._meter, settings.node, settings.region, datetime.now(UTC), gpu_j, cpu_j,
+                           cpu_estimated=estimated)  # fmt: skip
