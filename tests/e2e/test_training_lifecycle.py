@@ -1,5 +1,6 @@
 """MoETrainingJob lifecycle on a real control plane: children, conditions that follow the pods, suspend and
-resume, deadlines, TTL, garbage collection, and an operator restart that duplicates nothing."""
+resume, deadlines, TTL, garbage collection, and an operator restart that duplicates nothing. Worker failures and
+group restarts: test_training_recovery.py."""
 
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ def test_children_appear_with_the_right_spec(cluster: Cluster, operator: Operato
 
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
-    assert spec["backoffLimit"] == 1 and spec["suspend"] is False
-    assert [r["action"] for r in spec["podFailurePolicy"]["rules"]] == ["Ignore", "FailJob"]
+    # The Job fails at its first pod failure; the operator restarts the whole group (test_training_recovery.py).
+    assert spec["backoffLimit"] == 0 and spec["suspend"] is False
+    assert [r["action"] for r in spec["podFailurePolicy"]["rules"]] == ["FailJob"]
+    assert job["metadata"]["labels"]["moeops.dev/restart-attempt"] == "0"
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "tj-workers" and pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -109,49 +112,6 @@ def test_conditions_follow_the_pods_to_success(
     running = cluster.condition(PLURAL, namespace, "ok", "Running")
     assert running and running["status"] == "False"
     assert {"AllWorkersReady", "AllWorkersSucceeded"} <= event_reasons(cluster, namespace, "ok")
-
-
-def test_failures_restart_then_fail_past_the_backoff_limit(
-    cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
-) -> None:
-    cluster.kubectl.apply(training_job("flaky", namespace, {"workers": {"replicas": 1}}))
-    (first,) = wait_pods(cluster, namespace, "flaky", 1)
-    kubelet.run(first)
-    wait_condition(cluster, namespace, "flaky", "Running")
-    kubelet.finish(first, exit_code=1)
-    restarting = wait_condition(cluster, namespace, "flaky", "Restarting")
-    assert "backoffLimit 1" in restarting["message"]
-    assert cluster.status(PLURAL, namespace, "flaky")["state"] == "Restarting"
-
-    # The Job controller replaces the worker after its back-off; the replacement runs, then fails too.
-    def replacement() -> dict[str, Any] | None:
-        return next((p for p in pods(cluster, namespace, "flaky") if p["metadata"]["uid"] != first["metadata"]["uid"]
-                     and p.get("status", {}).get("phase") == "Pending"), None)  # fmt: skip
-
-    second = wait_for("a replacement worker", replacement, timeout=90)
-    kubelet.run(second)
-    wait_condition(cluster, namespace, "flaky", "Restarting", status="False")
-    wait_condition(cluster, namespace, "flaky", "Running")
-    kubelet.finish(second, exit_code=1)
-    failed = wait_condition(cluster, namespace, "flaky", "Failed")
-    assert failed["reason"] == "BackoffLimitExceeded"
-    wait_state(cluster, namespace, "flaky", "Failed")
-    # The Job may declare the failure (FailureTarget) before it moves the last pod into its `failed` count;
-    # the operator follows the Job after the verdict too, so the count catches up.
-    wait_for("both failures counted", lambda: cluster.status(PLURAL, namespace, "flaky")["workers"]["failed"] == 2)
-    assert {"WorkerFailed", "BackoffLimitExceeded"} <= event_reasons(cluster, namespace, "flaky")
-
-
-def test_a_configuration_error_fails_at_once_without_retries(
-    cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
-) -> None:
-    cluster.kubectl.apply(
-        training_job("badcfg", namespace, {"workers": {"replicas": 1}, "runPolicy": {"backoffLimit": 5}})
-    )
-    (pod,) = wait_pods(cluster, namespace, "badcfg", 1)
-    kubelet.finish(pod, exit_code=78)  # EX_CONFIG: the trainer rejected its configuration
-    failed = wait_condition(cluster, namespace, "badcfg", "Failed")
-    assert failed["reason"] == "PodFailurePolicy"
 
 
 def test_suspend_and_resume(cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str) -> None:
