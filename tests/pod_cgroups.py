@@ -1,10 +1,11 @@
 """Real cgroup v2 directories shaped like a kubelet's pods, for tests that measure real CPU time.
 
-`pod_cgroups()` makes `<cgroup2 mount>/kubepods-test-<hex>/`, under which `container(uid, id)` creates
-`pod<uid>/<64 hex id>` (the cgroupfs layout the carbon agent reads, and the one the dev cluster's process node
-uses) and `run_in` moves a started process into it. On exit every process it started is killed and every directory
-removed, bottom-up. It needs root and a writable cgroup2 mount: elsewhere the test is skipped (not failed under
-CI=true, unlike `missing`: a CI container may be given no writable cgroup tree, and that is a set-up we accept).
+`pod_cgroups()` makes `<cgroup2 mount>/moeops-test-<hex>/kubepods/`, under which `container(uid, id)` creates
+`pod<uid>/<64 hex id>`: the layout of the dev cluster's process node (`moeops-<node>/kubepods/...`, the cgroupfs
+driver's names one level down), which the carbon agent must find. `run_in` moves a started process into one. On
+exit every process it started is killed and every directory removed, bottom-up. It needs root and a writable
+cgroup2 mount: elsewhere the test is skipped (not failed under CI=true, unlike `missing`: a CI container may be
+given no writable cgroup tree, and that is a set-up we accept).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ class PodCgroups:
     root: Path
     """The cgroup2 mount (what the agent finds in /proc/self/mountinfo)."""
     top: Path
-    """`<root>/kubepods-test-<hex>`: this test's pods only."""
+    """`<root>/moeops-test-<hex>`: this test's pods only, under `kubepods/`."""
     _dirs: list[Path] = field(default_factory=list)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def container(self, pod_uid: str, container_id: str) -> Path:
-        directory = self.top / f"pod{pod_uid}" / container_id
-        for level in (directory.parent, directory):
+        directory = self.top / "kubepods" / f"pod{pod_uid}" / container_id
+        for level in (directory.parent.parent, directory.parent, directory):
             if not level.exists():
                 level.mkdir()
                 self._dirs.append(level)
@@ -65,7 +66,7 @@ def pod_cgroups() -> Iterator[PodCgroups]:
     root = find_cgroup2_root()
     if os.geteuid() != 0 or root is None or not (root / "cgroup.procs").exists():
         pytest.skip("real pod cgroups need root and a cgroup v2 mount")
-    top = root / f"kubepods-test-{uuid.uuid4().hex[:8]}"
+    top = root / f"moeops-test-{uuid.uuid4().hex[:8]}"
     try:
         top.mkdir()
     except OSError as error:

@@ -14,7 +14,7 @@ import pytest
 from moeops.carbon.attribution import PodInfo
 from moeops.carbon.cpu_source import MIN_POD_REFRESH_S, CpuNodeSource, CpuSourceSettings
 from moeops.carbon.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from moeops.carbon.pod_cpu import cgroup2_mount_point, parse_usage_usec, scan_pod_cgroups
+from moeops.carbon.pod_cpu import cgroup2_mount_point, find_kubepods, parse_usage_usec, scan_pod_cgroups
 from moeops.carbon.rapl import CpuEnergyMeter
 from moeops.operator.naming import training_labels
 
@@ -55,11 +55,25 @@ def test_scan_finds_pods_of_both_drivers_and_nothing_else(tmp_path: Path) -> Non
     (pod_dir(tmp_path, UID_A) / CID).mkdir(parents=True)
     pod_dir(tmp_path, UID_B, systemd=True).mkdir(parents=True)
     (tmp_path / "system.slice" / f"pod{UID_A}").mkdir(parents=True)  # not under kubepods: never a pod
-    assert scan_pod_cgroups(tmp_path) == {
-        UID_A: pod_dir(tmp_path, UID_A),
-        UID_B: pod_dir(tmp_path, UID_B, systemd=True),
-    }
-    assert scan_pod_cgroups(tmp_path, lambda uid: uid == UID_B) == {UID_B: pod_dir(tmp_path, UID_B, systemd=True)}
+    systemd_b = pod_dir(tmp_path, UID_B, systemd=True)
+    assert scan_pod_cgroups(tmp_path) == {UID_A: pod_dir(tmp_path, UID_A), UID_B: systemd_b}
+    assert scan_pod_cgroups(tmp_path, lambda uid: uid == UID_B) == {UID_B: systemd_b}
+
+
+@pytest.mark.parametrize(
+    "hierarchy",
+    [
+        "moeops-process-node-0/kubepods",  # the dev cluster's process node
+        "kubelet.slice/kubelet-kubepods.slice",  # kind's nested kubelet
+        "docker/0123abcd/kubepods",  # docker-in-docker
+    ],
+)
+def test_pods_hierarchies_nested_a_few_levels_down_are_found(tmp_path: Path, hierarchy: str) -> None:
+    pod = tmp_path / hierarchy / "burstable" / f"pod{UID_A}"
+    (pod / CID).mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c" / "kubepods" / f"pod{UID_B}").mkdir(parents=True)  # deeper than anyone nests it
+    assert find_kubepods(tmp_path) == [tmp_path / hierarchy]
+    assert scan_pod_cgroups(tmp_path) == {UID_A: pod}
 
 
 class Node:
@@ -69,7 +83,7 @@ class Node:
         self.root, self.now_s = root, 0.0
         self.proc, self.cgroups = root / "proc", root / "cgroup"
         self.proc.mkdir()
-        self.cgroups.mkdir()
+        (self.cgroups / "kubepods").mkdir(parents=True)  # the kubelet's, there before any pod
         self.busy = self.idle = 0
         self.pods: list[PodInfo] = []
         self.lists = 0
@@ -164,3 +178,13 @@ def test_without_the_api_server_a_pod_is_booked_by_uid_and_the_list_waits_for_th
     unresolved = [key for key in energy if key is not None]
     assert [key.name for key in unresolved] == [f"pod-{UID_A}"] and unresolved[0].namespace == "_unresolved"
     assert node.lists == 1 and source.degraded["pods"] == 1  # tried again after the TTL, not every poll
+
+
+def test_a_pod_cgroup_the_list_keeps_lacking_is_not_listed_again_before_the_ttl(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    node.usage(UID_B, 0)  # another node's pod on a shared dev machine, or a leftover cgroup
+    source = node.source()
+    for _ in range(10):
+        source()
+        node.advance(1.0, busy_cpu_s=0.5)
+    assert node.lists == 1

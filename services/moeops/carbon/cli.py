@@ -15,7 +15,7 @@ Settings come from the environment (NATS: MOEOPS_NATS_*, see `moeops.bus.connect
     MOEOPS_CARBON_NVML_ONLY     `true`: no pod attribution, every GPU's energy is node idle (`nvml_idle_source`)
     MOEOPS_CARBON_GPUS          `auto` (default): NVML where it starts, else CPU only; `required`: no NVML ends the
                                 agent (exit 69); `none`: CPU only, NVML not tried
-    MOEOPS_CARBON_CGROUP_ROOT   the cgroup v2 tree holding the pods' `kubepods*` cgroups (default: the cgroup2 mount
+    MOEOPS_CARBON_CGROUP_ROOT   the cgroup v2 tree holding the pods' `kubepods` cgroups (default: the cgroup2 mount
                                 of /proc/self/mountinfo, /sys/fs/cgroup or, on a hybrid host, /sys/fs/cgroup/unified)
     MOEOPS_CARBON_WATTS_PER_CPU the CPU estimate's watts per logical CPU where RAPL is not readable (default 5)
 
@@ -166,7 +166,8 @@ def cpu_only_source(environ: Mapping[str, str], node: str, region: str) -> Delta
     """The source of a node without NVML: the CPU packages' energy over the pods (`CpuNodeSource`)."""
     root = cgroup_root(environ)
     logger.info("carbon agent on %s: CPU only (no GPU); CPU energy by RAPL or the estimate, split over pods by "
-                "cgroup v2 cpu.stat under %s/kubepods*, pod labels from the API server", node, root)  # fmt: skip
+                "cgroup v2 cpu.stat of the kubepods hierarchies under %s, pod labels from the API server",
+                node, root)  # fmt: skip
     settings = CpuSourceSettings(node, region, cgroup_root=root)
     return CpuNodeSource(settings, pods=kube_pod_lister(node), cpu=cpu_meter(environ))
 

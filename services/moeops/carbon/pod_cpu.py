@@ -2,11 +2,11 @@
 estimate) split over the pods by the CPU time their cgroups used (cgroup v2 `cpu.stat`, `usage_usec`).
 
 Where the pods' cgroups are. The kubelet puts each pod under a `kubepods` hierarchy of the cgroup v2 tree
-(`parse_cgroup_path` reads both drivers' names). That tree is the `cgroup2` mount, which is `/sys/fs/cgroup` on a
-unified host but `/sys/fs/cgroup/unified` on a hybrid one (v1 controllers beside it, whose `cpu.stat` has no
-`usage_usec`), so `find_cgroup2_root` takes it from `/proc/self/mountinfo` rather than assuming a path. In a
-container the mount shows the agent's cgroup namespace; the agent needs the host's tree mounted (a hostPath of
-`/sys/fs/cgroup`, or the host's cgroup namespace).
+(`parse_cgroup_path` reads both drivers' names), at its top or a few levels down (`find_kubepods`). That tree is
+the `cgroup2` mount, which is `/sys/fs/cgroup` on a unified host but `/sys/fs/cgroup/unified` on a hybrid one (v1
+controllers beside it, whose `cpu.stat` has no `usage_usec`), so `find_cgroup2_root` takes it from
+`/proc/self/mountinfo` rather than assuming a path. In a container the mount shows the agent's cgroup namespace;
+the agent needs the host's tree mounted (a hostPath of `/sys/fs/cgroup`, or the host's cgroup namespace).
 
 `usage_usec` is hierarchical (a pod's directory counts its containers' processes), and it is readable whether or
 not the `cpu` controller is enabled for the subtree, so the pod's own directory is read.
@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -43,7 +43,8 @@ class Guard(Protocol):
 
 
 MOUNTINFO = Path("/proc/self/mountinfo")
-CGROUP_SCAN_DEPTH = 4  # kubepods.slice/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice: 3 levels down
+KUBEPODS_SEARCH_DEPTH = 3
+POD_DEPTH = 2  # below the pods hierarchy: kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice, or <qos>/pod<uid>
 
 
 def _unescape_mount_path(field_text: str) -> str:
@@ -91,24 +92,41 @@ def parse_usage_usec(cpu_stat: str) -> int | None:
     return None
 
 
-def scan_pod_cgroups(root: Path, wanted: Callable[[str], bool] = lambda _uid: True) -> dict[str, Path]:
-    """Pod UID → the pod's cgroup directory, for the pods under the `kubepods*` hierarchies of `root` (both
-    drivers) whose UID `wanted` accepts. Only the top-level entries named `kubepods*` are walked, and no deeper
-    than a pod's level: a node's other cgroups (system.slice, user sessions) are never read."""
-    found: dict[str, Path] = {}
+def is_kubepods(name: str) -> bool:
+    """A kubelet's pods hierarchy: `kubepods` (cgroupfs), `kubepods.slice` (systemd), `kubelet-kubepods.slice`
+    (kind's nested kubelet), or a test's `kubepods-<suffix>`."""
+    return name.startswith("kubepods") or "-kubepods" in name
+
+
+def find_kubepods(root: Path, depth: int = KUBEPODS_SEARCH_DEPTH) -> list[Path]:
+    """The pods hierarchies at most `depth` levels below `root`, not looking inside one: at the top on a plain
+    node, nested under the kubelet's or the runtime's cgroup elsewhere (kind: `kubelet.slice/kubelet-kubepods.slice`;
+    docker-in-docker: `docker/<id>/kubepods`; the dev cluster's process node: `moeops-<node>/kubepods`)."""
+    found: list[Path] = []
     for directory, subdirs, _ in os.walk(root):
-        relative = Path(directory).relative_to(root)
-        depth = len(relative.parts)
-        if depth and not relative.parts[0].startswith("kubepods"):
-            subdirs.clear()
-            continue
-        ref = parse_cgroup_path(str(relative)) if depth else None
-        if ref is not None and ref.container_id is None:
-            if wanted(ref.pod_uid):
-                found[ref.pod_uid] = Path(directory)
-            subdirs.clear()
-        elif depth >= CGROUP_SCAN_DEPTH:
-            subdirs.clear()
+        level = len(Path(directory).relative_to(root).parts)
+        found += [Path(directory) / name for name in subdirs if is_kubepods(name)]
+        subdirs[:] = [name for name in subdirs if not is_kubepods(name) and level + 1 < depth]
+    return sorted(found)
+
+
+def scan_pod_cgroups(
+    root: Path, wanted: Callable[[str], bool] = lambda _uid: True, kubepods: Iterable[Path] | None = None
+) -> dict[str, Path]:
+    """Pod UID → the pod's cgroup directory, for the pods (both drivers) whose UID `wanted` accepts under the
+    `kubepods` hierarchies (default: `find_kubepods(root)`). Each is walked no deeper than a pod's level: a node's
+    other cgroups (system.slice, user sessions) and the containers' are never read."""
+    found: dict[str, Path] = {}
+    for top in find_kubepods(root) if kubepods is None else kubepods:
+        for directory, subdirs, _ in os.walk(top):
+            relative = Path(directory).relative_to(top)
+            ref = parse_cgroup_path(str(relative)) if relative.parts else None
+            if ref is not None and ref.container_id is None:
+                if wanted(ref.pod_uid):
+                    found[ref.pod_uid] = Path(directory)
+                subdirs.clear()
+            elif len(relative.parts) >= POD_DEPTH:
+                subdirs.clear()
     return found
 
 
