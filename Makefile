@@ -1,8 +1,11 @@
 # The two commands of the README. Each one sets up whatever is missing first (venv, tools, control plane).
-.PHONY: test demo bootstrap crds chart-crds benchmark clean
+.PHONY: test test-fast demo bootstrap crds chart-crds benchmark clean
 
 test: bootstrap          ## lint, types, contracts and every test tier (e2e on a real control plane)
 	hack/check.sh
+
+test-fast: bootstrap     ## the developer's loop: the same checks, and every test not marked slow, e2e or journey
+	hack/check.sh -m "not slow and not e2e and not journey"
 
 demo: bootstrap          ## the whole platform locally: apply a job, watch it train in real pods, serve it, ask it
 	.venv/bin/python hack/demo.py

@@ -1,12 +1,19 @@
 """Shared test configuration. Tiers: unit (pure, no server), integration (kmock faults, a real nats-server),
-e2e (real cluster)."""
+e2e (real cluster). Across them, `slow` marks what is slow by nature (processes, compilers, long
+parametrisations): `make test-fast` leaves it out, `make test` runs everything."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
+
+# The tests' models are tiny: intra-op threads only add synchronisation, and on 2 busy cores a spinning OpenMP pool
+# made the kv-cache and engine tests 6x slower (46 s against 8 s). Set before anything imports torch, so the
+# subprocesses the tests start (trainers, servers) inherit it; an OMP_NUM_THREADS of one's own wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -57,6 +57,7 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
+@pytest.mark.slow  # a model server process; the rebalancer's process below stays in the fast tier
 def test_the_model_server_exports_its_metrics(tmp_path: Path, receiver: OtlpReceiver) -> None:
     write_run(tmp_path)
     (tmp_path / "config.json").replace(tmp_path / "checkpoints" / "config.json")
@@ -163,6 +164,7 @@ def test_the_rebalancer_exports_its_counters(nats_server: NatsServer, receiver: 
     assert sorted(a["moeops.plan.failure"] for a, _ in failed.points()) == ["conflict", "error"]
 
 
+@pytest.mark.slow  # `moeops train`
 def test_the_trainer_exports_step_phase_and_checkpoint_spans_and_its_last_step(
     tmp_path: Path, receiver: OtlpReceiver
 ) -> None:
@@ -199,6 +201,7 @@ main(["agent"])
 """
 
 
+@pytest.mark.slow  # a carbon agent process
 @pytest.mark.nats
 def test_the_carbon_agent_exports_hardware_metrics(
     tmp_path: Path, nats_server: NatsServer, receiver: OtlpReceiver

@@ -17,6 +17,8 @@ from trainer_runs import TINY, losses, train, write_config
 
 from moeops.api.v1alpha1.trainingjob import RebalanceSpec
 
+pytestmark = pytest.mark.slow  # a torchrun launch per layout
+
 ARCH = TINY.model_copy(update={"layers": 4})
 STEPS = 4
 TOLERANCE = 1e-4

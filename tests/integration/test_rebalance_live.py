@@ -35,6 +35,8 @@ from moeops.model import Transformer
 from moeops.trainer import checkpoint
 from moeops.trainer.faults import SEQUENCE_DELAY_ENV
 
+pytestmark = pytest.mark.slow  # torchrun workers, a rebalancer process and a nats-server per test
+
 NAMESPACE, JOB = "local", "test"  # what trainer_runs.write_config names the job
 APPLIED = re.compile(r"plan epoch (\d+) applied before step (\d+): shares \[([\d, ]+)\]")
 

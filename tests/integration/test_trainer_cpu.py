@@ -16,6 +16,8 @@ from trainer_runs import TINY, losses, train, train_cmd, write_config
 
 from moeops.serving.export_cli import read_architecture
 
+pytestmark = pytest.mark.slow  # every test runs `moeops train` (torchrun and its workers)
+
 
 @pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
 def test_a_killed_worker_resumes_from_the_checkpoint_on_the_same_trajectory(tmp_path: Path, expert: int) -> None:

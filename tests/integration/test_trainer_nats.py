@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import pytest
 from polling import wait_until
 from trainer_runs import train, train_cmd, train_env, write_config
 
@@ -17,6 +18,8 @@ from moeops.bus.messages import WorkerMetrics, decode
 from moeops.bus.streams import ensure_metrics_stream
 from moeops.bus.subjects import METRICS_STREAM, metrics_filter
 from moeops.devcluster.nats_server import NatsServer
+
+pytestmark = pytest.mark.slow  # torchrun workers publishing to a nats-server
 
 NAMESPACE, JOB = "local", "test"  # what trainer_runs.write_config names the job
 

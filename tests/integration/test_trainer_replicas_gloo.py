@@ -9,6 +9,7 @@ import os
 import socket
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -19,6 +20,8 @@ from moeops.trainer.expert_parallel import ExpertDispatcher, ExpertStateSharding
 from moeops.trainer.expert_placement import EXPERT_PARAMS, Placement, move_experts
 from moeops.trainer.expert_replicas import sum_replica_grads
 from moeops.trainer.topology import Axis
+
+pytestmark = pytest.mark.slow  # two spawned gloo processes
 
 EXPERTS, DIM, HIDDEN, ROWS = 4, 8, 16, 24
 

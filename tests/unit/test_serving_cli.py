@@ -37,6 +37,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.slow  # a server process
 def test_a_server_started_as_the_operator_starts_it(run_dir: Path) -> None:
     port = _free_port()
     config = ServingRuntimeConfig(

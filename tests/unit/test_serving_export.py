@@ -95,6 +95,7 @@ def test_static_moe_is_dropless_whatever_the_capacity_factor() -> None:
     assert not torch.allclose(dropped, dropless)
 
 
+@pytest.mark.slow  # torch.export with dynamic shapes; the fixed-sequence export below stays in the fast tier
 def test_export_program_has_dynamic_batch_and_sequence(model: Transformer, tmp_path: Path) -> None:
     program = export_program(model)  # traced at (2, 8)
     run = program.module()
@@ -130,6 +131,7 @@ def test_example_sizes_that_would_specialise_are_refused(model: Transformer) -> 
         export_program(model, tokens(2, 17))
 
 
+@pytest.mark.slow  # ONNX export
 def test_onnx_in_onnxruntime_matches_eager(model: Transformer, tmp_path: Path) -> None:
     import onnxruntime  # type: ignore[import-untyped]
 
@@ -143,6 +145,7 @@ def test_onnx_in_onnxruntime_matches_eager(model: Transformer, tmp_path: Path) -
         torch.testing.assert_close(torch.from_numpy(logits), eager_logits(model, x), rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow  # Inductor
 def test_compile_for_serving_matches_eager() -> None:
     """Inductor on CPU, one small case compiled once: a one-layer model (17 s with a warm cache, 27 s cold)."""
     torch.manual_seed(0)

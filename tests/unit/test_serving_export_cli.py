@@ -61,6 +61,7 @@ def test_torch_export_of_the_newest_checkpoint(run: tuple[Path, Transformer], tm
         torch.testing.assert_close(program.module()(x), model(x).logits_BSV, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # ONNX export; the torch.export one above stays in the fast tier
 def test_onnx_with_fixed_shapes_from_a_step_directory(run: tuple[Path, Transformer], tmp_path: Path) -> None:
     run_dir, _ = run
     out = tmp_path / "onnx" / "model.onnx"

@@ -111,12 +111,14 @@ def test_valid_bodies_and_context_edges_never_get_a_5xx(client: httpx.Client, bo
     check(post_json(client, body))
 
 
+@pytest.mark.slow  # the longest runs: the valid-body and raw-byte fuzzing stay in the fast tier
 @FUZZ
 @given(body=near_schema)
 def test_bodies_near_the_schema_never_get_a_5xx(client: httpx.Client, body: dict[str, Any]) -> None:
     check(post_json(client, body))
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=100)
 @given(body=json_values)
 def test_any_json_never_gets_a_5xx(client: httpx.Client, body: Any) -> None:
