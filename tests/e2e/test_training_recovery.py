@@ -180,3 +180,32 @@ def test_a_disruption_restarts_the_group_without_using_the_budget(
         kubelet.run(pod)
     wait_state(cluster, namespace, "evicted", "Running")
     assert "WorkerDisrupted" in event_reasons(cluster, namespace, "evicted")
+
+
+def job_failed(job: dict[str, Any] | None) -> bool:
+    conds = ((job or {}).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Failed" and c["status"] == "True" for c in conds)
+
+
+def test_a_failure_while_the_operator_is_down_is_restarted_once_when_it_is_back(
+    cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
+) -> None:
+    cluster.kubectl.apply(training_job("orphaned", namespace))
+    first_job = wait_for("the worker Job", lambda: cluster.read("Job", namespace, "orphaned"))
+    first = wait_pods(cluster, namespace, "orphaned", 2)
+    for pod in first:
+        kubelet.run(pod)
+    wait_state(cluster, namespace, "orphaned", "Running")
+    operator.stop(9)
+    try:
+        kubelet.finish(first[0], exit_code=1)
+        wait_for("the Job to fail", lambda: job_failed(cluster.read("Job", namespace, "orphaned")))
+    finally:
+        operator.start()  # its resume and its first look at the Job both see the failure: one restart, not two
+    next_job(cluster, namespace, "orphaned", first_job, attempt=1)
+    for pod in wait_pods(cluster, namespace, "orphaned", 2):
+        kubelet.run(pod)
+    wait_state(cluster, namespace, "orphaned", "Running")
+    assert restart_counts(cluster, namespace, "orphaned") == (1, 1)
+    job = cluster.read("Job", namespace, "orphaned")
+    assert job and job["metadata"]["labels"][ATTEMPT] == "1"
