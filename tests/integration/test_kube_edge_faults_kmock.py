@@ -12,7 +12,7 @@ import kubernetes
 import pytest
 
 from moeops.operator.children import Child
-from moeops.operator.handlers.common import api_errors_to_kopf
+from moeops.operator.handlers.common import api_errors_to_kopf, retry_transient
 from moeops.operator.kube import ApiError, Kube, NotOwned
 
 pytestmark = pytest.mark.kmock(cls=km.RawHandler)  # plain HTTP mock: every answer is scripted below
@@ -128,5 +128,23 @@ async def test_a_group_restart_deletes_the_exact_job_in_the_foreground_and_toler
     with pytest.raises(ApiError) as info:
         await asyncio.to_thread(kube.delete_foreground, "batch/v1", "Job", "ns", "j", "old-uid")
     assert info.value.transient
-    first = list(kmock["delete"])[0]
+    first = next(iter(kmock["delete"]))
     assert first.data == {"preconditions": {"uid": "old-uid"}, "propagationPolicy": "Foreground"}
+
+
+async def test_event_handlers_retry_transient_failures_of_their_follow_up_and_stop_on_permanent_ones(
+    kmock: km.RawHandler,
+) -> None:
+    kmock[f"delete {JOBS}/j"][:2] << 503 << status(503, "the server is currently unable to handle the request")
+    kmock[f"delete {JOBS}/j"][2:3] << 200 << job()
+    kmock[f"delete {JOBS}/j"] << 403 << status(403, "forbidden: cannot delete jobs")
+    kube, delays = kube_for(kmock), []
+
+    def delete() -> None:
+        kube.delete_foreground("batch/v1", "Job", "ns", "j", "uid")
+
+    await asyncio.to_thread(retry_transient, delete, sleep=delays.append)
+    assert delays == [1.0, 2.0] and len(list(kmock["delete"])) == 3
+    with pytest.raises(ApiError) as info:
+        await asyncio.to_thread(retry_transient, delete, sleep=delays.append)
+    assert not info.value.transient and delays == [1.0, 2.0] and len(list(kmock["delete"])) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar, cast
@@ -105,6 +106,26 @@ def with_fresh_owner(
             if exc.status != 409:
                 raise
     raise ApiError(f"{plural} {namespace}/{name}: status kept changing under us", status=409, transient=True)
+
+
+def retry_transient(
+    fn: Callable[[], R], *, attempts: int = 5, first_delay_s: float = 1.0, sleep: Callable[[float], None] = time.sleep
+) -> R:
+    """Call `fn`, retrying transient API errors with doubling delays (1, 2, 4, 8 s by default).
+
+    For event handlers, which kopf never retries: a follow-up they miss (a group restart's delete or the next
+    attempt's Job) may have no later event to come back with. `fn` must be idempotent.
+    """
+    delay = first_delay_s
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except ApiError as exc:
+            if not exc.transient or attempt == attempts - 1:
+                raise
+            sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 def api_errors_to_kopf(fn: Callable[P, R]) -> Callable[P, R]:

@@ -39,6 +39,7 @@ from .common import (
     kube_of,
     now,
     owner_of,
+    retry_transient,
     validation_message,
     with_fresh_owner,
 )
@@ -186,12 +187,16 @@ def worker_job_changed(
     index: kopf.Index[Any, Any] = kwargs["training_jobs_by_name"]  # kopf passes indices by their name
     # The next attempt's Job is built from a fresh read: the index may not hold the restart just written yet.
     cached = None if deleted else next(iter(index.get(key, [])), None)
-    with_fresh_owner(kube, PLURAL, key[0] or "", key[1], compute, cached=cached)
-    restart = decided and decided[0].verdict in (Verdict.RESTART, Verdict.STALE)
-    if restart and not body.metadata.get("deletionTimestamp"):
-        attempt = body.metadata.labels.get(RESTART_ATTEMPT_LABEL, "0")
-        logger.info("deleting the worker Job of attempt %s: %s", attempt, decided[0].message or "restart recorded")
-        kube.delete_foreground("batch/v1", "Job", key[0] or "", body.metadata.name or "", body.metadata.uid or "")
+
+    def follow() -> None:
+        with_fresh_owner(kube, PLURAL, key[0] or "", key[1], compute, cached=cached)
+        restart = decided and decided[0].verdict in (Verdict.RESTART, Verdict.STALE)
+        if restart and not body.metadata.get("deletionTimestamp"):
+            attempt = body.metadata.labels.get(RESTART_ATTEMPT_LABEL, "0")
+            logger.info("deleting the worker Job of attempt %s: %s", attempt, decided[0].message or "restart recorded")
+            kube.delete_foreground("batch/v1", "Job", key[0] or "", body.metadata.name or "", body.metadata.uid or "")
+
+    retry_transient(follow)  # idempotent: a retry recomputes from the owner as it then is
 
 
 @kopf.on.event(*TRAINING)
