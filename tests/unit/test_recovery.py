@@ -135,6 +135,15 @@ def test_the_first_pod_to_fail_by_itself_is_the_one_named() -> None:
     assert first_failed_pod([running]) is None
 
 
+def test_within_the_same_second_a_killed_worker_is_named_before_the_peers_that_lost_it() -> None:
+    peer = pod("tj-0-aaaaa", 0, 1, "2026-01-01T00:00:05Z")  # gloo: "connection closed by peer", exit 1
+    killed = pod("tj-1-bbbbb", 1, 137, "2026-01-01T00:00:05Z")  # kill -9
+    terminated = pod("tj-2-ccccc", 2, 143, "2026-01-01T00:00:05Z")  # SIGTERM: not a cause
+    failure = first_failed_pod([peer, terminated, killed])
+    assert failure is not None and (failure.pod, failure.exit_code) == ("tj-1-bbbbb", 137)
+    assert first_failed_pod([terminated, peer]) == WorkerFailure("tj-0-aaaaa", "0", 1, disrupted=False, detail="Error")
+
+
 def test_a_disrupted_pod_is_recognised_by_its_condition() -> None:
     disruption = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
     preempted = pod("tj-0-eeeee", 0, 143, "2026-01-01T00:00:03Z", conditions=[disruption],

@@ -35,6 +35,7 @@ RESTARTABLE_REASON = "BackoffLimitExceeded"
 """The Job's failure reason when a pod failed (with backoffLimit 0, the first failure). Every other reason
 (PodFailurePolicy: the FailJob rule; DeadlineExceeded) is final."""
 DISRUPTION_CONDITION = "DisruptionTarget"
+SIGTERM_EXIT_CODE = 128 + 15
 
 
 class Verdict(Enum):
@@ -146,15 +147,20 @@ def first_failed_pod(pods: Sequence[Mapping[str, Any]]) -> WorkerFailure | None:
     """The pod that failed first among a Job's pods.
 
     A pod that failed by itself (or was disrupted) is preferred to one the Job controller stopped after the
-    verdict (it carries a deletionTimestamp); then the earliest container termination.
+    verdict (it carries a deletionTimestamp); then the earliest container termination; within the same second
+    (the timestamps' resolution) a process killed by a signal other than SIGTERM (exit code > 128: `kill -9`,
+    the OOM killer) before one that exited on its own, as its peers do when a collective loses a rank.
     """
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
     if not failed:
         return None
 
-    def order(pod: Mapping[str, Any]) -> tuple[int, str, str]:
+    def order(pod: Mapping[str, Any]) -> tuple[int, str, int, str]:
         stopped = bool(pod["metadata"].get("deletionTimestamp")) and not _disruption(pod)
-        return int(stopped), _terminated(pod).get("finishedAt") or "~", pod["metadata"].get("name", "")
+        terminated = _terminated(pod)
+        exit_code = int(terminated.get("exitCode") or 0)
+        killed = exit_code > 128 and exit_code != SIGTERM_EXIT_CODE
+        return int(stopped), terminated.get("finishedAt") or "~", int(not killed), pod["metadata"].get("name", "")
 
     pod = min(failed, key=order)
     meta = pod["metadata"]
