@@ -13,8 +13,6 @@ from pathlib import Path
 import nats
 import pytest
 
-from moeops.bus.carbon_messages import WorkloadCarbon
-from moeops.bus.carbon_store import ensure_carbon_bucket, workload_carbon
 from moeops.bus.connection import ConnectionOptions
 from moeops.carbon.agent import AgentSettings, NodeAgent
 from moeops.carbon.aggregator import AggregatorSettings, CarbonAggregator
@@ -22,9 +20,11 @@ from moeops.carbon.attribution import PodInfo
 from moeops.carbon.cpu_source import CpuNodeSource, CpuSourceSettings
 from moeops.carbon.intensity import default_static_table
 from moeops.carbon.ledger import WorkloadKind
+from moeops.carbon.messages import WorkloadCarbon
 from moeops.carbon.pod_cpu import parse_usage_usec
 from moeops.carbon.rapl import DEFAULT_WATTS_PER_CPU, CpuEnergyMeter
 from moeops.carbon.spool import Spool
+from moeops.carbon.store import ensure_carbon_bucket, workload_carbon
 from moeops.devcluster.nats_server import NatsServer
 from moeops.operator.naming import training_labels
 from pod_cgroups import BUSY_LOOP, pod_cgroups

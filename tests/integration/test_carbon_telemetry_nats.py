@@ -16,12 +16,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from polling import eventually
 
 from fakes.fake_nvml import FakeGpu, FakeNvml, Trace
-from moeops.bus.carbon_messages import workload_totals
 from moeops.bus.connection import ConnectionOptions
 from moeops.carbon import cli
 from moeops.carbon.agent import AgentSettings, NodeAgent
 from moeops.carbon.attribution import PodInfo
 from moeops.carbon.ledger import Stage, WorkloadKind
+from moeops.carbon.messages import workload_totals
 from moeops.carbon.node_source import NodeSource, NodeSourceSettings
 from moeops.carbon.nvml_reader import NvmlReader
 from moeops.carbon.podresources.devices import ContainerRef

@@ -8,7 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from moeops.bus.carbon_messages import (
+from moeops.bus.messages import BadMessage, BadMessageReason
+from moeops.bus.subjects import carbon_energy_node_token, carbon_energy_subject, carbon_workload_key
+from moeops.carbon.ledger import DeltaId, EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
+from moeops.carbon.messages import (
     CarbonEnergy,
     LedgerCheckpoint,
     decode_carbon,
@@ -17,9 +20,6 @@ from moeops.bus.carbon_messages import (
     encode_carbon,
     workload_totals,
 )
-from moeops.bus.messages import BadMessage, BadMessageReason
-from moeops.bus.subjects import carbon_energy_node_token, carbon_energy_subject, carbon_workload_key
-from moeops.carbon.ledger import DeltaId, EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
 
 AT = datetime(2026, 3, 1, 12, tzinfo=UTC)
 KEY = WorkloadKey(namespace="team-a", kind=WorkloadKind.TRAINING_JOB, name="llm.v2", stage=Stage.TRAIN)

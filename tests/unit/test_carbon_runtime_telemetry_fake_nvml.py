@@ -18,13 +18,13 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fakes import fake_nvml
 from fakes.fake_nvml import FakeGpu, FakeNvml, MigTrace, Trace
-from moeops.bus.carbon_messages import LedgerCheckpoint, encode_carbon, workload_totals
 from moeops.bus.connection import ConnectionOptions
 from moeops.carbon import cli
 from moeops.carbon.agent import AgentSettings, NodeAgent
 from moeops.carbon.attribution import PodInfo
 from moeops.carbon.intensity import default_static_table
 from moeops.carbon.ledger import CarbonLedger, DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.messages import LedgerCheckpoint, encode_carbon, workload_totals
 from moeops.carbon.node_source import NodeSource, NodeSourceSettings
 from moeops.carbon.nvml_reader import NvmlReader
 from moeops.carbon.podresources.client import PodResourcesUnavailable

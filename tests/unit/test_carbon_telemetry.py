@@ -9,9 +9,9 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from moeops.bus.carbon_messages import WorkloadCarbon
 from moeops.carbon.intensity import Intensity
 from moeops.carbon.ledger import Stage, Totals, WorkloadKind
+from moeops.carbon.messages import WorkloadCarbon
 from moeops.carbon.telemetry import CarbonTelemetry, GpuReading, PodRef
 
 AT = datetime(2026, 3, 1, 12, tzinfo=UTC)

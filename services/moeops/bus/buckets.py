@@ -44,7 +44,7 @@ async def job_description(kv: KeyValue, namespace: str, job: str) -> JobDescript
 
 
 async def stored_value(kv: KeyValue, key: str) -> bytes | None:
-    """The bytes under `key`, or None when there are none (shared with `carbon_store`)."""
+    """The bytes under `key`, or None when there are none (shared with `moeops.carbon.store`)."""
     try:
         entry = await kv.get(key)
     except (KeyNotFoundError, KeyDeletedError):  # never written, deleted, or expired

@@ -243,7 +243,7 @@ def decode_reference(subject: str, data: bytes) -> Message:
     return _decode(parsed, subject, data)
 
 
-Stored = TypeVar("Stored", bound=BaseModel)  # any versioned model: bus messages, carbon_messages
+Stored = TypeVar("Stored", bound=BaseModel)  # any versioned model: bus messages, moeops.carbon.messages
 
 
 def decode_stored(model: type[Stored], data: bytes) -> Stored:

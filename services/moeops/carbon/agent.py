@@ -50,10 +50,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 from pydantic import ValidationError
 
-from moeops.bus.carbon_messages import CarbonEnergy, encode_carbon
 from moeops.bus.connection import ConnectionOptions, backoff_delay, connect
 from moeops.bus.loop_thread import cancel_until_done
 from moeops.bus.subjects import MSG_ID_HEADER
+from moeops.carbon.messages import CarbonEnergy, encode_carbon
 
 from .ledger import EnergyDelta
 from .spool import Spool

@@ -41,18 +41,18 @@ from nats.js.errors import APIError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from moeops.bus.carbon_messages import LedgerCheckpoint, WorkloadCarbon, decode_carbon, workload_totals
-from moeops.bus.carbon_store import (
+from moeops.bus.connection import ConnectionOptions, connect
+from moeops.bus.messages import BadMessage
+from moeops.bus.streams import StreamRetention
+from moeops.bus.subjects import CARBON_ENERGY_ROOT, CARBON_STREAM
+from moeops.carbon.messages import LedgerCheckpoint, WorkloadCarbon, decode_carbon, workload_totals
+from moeops.carbon.store import (
     ensure_carbon_bucket,
     ensure_carbon_stream,
     load_checkpoint,
     put_workload,
     save_checkpoint,
 )
-from moeops.bus.connection import ConnectionOptions, connect
-from moeops.bus.messages import BadMessage
-from moeops.bus.streams import StreamRetention
-from moeops.bus.subjects import CARBON_ENERGY_ROOT, CARBON_STREAM
 
 from .intensity import IntensitySource, IntensityUnavailableError
 from .ledger import DEFAULT_PUE, CarbonLedger, WorkloadKey

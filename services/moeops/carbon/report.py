@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from moeops.bus.carbon_messages import WorkloadCarbon, workload_totals
+from moeops.carbon.messages import WorkloadCarbon, workload_totals
 
 from .intensity import Intensity
 from .ledger import J_PER_KWH, LedgerSnapshot, Stage, Totals, WorkloadKind

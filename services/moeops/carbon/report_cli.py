@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from moeops.bus.carbon_messages import WorkloadCarbon
+    from moeops.carbon.messages import WorkloadCarbon
 
 KINDS = ("MoETrainingJob", "InferenceService")
 READ_TIMEOUT_S = 10.0
@@ -64,10 +64,10 @@ async def _from_bucket(namespace: str, kind: str, name: str) -> WorkloadCarbon |
     import nats.errors
     from nats.js.errors import BucketNotFoundError
 
-    from moeops.bus.carbon_store import workload_carbon
     from moeops.bus.connection import BusConfigError, ConnectionOptions, connect
     from moeops.bus.messages import BadMessage
     from moeops.bus.subjects import CARBON_BUCKET
+    from moeops.carbon.store import workload_carbon
 
     try:
         options = ConnectionOptions.from_env(name="moeops-carbon-report")

@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from moeops.bus.carbon_messages import WorkloadCarbon
+from moeops.carbon.messages import WorkloadCarbon
 
 from .report import rows
 

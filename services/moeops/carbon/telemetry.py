@@ -47,7 +47,7 @@ from importlib.metadata import PackageNotFoundError, version
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from moeops.bus.carbon_messages import WorkloadCarbon
+from moeops.carbon.messages import WorkloadCarbon
 
 METER_NAME = "moeops.carbon"
 HW_ENERGY = "hw.energy"

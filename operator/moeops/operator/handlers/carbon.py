@@ -30,7 +30,7 @@ import kopf
 from pydantic import ValidationError
 
 from moeops.api.v1alpha1 import inferenceservice, trainingjob
-from moeops.bus.carbon_store import ensure_carbon_bucket, workload_carbon
+from moeops.carbon.store import ensure_carbon_bucket, workload_carbon
 
 from ..bus_reader import BusReader
 from ..status import is_finished

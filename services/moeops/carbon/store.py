@@ -21,16 +21,17 @@ from nats.js import JetStreamContext
 from nats.js.api import StreamInfo
 from nats.js.kv import KeyValue
 
-from .buckets import stored_value
-from .carbon_messages import (
+from moeops.bus.buckets import stored_value
+from moeops.bus.streams import StreamRetention, ensure_bucket, ensure_stream, limits_stream_config
+from moeops.bus.subjects import CARBON_BUCKET, CARBON_ENERGY_ROOT, CARBON_LEDGER_KEY, CARBON_STREAM, carbon_workload_key
+
+from .messages import (
     LedgerCheckpoint,
     WorkloadCarbon,
     decode_checkpoint,
     decode_workload,
     encode_carbon,
 )
-from .streams import StreamRetention, ensure_bucket, ensure_stream, limits_stream_config
-from .subjects import CARBON_BUCKET, CARBON_ENERGY_ROOT, CARBON_LEDGER_KEY, CARBON_STREAM, carbon_workload_key
 
 WEEK_S = 7 * 24 * 3600.0
 

@@ -1,6 +1,8 @@
 """The carbon accountant's messages: energy deltas on the wire, and what the aggregator keeps in its KV bucket.
 
-Same rules as `messages.py` (whose decoder core they share through `decode_stored`): every document carries
+They live in carbon, not in the bus, because they are the ledger's own types with a schema version: the bus stays
+below every service (subjects, connection, streams, the shared decoder) and imports none of them. Same rules as
+`moeops.bus.messages` (whose decoder core they share through `decode_stored`): every document carries
 `schema_version`; readers ignore fields they don't know and reject a version they don't know.
 
 - `CarbonEnergy` is the ledger's `EnergyDelta` with a schema version: a subclass, so the aggregator applies the
@@ -18,10 +20,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from moeops.carbon.ledger import EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
+from moeops.bus.messages import SCHEMA_VERSION, BadMessage, BadMessageReason, decode_stored
+from moeops.bus.subjects import (
+    carbon_energy_node_token,
+    carbon_energy_subject,
+    carbon_msg_id,
+    carbon_workload_key,
+    token,
+)
 
-from .messages import SCHEMA_VERSION, BadMessage, BadMessageReason, decode_stored
-from .subjects import carbon_energy_node_token, carbon_energy_subject, carbon_msg_id, carbon_workload_key, token
+from .ledger import EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
 
 
 class CarbonEnergy(EnergyDelta):
