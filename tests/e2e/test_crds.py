@@ -166,6 +166,24 @@ BAD_TRAINING_SPECS: list[tuple[str, dict, str]] = [
     ),
     ("negative exit loss weight", {"training": {"earlyExit": {"lossWeight": -1}}}, "earlyExit.lossWeight"),
     ("unknown field", {"gpus": 8}, 'unknown field "spec.gpus"'),
+    (
+        "worker env setting the operator's variable",
+        {"workers": {"env": [{"name": "MOEOPS_JOB_NAME", "value": "other"}]}},
+        'spec.workers.env[0].name: Invalid value: "object": workers.env must not set a variable the operator sets',
+    ),
+    (
+        "worker env setting the rendezvous port",
+        {"workers": {"env": [{"name": "OMP_NUM_THREADS", "value": "1"}, {"name": "MASTER_PORT", "value": "1"}]}},
+        'spec.workers.env[1].name: Invalid value: "object": workers.env must not set a variable the operator sets',
+    ),
+    ("worker env name not an identifier", {"workers": {"env": [{"name": "1-X"}]}}, "spec.workers.env[0].name"),
+    ("worker env name twice", {"workers": {"env": [{"name": "X"}, {"name": "X"}]}}, "spec.workers.env[1]: Duplicate"),
+    (
+        "worker env from a field",
+        {"workers": {"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}},
+        'unknown field "spec.workers.env[0].valueFrom"',
+    ),
+    ("worker env too long", {"workers": {"env": [{"name": f"V{i}"} for i in range(33)]}}, "spec.workers.env: Too many"),
 ]
 
 
@@ -177,6 +195,13 @@ def test_invalid_training_job_is_rejected_naming_the_field(
     result = cluster.kubectl.apply(manifest, "--dry-run=server", check=False)
     assert result.returncode != 0, f"{case}: accepted but should be rejected"
     assert message in result.stderr, f"{case}: {result.stderr}"
+
+
+def test_worker_env_takes_the_fault_injection(cluster: Cluster) -> None:
+    fault = {"name": "MOEOPS_FAULT_SEQUENCE_DELAY", "value": "1:0.05"}
+    result = cluster.kubectl.apply(training_job("faulty", "default", {"workers": {"env": [fault]}}), "--dry-run=server",
+                                   "-o", "json")  # fmt: skip
+    assert json.loads(result.stdout)["spec"]["workers"]["env"] == [fault]
 
 
 @pytest.mark.parametrize(

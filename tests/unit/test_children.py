@@ -153,3 +153,15 @@ def test_carbon_reaches_the_workers_config_without_a_pue() -> None:
     assert config["carbon"] == {"enabled": False, "region": "DE"}  # the launcher's meter reads `enabled`
     with pytest.raises(ValueError, match="pue"):  # the data centre's, set on the aggregator: not a job field
         job_spec(carbon={"pue": 1.2})
+
+
+def test_the_jobs_own_env_reaches_the_workers_after_the_operators() -> None:
+    fault = {"name": "MOEOPS_FAULT_SEQUENCE_DELAY", "value": "1:0.05"}
+    spec = job_spec(workers={"replicas": 2, "gpusPerWorker": 0, "env": [fault, {"name": "OMP_NUM_THREADS"}]})
+    env = build(spec)["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env[-2:] == [fault, {"name": "OMP_NUM_THREADS", "value": ""}]
+    names = [e["name"] for e in env]
+    assert names.index("MOEOPS_NODE_RANK") < names.index("MOEOPS_FAULT_SEQUENCE_DELAY")
+    assert len(names) == len(set(names))
+    without = build(job_spec())["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in without] == names[:-2]

@@ -29,6 +29,7 @@ from .early_exit_loss import EarlyExitLossSpec
 from .job_policy import RunPolicy, SchedulingSpec
 from .presets import PresetName
 from .trainingjob_status import MoETrainingJobStatus
+from .worker_env import MAX_WORKER_ENV, WORKER_ENV_SCHEMA, EnvVar, distinct_names
 
 KIND = "MoETrainingJob"
 PLURAL = "moetrainingjobs"
@@ -185,6 +186,16 @@ class WorkerSpec(KubeModel):
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Taints the workers tolerate."
     )
+    env: list[EnvVar] | None = Field(
+        default=None,
+        max_length=MAX_WORKER_ENV,
+        description="Extra environment variables of the worker container, after the operator's own; the names the"
+        " operator sets (MOEOPS_*, MASTER_ADDR, MASTER_PORT) are refused, except the trainer's fault injection"
+        " (MOEOPS_FAULT_*).",
+        json_schema_extra=WORKER_ENV_SCHEMA,
+    )
+
+    _distinct_env_names = field_validator("env")(distinct_names)
 
 
 class ParallelismSpec(KubeModel):

@@ -125,6 +125,8 @@ def _worker_env(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> 
         pods.field_env(env.NODE_RANK, f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"),
         pods.field_env(env.POD_NAME, "metadata.name"),
         pods.field_env(env.NODE_NAME, "spec.nodeName"),
+        # The job's own, last: they may refer to the operator's with $(NAME); the API refuses the names it sets.
+        *({"name": var.name, "value": var.value} for var in spec.workers.env or ()),
     ]
 
 
