@@ -232,3 +232,23 @@ async def test_one_rebalancer_serves_a_job_that_describes_itself_and_reports_on_
         # Every rank's step takes 0.1/0.6 s; compute 0.1 s on three ranks, 0.1/0.6 s on the straggler.
         assert report.utilization == pytest.approx((3 * 0.1 + 0.1 / 0.6) / (4 * 0.1 / 0.6), rel=1e-6)
         assert service.counters.bad_messages[UNKNOWN_JOB] >= 1
+
+
+async def test_the_services_own_settings_apply_to_the_jobs_it_discovers(nats_server: NatsServer) -> None:
+    """--min-samples and --apply-margin-steps are the service's, not the job's: a described job gets them too."""
+    options = ConnectionOptions(servers=(nats_server.url,), name="cluster-rebalancer")
+    service = RebalancerService(options, fetch_timeout_s=0.2, plan_interval_s=0.0, min_samples=8, apply_margin_steps=15)
+    description = JobDescription(namespace=NAMESPACE, job=JOB, world_size=WORLD, global_batch=BATCH, layers=4,
+                                 stage_layers=[(0, 4)], min_gain=0.05, interval_steps=20,
+                                 described_at_unix_s=time.time())  # fmt: skip
+    async with jetstream(nats_server.url) as js, running(service):
+        await put_description(await ensure_jobs_bucket(js), description)
+        await publish_steps(js, range(1), [1.0, 1.0, 1.0, 0.6])
+        await eventually(lambda: (NAMESPACE, JOB) in service.jobs, "the job learnt from its description")
+        await publish_steps(js, range(1, 8), [1.0, 1.0, 1.0, 0.6])  # 7 samples: one short
+        await eventually(lambda: service.counters.received >= 32, "the 28 records folded in")
+        await asyncio.sleep(1.0)  # planning rounds: none may plan before 8 samples (the default 5 would)
+        assert service.latest(NAMESPACE, JOB) is None
+        await publish_steps(js, range(8, 9), [1.0, 1.0, 1.0, 0.6])
+        plan = await stored_plan(js, 0)
+        assert plan.apply_at_step == 8 + 15  # more than the 12 steps of APPLY_LEAD_S at 1/6 s a step

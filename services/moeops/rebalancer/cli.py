@@ -30,8 +30,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     one.add_argument("--data-interval-steps", type=int, default=None, help="data-share-only re-plans (default: above)")
     one.add_argument("--disabled", action="store_true", help="consume metrics but never publish a plan")
     one.add_argument("--max-sequences-per-rank", type=int, default=None)
-    parser.add_argument("--apply-margin-steps", type=int, default=Hysteresis().apply_margin_steps)
-    parser.add_argument("--min-samples", type=int, default=5, help="steps every rank reports before a plan")
+    every = parser.add_argument_group("every job (those that describe themselves take the rest from their spec)")
+    every.add_argument("--apply-margin-steps", type=int, default=Hysteresis().apply_margin_steps,
+                       help="least steps between the newest reported step and a plan's")  # fmt: skip
+    every.add_argument("--min-samples", type=int, default=5, help="steps every rank reports before a plan")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     named = [args.namespace, args.job, args.global_batch]
@@ -64,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     otel = telemetry.setup("rebalancer")  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    service = RebalancerService(ConnectionOptions.from_env(name="moeops-rebalancer"), settings_from_args(args))
+    service = RebalancerService(ConnectionOptions.from_env(name="moeops-rebalancer"), settings_from_args(args),
+                                min_samples=args.min_samples, apply_margin_steps=args.apply_margin_steps)  # fmt: skip
     register(telemetry.meter("moeops.rebalancer"), service.counters)
 
     async def serve() -> None:

@@ -38,7 +38,7 @@ from moeops.bus.subjects import METRICS_STREAM, metrics_filter, token
 from .consumer import ConsumerLimits, MetricsConsumer
 from .ingest import Counters, Ingest, LagObserver
 from .jobs import JobKey, JobSettings, JobState
-from .policy import with_lead_time
+from .policy import DEFAULT_APPLY_MARGIN_STEPS, with_lead_time
 from .replan import replan_outcome
 
 logger = logging.getLogger(__name__)
@@ -88,12 +88,15 @@ class RebalancerService:
         plan_interval_s: float = 0.2,
         report_interval_s: float = 5.0,
         observe: LagObserver | None = None,
+        min_samples: int = 5,
+        apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS,
     ) -> None:
         """`batch`: the most messages taken from the consumer at once; `fetch_timeout_s`: how long to wait for a
         message before looking at `stop` again; `plan_interval_s`: the least time between two planning rounds (a
         round plans every job touched since the last one, then acks what was folded in); `report_interval_s`: how
         often a job's report (plan epoch, utilization: the operator's `.status.rebalance`) is rewritten;
-        `observe`: told the measurement times of the records folded in (a benchmark measures the lag with it).
+        `observe`: told the measurement times of the records folded in (a benchmark measures the lag with it);
+        `min_samples`, `apply_margin_steps`: the settings of the jobs it discovers (`jobs` carry their own).
 
         Without `jobs` the service serves every job that describes itself in the jobs bucket (rank 0 of each
         job writes its layout and settings there): one rebalancer for the whole cluster."""
@@ -102,6 +105,8 @@ class RebalancerService:
         if len(self.jobs) != len(jobs):
             raise ValueError("a job is listed twice")
         self.discover = not jobs
+        self.discovered_min_samples = min_samples
+        self.discovered_apply_margin_steps = apply_margin_steps
         self.undescribed: dict[JobKey, float] = {}
         """Jobs whose metrics arrived without a known description: when to look them up (monotonic)."""
         if len(jobs) == 1:
@@ -193,7 +198,9 @@ class RebalancerService:
             if description is None:
                 continue
             del self.undescribed[key]
-            state = self.jobs[key] = JobState.of(JobSettings.from_description(description))
+            settings = JobSettings.from_description(description, min_samples=self.discovered_min_samples,
+                                                    apply_margin_steps=self.discovered_apply_margin_steps)  # fmt: skip
+            state = self.jobs[key] = JobState.of(settings)
             await self._recover_plan(kv.plans, state)
             logger.info("%s/%s: serving (world %d, %s)", *key, description.world_size, state.settings.layout)
 

@@ -11,7 +11,7 @@ from moeops.bus.reports import RebalanceReport, measured_utilization
 
 from .layout import JobLayout
 from .load import DEFAULT_SMOOTHING, LoadAggregator
-from .policy import Hysteresis
+from .policy import DEFAULT_APPLY_MARGIN_STEPS, Hysteresis
 from .replan import sequences_from_fractions
 
 JobKey = tuple[str, str]
@@ -40,8 +40,15 @@ class JobSettings:
         return (self.namespace, self.job)
 
     @classmethod
-    def from_description(cls, description: JobDescription, *, min_samples: int = 5) -> JobSettings:
-        """Settings from what the job's rank 0 wrote about itself."""
+    def from_description(
+        cls,
+        description: JobDescription,
+        *,
+        min_samples: int = 5,
+        apply_margin_steps: int = DEFAULT_APPLY_MARGIN_STEPS,
+    ) -> JobSettings:
+        """Settings from what the job's rank 0 wrote about itself; `min_samples` and `apply_margin_steps` are the
+        rebalancer's own (its flags), not the job's."""
         stage_layers = tuple((start, stop) for start, stop in description.stage_layers)
         return cls(
             namespace=description.namespace,
@@ -52,6 +59,7 @@ class JobSettings:
                 interval_steps=description.interval_steps,
                 enabled=description.rebalance_enabled,
                 data_interval_steps=description.data_interval_steps,
+                apply_margin_steps=apply_margin_steps,
             ),
             stage_layers=stage_layers,
             min_samples=min_samples,
