@@ -165,3 +165,14 @@ def test_the_jobs_own_env_reaches_the_workers_after_the_operators() -> None:
     assert len(names) == len(set(names))
     without = build(job_spec())["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["name"] for e in without] == names[:-2]
+
+
+def test_the_rendezvous_port_comes_from_the_operators_environment() -> None:
+    cfg = OperatorConfig.from_env({"MOEOPS_RENDEZVOUS_PORT": "41234"})
+    arch, plan = plan_training_job(job_spec())
+    children = {c.kind: c.body for c in training_children(OWNER, job_spec(), arch, plan, cfg)}
+    container = children["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in container["env"]}["MASTER_PORT"] == "41234"
+    assert container["ports"] == [{"name": "rendezvous", "containerPort": 41234}]
+    assert children["Service"]["spec"]["ports"][0]["port"] == 41234
+    assert OperatorConfig.from_env({}).rendezvous_port == 29500

@@ -9,15 +9,19 @@ OPERATOR_IMAGE_PULL_POLICY = "MOEOPS_IMAGE_PULL_POLICY"
 OPERATOR_NAMESPACES = "MOEOPS_WATCH_NAMESPACES"
 OPERATOR_MAX_WORKERS = "MOEOPS_OPERATOR_MAX_WORKERS"
 OPERATOR_NATS_TOKEN_SECRET = "MOEOPS_NATS_TOKEN_SECRET"  # a Secret (key `token`) in each job's namespace
+OPERATOR_RENDEZVOUS_PORT = "MOEOPS_RENDEZVOUS_PORT"  # the workers' torch rendezvous port (default 29500)
 # Carbon-aware training (spec.carbon.maxIntensity): where the operator reads the grid's intensity, and how often.
 OPERATOR_CARBON_INTENSITY_SERIES = "MOEOPS_CARBON_INTENSITY_SERIES"  # a timestamp,region,g_co2e_per_kwh CSV file
 OPERATOR_CARBON_GATE_INTERVAL = "MOEOPS_CARBON_GATE_INTERVAL_S"  # seconds between two looks per job (default 30)
 # InferenceService autoscaling (needs NATS_URL): seconds between two looks at each service's load (default 5).
 OPERATOR_AUTOSCALE_INTERVAL = "MOEOPS_AUTOSCALE_INTERVAL_S"
+# Training progress (needs NATS_URL): seconds between two reads of each running job's progress (default 5).
+OPERATOR_PROGRESS_INTERVAL = "MOEOPS_PROGRESS_INTERVAL_S"
 # The grid region whose carbon intensity applies (a key of the static table): the carbon agent's node, or the
 # machine of a local `moeops train` run.
 CARBON_REGION = "MOEOPS_CARBON_REGION"
-# The operator also reads NATS_URL below and hands it to the worker pods of jobs that want rebalancing.
+# The operator also reads NATS_URL below and hands it to every worker pod (rank 0 reports the job's progress; the
+# ranks of jobs that want rebalancing publish step metrics and follow plans).
 
 # Set by the operator on every worker pod of a MoETrainingJob.
 CONFIG_PATH = "MOEOPS_CONFIG"
