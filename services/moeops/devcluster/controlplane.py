@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from .lifetime import die_with_parent
+
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 BIN_DIR_ENV = "MOEOPS_BIN_DIR"
 DEFAULT_BIN_DIR = Path(__file__).resolve().parents[3] / ".cache" / "bin"
@@ -92,7 +94,11 @@ class ControlPlane:
         log = (self.work_dir / f"{name}.log").open("wb")
         # New session: a Ctrl-C meant for the test runner doesn't kill the cluster under it mid-teardown.
         proc = subprocess.Popen(
-            [str(self.bin_dir / name), *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [str(self.bin_dir / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self._procs.append((name, proc, log))
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from .lifetime import die_with_parent
+
 BINARY = "nats-server"
 
 
@@ -81,7 +83,9 @@ class NatsServer:
         ]  # fmt: skip
         self._log = (self.work_dir / "nats-server.log").open("ab")
         # New session: a Ctrl-C meant for the test runner doesn't kill the server under it mid-teardown.
-        self._proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent
+        )
         try:
             self._wait_healthy(ports_dir, timeout_s)
         except BaseException:

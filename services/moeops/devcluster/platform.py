@@ -21,6 +21,7 @@ from typing import IO, Any
 import kubernetes
 
 from .controlplane import DEFAULT_BIN_DIR, ControlPlane, free_port
+from .lifetime import die_with_parent
 from .nats_server import NatsServer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -57,7 +58,7 @@ class Component:
         self._log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)  # fmt: skip
+                                     start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
 
     def check(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:

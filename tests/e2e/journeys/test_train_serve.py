@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import Cluster, wait_for
 
 from moeops.devcluster.node import local_service_address
@@ -18,6 +19,7 @@ from moeops.devcluster.platform import LocalPlatform
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
+@pytest.mark.timeout(1800)
 def test_apply_train_status_serve_answer(
     platform: LocalPlatform, journey_cluster: Cluster, journey_namespace: str
 ) -> None:

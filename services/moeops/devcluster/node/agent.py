@@ -91,6 +91,7 @@ class ProcessNode:
         self.addresses = AddressPool()
         self.proxy = ServiceProxy()
         self.workers: dict[str, PodWorker] = {}
+        self._ended: set[str] = set()  # pods whose worker finished: a pod that ended never runs again
         self._unschedulable: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,6 +138,7 @@ class ProcessNode:
         self.proxy.close()
         self.api.stop()
         self.context.cgroups.clean()
+        self.context.cgroups.remove()
 
     def find_log(self, namespace: str, pod: str, container: str, previous: bool) -> tuple[Path, Any] | None:
         """The log file `kubectl logs` asks for, and a callable telling whether its container still runs."""
@@ -175,10 +177,8 @@ class ProcessNode:
                 "capacity": capacity,
                 "allocatable": capacity,
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": self.api.port}},
-                "addresses": [
-                    {"type": "InternalIP", "address": "127.0.0.1"},
-                    {"type": "Hostname", "address": self.name},
-                ],
+                # No Hostname address: the API server would look it up in DNS to reach /containerLogs.
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
                 "conditions": [
                     {
                         "type": "Ready",
@@ -222,7 +222,7 @@ class ProcessNode:
             worker = self.workers.get(uid)
             if worker is not None:
                 worker.update(pod)
-            elif (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            elif uid not in self._ended and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
                 worker = self.workers[uid] = PodWorker(self.context, pod, self.addresses.take(uid))
                 worker.start()
         for uid, worker in list(self.workers.items()):
@@ -239,6 +239,8 @@ class ProcessNode:
                 )
             if worker.done.is_set():
                 del self.workers[uid]
+                self._ended.add(uid)
+        self._ended &= set(mine)
         self._network(services)
 
     def _wants_us(self, pod: Mapping[str, Any]) -> bool:

@@ -58,9 +58,11 @@ class CgroupTree:
 
     @classmethod
     def for_node(cls, node: str) -> CgroupTree:
+        """The branch `moeops-<node>-<pid>`: two platforms on one machine (a demo and a test run) never touch
+        each other's pods; branches of nodes that died are cleaned by `clean`."""
         roots: dict[str, Path] = {}
         for hierarchy, mount in _mounts().items():
-            root = mount / _own_path(hierarchy).lstrip("/") / f"moeops-{node}" / "kubepods"
+            root = mount / _own_path(hierarchy).lstrip("/") / f"moeops-{node}-{os.getpid()}" / "kubepods"
             try:
                 root.mkdir(parents=True, exist_ok=True)
                 roots[hierarchy] = root
@@ -76,18 +78,44 @@ class CgroupTree:
             path.mkdir(parents=True, exist_ok=True)
         return ContainerCgroup(paths)
 
+    def remove(self) -> None:
+        """The node's branch itself, once its pods are gone."""
+        for root in self.roots.values():
+            _remove_tree(root.parent)
+
     def remove_pod(self, pod_uid: str) -> None:
         for root in self.roots.values():
             _remove_tree(root / f"pod{pod_uid}")
 
     def clean(self) -> None:
-        """Kill and remove what a previous run of this node left (a node restart ends its containers)."""
+        """Kill and remove the pods of this node, and of any process node whose agent died without cleaning up
+        (a node that dies ends its containers, as the machine's reboot would)."""
         for hierarchy, root in self.roots.items():
-            for pod in list(root.glob("pod*")):
-                for container in pod.iterdir():
-                    if container.is_dir():
-                        ContainerCgroup({hierarchy: container}).kill()
-                _remove_tree(pod)
+            branches = [root] + [
+                branch / "kubepods"
+                for branch in root.parents[1].glob("moeops-*-*")
+                if branch != root.parent and not _alive(branch.name.rsplit("-", 1)[1])
+            ]
+            for kubepods in branches:
+                for pod in list(kubepods.glob("pod*")):
+                    for container in pod.iterdir():
+                        if container.is_dir():
+                            ContainerCgroup({hierarchy: container}).kill()
+                    _remove_tree(pod)
+                if kubepods != root:
+                    _remove_tree(kubepods.parent)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return True  # not one of ours: leave it alone
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_tree(path: Path) -> None:

@@ -90,7 +90,8 @@ def hosts_file(pods: Iterable[PodName], services: Iterable[ServiceName]) -> str:
 
 def write_in_place(path: Path, text: str) -> None:
     """Rewrite the file keeping its inode: containers see it through a bind mount of that inode."""
-    with path.open("r+" if path.exists() else "w") as handle:
+    path.touch(exist_ok=True)
+    with path.open("r+") as handle:
         if handle.read() == text:
             return
         handle.seek(0)

@@ -8,7 +8,6 @@ Deletion: SIGTERM, the pod's grace period, SIGKILL to whatever is left, then the
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -266,7 +265,6 @@ class PodWorker:
             "podIP": self.address,
             "podIPs": [{"ip": self.address}],
             "startTime": self._started,
-            "qosClass": "BestEffort",
             "containerStatuses": statuses,
         }
         ended = self.phase in ("Succeeded", "Failed")
@@ -292,6 +290,8 @@ class PodWorker:
     def _report(self) -> None:
         status = self.status()
         if status != self._sent:
-            with contextlib.suppress(Exception):
+            try:
                 self.node.patch_status(self.pod, status)
                 self._sent = status
+            except Exception as error:  # the next tick tries again; a refused status must be visible in the log
+                log.warning("status of %s not written: %s", self.name, str(error)[:500])

@@ -1,0 +1,101 @@
+"""Journeys after success: a worker killed, the bus gone for a while, the job deleted mid-run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from harness import Cluster, wait_for
+from jobs import (
+    apply_with_claim,
+    checkpoint_steps,
+    job_status,
+    kill_training_rank,
+    pod_pids,
+    short_job,
+    wait_done,
+    wait_step,
+    worker_pods,
+)
+
+from moeops.devcluster.platform import LocalPlatform
+
+
+@pytest.mark.timeout(1200)
+def test_a_killed_worker_costs_at_most_one_checkpoint_interval(
+    platform: LocalPlatform, journey_cluster: Cluster, journey_namespace: str
+) -> None:
+    ns, name, interval = journey_namespace, "killed", 20
+    apply_with_claim(journey_cluster, ns, short_job(name, steps=120, interval=interval))
+    before = wait_step(platform, journey_cluster, ns, name, 50)
+    loss_before = before["progress"]["loss"]
+    victim = worker_pods(journey_cluster, ns, name)[-1]
+    kill_training_rank(victim)
+    killed_at = job_status(platform, journey_cluster, ns, name)["progress"]["step"]
+    saved = [s for s in checkpoint_steps(platform, ns, name) if s <= killed_at]
+    assert saved, "no checkpoint before the kill"
+
+    restarting = wait_for("the Restarting condition", lambda: journey_cluster.condition(
+        "moetrainingjobs", ns, name, "Restarting"), timeout=180)  # fmt: skip
+    assert restarting["status"] == "True" and victim["metadata"]["name"].rsplit("-", 1)[0] in restarting["message"]
+    resumed: list[dict] = []
+
+    def first_report_after_restart() -> dict | None:
+        status = job_status(platform, journey_cluster, ns, name)
+        if (status.get("restarts") or 0) >= 1 and status.get("progress", {}).get("step", 0) != killed_at:
+            resumed.append(status["progress"])
+            return status
+        return None
+
+    wait_for("progress after the restart", first_report_after_restart, timeout=300, interval=0.5)
+    final = wait_done(platform, journey_cluster, ns, name)
+    assert final["state"] == "Succeeded", final
+    assert final["restarts"] == 1 and final["progress"]["step"] == 120
+    lost = killed_at - max(saved)
+    assert lost <= interval, f"killed at {killed_at}, last checkpoint {max(saved)}"
+    assert resumed[0]["step"] >= max(saved), resumed
+    # The loss curve continues from where it was, it does not start again from an untrained model's.
+    assert resumed[0]["loss"] < 1.5 * loss_before, (loss_before, resumed[0])
+
+
+@pytest.mark.timeout(1200)
+def test_training_goes_on_while_the_bus_is_down(
+    platform: LocalPlatform, journey_cluster: Cluster, journey_namespace: str
+) -> None:
+    ns, name = journey_namespace, "no-bus"
+    apply_with_claim(journey_cluster, ns, short_job(name, steps=100, interval=50))
+    at_stop = wait_step(platform, journey_cluster, ns, name, 15)["progress"]["step"]
+    assert platform.nats is not None
+    platform.nats.stop()
+    time.sleep(20)  # the workers train on with the bus gone; the operator's view of progress stalls
+    platform.nats.start()
+    final = wait_done(platform, journey_cluster, ns, name)
+    assert final["state"] == "Succeeded" and not final.get("restarts"), final
+    assert final["progress"]["step"] == 100 > at_stop
+
+    def caught_up() -> dict | None:
+        rebalance = job_status(platform, journey_cluster, ns, name).get("rebalance") or {}
+        return rebalance if rebalance.get("lastStep", 0) >= 90 else None
+
+    wait_for("the rebalancer to see the steps sent after the outage", caught_up, timeout=120)
+
+
+@pytest.mark.timeout(1200)
+def test_deleting_a_job_ends_its_processes_within_the_grace_period_with_a_checkpoint(
+    platform: LocalPlatform, journey_cluster: Cluster, journey_namespace: str
+) -> None:
+    ns, name = journey_namespace, "deleted"
+    apply_with_claim(journey_cluster, ns, short_job(name, steps=2000, interval=1000))
+    wait_step(platform, journey_cluster, ns, name, 10)
+    pods = worker_pods(journey_cluster, ns, name)
+    assert all(pod_pids(p["metadata"]["uid"]) for p in pods)
+    grace = pods[0]["spec"]["terminationGracePeriodSeconds"]
+    started = time.monotonic()
+    journey_cluster.kubectl("delete", "mtj", "-n", ns, name, "--wait=false")
+    wait_for("every worker process to end", lambda: not any(pod_pids(p["metadata"]["uid"]) for p in pods),
+             timeout=grace + 30, interval=0.5)  # fmt: skip
+    took = time.monotonic() - started
+    assert took < grace, f"the workers took {took:.0f}s to end, grace {grace}s"
+    saved = checkpoint_steps(platform, ns, name)
+    assert saved and saved[-1] >= 10 and saved[-1] < 1000, f"no checkpoint on SIGTERM: {saved}"
+    wait_for("the pods to be gone", lambda: not worker_pods(journey_cluster, ns, name), timeout=60)
