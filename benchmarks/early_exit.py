@@ -49,6 +49,7 @@ from moeops.api.v1alpha1.early_exit_loss import EarlyExitLossSpec
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.api.v1alpha1.runtime import CheckpointConfig, ParallelPlan, TrainingRuntimeConfig, WorldSpec
 from moeops.api.v1alpha1.trainingjob import DataSpec, RebalanceSpec, TrainingSpec
+from moeops.checkpoint.weights import load_model_weights
 from moeops.data.synthetic import (
     CharTokenizer,
     Example,
@@ -61,7 +62,6 @@ from moeops.model import Transformer
 from moeops.serving.calibrate import calibrate_model
 from moeops.serving.decode import generate
 from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy
-from moeops.trainer import checkpoint
 from moeops.trainer.distributed import World
 from moeops.trainer.loop import Trainer
 from moeops.trainer.metrics import NullSink
@@ -228,7 +228,7 @@ def main() -> None:
                 parser.error("--checkpoint needs --config (the architecture and data of its run)")
             config = TrainingRuntimeConfig.model_validate_json(args.config.read_text())
             model = Transformer(config.architecture)
-            checkpoint.load_model_weights(args.checkpoint, model)
+            load_model_weights(args.checkpoint, model)
             trained: dict[str, float] = {}
         else:
             config = config_from(args, Path(tmp))

@@ -30,9 +30,10 @@ from moeops.bus.buckets import ensure_reports_bucket, latest_report
 from moeops.bus.messages import RebalancePlan
 from moeops.bus.reports import RebalanceReport
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, put_plan
+from moeops.checkpoint.layout import latest, read_meta
+from moeops.checkpoint.weights import load_model_weights
 from moeops.devcluster.nats_server import NatsServer
 from moeops.model import Transformer
-from moeops.trainer import checkpoint
 from moeops.trainer.faults import SEQUENCE_DELAY_ENV
 
 pytestmark = pytest.mark.slow  # torchrun workers, a rebalancer process and a nats-server per test
@@ -59,10 +60,10 @@ def _step_records(run_dir: Path, rank: int = 0) -> list[dict[str, float]]:
 
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    found = checkpoint.latest(run_dir / "ckpt")
+    found = latest(run_dir / "ckpt")
     assert found is not None
     model = Transformer(TINY)
-    checkpoint.load_model_weights(found[1], model)
+    load_model_weights(found[1], model)
     return model.state_dict()
 
 
@@ -254,5 +255,5 @@ def test_a_pipeline_re_split_goes_through_a_checkpoint_and_keeps_the_loss(
     # Not bit-identical: the gradient-norm clip sums squares per stage before the all-reduce, so moving a layer
     # to the other stage reassociates that sum (a few 1e-6 relative); the parity tests allow 1e-4 across layouts.
     assert losses(moved) == pytest.approx(losses(without), rel=1e-4)
-    final = checkpoint.latest(moved / "ckpt")
-    assert final is not None and checkpoint.read_meta(final[1])["stage_layers"] == [[0, 1], [1, 3]]
+    final = latest(moved / "ckpt")
+    assert final is not None and read_meta(final[1])["stage_layers"] == [[0, 1], [1, 3]]

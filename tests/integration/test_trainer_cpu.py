@@ -14,7 +14,7 @@ import psutil
 import pytest
 from trainer_runs import TINY, losses, train, train_cmd, write_config
 
-from moeops.serving.export_cli import read_architecture
+from moeops.checkpoint.layout import read_architecture
 
 pytestmark = pytest.mark.slow  # every test runs `moeops train` (torchrun and its workers)
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from moeops.checkpoint.layout import TOKENIZER_FILE
 from moeops.data.bpe import BpeTokenizer, check_vocab
 from moeops.data.synthetic import CharTokenizer
-
-TOKENIZER_FILE = "tokenizer.json"  # the trainer's name (moeops.trainer.corpus.TOKENIZER_FILE)
 
 
 class Codec(Protocol):

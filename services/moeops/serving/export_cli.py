@@ -1,7 +1,7 @@
 """`moeops export`: a trained checkpoint to a torch.export program (.pt2) or an ONNX model, checked against eager.
 
-Registered on the `moeops` command line (`moeops.cli`). Only click is imported up front; torch, the trainer's
-checkpoint reader and onnx load when the command runs.
+Registered on the `moeops` command line (`moeops.cli`). Only click is imported up front; torch, the checkpoint
+reader (`moeops.checkpoint`) and onnx load when the command runs.
 
 The checkpoint is what `moeops train` writes: `--checkpoint` is a `step-XXXXXXXX` directory or the directory
 holding them (the newest is taken). The architecture comes from the run's resolved config: `--config`, or the
@@ -10,7 +10,6 @@ holding them (the newest is taken). The architecture comes from the run's resolv
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,74 +19,9 @@ import click
 if TYPE_CHECKING:
     import torch
 
-    from moeops.api.v1alpha1.presets import Architecture
     from moeops.model import Transformer
 
 FORMATS = ("torch-export", "onnx")
-
-
-def resolve_checkpoint(path: Path) -> tuple[Path, int]:
-    """(step directory, step) for a step directory or a directory of them (the newest)."""
-    from moeops.trainer.checkpoint import STEP_DIR, latest
-
-    if not path.is_dir():
-        raise click.ClickException(f"{path}: no such checkpoint directory")
-    if (path / "meta.json").is_file():
-        match = STEP_DIR.match(path.name)
-        return path, int(match.group(1)) if match else -1
-    found = latest(path)
-    if found is None or not (found[1] / "meta.json").is_file():
-        raise click.ClickException(
-            f"{path}: not a checkpoint (expected a step-XXXXXXXX directory with meta.json, or a directory of them)"
-        )
-    return found[1], found[0]
-
-
-def find_config(step_dir: Path, config: Path | None) -> Path:
-    """--config, or the run's config.json: `<run>/config.json` for `<run>/checkpoints/step-XXXXXXXX`."""
-    if config is not None:
-        return config
-    candidates = [step_dir.parent.parent / "config.json", step_dir.parent / "config.json"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise click.ClickException(
-        f"no config.json beside {step_dir.parent} (looked for {', '.join(map(str, candidates))}): "
-        "give the run's resolved config with --config"
-    )
-
-
-def read_architecture(config: Path) -> Architecture:
-    """The config's `architecture` alone: the rest of a training config (data, plan, carbon) does not matter to
-    the export, and an older run's config stays readable when those sections change."""
-    from moeops.api.v1alpha1.presets import Architecture
-
-    try:
-        body = json.loads(config.read_text())
-    except (OSError, ValueError) as exc:
-        raise click.ClickException(f"{config}: not a readable JSON config: {exc}") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("architecture"), dict):
-        raise click.ClickException(f"{config}: no `architecture` object: not a resolved training config")
-    try:
-        return Architecture.model_validate(body["architecture"])
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise click.ClickException(f"{config}: invalid architecture: {exc}") from exc
-
-
-def load_model(step_dir: Path, arch: Architecture) -> Transformer:
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    from moeops.model import Transformer
-    from moeops.trainer.checkpoint import load_model_weights
-
-    model = Transformer(arch)
-    try:
-        load_model_weights(step_dir, model)
-    except (CheckpointException, RuntimeError, ValueError, KeyError, OSError) as exc:
-        # CheckpointException is a BaseException; a state dict that does not fit the config is a RuntimeError.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise click.ClickException(f"{step_dir}: cannot load the model weights for this architecture: {first}") from exc
-    return model.eval()
 
 
 @click.command("export")
@@ -115,13 +49,23 @@ def export(
     check: bool,
 ) -> None:
     """Export a trained checkpoint for serving (static-shape MoE dispatch; see moeops.serving.export)."""
-    step_dir, step = resolve_checkpoint(checkpoint)
-    arch = read_architecture(find_config(step_dir, config))
+    from moeops.checkpoint.layout import CheckpointError, find_run_config, read_architecture, resolve_checkpoint
+
+    try:
+        step_dir, step = resolve_checkpoint(checkpoint)
+        arch = read_architecture(find_run_config(step_dir, config))
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from exc
     if seq is not None and seq > arch.seq_len:
         raise click.BadParameter(f"{seq} exceeds the model's seqLen ({arch.seq_len})", param_hint="--seq")
-    model = load_model(step_dir, arch)
 
+    from moeops.checkpoint.weights import load_model
     from moeops.serving import export as ex
+
+    try:
+        model = load_model(step_dir, arch)
+    except CheckpointError as exc:
+        raise click.ClickException(str(exc)) from exc
 
     tokens = ex.example_tokens(model, batch, seq)
     dynamic = {"dynamic_batch": batch is None, "dynamic_seq": seq is None}

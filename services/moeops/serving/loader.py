@@ -1,6 +1,6 @@
 """The model a server serves: a trainer's checkpoint loaded in eval mode, its tokenizer, and its name.
 
-Found as `moeops export` finds it (serving/export_cli.py, reused rather than copied): `checkpoint` is a
+Found as `moeops export` finds it (both read the format through `moeops.checkpoint`): `checkpoint` is a
 `step-XXXXXXXX` directory or the directory of them (the newest is taken), and the architecture comes from the run's
 resolved `config.json` (given, or beside the checkpoints as `moeops train --job` leaves it).
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import torch
 
 from moeops.api.v1alpha1.presets import Architecture
+from moeops.checkpoint.layout import CheckpointError, find_run_config, read_architecture, resolve_checkpoint
+from moeops.checkpoint.weights import load_model
 from moeops.model import Transformer
 
 from .codec import Codec, codec_for
-from .export_cli import find_config, load_model, read_architecture, resolve_checkpoint
 
 
 class ModelLoadError(ValueError):
@@ -37,10 +37,10 @@ class CheckpointRef:
     def resolve(cls, checkpoint: Path, config: Path | None = None) -> CheckpointRef:
         try:
             step_dir, step = resolve_checkpoint(checkpoint)
-            found = find_config(step_dir, config)
+            found = find_run_config(step_dir, config)
             return cls(step_dir, step, found, read_architecture(found))
-        except click.ClickException as exc:
-            raise ModelLoadError(exc.message) from exc
+        except CheckpointError as exc:
+            raise ModelLoadError(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ def load_served(ref: CheckpointRef, name: str, device: torch.device | None = Non
     """Read the weights (seconds for a large model: call it off the event loop) and the tokenizer."""
     try:
         model = load_model(ref.step_dir, ref.arch)
-    except click.ClickException as exc:
-        raise ModelLoadError(exc.message) from exc
+    except CheckpointError as exc:
+        raise ModelLoadError(str(exc)) from exc
     try:
         codec = codec_for(ref.step_dir.parent, ref.arch.vocab_size)
     except ValueError as exc:

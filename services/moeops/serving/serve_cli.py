@@ -87,7 +87,7 @@ def serve(
     import torch
     import uvicorn
 
-    from moeops.trainer.checkpoint import read_meta
+    from moeops.checkpoint.layout import read_meta
 
     from .app import ServerSettings, create_app
     from .early_exit import ExitPolicy

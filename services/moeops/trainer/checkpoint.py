@@ -1,18 +1,16 @@
-"""Distributed checkpoints with torch.distributed.checkpoint: model, optimizer, RNG and data position.
+"""The trainer's distributed checkpoints with torch.distributed.checkpoint: model, optimizer, RNG and data position.
 
-A checkpoint is a directory `step-XXXXXXXX` under the job's checkpoint directory (shared by all ranks,
-e.g. a ReadWriteMany PVC). It is written under a temporary name and renamed by rank 0 once every rank has
-finished, so a directory with the final name is always complete: a worker killed mid-save leaves only a
-temporary directory, which the next save overwrites and `latest` ignores.
+The layout (`step-XXXXXXXX` directories under the job's checkpoint directory, shared by all ranks, e.g. a
+ReadWriteMany PVC) is `moeops.checkpoint`'s, which serving reads too. A checkpoint is written under a temporary
+name and renamed by rank 0 once every rank has finished, so a directory with the final name is always complete: a
+worker killed mid-save leaves only a temporary directory, which the next save overwrites and `latest` ignores.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,21 +20,18 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
+from moeops.checkpoint.layout import (
+    META_FILE,
+    MODEL_KEY,
+    OPTIMIZER_KEY,
+    partial_step_dir,
+    rank_state_file,
+    read_meta,
+    step_dir,
+    step_dirs,
+)
+
 from .distributed import World, barrier
-
-STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:08d}"
-
-
-def latest(root: Path) -> tuple[int, Path] | None:
-    """The newest complete checkpoint: (step, directory)."""
-    if not root.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
-    return max(found) if found else None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -74,7 +69,7 @@ def save(
     sharding: Sharding | None = None,
 ) -> Path:
     """Write the checkpoint of completed step `step` (all ranks call this)."""
-    final, tmp = step_dir(root, step), root / f".step-{step:08d}.tmp"
+    final, tmp = step_dir(root, step), partial_step_dir(root, step)
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -82,11 +77,11 @@ def save(
     model_state, optim_state = get_state_dict(model, optimizer)
     if sharding is not None:
         sharding.gather(model_state, optim_state)
-    dcp_save({"model": model_state, "optim": optim_state}, checkpoint_id=tmp)
-    torch.save({"rng": _rng_state(), "step": step}, tmp / f"rank-{world.rank:05d}.pt")
+    dcp_save({MODEL_KEY: model_state, OPTIMIZER_KEY: optim_state}, checkpoint_id=tmp)
+    torch.save({"rng": _rng_state(), "step": step}, rank_state_file(tmp, world.rank))
     barrier(world)
     if world.is_main:
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "world_size": world.world_size, **meta}, indent=2))
+        (tmp / META_FILE).write_text(json.dumps({"step": step, "world_size": world.world_size, **meta}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         _prune(root, keep)
@@ -95,8 +90,7 @@ def save(
 
 
 def _prune(root: Path, keep: int) -> None:
-    steps = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)))
-    for _, path in steps[:-keep]:
+    for _, path in step_dirs(root)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -110,31 +104,14 @@ def load(
     # Only the per-parameter optimizer state: the param groups on disk list one rank's parameters, which match
     # this rank's only when the layout is the same (a pipeline split moves layers between ranks), and their
     # hyperparameters come from the config anyway (the learning rate is set every step).
-    state: dict[str, Any] = {"model": model_state, "optim": {"state": optim_state["state"]}}
+    state: dict[str, Any] = {MODEL_KEY: model_state, OPTIMIZER_KEY: {"state": optim_state["state"]}}
     dcp_load(state, checkpoint_id=path)
-    optim_state["state"] = state["optim"]["state"]
+    optim_state["state"] = state[OPTIMIZER_KEY]["state"]
     if sharding is not None:
-        sharding.keep_local(state["model"], optim_state)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=optim_state)
-    rank_file = path / f"rank-{world.rank:05d}.pt"
+        sharding.keep_local(state[MODEL_KEY], optim_state)
+    set_state_dict(model, optimizer, model_state_dict=state[MODEL_KEY], optim_state_dict=optim_state)
+    rank_file = rank_state_file(path, world.rank)
     meta = read_meta(path)
     if rank_file.exists() and meta.get("world_size") == world.world_size:
         _set_rng_state(torch.load(rank_file, weights_only=False)["rng"])
     return int(meta["step"])
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    """The checkpoint's meta.json (step, world size, loss, job, pipeline split)."""
-    meta: dict[str, Any] = json.loads((path / "meta.json").read_text())
-    return meta
-
-
-def load_model_weights(path: Path, model: nn.Module) -> None:
-    """Load a checkpoint's model weights into an unsharded model in this process alone (evaluation, serving):
-    no collectives, so it works on one rank of a running job or in a process without a process group."""
-    state = {"model": model.state_dict()}
-    with warnings.catch_warnings():
-        # DCP warns that it "assumes the intent is to load in a single process": it is.
-        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        dcp_load(state, checkpoint_id=path, no_dist=True)
-    model.load_state_dict(state["model"])

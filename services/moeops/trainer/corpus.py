@@ -6,15 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
+from moeops.checkpoint.layout import RUN_CONFIG_FILE, TOKENIZER_FILE
 from moeops.data.synthetic import CharTokenizer, SyntheticCorpus, parse_source
 from moeops.data.text import TextCorpus, load_text_corpus
 
 from .errors import ConfigError
 
 Corpus = SyntheticCorpus | TextCorpus
-TOKENIZER_FILE = "tokenizer.json"
-RUN_CONFIG_FILE = "config.json"
-"""The run's resolved config beside its checkpoints: what a model server needs to rebuild the model from them."""
 
 
 def _synthetic(config: TrainingRuntimeConfig) -> SyntheticCorpus:

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
+from moeops.checkpoint.layout import latest, read_meta
+from moeops.checkpoint.weights import load_model_weights
 from moeops.data.synthetic import SyntheticCorpus
 from moeops.model import Transformer
 from moeops.model.moe import MoE
@@ -125,10 +127,10 @@ class Trainer:
         self.follower = PlanFollower(world, plans)
         self.step = 0
         self.preempt_requested = False
-        found = checkpoint.latest(checkpoint_root)
+        found = latest(checkpoint_root)
         stages = tuple((r.start, r.stop) for r in split_layers(arch.layers, plan.pipeline))
         if found:  # a pipeline split a rebalance plan chose survives a restart
-            saved = checkpoint.read_meta(found[1]).get("stage_layers")
+            saved = read_meta(found[1]).get("stage_layers")
             if isinstance(saved, list) and splits_layers(saved, plan.pipeline, arch.layers):
                 stages = tuple((start, stop) for start, stop in saved)
         self._build(stages)
@@ -350,7 +352,7 @@ def evaluate(
     from moeops.data.synthetic import exact_match, greedy_generate
 
     model = Transformer(config.architecture)
-    checkpoint.load_model_weights(checkpoint_path, model)
+    load_model_weights(checkpoint_path, model)
     model.to(device).eval()
     with torch.no_grad():
         return exact_match(

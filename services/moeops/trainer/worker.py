@@ -20,10 +20,11 @@ from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 from moeops.bus.connection import BusConfigError, ConnectionOptions
 from moeops.bus.jobs import JobDescription
 from moeops.bus.plan_watch import PlanWatcher
+from moeops.bus.progress_putter import ProgressPutter
 from moeops.bus.publisher import NatsMetricsSink
+from moeops.checkpoint.layout import latest
 from moeops.data.synthetic import SyntheticCorpus
 
-from . import checkpoint
 from .distributed import World, init_world, shutdown
 from .errors import EXIT_PREEMPTED, ConfigError
 from .faults import SEQUENCE_DELAY_ENV, sequence_delay_for
@@ -45,8 +46,9 @@ def load_config(path: Path) -> TrainingRuntimeConfig:
 
 
 def _sink(config: TrainingRuntimeConfig, path: Path | None, world: World, progress_total: int | None) -> MetricsSink:
-    """Local sinks (files, progress bar) behind one background thread; NATS, when MOEOPS_NATS_URL is set and
-    the job wants rebalancing, through its own non-blocking sink (it buffers and reconnects by itself)."""
+    """Local sinks (files, progress bar) behind one background thread; NATS, when MOEOPS_NATS_URL is set, through
+    non-blocking sinks of their own (they buffer and reconnect by themselves): every rank's step metrics when the
+    job wants rebalancing, and rank 0's progress of the job (`.status.progress`) whatever it wants."""
     local: list[MetricsSink] = []
     if path is not None:
         local.append(JsonlSink(path.with_name(f"{path.stem}.rank{world.rank}{path.suffix}")))
@@ -60,6 +62,19 @@ def _sink(config: TrainingRuntimeConfig, path: Path | None, world: World, progre
             )
         except ValueError as exc:
             raise ConfigError(f"metrics bus: {exc}") from exc
+    if world.is_main and (options := _connection_options(config, world, "progress")):
+        step_tokens = config.training.global_batch_size * config.architecture.seq_len  # every rank's rows
+        try:
+            putter = ProgressPutter(
+                options,
+                namespace=config.namespace,
+                job=config.job_name,
+                total_steps=config.training.steps,
+                tokens_per_step=step_tokens,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"progress bus: {exc}") from exc
+        sinks.append(putter)
     if not sinks:
         return NullSink()
     return sinks[0] if len(sinks) == 1 else FanOut(*sinks)
@@ -67,7 +82,12 @@ def _sink(config: TrainingRuntimeConfig, path: Path | None, world: World, progre
 
 def _bus_options(config: TrainingRuntimeConfig, world: World, role: str) -> ConnectionOptions | None:
     """NATS settings when MOEOPS_NATS_URL is set and the job wants rebalancing; None otherwise."""
-    if not (os.environ.get(env.NATS_URL) and config.rebalance.enabled):
+    return _connection_options(config, world, role) if config.rebalance.enabled else None
+
+
+def _connection_options(config: TrainingRuntimeConfig, world: World, role: str) -> ConnectionOptions | None:
+    """NATS settings when MOEOPS_NATS_URL is set; None otherwise."""
+    if not os.environ.get(env.NATS_URL):
         return None
     try:
         return ConnectionOptions.from_env(name=f"moeops-{role}-{config.job_name}-{world.rank}")
@@ -139,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if result.preempted:
         log.warning("rank %d: preempted at step %d; checkpoint written", world.rank, result.last_step)
         return EXIT_PREEMPTED
-    final = checkpoint.latest(root)
+    final = latest(root)
     if world.is_main and args.eval_per_domain and final:
         if isinstance(trainer.corpus, SyntheticCorpus):
             accuracy = evaluate(config, trainer.corpus, final[1], world.device, args.eval_per_domain)
