@@ -20,6 +20,7 @@ from moeops.bus.buckets import ensure_jobs_bucket, ensure_reports_bucket, latest
 from moeops.bus.connection import ConnectionOptions
 from moeops.bus.jobs import JobDescription
 from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, encode
+from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan
 from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_filter, metrics_subject
 from moeops.devcluster.nats_server import NatsServer
@@ -27,7 +28,6 @@ from moeops.rebalancer.edge import RebalancerService
 from moeops.rebalancer.ingest import UNKNOWN_JOB
 from moeops.rebalancer.jobs import JobSettings
 from moeops.rebalancer.policy import APPLY_LEAD_S, Hysteresis
-from moeops.rebalancer.replan import sequences_from_fractions
 
 pytestmark = pytest.mark.nats
 

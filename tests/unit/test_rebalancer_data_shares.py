@@ -6,11 +6,11 @@ import random
 
 import pytest
 
+from moeops.bus.plan_shares import largest_remainder
 from moeops.rebalancer.data_shares import (
     LossNormalisation,
     even_split,
     ideal_shares,
-    largest_remainder,
     loss_weights,
     plan_data_shares,
     predicted_step_seconds,

@@ -6,9 +6,10 @@ import pytest
 
 from bus_records import worker_metrics
 from moeops.bus.messages import RebalancePlan, WorkerMetrics
+from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import Hysteresis, Verdict
-from moeops.rebalancer.replan import replan_outcome, sequences_from_fractions
+from moeops.rebalancer.replan import replan_outcome
 
 WORLD = 4
 BATCH = 32

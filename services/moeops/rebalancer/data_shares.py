@@ -4,7 +4,7 @@ Sequences per rank are integers summing exactly to the global batch, each ≥ 1 
 collectives' shapes the others expect) and ≤ a memory cap. The ideal real-valued shares are proportional to
 throughput and clipped to [1, cap] (water-filling: the clipped ranks' excess goes to the others in proportion);
 the integers come from rounding those so that the slowest rank finishes as early as it can
-(`round_finishing_first`; `largest_remainder` rounds a plan's fractions back to sequences).
+(`round_finishing_first`; `moeops.bus.plan_shares` rounds a plan's fractions back to sequences).
 
 Keeping the gradient unbiased. The trainer sums the per-token losses on every rank and divides by the token count
 of the *global* batch (all-reduced), so each sequence weighs 1/N wherever it runs and the all-reduced gradient is
@@ -137,35 +137,6 @@ def ideal_shares(
     else:  # a flat piece: the target was already reached at the previous kink (or nothing is free to move)
         scale = at[piece - 1] if piece > 0 else (float(o.min()) if len(o) else 0.0)
     result: list[float] = np.minimum(np.maximum(w * (scale - o), lo), hi).tolist()
-    return result
-
-
-def largest_remainder(shares: Sequence[float], total: int, lower: Sequence[int], upper: Sequence[int]) -> list[int]:
-    """Integers within [lower, upper] summing to `total`: floors first, then +1 by largest fractional part.
-
-    The shares sum to `total` only up to rounding, so the correction may also have to take units away (from the
-    smallest fractional parts); either way each rank moves by at most one unit from its floor in practice.
-    """
-    share = np.asarray(shares, dtype=np.float64)
-    lo = np.asarray(lower, dtype=np.int64)
-    hi = np.asarray(upper, dtype=np.int64)
-    counts = np.minimum(np.maximum(np.floor(share).astype(np.int64), lo), hi)
-    missing = total - int(counts.sum())
-    # Largest fractional part first, ties to the lower rank.
-    order = np.lexsort((np.arange(len(share)), counts - share))
-    while missing > 0:
-        room = order[counts[order] < hi[order]][:missing]
-        if len(room) == 0:
-            raise ValueError("the caps cannot hold the global batch")
-        counts[room] += 1
-        missing -= len(room)
-    while missing < 0:
-        room = order[::-1][counts[order[::-1]] > lo[order[::-1]]][:-missing]
-        if len(room) == 0:
-            raise ValueError("the global batch cannot give every rank its minimum")
-        counts[room] -= 1
-        missing += len(room)
-    result: list[int] = counts.tolist()
     return result
 
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 from moeops.bus.jobs import JobDescription
 from moeops.bus.messages import RebalancePlan
+from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.bus.reports import RebalanceReport, measured_utilization
 
 from .layout import JobLayout
 from .load import DEFAULT_SMOOTHING, LoadAggregator
 from .policy import DEFAULT_APPLY_MARGIN_STEPS, Hysteresis
-from .replan import sequences_from_fractions
 
 JobKey = tuple[str, str]
 """(namespace, job)."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from moeops.bus.messages import RebalancePlan
 
-from .data_shares import DataSharePlan, even_split, largest_remainder, plan_data_shares
+from .data_shares import DataSharePlan, even_split, plan_data_shares
 from .group_shares import Floats, plan_group_shares
 from .layout import JobLayout, replica_rates, stage_times
 from .load import LoadSnapshot
@@ -50,14 +50,6 @@ class ReplanOutcome:
     """Which parts the plan changes: "data", "experts", "stages"."""
     full: bool = False
     """The round could re-plan every part (not only the data shares): `JobState.adopt(full=...)`."""
-
-
-def sequences_from_fractions(fractions: Sequence[float], global_batch: int) -> list[int]:
-    """A plan's `data_shares` back as whole sequences per rank (each ≥ 1), summing to `global_batch`."""
-    ranks = len(fractions)
-    return largest_remainder(
-        [fraction * global_batch for fraction in fractions], global_batch, [1] * ranks, [global_batch] * ranks
-    )
 
 
 def contiguous_placement(layers: int, experts: int, ranks: int) -> Placement:

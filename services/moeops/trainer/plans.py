@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from moeops.bus.messages import RebalancePlan
-from moeops.rebalancer.replan import sequences_from_fractions
+from moeops.bus.plan_shares import sequences_from_fractions
 
 from .expert_placement import Placement
 
