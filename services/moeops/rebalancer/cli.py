@@ -1,4 +1,4 @@
-"""`python -m moeops.rebalancer` (or `.edge`): the rebalancer service. Without --job it serves every job that
+"""`python -m moeops.rebalancer`: the rebalancer service. Without --job it serves every job that
 describes itself on the bus (one rebalancer per cluster); with --namespace/--job/--global-batch, that job only."""
 
 from __future__ import annotations

@@ -299,9 +299,3 @@ class RebalancerService:
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await client.flush(timeout=2)
         await client.close()
-
-
-if __name__ == "__main__":
-    from .cli import main
-
-    main()
