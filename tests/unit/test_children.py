@@ -133,7 +133,9 @@ def test_model_resolution_from_a_training_job() -> None:
         resolve_model(spec, {"spec": {"checkpoint": {"storage": {"path": "/"}}}, "status": job["status"]})
 
 
-def test_workers_get_the_bus_only_when_the_operator_has_one_and_the_job_rebalances() -> None:
+def test_workers_get_the_bus_whenever_the_operator_has_one() -> None:
+    """Rank 0 reports the job's progress over it; whether the ranks rebalance is the config's `rebalance`."""
+
     def worker_env(spec: MoETrainingJobSpec, cfg: OperatorConfig) -> dict[str, dict]:
         arch, plan = plan_training_job(spec)
         job = next(c.body for c in training_children(OWNER, spec, arch, plan, cfg) if c.kind == "Job")
@@ -143,9 +145,13 @@ def test_workers_get_the_bus_only_when_the_operator_has_one_and_the_job_rebalanc
     env = worker_env(job_spec(), bus)
     assert env["MOEOPS_NATS_URL"]["value"] == "nats://nats.moeops:4222"
     assert env["MOEOPS_NATS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "moeops-nats", "key": "token"}
-    assert "MOEOPS_NATS_URL" not in worker_env(job_spec(rebalance={"enabled": False}), bus)
+    no_rebalancing = job_spec(rebalance={"enabled": False})
+    assert worker_env(no_rebalancing, bus)["MOEOPS_NATS_URL"]["value"] == "nats://nats.moeops:4222"
+    config = json.loads(build(no_rebalancing)["ConfigMap"]["data"]["config.json"])
+    assert config["rebalance"]["enabled"] is False  # the trainer publishes no metrics and follows no plans
     assert "MOEOPS_NATS_URL" not in worker_env(job_spec(), CFG)
     assert OperatorConfig.from_env({"MOEOPS_NATS_URL": "nats://a:4222"}).nats_url == "nats://a:4222"
+    assert OperatorConfig.from_env({"MOEOPS_PROGRESS_INTERVAL_S": "1.5"}).progress_interval_s == 1.5
 
 
 def test_carbon_reaches_the_workers_config_without_a_pue() -> None:

@@ -114,7 +114,9 @@ def _worker_env(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> 
         env.CHECKPOINT_DIR: checkpoint_dir(spec),
     }
     bus: list[dict[str, Any]] = []
-    if cfg.nats_url and spec.rebalance.enabled:  # workers publish step metrics and rank 0 follows plans
+    # Every job's rank 0 reports its progress over the bus; the ranks publish step metrics and follow plans only
+    # when their config (the ConfigMap's `rebalance.enabled`) says so.
+    if cfg.nats_url:
         bus.append({"name": env.NATS_URL, "value": cfg.nats_url})
         if cfg.nats_token_secret:
             secret = {"name": cfg.nats_token_secret, "key": "token"}

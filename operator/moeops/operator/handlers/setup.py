@@ -41,8 +41,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo["kube"] = Kube(api_client(cfg.max_workers))
     memo["ttl_timers"] = {}
     memo["grid_intensity"] = GridIntensity(cfg.carbon_intensity_series)  # the carbon gate's source
-    # The rebalancer's reports (plan epoch, utilization) and the carbon totals reach status only when the operator
-    # has a bus; both are read over one connection (a ReportReader is a BusReader).
+    # The rebalancer's reports (plan epoch, utilization), the carbon totals and the jobs' progress reach status only
+    # when the operator has a bus; all are read over one connection (a ReportReader is a BusReader).
     memo["reports"] = ReportReader(ConnectionOptions.from_env(name="moeops-operator")) if cfg.nats_url else None
     memo["bus"] = memo["reports"]
 
