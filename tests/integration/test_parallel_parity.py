@@ -6,22 +6,32 @@ matmuls, micro-batches), and Adam turns ~1e-7 gradient differences into visible 
 A wrong gradient scale, a missed reduction or a mis-sharded weight shows up as 1e-2 or worse by step 2.
 The balancing (aux) loss is off here because it is a per-batch statistic: its value depends on how a batch is
 cut; `test_balancing_loss_through_the_pipeline` checks it with the same micro-batches on both sides.
+
+The runs of a world size share one torchrun launch (parity_launch.py), started by the first test that needs one
+of them: a launch is ~10 s of start-up, a run here ~1 s of training. `moeops train` itself (one launch per run)
+is tested in test_trainer_cpu.py.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from trainer_runs import TINY, losses, train, write_config
+from trainer_runs import TINY, losses, train_env, write_config
 
 from moeops.api.v1alpha1.trainingjob import RebalanceSpec
 
-pytestmark = pytest.mark.slow  # a torchrun launch per layout
+pytestmark = pytest.mark.slow  # torchrun launches
 
 ARCH = TINY.model_copy(update={"layers": 4})
 STEPS = 4
 TOLERANCE = 1e-4
+LAUNCHER = Path(__file__).with_name("parity_launch.py")
 
 # name: data, tensor, pipeline, expert
 LAYOUTS = {
@@ -39,22 +49,97 @@ LAYOUTS = {
     "TP2xEP2": (2, 2, 1, 2),
     "PP2xTP2": (1, 2, 2, 1),
 }
+SINGLE = (1, 1, 1, 1)
+SPARE_LAYOUTS = ["EP4", "TP2xEP2"]
+AUX = {"aux": 0.05, "micro_batch_size": 2}
 
 
-def _run(tmp: Path, name: str, data: int, tensor: int, pipeline: int, expert: int, **kw: object) -> dict[int, float]:
-    run_dir = tmp / name
-    run_dir.mkdir()
-    config = write_config(
-        run_dir, data=data, tensor=tensor, pipeline=pipeline, expert=expert, steps=STEPS, arch=ARCH, **kw
-    )
-    result = train(config, data * tensor * pipeline)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return losses(run_dir)
+@dataclass(frozen=True)
+class Run:
+    name: str
+    degrees: tuple[int, int, int, int]
+    """data, tensor, pipeline, expert"""
+    options: dict[str, Any] = field(default_factory=dict)
+    """write_config's other arguments"""
+    max_steps: int | None = None
+    shared: str | None = None
+    """A folder for checkpoints and metrics that runs share (the halves of a resharded run)."""
+
+    @property
+    def world_size(self) -> int:
+        data, tensor, pipeline, _ = self.degrees
+        return data * tensor * pipeline
+
+    @property
+    def folder(self) -> str:
+        return self.shared or self.name
+
+
+RUNS = {
+    run.name: run
+    for run in [
+        Run("single", SINGLE),
+        *(Run(name, degrees) for name, degrees in LAYOUTS.items()),
+        Run("PP2xDP2-ac", LAYOUTS["PP2xDP2"], {"activation_checkpointing": True}),
+        *(
+            Run(f"{name}-spare", LAYOUTS[name], {"rebalance": RebalanceSpec(expert_spare_slots=2)})
+            for name in SPARE_LAYOUTS
+        ),
+        Run("single-aux", SINGLE, AUX),
+        Run("PP2-aux", LAYOUTS["PP2"], AUX),
+        # In this order in the launch: 2 steps as PP2×TP2, then the rest as DP2×EP2 from that checkpoint.
+        Run("reshard-first", LAYOUTS["PP2xTP2"], max_steps=2, shared="reshard"),
+        Run("reshard-rest", LAYOUTS["DP2xEP2"], shared="reshard"),
+    ]
+}
+
+
+class Launches:
+    """One torchrun launch per world size, for all its runs, the first time one of them is asked for."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.launched: dict[int, subprocess.CompletedProcess[str]] = {}
+
+    def losses(self, name: str) -> dict[int, float]:
+        run = RUNS[name]
+        if run.world_size not in self.launched:
+            self.launched[run.world_size] = self._launch(run.world_size)
+        result = self.launched[run.world_size]
+        assert result.returncode == 0, result.stderr[-4000:]
+        return losses(self.root / run.folder)
+
+    def _launch(self, world_size: int) -> subprocess.CompletedProcess[str]:
+        entries = []
+        for run in (r for r in RUNS.values() if r.world_size == world_size):
+            data, tensor, pipeline, expert = run.degrees
+            config = write_config(
+                self._mkdir(run.name), data=data, tensor=tensor, pipeline=pipeline, expert=expert, steps=STEPS,
+                arch=ARCH, **run.options,
+            )  # fmt: skip
+            shared = self._mkdir(run.folder)
+            entries.append({"name": run.name, "config": str(config), "checkpoint_dir": str(shared / "ckpt"),
+                            "metrics": str(shared / "metrics.jsonl"), "max_steps": run.max_steps})  # fmt: skip
+        runs_file = self.root / f"runs-{world_size}.json"
+        runs_file.write_text(json.dumps(entries))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world_size}",
+                   str(LAUNCHER), str(runs_file)]  # fmt: skip
+        return subprocess.run(command, capture_output=True, text=True, timeout=540, env=train_env())
+
+    def _mkdir(self, name: str) -> Path:
+        path = self.root / name
+        path.mkdir(exist_ok=True)
+        return path
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
-    found = _run(tmp_path_factory.mktemp("parity"), "single", 1, 1, 1, 1)
+def launches(tmp_path_factory: pytest.TempPathFactory) -> Launches:
+    return Launches(tmp_path_factory.mktemp("parity"))
+
+
+@pytest.fixture(scope="module")
+def single_process(launches: Launches) -> dict[int, float]:
+    found = launches.losses("single")
     assert sorted(found) == list(range(1, STEPS + 1))
     assert found[STEPS] < found[1]  # it learns
     return found
@@ -67,37 +152,36 @@ def _assert_follows(found: dict[int, float], expected: dict[int, float]) -> None
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_layout_follows_the_single_process_run(tmp_path: Path, layout: str, single_process: dict[int, float]) -> None:
-    _assert_follows(_run(tmp_path, layout, *LAYOUTS[layout]), single_process)
+def test_layout_follows_the_single_process_run(
+    launches: Launches, layout: str, single_process: dict[int, float]
+) -> None:
+    _assert_follows(launches.losses(layout), single_process)
 
 
-def test_activation_checkpointing_changes_nothing(tmp_path: Path, single_process: dict[int, float]) -> None:
-    _assert_follows(_run(tmp_path, "PP2xDP2-ac", 2, 1, 2, 1, activation_checkpointing=True), single_process)
+def test_activation_checkpointing_changes_nothing(launches: Launches, single_process: dict[int, float]) -> None:
+    _assert_follows(launches.losses("PP2xDP2-ac"), single_process)
 
 
-@pytest.mark.parametrize("layout", ["EP4", "TP2xEP2"])
+@pytest.mark.parametrize("layout", SPARE_LAYOUTS)
 def test_spare_expert_slots_with_replicas_change_nothing(
-    tmp_path: Path, layout: str, single_process: dict[int, float]
+    launches: Launches, layout: str, single_process: dict[int, float]
 ) -> None:
     """Spare slots start holding replicas of other ranks' experts: rows split over replicas, gradients summed
     over them (with tensor-parallel expert shards too), the norm clip counting each expert once."""
-    spare = RebalanceSpec(expert_spare_slots=2)
-    _assert_follows(_run(tmp_path, f"{layout}-spare", *LAYOUTS[layout], rebalance=spare), single_process)
+    _assert_follows(launches.losses(f"{layout}-spare"), single_process)
 
 
-def test_balancing_loss_through_the_pipeline(tmp_path: Path) -> None:
+def test_balancing_loss_through_the_pipeline(launches: Launches) -> None:
     """The aux loss attached inside each stage gives the gradients of the loss computed in one piece."""
-    same = {"aux": 0.05, "micro_batch_size": 2}
-    _assert_follows(_run(tmp_path, "PP2-aux", 1, 1, 2, 1, **same), _run(tmp_path, "single-aux", 1, 1, 1, 1, **same))
+    _assert_follows(launches.losses("PP2-aux"), launches.losses("single-aux"))
 
 
-def test_a_checkpoint_resumes_in_another_layout(tmp_path: Path, single_process: dict[int, float]) -> None:
+def test_a_checkpoint_resumes_in_another_layout(launches: Launches, single_process: dict[int, float]) -> None:
     """Checkpoints are layout-free: 2 steps as PP2×TP2, then the rest as DP2×EP2 from that checkpoint."""
-    run_dir = tmp_path / "reshard"
-    run_dir.mkdir()
-    first = write_config(run_dir, tensor=2, pipeline=2, steps=STEPS, arch=ARCH)
-    assert train(first, 4, "--max-steps", "2").returncode == 0
-    second = write_config(run_dir, data=4, expert=2, steps=STEPS, arch=ARCH)
-    result = train(second, 4)
-    assert result.returncode == 0, result.stderr[-4000:]
-    _assert_follows(losses(run_dir), single_process)
+    both = launches.losses("reshard-rest")  # the halves share a folder: its metrics hold both
+    steps = [
+        json.loads(line)["step"]
+        for line in (launches.root / "reshard" / "metrics.rank0.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(1, STEPS + 1)), steps  # the second half went on from step 2, it did not start over
+    _assert_follows(both, single_process)
