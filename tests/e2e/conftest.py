@@ -90,6 +90,7 @@ def operator(
     env = {"MOEOPS_NATS_URL": bus.url} if bus is not None else {}
     env |= {"MOEOPS_CARBON_INTENSITY_SERIES": str(intensity_series), "MOEOPS_CARBON_GATE_INTERVAL_S": "1"}
     env["MOEOPS_AUTOSCALE_INTERVAL_S"] = "1"  # the autoscaler's timer, 5 s by default
+    env["MOEOPS_PROGRESS_INTERVAL_S"] = "1"  # the progress timer's, 5 s by default
     env |= otlp_receiver.env(interval_ms=1000)  # OpenTelemetry: spans and metrics to the receiver (test_otlp_operator)
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), env=env)
     proc.start()

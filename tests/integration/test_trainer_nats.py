@@ -4,6 +4,7 @@ costs the training nothing: it finishes, and the metrics flow again once the ser
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from polling import wait_until
 from trainer_runs import train, train_cmd, train_env, write_config
 
 from moeops.api import env
+from moeops.api.v1alpha1.trainingjob import RebalanceSpec
+from moeops.bus.buckets import ensure_progress_bucket, latest_progress
 from moeops.bus.messages import WorkerMetrics, decode
+from moeops.bus.progress import JobProgress
 from moeops.bus.streams import ensure_metrics_stream
 from moeops.bus.subjects import METRICS_STREAM, metrics_filter
 from moeops.devcluster.nats_server import NatsServer
@@ -49,6 +53,22 @@ async def _stored(url: str) -> list[WorkerMetrics]:
                 assert isinstance(message, WorkerMetrics)
                 found.append(message)
         return found
+    finally:
+        await client.close()
+
+
+async def _stored_count(url: str) -> int:
+    client = await nats.connect(url, connect_timeout=2)
+    try:
+        return (await client.jetstream().stream_info(METRICS_STREAM)).state.messages
+    finally:
+        await client.close()
+
+
+async def _progress(url: str) -> JobProgress | None:
+    client = await nats.connect(url, connect_timeout=2)
+    try:
+        return await latest_progress(await ensure_progress_bucket(client.jetstream()), NAMESPACE, JOB)
     finally:
         await client.close()
 
@@ -89,3 +109,18 @@ def test_training_outlives_a_lost_nats_server(nats_server: NatsServer, tmp_path:
     assert _lines(progress) == steps
     late = {(m.rank, m.step) for m in asyncio.run(_stored(nats_server.url)) if m.step > lost_at + 30}
     assert (0, steps) in late and (1, steps) in late  # flowing again after the server came back
+
+
+def test_a_job_that_does_not_rebalance_reports_its_progress_only(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The operator hands every job the bus: one without rebalancing publishes no step metrics and follows no plans,
+    but its rank 0 puts the job's progress, the last step included."""
+    asyncio.run(_ensure_stream(nats_server.url))
+    config = write_config(tmp_path, data=2, steps=6, rebalance=RebalanceSpec(enabled=False))
+    result = train(config, 2, env=train_env(**{env.NATS_URL: nats_server.url}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert asyncio.run(_stored_count(nats_server.url)) == 0
+    progress = asyncio.run(_progress(nats_server.url))
+    assert progress is not None and progress.finished and progress.total_steps == 6, progress
+    assert progress.tokens_per_second is not None and progress.tokens_per_second > 0
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.rank0.jsonl").read_text().splitlines()]
+    assert progress.loss == losses[-1]  # what rank 0's progress bar shows for the last step
