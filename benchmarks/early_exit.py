@@ -44,6 +44,7 @@ from pathlib import Path
 
 import torch
 
+from early_exit_calibration import calibrate_model  # benchmarks/, on sys.path as the script's folder
 from moeops.api.v1alpha1.carbon import CarbonSpec
 from moeops.api.v1alpha1.early_exit_loss import EarlyExitLossSpec
 from moeops.api.v1alpha1.presets import Architecture
@@ -59,7 +60,6 @@ from moeops.data.synthetic import (
     prompt_ids,
 )
 from moeops.model import Transformer
-from moeops.serving.calibrate import calibrate_model
 from moeops.serving.decode import generate
 from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy
 from moeops.trainer.distributed import World

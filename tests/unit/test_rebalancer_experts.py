@@ -10,18 +10,24 @@ from moeops.rebalancer.experts import (
     ExpertPlacement,
     imbalance,
     keep_in_place,
-    migration_pays_off,
-    migration_seconds,
     pack_replicas,
     place_experts,
     replicate_hot_experts,
 )
+from moeops.rebalancer.placement import holdings, received
 
 
 def zipf_loads(rng: random.Random, experts: int) -> list[float]:
     loads = [1000.0 / (rank + 1) ** rng.uniform(0.5, 1.5) for rank in range(experts)]
     rng.shuffle(loads)
     return loads
+
+
+def busiest_receiver(current: ExpertPlacement, proposed: ExpertPlacement) -> int:
+    """The most experts one rank receives to go from `current` to `proposed` (what a move's time is made of)."""
+    ranks, experts = len(current.rank_experts), current.experts
+    before, after = (holdings([p.replicas()], ranks, experts) for p in (current, proposed))
+    return int(received(before, after).max())
 
 
 def check(placement: ExpertPlacement, loads: list[float], ranks: int, spare: int) -> None:
@@ -100,28 +106,6 @@ def test_uneven_slots_are_refused() -> None:
         place_experts([1.0] * 7, 2)
 
 
-def test_migration_cost_is_the_busiest_receivers_bytes_over_bandwidth() -> None:
-    current = [[0], [1], [0], [1]]
-    assert migration_seconds(current, current, 1e9, 1e9) == 0.0
-    proposed = [[0, 1], [0], [1], [1]]  # rank 1 receives expert 0 and 2, rank 0 receives expert 1
-    assert migration_seconds(current, proposed, 2e9, 1e9) == pytest.approx(4.0)
-
-
-def test_a_move_is_refused_when_it_costs_more_than_it_saves() -> None:
-    loads = [800.0] + [100.0] * 7
-    old = place_experts(loads, 4, redundant_slots=4)
-    new_loads = [100.0] * 7 + [800.0]
-    new = place_experts(new_loads, 4, redundant_slots=4)
-    cost = migration_seconds(old.replicas(), new.replicas(), bytes_per_expert=3e9, bandwidth_bytes_per_s=25e9)
-    assert cost > 0
-    seconds_per_token = 1e-4
-    gain = (max(old.rank_loads(new_loads)) - max(new.rank_loads(new_loads))) * seconds_per_token
-    assert gain > 0
-    steps_to_break_even = cost / gain
-    assert not migration_pays_off(gain, int(steps_to_break_even) - 1, cost)
-    assert migration_pays_off(gain, int(steps_to_break_even) + 1, cost)
-
-
 def test_bus_form_round_trips() -> None:
     placement = place_experts([5.0, 1.0, 3.0, 2.0], 2, redundant_slots=2)
     again = ExpertPlacement.from_replicas(placement.replicas(), 2)
@@ -142,8 +126,7 @@ def test_relabelling_keeps_experts_where_they_are() -> None:
     fresh = place_experts(drifted, 8, redundant_slots=8)
     kept = place_experts(drifted, 8, redundant_slots=8, current=current.replicas())
     assert sorted(kept.rank_loads(drifted)) == pytest.approx(sorted(fresh.rank_loads(drifted)))
-    moved = migration_seconds(current.replicas(), kept.replicas(), 1.0, 1.0)
-    assert moved <= migration_seconds(current.replicas(), fresh.replicas(), 1.0, 1.0)
+    assert busiest_receiver(current, kept) <= busiest_receiver(current, fresh)
     assert place_experts(loads, 8, redundant_slots=8, current=current.replicas()) == current
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from moeops.api.v1alpha1.trainingjob import RebalanceSpec
 from moeops.bus.messages import RebalancePlan
-from moeops.rebalancer.policy import Hysteresis, Verdict, build_plan, combined_gain
+from moeops.rebalancer.policy import Hysteresis, Verdict, build_plan
 
 
 def test_no_plan_when_the_gain_is_below_min_gain() -> None:
@@ -49,11 +47,6 @@ def test_plans_advance_the_epoch_and_switch_after_the_newest_step() -> None:
     second = plan_after(first, max_step=90)
     assert (second.epoch, second.apply_at_step) == (1, 95)
     assert second.expert_placement == [[[0], [1, 0], [1]]]
-
-
-def test_combined_gain() -> None:
-    assert combined_gain(2.0, 1.5) == pytest.approx(0.25)
-    assert combined_gain(0.0, 1.0) == 0.0
 
 
 def test_a_plan_is_forecast_over_the_steps_it_will_run() -> None:

@@ -11,7 +11,8 @@ and the expensive inter-node all-to-all is balanced too.
 
 Migration: a rank that must hold an expert it does not hold now receives its weights and optimizer state. Ranks
 receive in parallel over their own links, so the move takes as long as the busiest receiver. It pays off only when
-the step time it saves, over the steps until the next re-plan, exceeds that.
+the step time it saves, over the steps until the next re-plan, exceeds that: `placement.choose_layers` decides it
+for every layer at once.
 """
 
 from __future__ import annotations
@@ -218,31 +219,6 @@ def keep_in_place(
     for new_rank, experts in enumerate(rank_experts):
         relabelled[label[new_rank]] = experts
     return relabelled
-
-
-def migration_seconds(
-    current: Sequence[Sequence[int]],
-    proposed: Sequence[Sequence[int]],
-    bytes_per_expert: float,
-    bandwidth_bytes_per_s: float,
-) -> float:
-    """Seconds to move from `current` to `proposed` (both per expert, its ranks): the busiest receiving rank's
-    bytes over its link bandwidth. An expert a rank already holds costs nothing, wherever its other replicas go;
-    `bytes_per_expert` should count weights and optimizer state (e.g. 12 bytes a parameter for Adam in fp32)."""
-    received: dict[int, int] = {}
-    for expert, ranks in enumerate(proposed):
-        before = current[expert] if expert < len(current) else ()
-        for rank in ranks if len(ranks) < 2 else set(ranks):  # an expert is held once per rank
-            if rank not in before:
-                received[rank] = received.get(rank, 0) + 1
-    if not received:
-        return 0.0
-    return max(received.values()) * bytes_per_expert / bandwidth_bytes_per_s
-
-
-def migration_pays_off(gain_seconds_per_step: float, steps_until_next_plan: int, migration_cost_s: float) -> bool:
-    """Move only when the time saved before the next re-plan is strictly more than the time the move costs."""
-    return gain_seconds_per_step * steps_until_next_plan > migration_cost_s
 
 
 def imbalance(rank_loads: Sequence[float]) -> float:

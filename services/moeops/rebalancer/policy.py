@@ -109,13 +109,6 @@ def build_plan(
     )
 
 
-def combined_gain(step_seconds_before: float, step_seconds_after: float) -> float:
-    """Relative step-time reduction, 0 when nothing was measured."""
-    if step_seconds_before <= 0:
-        return 0.0
-    return 1.0 - step_seconds_after / step_seconds_before
-
-
 def with_lead_time(hysteresis: Hysteresis, snapshot: LoadSnapshot) -> Hysteresis:
     """The hysteresis with an apply margin of at least APPLY_LEAD_S of the job's steps: with fast steps, a
     fixed number of steps is less time than a plan needs to reach rank 0 (a poll every 0.5 s)."""

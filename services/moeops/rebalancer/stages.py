@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate, pairwise
+from itertools import accumulate
 
 LayerRange = tuple[int, int]
 
@@ -40,12 +40,6 @@ def layer_seconds_from_stages(measured_stage_seconds: Sequence[float], ranges: S
     for seconds, (start, stop) in zip(measured_stage_seconds, ranges, strict=True):
         per_layer.extend([seconds / (stop - start)] * (stop - start))
     return per_layer
-
-
-def even_stages(layers: int, stages: int) -> list[LayerRange]:
-    base, extra = divmod(layers, stages)
-    bounds = list(accumulate((base + (1 if stage < extra else 0) for stage in range(stages)), initial=0))
-    return list(pairwise(bounds))
 
 
 def partition_layers(

@@ -1,1 +1,2 @@
-"""Serving-side model tooling: static-shape export (torch.export, ONNX) and torch.compile for inference."""
+"""The model server (`moeops serve`: OpenAI-compatible HTTP over a trained checkpoint) and static-shape export
+(`moeops export`: torch.export, ONNX)."""

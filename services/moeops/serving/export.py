@@ -1,4 +1,4 @@
-"""Export a trained model for serving: torch.export (.pt2), ONNX, and torch.compile.
+"""Export a trained model for serving: torch.export (.pt2) and ONNX.
 
 What is exported is the logits forward in eval mode: tokens (B, S) int64 → logits (B, S, V) fp32, with the batch
 and sequence dimensions dynamic (torch.export.Dim; the sequence at most the architecture's seq_len, the length of
@@ -10,9 +10,9 @@ split sizes, a host sync on the counts) and torch.export stops on a data-depende
 traces a copy of the model whose MoE layers are `StaticMoE` (moeops.serving.static_moe): the same router (scores,
 top-k, renormalised gates, selection bias), then every expert on every token as batched matmuls over the stacked
 expert weights, combined with a (T, E) weight matrix that holds the K gates and exact zeros elsewhere. Its shapes
-depend only on T, so one graph serves every batch and sequence length, in torch.export, ONNX (MatMul, TopK,
-ScatterElements: no Loop/If) and torch.compile(fullgraph=True). The copy shares the parameters: the model being
-exported keeps its eager, trainable MoE layers, and training numerics are untouched.
+depend only on T, so one graph serves every batch and sequence length, in torch.export and ONNX (MatMul, TopK,
+ScatterElements: no Loop/If). The copy shares the parameters: the model being exported keeps its eager, trainable
+MoE layers, and training numerics are untouched.
 
 The trade-off. The dense masked formulation costs E/K times the routed experts' FLOPs and E·T·F activations:
 2x for moe-debug (4 experts, top-2), 4x for 8 experts top-2. Measured per layer on 2 busy CPU cores (best of
@@ -26,13 +26,12 @@ matmul (static shapes, data offsets) where a runtime has one. Serving is droples
 training device and StaticMoE ignores it (the trainer's own evaluation builds the model without one).
 
 Parity: StaticMoE takes the same router decisions as the eager layer, so logits agree to fp32 summation order
-(tests/unit/test_serving_export.py: ≤1e-5 eager vs static, torch.export and torch.compile; ≤1e-4 in onnxruntime).
+(tests/unit/test_serving_export.py: ≤1e-5 eager vs static and torch.export; ≤1e-4 in onnxruntime).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,15 +185,3 @@ def export_onnx(
     onnx.checker.check_model(str(path))  # by path: also checks external data
     declared = onnx.load(str(path), load_external_data=False).opset_import
     return OnnxExport(path, next(o.version for o in declared if o.domain in ("", "ai.onnx")), external_data)
-
-
-def compile_for_serving(
-    model: Transformer, *, mode: str | None = None, backend: str = "inductor", dynamic: bool | None = None
-) -> Callable[[Tensor], Tensor]:
-    """torch.compile of the static-shape logits forward (fullgraph: the static MoE has no graph break, where
-    the eager MoE breaks on its host sync). mode: torch.compile's ("reduce-overhead", "max-autotune", ...).
-    The first call of each new shape compiles; call it under torch.no_grad() (or inference_mode)."""
-    compiled: Callable[[Tensor], Tensor] = torch.compile(
-        serving_module(model), mode=mode, backend=backend, dynamic=dynamic, fullgraph=True
-    )
-    return compiled

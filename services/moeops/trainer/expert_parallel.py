@@ -97,10 +97,6 @@ def expert_layers(model: nn.Module) -> list[tuple[GroupedExperts, ExpertDispatch
     return found
 
 
-def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [getattr(moe.experts, p) for _, moe in moe_layers(model) for p in EXPERT_PARAMS]
-
-
 def _map_local(t: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
     """Apply `fn` to the rank-local tensor; a tensor-parallel DTensor keeps its mesh and placements (expert
     rows are never split by tensor parallelism, only their hidden units)."""

@@ -1,17 +1,22 @@
-"""Threshold calibration: agreement by position, the top-down search that stops at the first failure, and
-the model's own decoder."""
+"""Threshold calibration (benchmarks/early_exit_calibration.py, what benchmarks/early_exit.py calibrates with):
+agreement by position, the top-down search that stops at the first failure, and the model's own decoder."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.model import Transformer
-from moeops.serving.calibrate import Outputs, calibrate, calibrate_model, token_agreement
 from moeops.serving.early_exit import ExitPolicy
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from early_exit_calibration import Outputs, calibrate, calibrate_model, token_agreement
 
 REFERENCE: Outputs = [[5, 6, 7, 2], [8, 9]]
 Decoder = Callable[[float], tuple[Outputs, float | None]]

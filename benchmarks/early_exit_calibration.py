@@ -1,4 +1,5 @@
-"""Calibrating the early-exit threshold on held-out prompts (CALM's consistency criterion).
+"""Calibrating the early-exit threshold on held-out prompts (CALM's consistency criterion), for
+`benchmarks/early_exit.py`: the server takes its threshold from the InferenceService's spec and calibrates nothing.
 
 The full model's greedy output is the reference. A threshold is acceptable when the early-exit decoder's tokens
 agree with the reference at ≥ 1 - δ of the positions; the lower the threshold, the earlier tokens leave, so the
@@ -24,9 +25,8 @@ from dataclasses import dataclass, replace
 from torch import Tensor
 
 from moeops.model import Transformer
-
-from .decode import EOS, ExitStats, generate
-from .early_exit import NEVER_EXIT, ExitPolicy
+from moeops.serving.decode import EOS, ExitStats, generate
+from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """0.05 … 0.95; 1.0 (never exit) is always the starting point."""
