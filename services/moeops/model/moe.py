@@ -3,11 +3,18 @@
 MoE.forward, step by step:
   1. route: fp32 scores x_TD·W_router → softmax probabilities; the top-k of (probs + bias) picks the experts,
      the picked *probabilities* (bias excluded) renormalised are the gate weights;
-  2. dispatch: sort the T·K assignments by expert (stable), count tokens per expert, gather the rows;
-  3. experts: one grouped matmul per projection over all experts (SwiGLU), in cache-sized slices of rows;
-  4. combine: scale each row by its gate and scatter-add back to its token; add the shared experts;
+  2. dispatch: sort the T·K assignments by expert (stable argsort), count them per expert (bincount), and gather
+     each assignment's token row (x_AD, rows in expert order);
+  3. experts (SwiGLU): one grouped matmul per projection over all experts on accelerators, in slices of at most
+     DEFAULT_SLICE_ROWS rows to cap the temporaries; on CPU (faster there), or where grouped_mm cannot run, one
+     matmul per expert over its contiguous rows. Under expert parallelism the trainer's dispatcher runs the rows
+     on the ranks that own the experts;
+  4. combine: the expert outputs back in (token, k) order through the inverse permutation, then each token's
+     gate-weighted sum as one batched matmul, gates_T1K · y_TKD (no scatter-add); add the shared experts;
   5. balance: Switch/GShard auxiliary loss and router z-loss (returned), per-expert token counts (kept).
-Dropless by default; an optional capacity factor drops assignments beyond each expert's capacity.
+Dropless by default; an optional capacity factor keeps at most `capacity` assignments per expert (earliest tokens
+first), and its combine scales the kept rows by their gates and scatter-adds them (index_add_) to their tokens:
+a dropped assignment passes through the residual connection only.
 """
 
 from __future__ import annotations
