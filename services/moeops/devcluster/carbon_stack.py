@@ -47,7 +47,7 @@ from moeops.carbon import cli
 from moeops.carbon.local_meter import DEFAULT_REGION, WORKSTATION_PUE
 from moeops.carbon.pod_cpu import find_cgroup2_root
 
-from .platform import Component, wait_until
+from .processes import Component, wait_until
 
 AGGREGATOR_STARTED = "carbon aggregator: "
 AGENT_STARTED = "carbon agent on "

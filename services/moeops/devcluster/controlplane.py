@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .lifetime import die_with_parent
+from .processes import die_with_parent
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 BIN_DIR_ENV = "MOEOPS_BIN_DIR"

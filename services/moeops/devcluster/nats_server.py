@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .lifetime import die_with_parent
+from .processes import die_with_parent
 
 BINARY = "nats-server"
 

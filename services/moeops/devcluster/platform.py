@@ -8,74 +8,20 @@ with a log file in `work_dir`, as each would be a pod (or a host service) on a r
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import kubernetes
 
 from .controlplane import DEFAULT_BIN_DIR, ControlPlane, free_port
-from .lifetime import die_with_parent
 from .nats_server import NatsServer
+from .processes import Component, PlatformError, wait_until
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-class PlatformError(RuntimeError):
-    """A component failed to start (its log is named in the message)."""
-
-
-def wait_until(
-    what: str, probe: Callable[[], object], timeout_s: float, check: Callable[[], None] = lambda: None
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        check()
-        if probe():
-            return
-        time.sleep(0.25)
-    raise PlatformError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-
-
-@dataclass
-class Component:
-    """One process of the platform, logging to `<work_dir>/<name>.log`."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise PlatformError(f"{self.name} exited with {self.proc.returncode}; {self.log_path}:\n{tail}")
-
-    def stop(self, timeout_s: float = 30.0, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 @dataclass
