@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def main(runs_file: Path) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         for entry in json.loads(runs_file.read_text()):
-            print(f"parity launch: {entry['name']}", file=sys.stderr, flush=True)
+            if os.environ.get("RANK", "0") == "0":
+                print(f"parity launch: {entry['name']}", file=sys.stderr, flush=True)
             args = argparse.Namespace(
                 config=Path(entry["config"]),
                 checkpoint_dir=Path(entry["checkpoint_dir"]),

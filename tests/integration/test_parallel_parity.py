@@ -106,7 +106,7 @@ class Launches:
         if run.world_size not in self.launched:
             self.launched[run.world_size] = self._launch(run.world_size)
         result = self.launched[run.world_size]
-        assert result.returncode == 0, result.stderr[-4000:]
+        assert result.returncode == 0, _failure(result.stderr)
         return losses(self.root / run.folder)
 
     def _launch(self, world_size: int) -> subprocess.CompletedProcess[str]:
@@ -130,6 +130,14 @@ class Launches:
         path = self.root / name
         path.mkdir(exist_ok=True)
         return path
+
+
+def _failure(stderr: str) -> str:
+    """The run that failed (the last one started) and rank 0's traceback, else the end of the launch's stderr."""
+    lines = stderr.splitlines()
+    started = [line for line in lines if line.startswith("parity launch: ")]
+    rank0 = [line for line in lines if line.startswith("[rank0]:")]
+    return "\n".join([started[-1] if started else "no run started", *(rank0[-60:] or [stderr[-4000:]])])
 
 
 @pytest.fixture(scope="module")
