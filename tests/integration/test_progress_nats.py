@@ -139,3 +139,20 @@ def test_puts_resume_when_a_lost_server_comes_back(nats_server: NatsServer) -> N
         wait_until(lambda: step_read(nats_server.url) == 50, "step 50 after the server came back", timeout_s=30)
     finally:
         sink.close()
+
+
+def test_a_checkpoint_written_after_the_last_step_is_still_reported(nats_server: NatsServer) -> None:
+    """The trainer saves after it published the step: the putter reads the newest checkpoint at each put and puts
+    again when only it changed (what lets an InferenceService find the final checkpoint)."""
+    newest: list[int | None] = [None]
+    connection = ConnectionOptions(servers=(nats_server.url,))
+    sink = ProgressPutter(connection, namespace=NAMESPACE, job=JOB, total_steps=4, tokens_per_step=1024,
+                          interval_s=0.2, put_timeout_s=1.0, newest_checkpoint=lambda: newest[0])  # fmt: skip
+    for n in range(1, 5):
+        sink.publish(Step(n))
+    wait_until(lambda: step_read(nats_server.url) == 4, "the last step")
+    first = read(nats_server.url)
+    assert first is not None and first.checkpoint_step is None
+    newest[0] = 4  # the final save lands after the last step was put
+    wait_until(lambda: (p := read(nats_server.url)) is not None and p.checkpoint_step == 4, "the final checkpoint")
+    sink.close()

@@ -4,13 +4,15 @@ and the `.status.progress` the operator makes of it."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from moeops.bus.messages import BadMessage, BadMessageReason
 from moeops.bus.progress import JobProgress, ProgressMeter, decode_progress, encode_progress, progress_key
-from moeops.operator.status.progress import CLOCK_SKEW_S, percent_done, progress_status
+from moeops.checkpoint.layout import step_dir
+from moeops.operator.status.progress import CLOCK_SKEW_S, checkpoint_status, percent_done, progress_status
 
 AT = 1_800_000_000.0
 PROGRESS = JobProgress(namespace="ml", job="moe.big", step=57, total_steps=200, loss=2.345678,
@@ -128,3 +130,14 @@ def test_a_report_older_than_the_job_is_not_its_progress() -> None:
     assert progress_status(PROGRESS, job_created_unix_s=AT + CLOCK_SKEW_S + 1) is None
     assert progress_status(PROGRESS, job_created_unix_s=AT + CLOCK_SKEW_S - 1) is not None  # a worker clock behind
     assert progress_status(PROGRESS, job_created_unix_s=AT - 600) is not None
+
+
+def test_the_newest_checkpoint_is_where_the_trainer_writes_it() -> None:
+    """One naming for the trainer's folders and the operator's `.status.checkpoint` (moeops.checkpoint.layout)."""
+    assert checkpoint_status(PROGRESS, {"claimName": "ckpt", "path": "/runs/a/"}) is None  # none written yet
+    saved = PROGRESS.model_copy(update={"checkpoint_step": 50})
+    assert checkpoint_status(saved, {"claimName": "ckpt", "path": "/runs/a/"}) == {
+        "lastStep": 50,
+        "location": f"pvc://ckpt/runs/a/{step_dir(Path(), 50).name}",
+    }
+    assert checkpoint_status(saved, {})["location"] == "file:///step-00000050"  # type: ignore[index]

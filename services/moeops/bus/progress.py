@@ -52,6 +52,9 @@ class JobProgress(BusMessage):
     """Tokens the whole job trains on per second (global batch × sequence length per step); None until measured."""
     eta_seconds: Seconds | None = None
     """Seconds to the last step at the measured pace; None until measured."""
+    checkpoint_step: NonNegativeInt | None = None
+    """The step of the newest complete checkpoint (what a resume or an InferenceService starts from); None before
+    the first."""
     measured_at_unix_s: FiniteFloat
 
     @model_validator(mode="after")
@@ -118,8 +121,8 @@ class ProgressMeter:
                 return (ended - started) / (last - first)
         return self._step_seconds if self._step_seconds > 0 else None
 
-    def progress(self, measured_at_unix_s: float) -> JobProgress | None:
-        """The message for the newest step, or None before the first."""
+    def progress(self, measured_at_unix_s: float, checkpoint_step: int | None = None) -> JobProgress | None:
+        """The message for the newest step (and the newest complete checkpoint's), or None before the first."""
         step = self.step
         if step is None:
             return None
@@ -132,5 +135,6 @@ class ProgressMeter:
             loss=self._loss,
             tokens_per_second=None if pace is None else self._tokens_per_step / pace,
             eta_seconds=None if pace is None else max(0, self._total - step) * pace,
+            checkpoint_step=checkpoint_step,
             measured_at_unix_s=measured_at_unix_s,
         )

@@ -53,7 +53,10 @@ class ProgressPutter:
         put_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        newest_checkpoint: Callable[[], int | None] = lambda: None,
     ) -> None:
+        """`newest_checkpoint`: the step of the newest complete checkpoint (read in the putter's thread at each put:
+        a checkpoint written after the last step is still reported)."""
         if interval_s <= 0 or put_timeout_s <= 0:
             raise ValueError("interval_s and put_timeout_s must be positive")
         # Raises for a name that cannot be a key: at start, not at every put.
@@ -61,6 +64,8 @@ class ProgressPutter:
         self._options, self._job, self._total = options, job, total_steps
         self._interval_s, self._put_timeout_s = interval_s, put_timeout_s
         self._clock, self._monotonic = clock, monotonic
+        self._newest_checkpoint = newest_checkpoint
+        self._sent_checkpoint: int | None = None
 
         # Shared with the training thread, under the lock.
         self._lock = threading.Lock()
@@ -155,12 +160,13 @@ class ProgressPutter:
 
     async def _put_newest(self, client: Client, kv: KeyValue | None) -> KeyValue | None:
         """Put the newest progress if a step came since the last put; returns the bucket handle to reuse."""
+        checkpoint = self._checkpoint_step()
         with self._lock:
-            if not self._unsent:
+            if not self._unsent and checkpoint == self._sent_checkpoint:
                 return kv
             self._unsent = False
             try:
-                progress = self._meter.progress(self._clock())
+                progress = self._meter.progress(self._clock(), checkpoint)
             except ValueError as exc:  # figures JobProgress refuses: a bug, not worth stopping the reports for
                 progress = None
                 logger.warning("progress of %s does not fit JobProgress: %s", self._job, exc)
@@ -179,10 +185,18 @@ class ProgressPutter:
             self._failed(progress, type(exc).__name__, str(exc), logged=True)
             return None
         self.sent += 1
+        self._sent_checkpoint = progress.checkpoint_step
         if self._failing is not None:
             logger.info("progress of %s reported again", self._job)
             self._failing = None
         return kv
+
+    def _checkpoint_step(self) -> int | None:
+        try:
+            return self._newest_checkpoint()
+        except (OSError, ValueError) as exc:  # a checkpoint folder being written or pruned: next time
+            logger.debug("newest checkpoint of %s not read: %s", self._job, exc)
+            return self._sent_checkpoint
 
     async def _put(self, client: Client, kv: KeyValue | None, progress: JobProgress) -> KeyValue:
         if kv is None:

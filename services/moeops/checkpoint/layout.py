@@ -27,8 +27,13 @@ class CheckpointError(ValueError):
     """A checkpoint or run config that cannot be read (the message names the path and what was expected)."""
 
 
+def step_dir_name(step: int) -> str:
+    """The folder of step `step`'s checkpoint (the operator names it in `.status.checkpoint.location`)."""
+    return f"step-{step:08d}"
+
+
 def step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:08d}"
+    return root / step_dir_name(step)
 
 
 def partial_step_dir(root: Path, step: int) -> Path:

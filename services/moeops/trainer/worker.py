@@ -45,7 +45,9 @@ def load_config(path: Path) -> TrainingRuntimeConfig:
         raise ConfigError(f"invalid config {path}: {problems}") from exc
 
 
-def _sink(config: TrainingRuntimeConfig, path: Path | None, world: World, progress_total: int | None) -> MetricsSink:
+def _sink(
+    config: TrainingRuntimeConfig, path: Path | None, world: World, progress_total: int | None, root: Path
+) -> MetricsSink:
     """Local sinks (files, progress bar) behind one background thread; NATS, when MOEOPS_NATS_URL is set, through
     non-blocking sinks of their own (they buffer and reconnect by themselves): every rank's step metrics when the
     job wants rebalancing, and rank 0's progress of the job (`.status.progress`) whatever it wants."""
@@ -71,6 +73,7 @@ def _sink(config: TrainingRuntimeConfig, path: Path | None, world: World, progre
                 job=config.job_name,
                 total_steps=config.training.steps,
                 tokens_per_step=step_tokens,
+                newest_checkpoint=lambda: found[0] if (found := latest(root)) else None,
             )
         except ValueError as exc:
             raise ConfigError(f"progress bus: {exc}") from exc
@@ -136,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     world = init_world()
     root = Path(args.checkpoint_dir or config.checkpoint.directory)
     total = min(config.training.steps, args.max_steps or config.training.steps)
-    sink = _sink(config, args.metrics, world, total if args.progress else None)
+    sink = _sink(config, args.metrics, world, total if args.progress else None, root)
     if telemetry.active() is not None:  # the last step's figures as OpenTelemetry gauges
         sink = FanOut(sink, StepGauges())
     plans = _plan_watcher(config, world)

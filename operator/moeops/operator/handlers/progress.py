@@ -25,7 +25,7 @@ from moeops.bus.buckets import ensure_progress_bucket, latest_progress
 from ..bus_reader import BusReader
 from ..config import OperatorConfig
 from ..status import is_finished
-from ..status.progress import progress_status
+from ..status.progress import checkpoint_status, progress_status
 from .observe import JOBS, traced
 from .training import TRAINING
 
@@ -42,6 +42,7 @@ def created_unix_s(meta: kopf.Meta) -> float | None:
 @kopf.timer(*TRAINING, interval=PROGRESS_INTERVAL_S, initial_delay=PROGRESS_INTERVAL_S)
 @traced()
 async def copy_job_progress(
+    spec: kopf.Spec,
     meta: kopf.Meta,
     status: kopf.Status,
     namespace: str | None,
@@ -67,3 +68,7 @@ async def copy_job_progress(
     JOBS.record(namespace, name, {"progress": fresh})
     if fresh != dict(status.get("progress") or {}):
         patch.status["progress"] = fresh
+    assert progress is not None
+    checkpoint = checkpoint_status(progress, (spec.get("checkpoint") or {}).get("storage") or {})
+    if checkpoint is not None and checkpoint != dict(status.get("checkpoint") or {}):
+        patch.status["checkpoint"] = checkpoint

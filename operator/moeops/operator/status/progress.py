@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from moeops.api.v1alpha1.trainingjob_status import Progress
+from moeops.api.v1alpha1.trainingjob_status import CheckpointStatus, Progress
 from moeops.bus.progress import JobProgress
+from moeops.checkpoint.layout import step_dir_name
 
 LOSS_DIGITS = 4
 TOKENS_PER_SECOND_DIGITS = 1
@@ -38,3 +40,15 @@ def progress_status(progress: JobProgress, *, job_created_unix_s: float | None =
         tokens_per_second=None if rate is None else round(rate, TOKENS_PER_SECOND_DIGITS),
         eta_seconds=None if eta is None else math.ceil(eta),
     ).to_wire()
+
+
+def checkpoint_status(progress: JobProgress, storage: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`.status.checkpoint` from rank 0's newest complete checkpoint (None before the first): its step, and where
+    it is (`pvc://<claim>/<path>/step-XXXXXXXX`, or `file://` on the pods' own disk) — what an InferenceService
+    with a trainingJobRef waits for."""
+    if progress.checkpoint_step is None:
+        return None
+    folder = step_dir_name(progress.checkpoint_step)
+    claim, path = storage.get("claimName"), str(storage.get("path") or "/").rstrip("/")
+    location = f"pvc://{claim}{path}/{folder}" if claim else f"file://{path}/{folder}"
+    return CheckpointStatus(last_step=progress.checkpoint_step, location=location).to_wire()
