@@ -74,7 +74,7 @@ class LocalPlatform:
             self.nats.start()
             self._start_node()
             self._start_operator()
-            self._start("rebalancer", [sys.executable, "-m", "moeops.rebalancer", "--interval-steps", "20"],
+            self._start("rebalancer", [sys.executable, "-m", "moeops.rebalancer"],
                         {"MOEOPS_NATS_URL": self.nats.url})  # fmt: skip
             if self.with_carbon:
                 self._start_carbon()
@@ -101,7 +101,9 @@ class LocalPlatform:
     def _start_operator(self) -> None:
         assert self.nats is not None
         port = free_port()
-        env = {"KUBECONFIG": str(self.kubeconfig), "MOEOPS_NATS_URL": self.nats.url, **self.operator_env}
+        # Pods share this machine's network: a free rendezvous port keeps a second platform's jobs apart.
+        env = {"KUBECONFIG": str(self.kubeconfig), "MOEOPS_NATS_URL": self.nats.url,
+               "MOEOPS_RENDEZVOUS_PORT": str(free_port()), **self.operator_env}  # fmt: skip
         operator = self._start("operator", [sys.executable, "-m", "moeops.cli", "operator", "run", "--standalone",
                                             "--liveness", f"http://127.0.0.1:{port}/healthz"], env)  # fmt: skip
 

@@ -35,9 +35,12 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(
     saved = [s for s in checkpoint_steps(platform, ns, name) if s <= killed_at]
     assert saved, "no checkpoint before the kill"
 
-    restarting = wait_for("the Restarting condition", lambda: journey_cluster.condition(
-        "moetrainingjobs", ns, name, "Restarting"), timeout=180)  # fmt: skip
-    assert restarting["status"] == "True" and victim["metadata"]["name"].rsplit("-", 1)[0] in restarting["message"]
+    def restarting_now() -> dict | None:
+        found = journey_cluster.condition("moetrainingjobs", ns, name, "Restarting")
+        return found if found and found["status"] == "True" else None
+
+    restarting = wait_for("the Restarting condition", restarting_now, timeout=180)
+    assert victim["metadata"]["name"] in restarting["message"], restarting
     resumed: list[dict] = []
 
     def first_report_after_restart() -> dict | None:

@@ -222,6 +222,8 @@ class ProcessNode:
             worker = self.workers.get(uid)
             if worker is not None:
                 worker.update(pod)
+            elif pod["metadata"].get("deletionTimestamp"):  # ended before (or before this node started): no process
+                self.context.delete_pod(pod)
             elif uid not in self._ended and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
                 worker = self.workers[uid] = PodWorker(self.context, pod, self.addresses.take(uid))
                 worker.start()
@@ -307,6 +309,8 @@ class ProcessNode:
                 continue
             service_names.append(ServiceName(address, meta["namespace"], meta["name"]))
             selector = spec.get("selector") or {}
+            if not selector:  # endpoints managed by hand (the API server's own `kubernetes` Service): not ours
+                continue
             backends = [
                 w
                 for w in workers

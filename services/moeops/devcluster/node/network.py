@@ -15,6 +15,7 @@ node's scheduler therefore never places two pods declaring the same containerPor
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ class AddressPool:
 
     def __init__(self) -> None:
         self._hosts = [str(h) for h in POD_NETWORK.hosts() if str(h).rsplit(".", 1)[1] not in ("0", "1", "255")]
-        self._next = 0
+        # Start where another process node on this machine (a second platform) is unlikely to be handing out.
+        self._next = (os.getpid() * 7919) % len(self._hosts)
         self._taken: dict[str, str] = {}  # pod uid → address
 
     def take(self, uid: str) -> str:

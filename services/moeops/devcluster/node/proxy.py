@@ -74,6 +74,7 @@ class _Listener:
 class ServiceProxy:
     def __init__(self) -> None:
         self._listeners: dict[Address, _Listener] = {}
+        self._refused: set[Address] = set()
 
     def update(self, routes: dict[Address, list[Address]]) -> None:
         """Listen on every key (with its endpoints now), stop listening on what is gone."""
@@ -85,7 +86,9 @@ class ServiceProxy:
                 try:
                     listener = self._listeners[address] = _Listener(address)
                 except OSError as error:
-                    log.warning("cannot serve %s:%s: %s", *address, error)
+                    if address not in self._refused:  # once: the node retries at every sync
+                        log.warning("cannot serve %s:%s: %s", *address, error)
+                        self._refused.add(address)
                     continue
             listener.endpoints = endpoints
 
