@@ -61,3 +61,18 @@ def scratch_mounts() -> list[dict[str, Any]]:
 def field_env(name: str, field_path: str) -> dict[str, Any]:
     """An environment variable from the downward API."""
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def cpu_threads_env(container: str, spec: ResourceRequirements | None) -> list[dict[str, Any]]:
+    """OMP_NUM_THREADS from the container's own CPU limit (else its request), through the Downward API rounded up
+    to whole CPUs — torch otherwise starts a thread per CPU of the node, and N workers on one node then fight over
+    its cores (one torchrun process per pod: torchrun sets 1 only when it starts several). Nothing when the spec
+    gives no CPU figure (the Downward API would answer the node's allocatable for a missing limit)."""
+    for kind, given in (("limits", spec.limits if spec else None), ("requests", spec.requests if spec else None)):
+        if given and "cpu" in given:
+            ref = {"containerName": container, "resource": f"{kind}.cpu", "divisor": "1"}
+            return [{"name": THREADS_ENV, "valueFrom": {"resourceFieldRef": ref}}]
+    return []

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from moeops.api import env
-from moeops.api.v1alpha1.common import VolumeLocation
+from moeops.api.v1alpha1.common import ResourceRequirements, VolumeLocation
 from moeops.api.v1alpha1.inferenceservice import InferenceServiceSpec
 from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
 
@@ -75,7 +75,9 @@ def _server_config(owner: Owner, spec: InferenceServiceSpec) -> ServingRuntimeCo
     )
 
 
-def _server_env(config: str, model: VolumeLocation, cfg: OperatorConfig) -> list[dict[str, Any]]:
+def _server_env(
+    config: str, model: VolumeLocation, cfg: OperatorConfig, resources: ResourceRequirements | None
+) -> list[dict[str, Any]]:
     bus: list[dict[str, Any]] = []
     if cfg.nats_url:  # the server reports its load for the autoscaler (moeops.serving.load_reporter)
         bus.append({"name": env.NATS_URL, "value": cfg.nats_url})
@@ -87,6 +89,7 @@ def _server_env(config: str, model: VolumeLocation, cfg: OperatorConfig) -> list
         {"name": env.MODEL_DIR, "value": model.in_mount(MODEL_MOUNT)},
         *bus,
         pods.field_env(env.POD_NAME, "metadata.name"),  # the key of this server's load in the bus
+        *pods.cpu_threads_env(CONTAINER, resources),
     ]
 
 
@@ -107,7 +110,7 @@ def deployment(
         "image": spec.image or cfg.runtime_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["moeops", "serve"],
-        "env": _server_env(config, model, cfg),
+        "env": _server_env(config, model, cfg, spec.resources),
         "ports": [{"name": cfg.http_port_name, "containerPort": spec.port}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "httpGet": {**probe["httpGet"], "path": "/healthz"}, "periodSeconds": 10},

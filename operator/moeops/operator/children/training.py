@@ -128,6 +128,7 @@ def _worker_env(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> 
         pods.field_env(env.POD_NAME, "metadata.name"),
         pods.field_env(env.NODE_NAME, "spec.nodeName"),
         # The job's own, last: they may refer to the operator's with $(NAME); the API refuses the names it sets.
+        *pods.cpu_threads_env(CONTAINER, spec.workers.resources),
         *({"name": var.name, "value": var.value} for var in spec.workers.env or ()),
     ]
 
