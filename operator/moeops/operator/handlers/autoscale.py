@@ -32,7 +32,6 @@ from datetime import datetime
 from typing import Any
 
 import kopf
-from pydantic import ValidationError
 
 from moeops.api.v1alpha1.inferenceservice import PLURAL, WAKE_ANNOTATION, InferenceServiceSpec
 from moeops.bus.serving_load import ensure_serving_load_bucket, service_loads
@@ -47,6 +46,7 @@ from ..status.autoscale import autoscale_status
 from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
 from .observe import traced
 from .serving import SERVING, is_stopped, reconcile
+from .typed import typed_spec
 
 logger = logging.getLogger(__name__)
 
@@ -92,22 +92,30 @@ def apply_decision(kube: Kube, cfg: OperatorConfig, decision: Decision, at: date
     with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], compute, cached=body)
 
 
+def left_to_reconcile(body: kopf.Body, memo: kopf.Memo) -> bool:
+    """A stopped or deleted service is the reconcile's; its state is dropped (un-stopped, it starts over from the
+    replicas the reconcile gives it)."""
+    if is_stopped(body) or body["metadata"].get("deletionTimestamp"):
+        memo.pop(STATE, None)
+        return True
+    return False
+
+
+def skip_invalid_spec(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The reconcile reports a spec the model refuses; the tick only forgets a stopped service's state."""
+    left_to_reconcile(body, memo)
+
+
 @kopf.timer(*SERVING, interval=AUTOSCALE_INTERVAL_S, initial_delay=AUTOSCALE_INTERVAL_S)
 @traced()
-async def autoscale(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+@typed_spec(InferenceServiceSpec, on_invalid=skip_invalid_spec)
+async def autoscale(body: kopf.Body, spec: InferenceServiceSpec, memo: kopf.Memo, **_: Any) -> None:
     reader: BusReader | None = memo.get("bus")
-    if reader is None:
-        return
-    if is_stopped(body) or body["metadata"].get("deletionTimestamp"):
-        memo.pop(STATE, None)  # un-stopped, it starts over from the replicas the reconcile gives it
+    if reader is None or left_to_reconcile(body, memo):
         return
     status = body.get("status") or {}
     if not status.get("model"):
         return  # the model is not resolved yet: there is no Deployment to scale
-    try:
-        spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
-    except ValidationError:
-        return  # the reconcile reports it
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     loads = await reader.read(
         ensure_serving_load_bucket,

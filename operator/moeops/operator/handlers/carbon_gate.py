@@ -30,6 +30,7 @@ from ..status.carbon_gate import gate_status, merge_events
 from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
 from .observe import traced
 from .training import TRAINING, reconcile
+from .typed import spec_of
 
 GATE_INTERVAL_S = OperatorConfig.from_env(os.environ).carbon_gate_interval_s
 
@@ -45,7 +46,7 @@ def gate_update(kube: Kube, cfg: OperatorConfig, grid: GridIntensity, owner: Map
     if is_finished(status):
         return None
     try:
-        spec = MoETrainingJobSpec.model_validate(owner.get("spec") or {})
+        spec = spec_of(MoETrainingJobSpec, owner)
     except ValidationError:
         return None  # the owner's own handler reports it.
     at = now()

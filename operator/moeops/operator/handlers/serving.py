@@ -31,6 +31,7 @@ from .common import (
     with_fresh_owner,
 )
 from .observe import traced
+from .typed import spec_of, typed_spec
 
 SERVING = (GROUP, VERSION, PLURAL)
 DEPLOYMENT_LABELS: Mapping[str, Any] = {
@@ -45,47 +46,67 @@ def is_stopped(body: Mapping[str, Any]) -> bool:
     return str(annotations.get(STOP_ANNOTATION, "")).lower() == "true"
 
 
+def report(
+    body: Mapping[str, Any],
+    deployment: Mapping[str, Any] | None,
+    *,
+    model: str | None,
+    not_ready: tuple[str, str] | None,
+) -> StatusFn:
+    """How to compute the status from the owner as (re-)read, given the Deployment (None: none was applied)."""
+    generation = int(body["metadata"].get("generation") or 0)
+    stopped = is_stopped(body)
+    url = service_url(owner_of(body)) if deployment else None
+
+    def status_of(fresh: Mapping[str, Any]) -> StatusUpdate:
+        update = serving_status(
+            deployment, fresh.get("status") or {}, stopped=stopped, url=url, model=model, not_ready=not_ready,
+            generation=generation, now=now(),
+        )  # fmt: skip
+        if stopped:  # forget the autoscaler's number: un-stopping starts again from max(min, 1)
+            update = StatusUpdate({**update.patch, "desiredReplicas": None}, update.events)
+        return update
+
+    return status_of
+
+
 def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple[StatusFn, bool]:
+    """`reconcile_spec` for an owner read afresh (its spec not validated yet)."""
+    try:
+        spec = spec_of(InferenceServiceSpec, body)
+    except ValidationError as exc:
+        return report(body, None, model=None, not_ready=("InvalidSpec", validation_message(exc))), False
+    return reconcile_spec(kube, cfg, body, spec)
+
+
+def reconcile_spec(
+    kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any], spec: InferenceServiceSpec
+) -> tuple[StatusFn, bool]:
     """Bring the children in line; return how to compute the status from the owner as (re-)read, and
     whether to retry later (the model is not ready yet)."""
-    generation = int(body["metadata"].get("generation") or 0)
     owner = owner_of(body)
-    stopped = is_stopped(body)
-
-    def report(
-        deployment: Mapping[str, Any] | None, *, model: str | None, not_ready: tuple[str, str] | None
-    ) -> StatusFn:
-        url = service_url(owner) if deployment else None
-
-        def status_of(fresh: Mapping[str, Any]) -> StatusUpdate:
-            update = serving_status(
-                deployment, fresh.get("status") or {}, stopped=stopped, url=url, model=model, not_ready=not_ready,
-                generation=generation, now=now(),
-            )  # fmt: skip
-            if stopped:  # forget the autoscaler's number: un-stopping starts again from max(min, 1)
-                update = StatusUpdate({**update.patch, "desiredReplicas": None}, update.events)
-            return update
-
-        return status_of
-
     try:
-        spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
         ref = spec.model.training_job_ref
         job = kube.get_custom(trainingjob.PLURAL, owner.namespace, ref.name) if ref else None
         location = resolve_model(spec, job)
-    except ValidationError as exc:
-        return report(None, model=None, not_ready=("InvalidSpec", validation_message(exc))), False
     except InvalidSpec as exc:
-        return report(None, model=None, not_ready=(exc.reason, exc.message)), False
+        return report(body, None, model=None, not_ready=(exc.reason, exc.message)), False
     except ModelNotReady as exc:
-        return report(None, model=None, not_ready=("ModelNotReady", str(exc))), True
+        return report(body, None, model=None, not_ready=("ModelNotReady", str(exc))), True
 
     deployment: Mapping[str, Any] = {}
     likely_new = "observedGeneration" not in (body.get("status") or {})
     autoscaled = (body.get("status") or {}).get("desiredReplicas")  # the autoscaler's number (handlers/autoscale)
-    for child in serving_children(owner, spec, location, stopped, cfg, autoscaled):
+    for child in serving_children(owner, spec, location, is_stopped(body), cfg, autoscaled):
         _, deployment = kube.ensure(child, owner.uid, likely_new=likely_new)  # the Deployment comes last
-    return report(deployment, model=model_uri(location), not_ready=None), False
+    return report(body, deployment, model=model_uri(location), not_ready=None), False
+
+
+def report_invalid_spec(body: kopf.Body, memo: kopf.Memo, message: str, **_: Any) -> None:
+    """A spec the model refuses: `InvalidSpec` in the status (and its event); no children are touched."""
+    meta = body["metadata"]
+    status_of = report(body, None, model=None, not_ready=("InvalidSpec", message))
+    with_fresh_owner(kube_of(memo), PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
 
 
 @kopf.on.resume(*SERVING)
@@ -93,9 +114,10 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> tuple
 @kopf.on.update(*SERVING)
 @traced()
 @api_errors_to_kopf
-def reconcile_inference_service(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+@typed_spec(InferenceServiceSpec, on_invalid=report_invalid_spec)
+def reconcile_inference_service(body: kopf.Body, spec: InferenceServiceSpec, memo: kopf.Memo, **_: Any) -> None:
     kube = kube_of(memo)
-    status_of, retry = reconcile(kube, config_of(memo), body)
+    status_of, retry = reconcile_spec(kube, config_of(memo), body, spec)
     meta = body["metadata"]
     with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
     if retry:

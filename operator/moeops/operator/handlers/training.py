@@ -44,6 +44,7 @@ from .common import (
     with_fresh_owner,
 )
 from .observe import JOBS, traced
+from .typed import spec_of, typed_spec
 
 TRAINING = (GROUP, VERSION, PLURAL)
 JOB_LABELS: Mapping[str, Any] = {MANAGED_BY: OPERATOR_NAME, TRAINING_JOB_LABEL: kopf.PRESENT}
@@ -73,23 +74,34 @@ def follow_job(
     return training_status(spec, job, status, generation=generation, now=now(), recovery=recovery), recovery
 
 
+def invalid_spec(body: Mapping[str, Any], reason: str, message: str) -> StatusFn:
+    """How to compute the status of a job whose spec the operator refuses (no children are touched)."""
+    generation = int(body["metadata"].get("generation") or 0)
+    return lambda owner: invalid_spec_status(
+        owner.get("status") or {}, reason, message, generation=generation, now=now()
+    )
+
+
 def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> StatusFn:
-    """Bring the children in line with the spec. Never raises on a bad spec.
+    """`reconcile_spec` for an owner read afresh (its spec not validated yet). Never raises on a bad spec."""
+    try:
+        spec = spec_of(MoETrainingJobSpec, body)
+    except ValidationError as exc:
+        return invalid_spec(body, "InvalidSpec", validation_message(exc))
+    return reconcile_spec(kube, cfg, body, spec)
+
+
+def reconcile_spec(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any], spec: MoETrainingJobSpec) -> StatusFn:
+    """Bring the children in line with the spec. Never raises on a spec the planner refuses.
 
     Returns how to compute the status from the owner as (re-)read, so that a write conflict costs a read
     and a recomputation, not another round of the children.
     """
     generation = int(body["metadata"].get("generation") or 0)
     try:
-        spec = MoETrainingJobSpec.model_validate(body.get("spec") or {})
         arch, plan = plan_training_job(spec)
-    except (ValidationError, InvalidSpec) as exc:
-        reason, message = (
-            ("InvalidSpec", validation_message(exc)) if isinstance(exc, ValidationError) else (exc.reason, exc.message)
-        )
-        return lambda owner: invalid_spec_status(
-            owner.get("status") or {}, reason, message, generation=generation, now=now()
-        )
+    except InvalidSpec as exc:
+        return invalid_spec(body, exc.reason, exc.message)
 
     owner_ref = owner_of(body)
     job: Mapping[str, Any] = {}
@@ -118,17 +130,27 @@ def reconcile(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any]) -> Statu
     return status_of
 
 
+def report_invalid_spec(body: kopf.Body, memo: kopf.Memo, message: str, **_: Any) -> None:
+    """A spec the model refuses: `InvalidSpec` in the status (and its event); finished jobs keep their outcome."""
+    if is_finished(body.get("status") or {}):
+        return
+    meta = body["metadata"]
+    status_of = invalid_spec(body, "InvalidSpec", message)
+    with_fresh_owner(kube_of(memo), PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
+
+
 @kopf.on.resume(*TRAINING)
 @kopf.on.create(*TRAINING)
 @kopf.on.update(*TRAINING)
 @traced()
 @api_errors_to_kopf
-def reconcile_training_job(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+@typed_spec(MoETrainingJobSpec, on_invalid=report_invalid_spec)
+def reconcile_training_job(body: kopf.Body, spec: MoETrainingJobSpec, memo: kopf.Memo, **_: Any) -> None:
     if is_finished(body.get("status") or {}):
         return  # finished jobs keep their outcome; children are never recreated.
     kube = kube_of(memo)
     try:
-        status_of = reconcile(kube, config_of(memo), body)
+        status_of = reconcile_spec(kube, config_of(memo), body, spec)
     except NotOwned as exc:
         kopf.warn(body, reason="ChildNameConflict", message=str(exc))
         raise kopf.TemporaryError(str(exc), delay=60) from exc
@@ -142,14 +164,16 @@ def training_jobs_by_name(namespace: str | None, name: str | None, body: kopf.Bo
     return {(namespace, name): dict(body)}
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
+# kopf passes each index by its name; its handler protocols do not declare them, hence the ignore.
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)  # type: ignore[arg-type]
 @traced("MoETrainingJob", owner_label=TRAINING_JOB_LABEL)
 def worker_job_changed(
     event: kopf.RawEvent,
     body: kopf.Body,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    **kwargs: Any,
+    training_jobs_by_name: kopf.Index[tuple[str | None, str | None], dict[str, Any]],
+    **_: Any,
 ) -> None:
     """Follow the worker Job (and through it the pods) into the owner's status; recreate it if deleted.
 
@@ -175,7 +199,7 @@ def worker_job_changed(
             return reconcile(kube, cfg, owner)(owner)
         # A finished job still takes the Job's final counts (they may land after the terminal condition).
         try:
-            spec = MoETrainingJobSpec.model_validate(owner.get("spec") or {})
+            spec = spec_of(MoETrainingJobSpec, owner)
         except ValidationError:
             return None  # the owner's own handler reports it.
         generation = int(owner["metadata"].get("generation") or 0)
@@ -184,9 +208,8 @@ def worker_job_changed(
         return update
 
     key = (body.metadata.namespace, body.metadata.labels[TRAINING_JOB_LABEL])
-    index: kopf.Index[Any, Any] = kwargs["training_jobs_by_name"]  # kopf passes indices by their name
     # The next attempt's Job is built from a fresh read: the index may not hold the restart just written yet.
-    cached = None if deleted else next(iter(index.get(key, [])), None)
+    cached = None if deleted else next(iter(training_jobs_by_name.get(key, [])), None)
 
     def follow() -> None:
         with_fresh_owner(kube, PLURAL, key[0] or "", key[1], compute, cached=cached)
