@@ -8,7 +8,7 @@ from bus_records import worker_metrics
 from moeops.rebalancer.layout import JobLayout, replica_rates, stage_times
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import Hysteresis, Verdict
-from moeops.rebalancer.replan import contiguous_placement, expert_part, replan_outcome, stage_part
+from moeops.rebalancer.replan import ReplanSettings, contiguous_placement, expert_part, replan_outcome, stage_part
 
 HOT = [[900.0, 800.0, 10.0, 10.0, 50.0, 50.0, 40.0, 40.0]]
 """One layer, 8 experts, the two hottest on rank 0 under the contiguous placement over 4 ranks."""
@@ -71,9 +71,9 @@ def _snapshot(world: int, experts: list[list[int]], compute: list[float]) -> Loa
 
 def test_one_round_plans_expert_placement_and_keeps_even_shares() -> None:
     snap = _snapshot(4, [[int(v) for v in HOT[0]]], [1.0, 1.0, 1.0, 1.0])
-    outcome = replan_outcome(snap, global_batch=16, current_shares=None, hysteresis=Hysteresis(0.05, 10, 5),
-                             last_applied_step=None, previous=None, namespace="ns", job="j", now_unix_s=0.0,
-                             stage_layers=[(0, 1)], layout=SMALL_EXPERTS)  # fmt: skip
+    settings = ReplanSettings("ns", "j", 16, Hysteresis(0.05, 10, 5), stage_layers=[(0, 1)], layout=SMALL_EXPERTS)
+    outcome = replan_outcome(snap, settings, current_shares=None, last_applied_step=None, previous=None,
+                             now_unix_s=0.0)  # fmt: skip
     assert outcome.plan is not None and outcome.parts == ("experts",)
     assert outcome.sequences == (4, 4, 4, 4) and outcome.plan.data_shares == [0.25] * 4
     assert len(outcome.plan.expert_placement) == 1 and outcome.plan.predicted_gain > 0.05
@@ -82,9 +82,9 @@ def test_one_round_plans_expert_placement_and_keeps_even_shares() -> None:
 def test_one_round_re_splits_a_pipeline_and_leaves_the_shares() -> None:
     layout = JobLayout(pipeline=2, layers=8)
     snap = _snapshot(4, [], [3.0, 3.0, 1.0, 1.0])  # 2 stages × 2 replicas: stage 0 is slow
-    outcome = replan_outcome(snap, global_batch=16, current_shares=None, hysteresis=Hysteresis(0.05, 10, 5),
-                             last_applied_step=None, previous=None, namespace="ns", job="j", now_unix_s=0.0,
-                             stage_layers=[(0, 4), (4, 8)], layout=layout)  # fmt: skip
+    settings = ReplanSettings("ns", "j", 16, Hysteresis(0.05, 10, 5), stage_layers=[(0, 4), (4, 8)], layout=layout)
+    outcome = replan_outcome(snap, settings, current_shares=None, last_applied_step=None, previous=None,
+                             now_unix_s=0.0)  # fmt: skip
     assert outcome.plan is not None and outcome.parts == ("stages",)
     assert outcome.plan.stage_layers[0][1] < 4 and outcome.plan.data_shares == [0.5, 0.5]
 
@@ -115,9 +115,9 @@ def test_a_slow_ep_group_gives_sequences_to_the_other_group() -> None:
     # 8 replicas in 2 EP groups of 4; every GPU of the second group takes twice as long; experts balanced.
     layout = JobLayout(expert=4, layers=1, experts=8, params_per_expert=3 * 64 * 128)
     snap = _snapshot(8, [[100] * 8], [1.0] * 4 + [2.0] * 4)
-    outcome = replan_outcome(snap, global_batch=64, current_shares=None, hysteresis=Hysteresis(0.05, 10, 5),
-                             last_applied_step=None, previous=None, namespace="ns", job="j", now_unix_s=0.0,
-                             stage_layers=[(0, 1)], layout=layout)  # fmt: skip
+    settings = ReplanSettings("ns", "j", 64, Hysteresis(0.05, 10, 5), stage_layers=[(0, 1)], layout=layout)
+    outcome = replan_outcome(snap, settings, current_shares=None, last_applied_step=None, previous=None,
+                             now_unix_s=0.0)  # fmt: skip
     assert outcome.plan is not None and outcome.parts == ("data",) and outcome.sequences is not None
     fast, slow = sum(outcome.sequences[:4]), sum(outcome.sequences[4:])
     assert fast + slow == 64
@@ -130,23 +130,14 @@ def test_data_shares_re_plan_between_the_expert_re_plans() -> None:
     # A straggler and hot experts; experts may move every 20 steps, the data split every 2.
     hysteresis = Hysteresis(0.01, 20, 1, data_interval_steps=2)
     snap = _snapshot(4, [[int(v) for v in HOT[0]]], [1.0, 1.0, 2.0, 1.0])  # newest step: 5
-    round_args = {
-        "global_batch": 16,
-        "current_shares": None,
-        "hysteresis": hysteresis,
-        "previous": None,
-        "namespace": "ns",
-        "job": "j",
-        "now_unix_s": 0.0,
-        "stage_layers": [(0, 1)],
-        "layout": SMALL_EXPERTS,
-    }
-    too_soon = replan_outcome(snap, last_applied_step=4, last_full_step=4, **round_args)  # type: ignore[arg-type]
+    settings = ReplanSettings("ns", "j", 16, hysteresis, stage_layers=[(0, 1)], layout=SMALL_EXPERTS)
+    round_args = {"current_shares": None, "previous": None, "now_unix_s": 0.0}
+    too_soon = replan_outcome(snap, settings, last_applied_step=4, last_full_step=4, **round_args)  # type: ignore[arg-type]
     assert too_soon.plan is None and too_soon.verdict is Verdict.TOO_SOON
-    data_only = replan_outcome(snap, last_applied_step=3, last_full_step=3, **round_args)  # type: ignore[arg-type]
+    data_only = replan_outcome(snap, settings, last_applied_step=3, last_full_step=3, **round_args)  # type: ignore[arg-type]
     assert data_only.plan is not None and data_only.parts == ("data",) and not data_only.full
     assert data_only.plan.expert_placement == []  # the previous (none): experts wait for the full interval
-    full = replan_outcome(snap, last_applied_step=3, last_full_step=5 - 20, **round_args)  # type: ignore[arg-type]
+    full = replan_outcome(snap, settings, last_applied_step=3, last_full_step=5 - 20, **round_args)  # type: ignore[arg-type]
     assert full.plan is not None and full.full and "experts" in full.parts
 
 

@@ -9,7 +9,7 @@ from moeops.bus.messages import RebalancePlan, WorkerMetrics
 from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import Hysteresis, Verdict
-from moeops.rebalancer.replan import replan_outcome
+from moeops.rebalancer.replan import ReplanSettings, replan_outcome
 
 WORLD = 4
 BATCH = 32
@@ -30,6 +30,9 @@ def snapshot(speeds: list[float], steps: int = 10, ranks: int = WORLD) -> LoadSn
     return aggregator.snapshot()
 
 
+ROUND_ARGUMENTS = ("current_shares", "last_applied_step", "previous", "now_unix_s", "last_full_step")
+
+
 def plan_for(snap: LoadSnapshot, hysteresis: Hysteresis | None = None, **changes: object) -> RebalancePlan | None:
     arguments: dict[str, object] = {
         "global_batch": BATCH,
@@ -42,7 +45,9 @@ def plan_for(snap: LoadSnapshot, hysteresis: Hysteresis | None = None, **changes
         "now_unix_s": 123.0,
         "stage_layers": [(0, 4)],
     } | changes
-    return replan_outcome(snap, **arguments).plan  # type: ignore[arg-type]
+    settings = ReplanSettings(**{k: v for k, v in arguments.items() if k not in ROUND_ARGUMENTS})  # type: ignore[arg-type]
+    round_arguments = {k: v for k, v in arguments.items() if k in ROUND_ARGUMENTS}
+    return replan_outcome(snap, settings, **round_arguments).plan  # type: ignore[arg-type]
 
 
 def test_a_straggler_gets_a_smaller_share_and_the_fast_ranks_more() -> None:
@@ -83,13 +88,10 @@ def test_no_plan_below_the_minimum_gain() -> None:
     # The straggler's plan is in force: re-planning from it would gain nothing.
     outcome = replan_outcome(
         snapshot([1.0, 1.0, 0.6, 1.0]),
-        global_batch=BATCH,
+        ReplanSettings("ns", "job", BATCH, Hysteresis(min_gain=0.05, interval_steps=1)),
         current_shares=[9, 9, 5, 9],
-        hysteresis=Hysteresis(min_gain=0.05, interval_steps=1),
         last_applied_step=None,
         previous=None,
-        namespace="ns",
-        job="job",
         now_unix_s=0.0,
     )
     assert outcome.plan is None
@@ -102,13 +104,10 @@ def test_disabled_or_incomplete_gives_no_plan() -> None:
     assert plan_for(snapshot([1.0, 1.0, 0.6, 1.0]), Hysteresis(enabled=False)) is None
     incomplete = replan_outcome(
         snapshot([1.0, 1.0, 0.6, 1.0], ranks=3),  # rank 3 never reported
-        global_batch=BATCH,
+        ReplanSettings("ns", "job", BATCH, Hysteresis()),
         current_shares=None,
-        hysteresis=Hysteresis(),
         last_applied_step=None,
         previous=None,
-        namespace="ns",
-        job="job",
         now_unix_s=0.0,
     )
     assert incomplete.plan is None and incomplete.verdict is None

@@ -243,19 +243,12 @@ class RebalancerService:
         try:
             outcome = replan_outcome(
                 snapshot,
-                global_batch=settings.global_batch,
+                settings.replan_settings(with_lead_time(settings.hysteresis, snapshot)),
                 current_shares=state.current_shares,
-                hysteresis=with_lead_time(settings.hysteresis, snapshot),
                 last_applied_step=state.last_applied_step,
                 last_full_step=state.last_full_step,
                 previous=state.previous,
-                namespace=settings.namespace,
-                job=settings.job,
                 now_unix_s=self.clock(),
-                stage_layers=settings.stage_layers,
-                max_sequences_per_rank=settings.max_sequences_per_rank,
-                min_samples=settings.min_samples,
-                layout=settings.layout,
             )
         except ValueError as exc:  # e.g. a world too large for the global batch: log, keep serving other jobs
             self.counters.verdicts["error"] += 1

@@ -13,6 +13,7 @@ from moeops.bus.reports import RebalanceReport, measured_utilization
 from .layout import JobLayout
 from .load import DEFAULT_SMOOTHING, LoadAggregator
 from .policy import DEFAULT_APPLY_MARGIN_STEPS, Hysteresis
+from .replan import ReplanSettings
 
 JobKey = tuple[str, str]
 """(namespace, job)."""
@@ -72,6 +73,19 @@ class JobSettings:
                 params_per_expert=description.params_per_expert,
                 spare_slots=description.spare_slots,
             ),
+        )
+
+    def replan_settings(self, hysteresis: Hysteresis) -> ReplanSettings:
+        """The planner's knobs for one round, under `hysteresis` (the job's, adjusted for the round's lead time)."""
+        return ReplanSettings(
+            namespace=self.namespace,
+            job=self.job,
+            global_batch=self.global_batch,
+            hysteresis=hysteresis,
+            stage_layers=self.stage_layers,
+            max_sequences_per_rank=self.max_sequences_per_rank,
+            min_samples=self.min_samples,
+            layout=self.layout,
         )
 
 

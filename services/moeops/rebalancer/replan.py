@@ -150,31 +150,43 @@ def stage_part(
     return plan.ranges, gain
 
 
+@dataclass(frozen=True)
+class ReplanSettings:
+    """A job's planning knobs from configuration: its description (rank 0's) and the rebalancer's flags."""
+
+    namespace: str
+    job: str
+    global_batch: int
+    hysteresis: Hysteresis
+    stage_layers: Sequence[tuple[int, int]] = ((0, 1),)
+    """The job's pipeline layout, carried into its first plan (later plans keep the previous one's)."""
+    max_sequences_per_rank: int | Sequence[int] | None = None
+    min_samples: int = 1
+    """Steps every rank must have folded in before a plan."""
+    layout: JobLayout | None = None
+    """The job's parallel layout; None: pure data parallelism over `stage_layers`' layers."""
+    forecast_steps: tuple[float, float] | None = None
+    """The (first, last) steps past the newest one the speeds are forecast over; None: `hysteresis.forecast_steps`
+    for the data interval; (0, 0): the smoothed speeds as measured."""
+
+
 def replan_outcome(
     snapshot: LoadSnapshot,
+    settings: ReplanSettings,
     *,
-    global_batch: int,
     current_shares: Sequence[int] | None,
-    hysteresis: Hysteresis,
     last_applied_step: int | None,
     previous: RebalancePlan | None,
-    namespace: str,
-    job: str,
     now_unix_s: float,
-    stage_layers: Sequence[tuple[int, int]] = ((0, 1),),
-    max_sequences_per_rank: int | Sequence[int] | None = None,
-    min_samples: int = 1,
-    layout: JobLayout | None = None,
     last_full_step: int | None = None,
-    forecast_steps: tuple[float, float] | None = None,
 ) -> ReplanOutcome:
     """The next plan (`.plan`, or None), with the verdict and the planned sequences. No plan: no complete
     snapshot yet (a rank never reported), inside the minimum interval since `last_applied_step`, no part with
-    a predicted gain above `hysteresis.min_gain`, or rebalancing disabled.
+    a predicted gain above `hysteresis.min_gain`, or rebalancing disabled (`settings`' knobs throughout).
 
     `current_shares` (sequences per data-parallel replica; None: an even split) is what the data part's gain is
-    measured against. `layout` (default: pure data parallelism over `stage_layers`' layers) says which parts
-    apply. The new plan's epoch follows `previous` (0 without one); parts that are not re-planned keep
+    measured against. `settings.layout` (default: pure data parallelism over `stage_layers`' layers) says which
+    parts apply. The new plan's epoch follows `previous` (0 without one); parts that are not re-planned keep
     `previous`'s setting, else the job's (`stage_layers`, contiguous experts). No plan either until every rank
     has folded in at least `min_samples` steps. Rank speeds are forecast `forecast_steps` steps past the newest
     one: the lowest forecast over that (first, last) window (default `hysteresis.forecast_steps`, the steps the
@@ -184,16 +196,19 @@ def replan_outcome(
     stages are re-planned only `hysteresis.interval_steps` after `last_full_step` (the last round that could;
     None: `last_applied_step`), other rounds plan the data shares alone.
     """
+    hysteresis, global_batch = settings.hysteresis, settings.global_batch
+    stage_layers, max_sequences_per_rank = settings.stage_layers, settings.max_sequences_per_rank
+    forecast_steps = settings.forecast_steps
     if snapshot.world_size < 1 or not snapshot.complete or snapshot.max_step < 0:
         return ReplanOutcome(None, None)
-    if min(load.samples for load in snapshot.ranks) < min_samples:
+    if min(load.samples for load in snapshot.ranks) < settings.min_samples:
         return ReplanOutcome(None, None)
     since_any = math.inf if last_applied_step is None else snapshot.max_step - last_applied_step
     if hysteresis.enabled and since_any < hysteresis.data_interval:
         return ReplanOutcome(None, Verdict.TOO_SOON)
     full_anchor = last_applied_step if last_full_step is None else last_full_step
     full = full_anchor is None or snapshot.max_step - full_anchor >= hysteresis.interval_steps
-    layout = layout or JobLayout(layers=stage_layers[-1][1])
+    layout = settings.layout or JobLayout(layers=stage_layers[-1][1])
     data = layout.data(snapshot.world_size)
     if current_shares is not None and len(current_shares) != data:
         current_shares = None  # the world changed size: the old split means nothing, compare with an even one
@@ -248,8 +263,8 @@ def replan_outcome(
     sequences = shares.sequences if shares is not None and "data" in paying else None
     sequences = sequences or tuple(current_shares or even_split(global_batch, data))
     plan = build_plan(
-        namespace=namespace,
-        job=job,
+        namespace=settings.namespace,
+        job=settings.job,
         previous=previous,
         max_step=snapshot.max_step,
         apply_margin_steps=hysteresis.apply_margin_steps,
