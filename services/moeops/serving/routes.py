@@ -1,0 +1,135 @@
+"""The model server's routes and error handlers: /v1/completions, /v1/models, /healthz, /readyz and /metrics.
+
+Each route reads the server's state (`state.ServerState`, on `app.state.server`) through the `server_state`
+dependency; every client mistake becomes an OpenAI-shaped 4xx (app.py says which), anything else a logged 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from .api_models import CompletionRequest, ErrorBody, ModelCard, ModelList
+from .completions import ClientError, complete, error_response, plan, stream, submit
+from .state import ServerState
+
+logger = logging.getLogger(__name__)
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 503)}
+"""The error responses /v1/completions documents in the OpenAPI schema."""
+
+router = APIRouter()
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.server  # type: ignore[no-any-return]
+
+
+State = Annotated[ServerState, Depends(server_state)]
+
+
+@router.post("/v1/completions", responses=ERRORS)
+async def completions(body: CompletionRequest, state: State) -> Response:
+    """A completion of `prompt`, greedy, with the service's early exit or the request's `early_exit`."""
+    served = state.served
+    if served is None or not state.ready:
+        raise ClientError(503, state.load_error or "the model is not loaded yet: retry when /readyz answers 200")
+    p = plan(body, served, state.settings.policy)
+    handle = submit(state.engine, served.codec, p)
+    return stream(handle, p, served) if body.stream else await complete(handle, p, served)
+
+
+@router.get("/v1/models")
+async def models(state: State) -> ModelList:
+    served = state.served
+    if served is None:
+        return ModelList(data=[])
+    card = ModelCard(id=served.name, created=int(state.started), context_length=served.context,
+                     checkpoint_step=served.step)  # fmt: skip
+    return ModelList(data=[card])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (liveness)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: State) -> JSONResponse:
+    """The model is loaded and its worker is running (readiness)."""
+    if state.ready and state.served is not None:
+        return JSONResponse({"status": "ready", "model": state.served.name, "step": state.served.step})
+    if state.engine is not None and state.engine.error:
+        return JSONResponse({"status": "failed", "error": state.engine.error}, status_code=503)
+    if state.load_error:
+        return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(state: State) -> str:
+    """Prometheus text format: the engine's load and batching counters."""
+    return prometheus_text(state)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Client mistakes as OpenAI-shaped 4xx responses; anything else a logged 500."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_message(exc)
+        return error_response(400, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ClientError)
+    async def client_error(_: Request, exc: ClientError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.param, exc.code)
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, exc: Exception) -> JSONResponse:
+        """Not the client's fault (those are all handled above): a bug, logged; the fuzz tests look for these."""
+        logger.error("unhandled error", exc_info=exc)
+        return error_response(500, f"internal server error ({type(exc).__name__}): please report it")
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """The first problem of a request body the schema refuses, and the field it is about (None: the body)."""
+    errors = list(exc.errors())
+    if not errors:
+        return "invalid request body", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"malformed JSON body: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    where = ".".join(loc) or "body"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}", where
+
+
+def prometheus_text(state: ServerState) -> str:
+    lines = [f"moeops_server_ready {int(state.ready)}"]
+    if state.engine is not None:
+        s = state.engine.stats()
+        gauges = {
+            "in_flight": s.in_flight, "queued": s.queued, "tokens_per_second": s.tokens_per_second,
+            "requests_per_second": s.requests_per_second,
+            "mean_exit_layer": s.mean_exit_layer if s.mean_exit_layer is not None else float("nan"),
+            "max_round_size": s.max_round_size,
+        }  # fmt: skip
+        counters = {"tokens_generated": s.tokens_generated, "requests_completed": s.requests_completed,
+                    "rounds": s.rounds, "batched_rounds": s.batched_rounds}  # fmt: skip
+        for name, value in gauges.items():
+            lines += [f"# TYPE moeops_server_{name} gauge", f"moeops_server_{name} {value}"]
+        for name, value in counters.items():
+            lines += [f"# TYPE moeops_server_{name}_total counter", f"moeops_server_{name}_total {value}"]
+    return "\n".join(lines) + "\n"

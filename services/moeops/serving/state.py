@@ -1,0 +1,45 @@
+"""What the model server's app and its routes share: the settings it was started with and the state it serves from."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .early_exit import ExitPolicy
+from .engine import Engine
+from .loader import ServedModel
+
+if TYPE_CHECKING:
+    from .load_reporter import LoadReporter
+
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    policy: ExitPolicy
+    """The service's early exit (InferenceService spec.earlyExit); a request may override it."""
+    max_batch_size: int = 16
+    max_latency_ms: float = 10.0
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    batched_matmuls: bool = True
+    """Full-depth sequences of a round in one pass (engine.py); False: batching of scheduling only."""
+    service: str | None = None
+    """The InferenceService and namespace, for the load reporter (None: no reporting)."""
+    namespace: str | None = None
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    served: ServedModel | None = None
+    engine: Engine | None = None
+    load_error: str | None = None
+    reporter: LoadReporter | None = None
+    """Publishes this server's load on NATS for the autoscaler (load_reporter.py), when MOEOPS_NATS_URL is set."""
+    started: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return self.served is not None and self.engine is not None and self.engine.running
