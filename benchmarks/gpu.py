@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
+from moeops.api.v1alpha1.carbon import CarbonSpec
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.api.v1alpha1.runtime import CheckpointConfig, ParallelPlan, TrainingRuntimeConfig, WorldSpec
-from moeops.api.v1alpha1.trainingjob import CarbonSpec, DataSpec, RebalanceSpec, TrainingSpec
+from moeops.api.v1alpha1.trainingjob import DataSpec, RebalanceSpec, TrainingSpec
 from moeops.trainer.distributed import World
 from moeops.trainer.loop import Trainer
 from moeops.trainer.metrics import StepMetrics

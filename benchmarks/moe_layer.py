@@ -74,17 +74,19 @@ def step(fn: Callable[[Tensor], Tensor], x_TD: Tensor, g_TD: Tensor) -> float:
 def check_equal(ours: MoE, hf: MixtralSparseMoeBlock, x_TD: Tensor, g_TD: Tensor) -> None:
     # bf16 rounds differently in the two implementations (fused vs split projections): looser there.
     tight = x_TD.dtype == torch.float32
-    out_tol = {"rtol": 1e-4, "atol": 1e-5} if tight else {"rtol": 5e-2, "atol": 5e-3}
-    grad_tol = {"rtol": 1e-3, "atol": 1e-4} if tight else {"rtol": 1e-1, "atol": 5e-2}
+    out_rtol, out_atol = (1e-4, 1e-5) if tight else (5e-2, 5e-3)
+    grad_rtol, grad_atol = (1e-3, 1e-4) if tight else (1e-1, 5e-2)
     xa, xb = x_TD.clone().requires_grad_(), x_TD.clone().requires_grad_()
     ya, yb = ours(xa).out_TD, hf(xb.unsqueeze(0)).squeeze(0)
-    torch.testing.assert_close(ya, yb, **out_tol)
+    torch.testing.assert_close(ya, yb, rtol=out_rtol, atol=out_atol)
     (ya * g_TD).sum().backward()
     (yb * g_TD).sum().backward()
-    torch.testing.assert_close(xa.grad, xb.grad, **out_tol)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=out_rtol, atol=out_atol)
     hf_w13 = hf.experts.gate_up_proj.grad
-    torch.testing.assert_close(torch.cat([ours.experts.w1_EFD.grad, ours.experts.w3_EFD.grad], 1), hf_w13, **grad_tol)
-    torch.testing.assert_close(ours.experts.w2_EDF.grad, hf.experts.down_proj.grad, **grad_tol)
+    w1_grad, w3_grad = ours.experts.w1_EFD.grad, ours.experts.w3_EFD.grad
+    assert w1_grad is not None and w3_grad is not None
+    torch.testing.assert_close(torch.cat([w1_grad, w3_grad], 1), hf_w13, rtol=grad_rtol, atol=grad_atol)
+    torch.testing.assert_close(ours.experts.w2_EDF.grad, hf.experts.down_proj.grad, rtol=grad_rtol, atol=grad_atol)
     for module in (ours, hf):
         module.zero_grad(set_to_none=True)
 

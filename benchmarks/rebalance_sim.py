@@ -147,7 +147,7 @@ class Ours(Policy):
                 self.speeds, self.speed_trend, self.speed_error, self.speed_abs_error, speeds, smoothing=s,
                 trend_smoothing=self.trend_smoothing, damping=self.trend_damping, error_smoothing=self.error_smoothing,
             )  # fmt: skip
-        self.expert_tokens = tokens if self.expert_tokens is None else ewma(self.expert_tokens, tokens, s)  # type: ignore[arg-type]
+        self.expert_tokens = tokens if self.expert_tokens is None else ewma(self.expert_tokens, tokens, s)  # type: ignore[arg-type,assignment]  # typed for floats; arrays broadcast
 
     def place(self, loads: Floats) -> Floats:
         """The new placement of every layer (`self.holds` updated); returns (ep,) loads summed over layers."""

@@ -15,6 +15,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from moeops.data.synthetic import DOMAINS
 from moeops.devcluster import find_binaries
@@ -36,12 +37,12 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def status(platform: LocalPlatform, plural: str, name: str) -> dict:
+def status(platform: LocalPlatform, plural: str, name: str) -> dict[str, Any]:
     out = platform.kubectl("get", plural, name, "-o", "json", check=False)
     return (json.loads(out).get("status") or {}) if out else {}
 
 
-def watch_training(platform: LocalPlatform, timeout_s: float = 1200) -> dict:
+def watch_training(platform: LocalPlatform, timeout_s: float = 1200) -> dict[str, Any]:
     say(f"\n$ kubectl get mtj {JOB} -w   (custom columns; a line each time something changes)")
     header, last = True, ""
     deadline = time.monotonic() + timeout_s

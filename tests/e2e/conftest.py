@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,12 @@ def cluster(kubeconfig: Path) -> Cluster:
     c.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     # The OpenAPI document (what `kubectl explain` and field validation read) is published a moment later.
     for resource in ("moetrainingjobs.moeops.dev", "inferenceservices.moeops.dev"):
-        wait_for(f"OpenAPI of {resource}", lambda r=resource: c.kubectl("explain", r, check=False).returncode == 0)
+        wait_for(f"OpenAPI of {resource}", partial(explained, c, resource))
     return c
+
+
+def explained(cluster: Cluster, resource: str) -> bool:
+    return cluster.kubectl("explain", resource, check=False).returncode == 0
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from moeops.devcluster.controlplane import DEFAULT_BIN_DIR, free_port
 
 T = TypeVar("T")
+Objects = list[dict[str, Any]]  # a name of its own: inside Cluster, `list` is the method
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25) -> T:
@@ -39,9 +40,10 @@ class Kubectl:
 
     def __init__(self, kubeconfig: Path) -> None:
         self.kubeconfig = kubeconfig
-        self.binary = shutil.which("kubectl", path=f"{DEFAULT_BIN_DIR}:{os.environ.get('PATH', '')}")
-        if not self.binary:
+        binary = shutil.which("kubectl", path=f"{DEFAULT_BIN_DIR}:{os.environ.get('PATH', '')}")
+        if not binary:
             raise RuntimeError("kubectl not found: run `python hack/fetch_kube_clients.py`")
+        self.binary = binary
 
     def __call__(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
@@ -89,6 +91,13 @@ class Cluster:
     def status(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         return (self.get(plural, namespace, name) or {}).get("status") or {}
 
+    def status_if(
+        self, plural: str, namespace: str, name: str, ready: Callable[[dict[str, Any]], object]
+    ) -> dict[str, Any] | None:
+        """The status once `ready(status)` holds, else None: a probe for wait_for."""
+        status = self.status(plural, namespace, name)
+        return status if ready(status) else None
+
     def condition(self, plural: str, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
         conds = self.status(plural, namespace, name).get("conditions") or []
         return next((c for c in conds if c["type"] == type_), None)
@@ -107,7 +116,10 @@ class Cluster:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    def absent(self, kind: str, namespace: str, name: str) -> bool:
+        return self.read(kind, namespace, name) is None
+
+    def list(self, kind: str, namespace: str, selector: str = "") -> Objects:
         lister = {
             "Job": self.batch.list_namespaced_job,
             "ConfigMap": self.core.list_namespaced_config_map,
@@ -118,7 +130,7 @@ class Cluster:
         }[kind]
         return list(self._json(lister(namespace, label_selector=selector, _preload_content=False))["items"])
 
-    def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+    def events(self, namespace: str, name: str) -> Objects:
         return [e for e in self.list("Event", namespace) if e["involvedObject"].get("name") == name]
 
 
@@ -161,7 +173,8 @@ class OperatorProcess:
                 raise AssertionError(f"operator exited with {self.proc.returncode}: {self.log()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-                    return response.status == 200
+                    status: int = response.status
+                    return status == 200
             except OSError:
                 return False
 

@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ def test_install_is_accepted_and_restricted(cluster: Cluster, release: tuple[Hel
     # replicaset controller creates them; with no kubelet they stay Pending, images unpulled).
     for component in ("operator", "rebalancer", "carbon-aggregator"):
         selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component={component}"
-        pods = wait_for(f"a {component} pod", lambda s=selector: cluster.list("Pod", namespace, s) or None, timeout=60)
+        pods = wait_for(f"a {component} pod", partial(cluster.list, "Pod", namespace, selector), timeout=60)
         assert pods[0]["spec"]["containers"][0]["image"].startswith(NEVER_PULLS)
     replica_sets = cluster.kubectl("get", "replicasets", "-n", namespace, "-o", "json")
     for rs in json.loads(replica_sets.stdout)["items"]:

@@ -4,6 +4,7 @@ at apply time with a message that names the field."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from harness import Cluster
@@ -30,7 +31,7 @@ def test_short_names_do_not_collide_with_kserve(cluster: Cluster) -> None:
     assert " isvc" not in resources
 
 
-BAD_TRAINING_SPECS: list[tuple[str, dict, str]] = [
+BAD_TRAINING_SPECS: list[tuple[str, dict[str, Any], str]] = [
     ("missing model", {"model": DELETE}, "spec.model: Required value"),
     ("missing data source", {"data": {"source": DELETE}}, "spec.data.source: Required value"),
     ("steps of the wrong type", {"training": {"steps": "ten"}}, "spec.training.steps"),
@@ -189,7 +190,7 @@ BAD_TRAINING_SPECS: list[tuple[str, dict, str]] = [
 
 @pytest.mark.parametrize(("case", "override", "message"), BAD_TRAINING_SPECS, ids=[c[0] for c in BAD_TRAINING_SPECS])
 def test_invalid_training_job_is_rejected_naming_the_field(
-    cluster: Cluster, case: str, override: dict, message: str
+    cluster: Cluster, case: str, override: dict[str, Any], message: str
 ) -> None:
     manifest = training_job("bad", "default", override)
     result = cluster.kubectl.apply(manifest, "--dry-run=server", check=False)
@@ -216,7 +217,7 @@ def test_invalid_training_job_names_are_rejected(cluster: Cluster, name: str, me
     assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
-BAD_INFERENCE_SPECS: list[tuple[str, dict, str]] = [
+BAD_INFERENCE_SPECS: list[tuple[str, dict[str, Any], str]] = [
     (
         "both model sources",
         {"model": {"trainingJobRef": {"name": "j"}}},
@@ -239,7 +240,7 @@ BAD_INFERENCE_SPECS: list[tuple[str, dict, str]] = [
 
 @pytest.mark.parametrize(("case", "override", "message"), BAD_INFERENCE_SPECS, ids=[c[0] for c in BAD_INFERENCE_SPECS])
 def test_invalid_inference_service_is_rejected_naming_the_field(
-    cluster: Cluster, case: str, override: dict, message: str
+    cluster: Cluster, case: str, override: dict[str, Any], message: str
 ) -> None:
     result = cluster.kubectl.apply(inference_service("bad", "default", override), "--dry-run=server", check=False)
     assert result.returncode != 0, f"{case}: accepted but should be rejected"
@@ -256,7 +257,7 @@ def test_invalid_inference_service_is_rejected_naming_the_field(
         ("checkpoint", {"checkpoint": {"intervalSteps": 7}}, "spec.checkpoint is immutable"),
     ],
 )
-def test_immutable_fields_cannot_change(cluster: Cluster, case: str, change: dict, message: str) -> None:
+def test_immutable_fields_cannot_change(cluster: Cluster, case: str, change: dict[str, Any], message: str) -> None:
     name = f"immutable-{case}"
     original = training_job(name, "default", {"runPolicy": {"suspend": True}})
     cluster.kubectl.apply(original)

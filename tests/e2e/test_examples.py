@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -21,7 +22,7 @@ def test_examples_are_reconciled(cluster: Cluster, operator: OperatorProcess, na
             if kind == "MoETrainingJob":
                 status = wait_for(
                     f"{name} to be planned",
-                    lambda n=name: (s := cluster.status("moetrainingjobs", namespace, n)).get("plan") and s,
+                    partial(cluster.status_if, "moetrainingjobs", namespace, name, lambda s: s.get("plan")),
                 )
                 assert status["state"] in ("Created", "Suspended"), status
                 assert cluster.read("Job", namespace, name) is not None
@@ -29,9 +30,9 @@ def test_examples_are_reconciled(cluster: Cluster, operator: OperatorProcess, na
                 # Its job has trained nothing here (no pods run): the service says it waits for the model.
                 ready = wait_for(
                     f"{name} to wait for its job's checkpoint",
-                    lambda n=name: cluster.condition("inferenceservices", namespace, n, "Ready"),
+                    partial(cluster.condition, "inferenceservices", namespace, name, "Ready"),
                 )
                 assert ready["status"] == "False" and ready["reason"] == "ModelNotReady", ready
                 assert cluster.read("Deployment", namespace, name) is None
             elif kind == "InferenceService":
-                wait_for(f"{name}'s Deployment", lambda n=name: cluster.read("Deployment", namespace, n))
+                wait_for(f"{name}'s Deployment", partial(cluster.read, "Deployment", namespace, name))

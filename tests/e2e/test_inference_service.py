@@ -44,7 +44,7 @@ def test_deployment_and_service_serve_the_checkpoint(
     assert service["spec"]["ports"][0]["port"] == 80
 
     assert ready_condition(cluster, namespace, "chat", "False")["reason"] == "WaitingForReplicas"
-    pods = wait_for("2 server pods", lambda: (p := server_pods(cluster, namespace, "chat")) and len(p) == 2 and p)
+    pods = wait_for("2 server pods", lambda: p if len(p := server_pods(cluster, namespace, "chat")) == 2 else None)
     for pod_obj in pods:
         kubelet.run(pod_obj)
     ready_condition(cluster, namespace, "chat", "True")
@@ -60,7 +60,10 @@ def test_stop_annotation_scales_to_zero_and_back(
     cluster.kubectl.apply(inference_service("pausable", namespace))
     wait_for("the Deployment", lambda: cluster.read("Deployment", namespace, "pausable"))
     cluster.kubectl("annotate", "misvc", "pausable", "-n", namespace, "moeops.dev/stop=true")
-    wait_for("zero replicas", lambda: cluster.read("Deployment", namespace, "pausable")["spec"]["replicas"] == 0)
+    wait_for(
+        "zero replicas",
+        lambda: (d := cluster.read("Deployment", namespace, "pausable")) is not None and d["spec"]["replicas"] == 0,
+    )
     assert ready_condition(cluster, namespace, "pausable", "False")["reason"] == "Stopped"
     stopped = wait_for(
         "Stopped=True",
@@ -69,7 +72,10 @@ def test_stop_annotation_scales_to_zero_and_back(
     assert stopped["reason"] == "StopAnnotation"
 
     cluster.kubectl("annotate", "misvc", "pausable", "-n", namespace, "moeops.dev/stop-")
-    wait_for("one replica again", lambda: cluster.read("Deployment", namespace, "pausable")["spec"]["replicas"] == 1)
+    wait_for(
+        "one replica again",
+        lambda: (d := cluster.read("Deployment", namespace, "pausable")) is not None and d["spec"]["replicas"] == 1,
+    )
     (pod,) = wait_for("a server pod", lambda: server_pods(cluster, namespace, "pausable"))
     kubelet.run(pod)
     ready_condition(cluster, namespace, "pausable", "True")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from harness import Cluster, OperatorProcess, wait_for
@@ -32,7 +33,7 @@ def test_two_replicas_peer_and_only_one_acts(
         for i in range(3):
             wait_for(
                 f"peered-{i} reconciled",
-                lambda i=i: cluster.status("moetrainingjobs", namespace, f"peered-{i}").get("plan"),
+                partial(cluster.status_if, "moetrainingjobs", namespace, f"peered-{i}", lambda s: s.get("plan")),
             )
 
         # A replica may act on older objects before it learns of a higher-priority peer; the new jobs, created

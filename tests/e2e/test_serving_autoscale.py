@@ -60,7 +60,7 @@ def decided(cluster: Cluster, namespace: str, count: int) -> dict[str, Any]:
     """The status once it records `count` replicas (written just after the Deployment is patched)."""
     return wait_for(
         f"status.desiredReplicas {count}",
-        lambda: (s := cluster.status(PLURAL, namespace, NAME)).get("desiredReplicas") == count and s,
+        lambda: cluster.status_if(PLURAL, namespace, NAME, lambda s: s.get("desiredReplicas") == count),
         timeout=10,
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from typing import Any
 
 from harness import Cluster, OperatorProcess, wait_for
@@ -41,7 +42,7 @@ def wait_condition(cluster: Cluster, ns: str, name: str, type_: str, status: str
 def wait_state(cluster: Cluster, ns: str, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
     return wait_for(
         f"{name} state {state}",
-        lambda: (s := cluster.status(PLURAL, ns, name)).get("state") == state and s,
+        lambda: cluster.status_if(PLURAL, ns, name, lambda s: s.get("state") == state),
         timeout=timeout,
     )
 
@@ -162,9 +163,7 @@ def test_deletion_garbage_collects_every_child(cluster: Cluster, operator: Opera
     wait_for("the worker Job", lambda: cluster.read("Job", namespace, "doomed"))
     cluster.kubectl("delete", "moejob", "doomed", "-n", namespace)
     for kind, name in (("Job", "doomed"), ("ConfigMap", "doomed-config"), ("Service", "doomed-workers")):
-        wait_for(
-            f"{kind} {name} to be collected", lambda k=kind, n=name: cluster.read(k, namespace, n) is None, timeout=60
-        )
+        wait_for(f"{kind} {name} to be collected", partial(cluster.absent, kind, namespace, name), timeout=60)
     wait_for("the worker pods to go", lambda: not pods(cluster, namespace, "doomed", live_only=False), timeout=60)
 
 
@@ -201,7 +200,7 @@ def test_operator_restart_creates_no_duplicates(cluster: Cluster, operator: Oper
 def test_specs_only_the_operator_can_reject_fail_with_a_reason(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], str, str]] = {
         "topk-over-preset": ({"model": {"topK": 8}}, "InvalidModel", "topK (8)"),
         "heads-over-preset": ({"model": {"heads": 3}}, "InvalidModel", "multiple of heads"),
         "does-not-fit": (
@@ -243,5 +242,5 @@ def test_a_queued_job_waits_for_kueue_and_is_not_fought_over(
     wait_condition(cluster, namespace, "queued", "Suspended", status="False")
     cluster.kubectl("annotate", "moejob", "queued", "-n", namespace, "touch=1")  # force a reconcile
     time.sleep(3)
-    job = cluster.read("Job", namespace, "queued")
-    assert job and job["spec"]["suspend"] is False
+    admitted = cluster.read("Job", namespace, "queued")
+    assert admitted and admitted["spec"]["suspend"] is False

@@ -50,7 +50,7 @@ NODE_PODS = [
 
 
 @dataclass
-class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):  # type: ignore[misc]  # generated, untyped base
+class FakeKubelet(api_pb2_grpc.PodResourcesListerServicer):
     """What `List` answers, or how it fails; counts calls."""
 
     pods: list[api_pb2.PodResources] = field(default_factory=lambda: list(NODE_PODS))

@@ -138,7 +138,7 @@ async def test_event_handlers_retry_transient_failures_of_their_follow_up_and_st
     kmock[f"delete {JOBS}/j"][:2] << 503 << status(503, "the server is currently unable to handle the request")
     kmock[f"delete {JOBS}/j"][2:3] << 200 << job()
     kmock[f"delete {JOBS}/j"] << 403 << status(403, "forbidden: cannot delete jobs")
-    kube, delays = kube_for(kmock), []
+    kube, delays = kube_for(kmock), list[float]()
 
     def delete() -> None:
         kube.delete_foreground("batch/v1", "Job", "ns", "j", "uid")

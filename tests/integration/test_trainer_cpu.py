@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -99,7 +100,7 @@ def test_sigterm_checkpoints_and_exits_preempted(tmp_path: Path) -> None:
     ],
 )
 def test_bad_configs_fail_fast_with_exit_78(
-    tmp_path: Path, case: str, plan: dict[str, int], nproc: int, message: str
+    tmp_path: Path, case: str, plan: dict[str, Any], nproc: int, message: str
 ) -> None:
     result = train(write_config(tmp_path, **plan), nproc)
     assert result.returncode == 78, (case, result.stderr[-2000:])

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import random
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -156,7 +157,13 @@ def test_a_diverging_loss_travels_as_json() -> None:
 
 
 def test_worker_metrics_reject_impossible_values() -> None:
-    for changes in [{"rank": 4}, {"tokens": -1}, {"step_seconds": -0.1}, {"tokens_per_expert": [[1, -2]]}]:
+    impossible: list[dict[str, Any]] = [
+        {"rank": 4},
+        {"tokens": -1},
+        {"step_seconds": -0.1},
+        {"tokens_per_expert": [[1, -2]]},
+    ]
+    for changes in impossible:
         with pytest.raises(ValidationError):
             WorkerMetrics.model_validate(worker_metrics().model_dump() | changes)
     with pytest.raises(ValidationError, match="cannot be a NATS subject token"):

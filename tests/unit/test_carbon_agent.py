@@ -34,7 +34,8 @@ def unused_url() -> str:
 
 
 def test_a_failing_source_and_an_unsendable_delta_are_counted(tmp_path: Path) -> None:
-    calls = iter([RuntimeError("NVML hiccup"), [delta(), delta("node a")]])
+    results: list[Exception | list[EnergyDelta]] = [RuntimeError("NVML hiccup"), [delta(), delta("node a")]]
+    calls = iter(results)
 
     def source() -> list[EnergyDelta]:
         result = next(calls)

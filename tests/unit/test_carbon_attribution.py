@@ -10,6 +10,7 @@ import pytest
 from moeops.carbon import attribution
 from moeops.carbon.attribution import (
     GpuInterval,
+    Split,
     exact_split,
     pod_workload,
     sm_weights,
@@ -59,7 +60,7 @@ def test_assigned_gpu_with_no_reported_sm_activity_is_split_equally() -> None:
 
 
 def test_gpu_assigned_to_nobody_goes_wholly_to_the_node() -> None:
-    split = split_gpu(GpuInterval(GPU, 250.0, 1.0, 60.0), [], {}, {})
+    split: Split[str] = split_gpu(GpuInterval(GPU, 250.0, 1.0, 60.0), [], {}, {})
     assert split.consumers_j == {}
     assert split.idle_j == 60.0
     assert split.unowned_j == 190.0

@@ -12,6 +12,7 @@ from fakes.fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeGpu, FakeNvml, Tra
 from moeops.api import env
 from moeops.carbon import cli
 from moeops.carbon.cpu_source import CpuNodeSource
+from moeops.carbon.ledger import EnergyDelta
 from moeops.carbon.nvml_reader import NvmlReader
 
 
@@ -81,7 +82,7 @@ def test_the_nvml_source_gives_each_gpus_energy_since_the_last_call() -> None:
     reader = NvmlReader(nvml, clock=nvml.clock)
     reader.open()
     source = cli.nvml_idle_source(reader, "node-a", "de")
-    deltas = []
+    deltas: list[EnergyDelta] = []
     for _ in range(5):
         deltas += source()
         nvml.clock.advance(2.0)

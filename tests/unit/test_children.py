@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ OWNER = Owner("moeops.dev/v1alpha1", "MoETrainingJob", "demo", "ml", "uid-1", 1)
 CFG = OperatorConfig()
 
 
-def job_spec(**overrides: dict) -> MoETrainingJobSpec:
+def job_spec(**overrides: dict[str, Any]) -> MoETrainingJobSpec:
     spec = {
         "model": {"preset": "moe-debug"},
         "data": {"source": "synthetic://x"},
@@ -30,7 +31,7 @@ def job_spec(**overrides: dict) -> MoETrainingJobSpec:
     return MoETrainingJobSpec.model_validate(spec)
 
 
-def build(spec: MoETrainingJobSpec) -> dict[str, dict]:
+def build(spec: MoETrainingJobSpec) -> dict[str, dict[str, Any]]:
     arch, plan = plan_training_job(spec)
     return {c.kind: c.body for c in training_children(OWNER, spec, arch, plan, CFG)}
 
@@ -104,7 +105,7 @@ def test_children_are_a_pure_function_of_the_spec() -> None:
 ISVC_OWNER = Owner("moeops.dev/v1alpha1", "InferenceService", "chat", "ml", "uid-2", 1)
 
 
-def isvc_spec(**overrides: dict) -> InferenceServiceSpec:
+def isvc_spec(**overrides: dict[str, Any]) -> InferenceServiceSpec:
     return InferenceServiceSpec.model_validate({"model": {"checkpoint": {"claimName": "m", "path": "/x"}}, **overrides})
 
 
@@ -124,7 +125,7 @@ def test_model_resolution_from_a_training_job() -> None:
     spec = isvc_spec(model={"trainingJobRef": {"name": "t"}})
     with pytest.raises(ModelNotReady, match="not found"):
         resolve_model(spec, None)
-    job = {"spec": {"checkpoint": {"storage": {"claimName": "ckpt", "path": "/t"}}}, "status": {}}
+    job: dict[str, Any] = {"spec": {"checkpoint": {"storage": {"claimName": "ckpt", "path": "/t"}}}, "status": {}}
     with pytest.raises(ModelNotReady, match="no checkpoint yet"):
         resolve_model(spec, job)
     job["status"] = {"checkpoint": {"lastStep": 100, "location": "pvc://ckpt/t/step-100"}}
@@ -136,7 +137,7 @@ def test_model_resolution_from_a_training_job() -> None:
 def test_workers_get_the_bus_whenever_the_operator_has_one() -> None:
     """Rank 0 reports the job's progress over it; whether the ranks rebalance is the config's `rebalance`."""
 
-    def worker_env(spec: MoETrainingJobSpec, cfg: OperatorConfig) -> dict[str, dict]:
+    def worker_env(spec: MoETrainingJobSpec, cfg: OperatorConfig) -> dict[str, dict[str, Any]]:
         arch, plan = plan_training_job(spec)
         job = next(c.body for c in training_children(OWNER, spec, arch, plan, cfg) if c.kind == "Job")
         return {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -182,3 +183,18 @@ def test_the_rendezvous_port_comes_from_the_operators_environment() -> None:
     assert container["ports"] == [{"name": "rendezvous", "containerPort": 41234}]
     assert children["Service"]["spec"]["ports"][0]["port"] == 41234
     assert OperatorConfig.from_env({}).rendezvous_port == 29500
+
+
+def test_workers_and_servers_use_the_cpus_they_asked_for() -> None:
+    """OMP_NUM_THREADS follows the container's CPU limit, else its request (Downward API), else is not set."""
+    from moeops.api.v1alpha1.common import ResourceRequirements
+    from moeops.operator.children.pods import cpu_threads_env
+
+    asked = ResourceRequirements(requests={"cpu": "1"}, limits={"cpu": "2500m", "memory": "4Gi"})
+    (threads,) = cpu_threads_env("trainer", asked)
+    assert threads["valueFrom"]["resourceFieldRef"] == {"containerName": "trainer", "resource": "limits.cpu",
+                                                        "divisor": "1"}  # fmt: skip
+    only_request = cpu_threads_env("server", ResourceRequirements(requests={"cpu": "1"}))
+    assert only_request[0]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
+    assert cpu_threads_env("server", ResourceRequirements(limits={"memory": "1Gi"})) == []
+    assert cpu_threads_env("server", None) == []

@@ -18,11 +18,11 @@ from moeops.trainer import otel as trainer_otel
 from moeops.trainer.metrics import StepMetrics
 
 
-def points(reader: InMemoryMetricReader) -> dict[tuple[str, str], list[tuple[dict[str, Any], Any]]]:
+def points(reader: InMemoryMetricReader) -> dict[tuple[str, str | None], list[tuple[dict[str, Any], Any]]]:
     data = reader.get_metrics_data()
     if data is None:  # nothing observed
         return {}
-    out: dict[tuple[str, str], list[tuple[dict[str, Any], Any]]] = {}
+    out: dict[tuple[str, str | None], list[tuple[dict[str, Any], Any]]] = {}
     for rm in data.resource_metrics:
         for sm in rm.scope_metrics:
             for m in sm.metrics:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from moeops.api.v1alpha1 import InferenceServiceSpec, MoETrainingJobSpec
 from moeops.api.v1alpha1.common import VolumeLocation
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = {"MoETrainingJob": MoETrainingJobSpec, "InferenceService": InferenceServiceSpec}
+MODELS: dict[str, type[BaseModel]] = {"MoETrainingJob": MoETrainingJobSpec, "InferenceService": InferenceServiceSpec}
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
@@ -22,7 +23,7 @@ def test_every_example_validates(path: Path) -> None:
             MODELS[doc["kind"]].model_validate(doc["spec"])
 
 
-def minimal() -> dict:
+def minimal() -> dict[str, Any]:
     return {
         "model": {"preset": "moe-debug"},
         "data": {"source": "synthetic://x"},
@@ -49,7 +50,7 @@ def test_defaults_match_the_documented_ones() -> None:
         ({"checkpoint": {"storage": {"path": "/a/../b"}}}, "checkpoint.storage.path"),
     ],
 )
-def test_bad_input_names_the_field(patch: dict, field: str) -> None:
+def test_bad_input_names_the_field(patch: dict[str, Any], field: str) -> None:
     spec = {**minimal(), **patch}
     with pytest.raises(ValidationError) as info:
         MoETrainingJobSpec.model_validate(spec)
@@ -69,7 +70,7 @@ def test_volume_location_resolves_inside_its_mount() -> None:
     assert VolumeLocation().in_mount("/models") == "/models"
 
 
-def workers_with_env(*env: dict) -> dict:
+def workers_with_env(*env: dict[str, Any]) -> dict[str, Any]:
     return {**minimal(), "workers": {"replicas": 1, "env": list(env)}}
 
 
@@ -99,7 +100,7 @@ def test_worker_env_takes_plain_values_and_the_fault_injection() -> None:
     ],
     ids=["operator-variable", "bus-variable", "rendezvous", "leading-digit", "dash", "value-from", "twice", "33"],
 )
-def test_worker_env_refuses_what_the_operator_sets_and_non_identifiers(env: list[dict], message: str) -> None:
+def test_worker_env_refuses_what_the_operator_sets_and_non_identifiers(env: list[dict[str, Any]], message: str) -> None:
     with pytest.raises(ValidationError, match=message) as info:
         MoETrainingJobSpec.model_validate(workers_with_env(*env))
     locations = {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 import kopf
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -104,8 +104,9 @@ async def test_async_handler_and_child_owner_label(spans: InMemorySpanExporter) 
 def test_registered_handlers_keep_their_names() -> None:
     from moeops.operator.handlers import training
 
-    assert training.reconcile_training_job.__qualname__ == "reconcile_training_job"
-    assert training.schedule_ttl_deletion.__name__ == "schedule_ttl_deletion"
+    # kopf types a registered handler as its callback protocol, which has no names.
+    assert training.reconcile_training_job.__qualname__ == "reconcile_training_job"  # type: ignore[attr-defined]
+    assert training.schedule_ttl_deletion.__name__ == "schedule_ttl_deletion"  # type: ignore[attr-defined]
     import inspect
 
     assert inspect.iscoroutinefunction(training.schedule_ttl_deletion)
@@ -126,9 +127,9 @@ def test_job_gauges_from_status() -> None:
     data = reader.get_metrics_data()
     assert data is not None
     got = {
-        (m.name, m.unit, p.attributes["moeops.resource.name"]): p.value
+        (m.name, m.unit, (p.attributes or {})["moeops.resource.name"]): p.value
         for m in data.resource_metrics[0].scope_metrics[0].metrics
-        for p in m.data.data_points
+        for p in cast("Sequence[NumberDataPoint]", m.data.data_points)
     }
     assert got == {
         ("moeops.job.progress", "1", "job-a"): 0.25,
@@ -140,7 +141,7 @@ def test_job_gauges_from_status() -> None:
     gauges.forget("ml", "job-a")
     data = reader.get_metrics_data()
     assert data is not None
-    names = {p.attributes["moeops.resource.name"] for m in data.resource_metrics[0].scope_metrics[0].metrics
+    names = {(p.attributes or {})["moeops.resource.name"] for m in data.resource_metrics[0].scope_metrics[0].metrics
              for p in m.data.data_points}  # fmt: skip
     assert names == {"job-b"}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ SECRETS = {"nats": {"token": "s3cret"}}
 LOOKUPS = Lookups(config_map=lambda ns, name: CONFIG.get(name), secret=lambda ns, name: SECRETS.get(name))
 
 
-def pod(**container: object) -> dict:
+def pod(**container: object) -> dict[str, Any]:
     return {
         "metadata": {"name": "job-0-abc", "namespace": "team", "uid": "u-1", "annotations": {"rank": "3"}},
         "spec": {

@@ -11,7 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from rebalance_sim import eplb_place, simulate
+from rebalance_eplb import eplb_place
+from rebalance_sim import simulate
 from rebalance_trace import Config, Layout, Trace, judge
 
 SMALL = Config(gpus=128, layers=4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import numpy as np
 import pytest
@@ -188,12 +189,12 @@ def test_one_rank_is_tracked_exactly_as_a_column_of_many() -> None:
     samples = rng.uniform(0.5, 1.5, size=(50, 3))
     arrays = tuple(np.zeros(3) for _ in range(4))
     level = samples[0].copy()
-    state_many = (level, *arrays[1:])
+    state_many = (level, arrays[1], arrays[2], arrays[3])
     state_one = [(float(level[i]), 0.0, 0.0, 0.0) for i in range(3)]
-    options = {"smoothing": 0.2, "trend_smoothing": 0.2, "damping": 0.9}
+    tracked = partial(track, smoothing=0.2, trend_smoothing=0.2, damping=0.9)
     for row in samples[1:]:
-        state_many = track(*state_many, row, **options)  # type: ignore[arg-type]
-        state_one = [track(*state_one[i], float(row[i]), **options) for i in range(3)]
+        state_many = tracked(*state_many, row)
+        state_one = [tracked(*state_one[i], float(row[i])) for i in range(3)]
     for i in range(3):
         assert state_one[i] == tuple(float(part[i]) for part in state_many)  # the same doubles, not just close
         assert all(type(part) is float for part in state_one[i])

@@ -10,7 +10,7 @@ from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExp
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpanExporter
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpSpanExporter
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from moeops import telemetry
@@ -114,7 +114,8 @@ def test_spans_and_metrics_reach_the_injected_exporter_and_reader() -> None:
     (resource_metrics,) = data.resource_metrics
     (metric,) = resource_metrics.scope_metrics[0].metrics
     assert (metric.name, metric.unit) == ("moeops.test.things", "{thing}")
-    assert next(iter(metric.data.data_points)).attributes == {"a": "b"}
+    point = next(iter(metric.data.data_points))
+    assert isinstance(point, NumberDataPoint) and point.attributes == {"a": "b"}
     otel.shutdown()
     otel.shutdown()  # idempotent
 

@@ -51,7 +51,7 @@ def test_shares_become_whole_sequences_summing_to_the_global_batch() -> None:
 def test_shares_the_trainer_cannot_run_are_refused_with_a_reason(
     shape_change: dict[str, object], shares: list[float], refusal: str
 ) -> None:
-    shape = TrainerShape(**{**SHAPE.__dict__, **shape_change})  # type: ignore[arg-type]
+    shape = TrainerShape(**{**SHAPE.__dict__, **shape_change})
     changes = interpret(plan(data_shares=shares), shape)
     assert changes.shares is None
     assert any(refusal in reason for reason in changes.refused), changes.refused
@@ -83,12 +83,12 @@ def test_placements_the_trainer_cannot_run_are_refused(placement: list[list[list
 
 
 def test_a_placement_without_expert_parallelism_is_refused() -> None:
-    shape = TrainerShape(**{**SHAPE.__dict__, "expert": 1})  # type: ignore[arg-type]
+    shape = TrainerShape(**{**SHAPE.__dict__, "expert": 1})
     assert interpret(plan(expert_placement=SWAPPED), shape).placements is None
 
 
 def test_stage_layers_change_only_a_pipeline_and_must_tile_the_layers() -> None:
-    piped = TrainerShape(**{**SHAPE.__dict__, "pipeline": 2, "layers": 4, "stage_layers": ((0, 2), (2, 4))})  # type: ignore[arg-type]
+    piped = TrainerShape(**{**SHAPE.__dict__, "pipeline": 2, "layers": 4, "stage_layers": ((0, 2), (2, 4))})
     assert interpret(plan(stage_layers=[(0, 3), (3, 4)]), piped).stage_layers == ((0, 3), (3, 4))
     assert interpret(plan(stage_layers=[(0, 2), (2, 4)]), piped).empty  # the current split: nothing to do
     refused = interpret(plan(stage_layers=[(0, 1), (1, 2), (2, 4)]), piped)

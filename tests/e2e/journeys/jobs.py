@@ -42,7 +42,9 @@ def job_status(platform: LocalPlatform, cluster: Cluster, namespace: str, name: 
     return cluster.status("moetrainingjobs", namespace, name)
 
 
-def wait_step(platform: LocalPlatform, cluster: Cluster, ns: str, name: str, step: int, timeout: float = 600) -> dict:
+def wait_step(
+    platform: LocalPlatform, cluster: Cluster, ns: str, name: str, step: int, timeout: float = 600
+) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         status = job_status(platform, cluster, ns, name)
         assert status.get("state") != "Failed", status
@@ -51,7 +53,7 @@ def wait_step(platform: LocalPlatform, cluster: Cluster, ns: str, name: str, ste
     return wait_for(f"{name} to reach step {step}", reached, timeout=timeout, interval=1)
 
 
-def wait_done(platform: LocalPlatform, cluster: Cluster, ns: str, name: str, timeout: float = 900) -> dict:
+def wait_done(platform: LocalPlatform, cluster: Cluster, ns: str, name: str, timeout: float = 900) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         status = job_status(platform, cluster, ns, name)
         return status if status.get("state") in ("Succeeded", "Failed") else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from harness import Cluster, wait_for
@@ -35,15 +36,15 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(
     saved = [s for s in checkpoint_steps(platform, ns, name) if s <= killed_at]
     assert saved, "no checkpoint before the kill"
 
-    def restarting_now() -> dict | None:
+    def restarting_now() -> dict[str, Any] | None:
         found = journey_cluster.condition("moetrainingjobs", ns, name, "Restarting")
         return found if found and found["status"] == "True" else None
 
     restarting = wait_for("the Restarting condition", restarting_now, timeout=180)
     assert victim["metadata"]["name"] in restarting["message"], restarting
-    resumed: list[dict] = []
+    resumed: list[dict[str, Any]] = []
 
-    def first_report_after_restart() -> dict | None:
+    def first_report_after_restart() -> dict[str, Any] | None:
         status = job_status(platform, journey_cluster, ns, name)
         if (status.get("restarts") or 0) >= 1 and status.get("progress", {}).get("step", 0) != killed_at:
             resumed.append(status["progress"])
@@ -76,7 +77,7 @@ def test_training_goes_on_while_the_bus_is_down(
     assert final["state"] == "Succeeded" and not final.get("restarts"), final
     assert final["progress"]["step"] == 100 > at_stop
 
-    def caught_up() -> dict | None:
+    def caught_up() -> dict[str, Any] | None:
         rebalance = job_status(platform, journey_cluster, ns, name).get("rebalance") or {}
         return rebalance if rebalance.get("lastStep", 0) >= 90 else None
 
