@@ -16,7 +16,8 @@ def test_the_debug_example_resolves_to_data_parallel_over_local_ranks(tmp_path: 
     assert (config.plan.data, config.plan.tensor, config.plan.pipeline) == (2, 1, 1)
     assert config.architecture.layers == 2 and config.data.source == "synthetic://all"
     assert config.checkpoint.directory == str(tmp_path / "ckpt")
-    assert config.training.steps == 200
+    assert (config.training.steps, config.training.global_batch_size) == (1500, 64)
+    assert config.architecture.vocab_size == 56  # the spec's override of the preset's 512
 
 
 def test_a_file_without_a_training_job_is_refused(tmp_path: Path) -> None:
