@@ -98,7 +98,7 @@ def main() -> None:
         cluster_ip = platform.kubectl("get", "service", SERVICE, "-o", "jsonpath={.spec.clusterIP}")
         url = f"http://{local_service_address(cluster_ip)}"
         say(f"The Service's ClusterIP {cluster_ip} is served by the process node's proxy at {url}")
-        question = "12+34="
+        question = "rev:kubernetes|"
         say(f'$ curl {url}/v1/completions -d \'{{"model": "{SERVICE}", "prompt": "{question}", "max_tokens": 5}}\'')
         say(f"answer: {complete(url, SERVICE, question, 5)!r}")
 

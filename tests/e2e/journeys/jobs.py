@@ -26,8 +26,9 @@ def short_job(name: str, steps: int, interval: int, **training: Any) -> dict[str
     job = copy.deepcopy(example("moe-debug-trainingjob.yaml"))
     job["metadata"]["name"] = name
     spec = job["spec"]
-    spec["training"].update(steps=steps, warmupSteps=min(spec["training"].get("warmupSteps", 0), steps // 4),
-                            **training)  # fmt: skip
+    # A small batch: these journeys are about faults and status, not accuracy, and must stay short on 2 cores.
+    warmup = min(spec["training"].get("warmupSteps", 0), steps // 4)
+    spec["training"].update(steps=steps, globalBatchSize=16, warmupSteps=warmup, **training)
     spec["checkpoint"] = {"intervalSteps": interval, "storage": {"claimName": "moe-checkpoints", "path": f"/{name}"}}
     return job
 

@@ -54,7 +54,7 @@ def test_apply_train_status_serve_answer(
 
     wait_for("the InferenceService to be Ready", ready, timeout=300, interval=2)
     cluster_ip = journey_cluster.core.read_namespaced_service("moe-debug", ns).spec.cluster_ip
-    body = json.dumps({"model": "moe-debug", "prompt": "12+34=", "max_tokens": 8, "temperature": 0}).encode()
+    body = json.dumps({"model": "moe-debug", "prompt": "rev:kubernetes|", "max_tokens": 12, "temperature": 0}).encode()
     request = urllib.request.Request(f"http://{local_service_address(cluster_ip)}/v1/completions", data=body,
                                      headers={"Content-Type": "application/json"})  # fmt: skip
     started = time.monotonic()
