@@ -77,6 +77,17 @@ def test_success_criteria_met_is_succeeded() -> None:
     assert update.patch["state"] == "Succeeded" and update.patch["workers"]["succeeded"] == 2
 
 
+def test_a_succeeded_job_shows_every_step_done_whatever_the_last_report_said() -> None:
+    """Rank 0's last progress put may not reach the bus before its pod ends; success itself says all steps ran."""
+    previous = {"progress": {"step": 1487, "totalSteps": SPEC.training.steps, "percent": 99, "loss": 0.11,
+                             "etaSeconds": 4}}  # fmt: skip
+    done = job(succeeded=2, conditions=[("SuccessCriteriaMet", "x", "")])
+    progress = training_status(SPEC, done, previous, generation=1, now=T0).patch["progress"]
+    assert progress == {"step": SPEC.training.steps, "totalSteps": SPEC.training.steps, "percent": 100, "loss": 0.11}
+    running = training_status(SPEC, job(active=2), previous, generation=1, now=T0).patch
+    assert "progress" not in running  # while it runs, progress is the workers' to report
+
+
 def test_suspension_by_user_and_by_queue() -> None:
     spec = SPEC.model_copy(update={"run_policy": SPEC.run_policy.model_copy(update={"suspend": True})})
     update = training_status(spec, job(conditions=[("Suspended", "JobSuspended", "")]), {}, generation=2, now=T0)

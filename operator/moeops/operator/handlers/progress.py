@@ -65,6 +65,8 @@ async def copy_job_progress(
     fresh = None if progress is None else progress_status(progress, job_created_unix_s=created_unix_s(meta))
     if fresh is None:
         return
+    if finished and fresh["step"] < (status.get("progress") or {}).get("step", 0):
+        fresh = dict(status.get("progress") or {})  # a Succeeded job's status already says every step was done
     JOBS.record(namespace, name, {"progress": fresh})
     if fresh != dict(status.get("progress") or {}):
         patch.status["progress"] = fresh

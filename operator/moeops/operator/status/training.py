@@ -149,6 +149,10 @@ def training_status(
     )
     if terminal and finished_at:
         patch["completionTime"] = finished_at
+    if succeeded:  # every worker exited 0 after the last step, whatever rank 0's last report on the bus said
+        total = spec.training.steps
+        patch["progress"] = {**(previous.get("progress") or {}), "step": total, "totalSteps": total, "percent": 100}
+        patch["progress"].pop("etaSeconds", None)
     events = transitions(before, c, EVENT_TYPES)
     if restart and was_restarting:  # Restarting was already True: its transition posted no event for this one
         events.append(Event("Warning", recovery.reason, recovery.message))
