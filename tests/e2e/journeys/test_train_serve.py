@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from harness import Cluster, wait_for
 
+from moeops.data.synthetic import DOMAINS
 from moeops.devcluster.node import local_service_address
 from moeops.devcluster.platform import LocalPlatform
+from moeops.devcluster.served_eval import served_exact_match
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -63,3 +65,8 @@ def test_apply_train_status_serve_answer(
     assert completion["choices"][0]["text"], completion
     assert completion["usage"]["completion_tokens"] >= 1
     assert time.monotonic() - started < 60
+    # The example model visibly learned: held-out questions, answered through the Service as a client asks them.
+    config = journey_cluster.core.read_namespaced_config_map("moe-debug-config", ns).data["config.json"]
+    seed = int(json.loads(config)["training"].get("seed", 0))
+    accuracy = served_exact_match(f"http://{local_service_address(cluster_ip)}", "moe-debug", DOMAINS, seed, 20)
+    assert sum(score >= 0.9 for score in accuracy.values()) >= 4, accuracy
