@@ -99,8 +99,8 @@ def main() -> None:
         url = f"http://{local_service_address(cluster_ip)}"
         say(f"The Service's ClusterIP {cluster_ip} is served by the process node's proxy at {url}")
         question = "rev:kubernetes|"
-        say(f'$ curl {url}/v1/completions -d \'{{"model": "{SERVICE}", "prompt": "{question}", "max_tokens": 5}}\'')
-        say(f"answer: {complete(url, SERVICE, question, 5)!r}")
+        say(f'$ curl {url}/v1/completions -d \'{{"model": "{SERVICE}", "prompt": "{question}", "max_tokens": 16}}\'')
+        say(f"answer: {complete(url, SERVICE, question, 16)!r}")
 
         config = platform.kubectl("get", "configmap", f"{JOB}-config", "-o", "jsonpath={.data.config\\.json}")
         seed = int(json.loads(config)["training"].get("seed", 0))
