@@ -21,14 +21,17 @@ from jobs import (
 
 from moeops.devcluster.platform import LocalPlatform
 
+# Long enough that the fault lands mid-run on an idle machine (~30 steps a second at 16 sequences of 64 tokens).
+STEPS_KILLED, STEPS_NO_BUS = 600, 3000
+
 
 @pytest.mark.timeout(1200)
 def test_a_killed_worker_costs_at_most_one_checkpoint_interval(
     platform: LocalPlatform, journey_cluster: Cluster, journey_namespace: str
 ) -> None:
-    ns, name, interval = journey_namespace, "killed", 20
-    apply_with_claim(journey_cluster, ns, short_job(name, steps=120, interval=interval))
-    before = wait_step(platform, journey_cluster, ns, name, 50)
+    ns, name, interval = journey_namespace, "killed", 100
+    apply_with_claim(journey_cluster, ns, short_job(name, steps=STEPS_KILLED, interval=interval))
+    before = wait_step(platform, journey_cluster, ns, name, 150)
     loss_before = before["progress"]["loss"]
     victim = worker_pods(journey_cluster, ns, name)[-1]
     kill_training_rank(victim)
@@ -54,7 +57,7 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(
     wait_for("progress after the restart", first_report_after_restart, timeout=300, interval=0.5)
     final = wait_done(platform, journey_cluster, ns, name)
     assert final["state"] == "Succeeded", final
-    assert final["restarts"] == 1 and final["progress"]["step"] == 120
+    assert final["restarts"] == 1 and final["progress"]["step"] == STEPS_KILLED
     lost = killed_at - max(saved)
     assert lost <= interval, f"killed at {killed_at}, last checkpoint {max(saved)}"
     assert resumed[0]["step"] >= max(saved), resumed
@@ -67,21 +70,20 @@ def test_training_goes_on_while_the_bus_is_down(
     platform: LocalPlatform, journey_cluster: Cluster, journey_namespace: str
 ) -> None:
     ns, name = journey_namespace, "no-bus"
-    apply_with_claim(journey_cluster, ns, short_job(name, steps=100, interval=50))
-    at_stop = wait_step(platform, journey_cluster, ns, name, 15)["progress"]["step"]
+    apply_with_claim(journey_cluster, ns, short_job(name, steps=STEPS_NO_BUS, interval=1000))
+    at_stop = wait_step(platform, journey_cluster, ns, name, 30)["progress"]["step"]
     assert platform.nats is not None
     platform.nats.stop()
     time.sleep(20)  # the workers train on with the bus gone; the operator's view of progress stalls
     platform.nats.start()
     final = wait_done(platform, journey_cluster, ns, name)
     assert final["state"] == "Succeeded" and not final.get("restarts"), final
-    assert final["progress"]["step"] == 100 > at_stop
+    assert final["progress"]["step"] == STEPS_NO_BUS > at_stop
 
-    def caught_up() -> dict[str, Any] | None:
-        rebalance = job_status(platform, journey_cluster, ns, name).get("rebalance") or {}
-        return rebalance if rebalance.get("lastStep", 0) >= 90 else None
-
-    wait_for("the rebalancer to see the steps sent after the outage", caught_up, timeout=120)
+    # Every rank's step metrics reached the bus in the end: buffered through the outage, sent after it.
+    logs = journey_cluster.kubectl("logs", "-n", ns, "-l", f"moeops.dev/training-job={name}", "--tail=-1").stdout
+    closed = [line for line in logs.splitlines() if "NATS metrics sink closed" in line]
+    assert len(closed) == 2 and all(f"{STEPS_NO_BUS} sent, 0 dropped" in line for line in closed), closed
 
 
 @pytest.mark.timeout(1200)
