@@ -35,6 +35,19 @@ class NodeContext:
     images: ImageCatalog
     hosts_path: Path
     venv: Path = field(default_factory=lambda: Path(sys.prefix))
+    checkout: Path = field(default_factory=lambda: Path(__file__).resolve().parents[4])
+    """The source tree an editable install points at (the venv's .pth files and scripts name these paths)."""
+
+    def host_paths(self) -> list[Path]:
+        """What must stay visible at its own path inside a container, above its volumes: the venv (its scripts'
+        shebangs name it) and the checkout (an editable install's sources). A volume at /tmp would otherwise hide a
+        checkout under /tmp, as a CI clone may be."""
+        found: list[Path] = []
+        for path in sorted({self.checkout.resolve(), self.venv.resolve()}, key=lambda p: len(p.parts)):
+            if not any(path.is_relative_to(kept) for kept in found):
+                found.append(path)
+        return found
+
     on_release: Callable[[str], None] = lambda uid: None
 
     def __post_init__(self) -> None:

@@ -168,6 +168,8 @@ class PodWorker:
                 else Path(self.sources[mount.volume])
             )
             binds.append({"source": str(source), "target": mount.target, "readOnly": mount.read_only})
+        for path in self.node.host_paths():  # after the volumes: a volume at /tmp must not hide them
+            binds.append({"source": str(path), "target": str(path), "readOnly": True})
         binds.append({"source": str(self.node.hosts_path), "target": "/etc/hosts", "readOnly": True})
         return binds
 
