@@ -75,3 +75,12 @@ def test_progress_lines_every_n_steps_off_a_terminal() -> None:
     lines = stream.getvalue().splitlines()
     assert [line.split()[1] for line in lines] == ["2/5", "4/5", "5/5"]
     assert "loss 2.500" in lines[-1] and "[" + "=" * ProgressSink.WIDTH + "]" in lines[-1]
+
+
+def test_a_worker_killed_by_a_signal_gives_its_pod_128_plus_the_signal() -> None:
+    """kill -9 (or the OOM killer) must read 137 at the pod, not the 1 its peers exit with when their collectives
+    lose it: the operator names the worker that failed first from that (planning/recovery.py)."""
+    from moeops.trainer.launch import exit_code_of
+
+    assert exit_code_of(-9) == 137 and exit_code_of(-15) == 143
+    assert exit_code_of(3) == 3 and exit_code_of(0) == 1

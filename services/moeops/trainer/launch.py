@@ -35,6 +35,15 @@ def launcher_args(config: Path, nproc: int | None, worker_args: list[str]) -> li
     ]
 
 
+def exit_code_of(worker_exitcode: int) -> int:
+    """The pod's exit code for its first failed worker: the worker's own code, or 128 + N for a worker killed by
+    signal N (as a shell reports it), so that the operator can tell the worker that was killed (137 for kill -9 or
+    the OOM killer) from its peers, which exit 1 when their collectives lose it."""
+    if worker_exitcode > 0:
+        return worker_exitcode
+    return 128 - worker_exitcode if worker_exitcode < 0 else 1
+
+
 def launch(config: Path, nproc: int | None, worker_args: list[str]) -> int:
     """Run the workers to completion; returns the exit code of the first failed worker, else 0."""
     args = get_args_parser().parse_args(launcher_args(config, nproc, worker_args))
@@ -42,7 +51,7 @@ def launch(config: Path, nproc: int | None, worker_args: list[str]) -> int:
         torchrun(args)  # type: ignore[no-untyped-call]
     except ChildFailedError as exc:
         first = min(exc.failures.values(), key=lambda f: f.timestamp)
-        return first.exitcode if first.exitcode > 0 else 1
+        return exit_code_of(first.exitcode)
     except SignalException:
         # SIGTERM (preemption): torchrun passed it on to the workers, which checkpointed and stopped.
         return EXIT_PREEMPTED
