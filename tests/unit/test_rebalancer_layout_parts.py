@@ -8,7 +8,7 @@ from bus_records import worker_metrics
 from moeops.rebalancer.layout import JobLayout, replica_rates, stage_times
 from moeops.rebalancer.load import LoadAggregator, LoadSnapshot
 from moeops.rebalancer.policy import Hysteresis, Verdict
-from moeops.rebalancer.replan import ReplanSettings, contiguous_placement, expert_part, replan_outcome, stage_part
+from moeops.rebalancer.replan import ReplanSettings, expert_part, replan_outcome, stage_part, starting_placement
 
 HOT = [[900.0, 800.0, 10.0, 10.0, 50.0, 50.0, 40.0, 40.0]]
 """One layer, 8 experts, the two hottest on rank 0 under the contiguous placement over 4 ranks."""
@@ -27,7 +27,7 @@ def test_ranks_map_to_stages_and_replicas_as_the_trainer_mesh_lays_them_out() ->
 
 
 def test_hot_experts_are_spread_when_the_move_pays_off() -> None:
-    current = contiguous_placement(1, 8, 4)
+    current = starting_placement(1, 8, 4)
     assert current == [[[0], [0], [1], [1], [2], [2], [3], [3]]]
     placement, gain = expert_part(HOT, SMALL_EXPERTS, current, step_seconds=1.0, steps_until_next_plan=50)
     assert placement is not None and 0 < gain <= SMALL_EXPERTS.expert_time_share
@@ -38,12 +38,12 @@ def test_hot_experts_are_spread_when_the_move_pays_off() -> None:
 
 def test_a_move_that_costs_more_than_it_saves_is_not_made() -> None:
     huge = JobLayout(expert=4, layers=1, experts=8, params_per_expert=10**10, link_bytes_per_s=1e9)
-    current = contiguous_placement(1, 8, 4)
+    current = starting_placement(1, 8, 4)
     assert expert_part(HOT, huge, current, step_seconds=1.0, steps_until_next_plan=50) == (None, 0.0)
 
 
 def test_a_balanced_placement_is_left_alone() -> None:
-    current = contiguous_placement(1, 8, 4)
+    current = starting_placement(1, 8, 4)
     even = [[100.0] * 8]
     assert expert_part(even, SMALL_EXPERTS, current, step_seconds=1.0, steps_until_next_plan=50) == (None, 0.0)
 
@@ -92,7 +92,7 @@ def test_one_round_re_splits_a_pipeline_and_leaves_the_shares() -> None:
 def test_spare_slots_replicate_the_hottest_expert_and_current_replicas_are_read() -> None:
     layout = JobLayout(expert=4, layers=1, experts=8, params_per_expert=3 * 64 * 128, spare_slots=1)
     skewed = [[2000.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0]]
-    placement, gain = expert_part(skewed, layout, contiguous_placement(1, 8, 4), step_seconds=1.0,
+    placement, gain = expert_part(skewed, layout, starting_placement(1, 8, 4), step_seconds=1.0,
                                   steps_until_next_plan=50)  # fmt: skip
     assert placement is not None and gain > 0
     assert len(placement[0][0]) > 1  # the hot expert now has replicas on several ranks
@@ -104,7 +104,7 @@ def test_spare_slots_replicate_the_hottest_expert_and_current_replicas_are_read(
 def test_layers_are_gated_one_by_one_and_a_layer_that_does_not_pay_keeps_its_placement() -> None:
     layout = JobLayout(expert=4, layers=2, experts=8, params_per_expert=3 * 64 * 128)
     balanced = [100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0, 100.0]
-    current = contiguous_placement(2, 8, 4)
+    current = starting_placement(2, 8, 4)
     placement, gain = expert_part([HOT[0], balanced], layout, current, step_seconds=1.0, steps_until_next_plan=50)
     assert placement is not None and gain > 0
     assert placement[1] == current[1]  # nothing to gain there: not moved

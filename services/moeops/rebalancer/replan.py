@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moeops.bus.expert_start import starting_replicas
 from moeops.bus.messages import RebalancePlan
 
 from .data_shares import DataSharePlan, even_split, plan_data_shares
@@ -52,9 +53,18 @@ class ReplanOutcome:
     """The round could re-plan every part (not only the data shares): `JobState.adopt(full=...)`."""
 
 
-def contiguous_placement(layers: int, experts: int, ranks: int) -> Placement:
-    """How the trainer starts: rank r holds experts r·E/P … (r+1)·E/P − 1 of every layer."""
-    return [[[expert * ranks // experts] for expert in range(experts)] for _ in range(layers)]
+def starting_placement(layers: int, experts: int, ranks: int, spare: int = 0) -> Placement:
+    """How the trainer starts (`moeops.bus.expert_start`, which it builds its placement from too): rank r holds
+    experts r·E/P … (r+1)·E/P − 1 of every layer, and replicas of the following experts in its `spare` slots."""
+    layer = starting_replicas(experts, ranks, spare)
+    return [[list(holders) for holders in layer] for _ in range(layers)]
+
+
+def _starting(layout: JobLayout) -> Placement:
+    """The job's starting placement, or none (not an EP job)."""
+    if layout.expert < 2 or not layout.experts:
+        return []
+    return starting_placement(layout.layers, layout.experts, layout.expert, layout.spare_slots)
 
 
 def expert_part(
@@ -187,7 +197,7 @@ def replan_outcome(
     `current_shares` (sequences per data-parallel replica; None: an even split) is what the data part's gain is
     measured against. `settings.layout` (default: pure data parallelism over `stage_layers`' layers) says which
     parts apply. The new plan's epoch follows `previous` (0 without one); parts that are not re-planned keep
-    `previous`'s setting, else the job's (`stage_layers`, contiguous experts). No plan either until every rank
+    `previous`'s setting, else the job's (`stage_layers`, `starting_placement`). No plan either until every rank
     has folded in at least `min_samples` steps. Rank speeds are forecast `forecast_steps` steps past the newest
     one: the lowest forecast over that (first, last) window (default `hysteresis.forecast_steps`, the steps the
     plan will run over; (0, 0): the smoothed speeds as measured).
@@ -224,7 +234,7 @@ def replan_outcome(
         and layout.experts
         and [len(layer) for layer in expert_counts] == [layout.experts] * layout.layers
     ):
-        current = placed_before or contiguous_placement(layout.layers, layout.experts, layout.expert)
+        current = placed_before or _starting(layout)
         placement, gains["experts"] = expert_part(
             expert_counts,
             layout,
@@ -236,7 +246,7 @@ def replan_outcome(
     if layout.pipeline == 1:  # after the experts: the data part splits the batch for the placement that will run
         first, last = hysteresis.forecast_window(hysteresis.data_interval) if forecast_steps is None else forecast_steps
         rates = replica_rates(snapshot.throughput(first, last), layout)
-        held = placement if placement is not None else placed_before
+        held = placement or placed_before or _starting(layout)
         expert_load = ep_rank_loads(expert_counts, held, layout) if held else None
         if expert_load is not None:
             shares = group_data_part(rates, expert_load, layout, global_batch, current_shares, max_sequences_per_rank)

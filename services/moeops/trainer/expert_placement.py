@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from moeops.bus.expert_start import starting_rank_experts
+
 from .tensor_parallel import local
 from .topology import Axis
 
@@ -55,16 +57,11 @@ class Placement:
 
     @classmethod
     def contiguous(cls, experts: int, ranks: int, spare: int = 0) -> Placement:
-        """Rank r holds experts r·L … r·L+L-1 (how `shard_experts` starts), then its `spare` slots hold
-        replicas of the experts that follow its own, wrapping around: (r+1)·L, (r+1)·L+1, … mod E."""
-        per_rank = experts // ranks
-        if not 0 <= spare <= experts - per_rank:
-            raise ValueError(f"{spare} spare slots: at most {experts - per_rank} other experts per rank to replicate")
-        slots = []
-        for rank in range(ranks):
-            own = rank * per_rank
-            slots += list(range(own, own + per_rank)) + [(own + per_rank + i) % experts for i in range(spare)]
-        return cls(slots, ranks, experts)
+        """How every run starts (`moeops.bus.expert_start`, the placement the rebalancer also plans from): rank r
+        holds experts r·L … r·L+L-1 (how `shard_experts` starts), then its `spare` slots hold replicas of the
+        experts that follow its own, wrapping around: (r+1)·L, (r+1)·L+1, … mod E."""
+        rank_experts = starting_rank_experts(experts, ranks, spare)
+        return cls([expert for held in rank_experts for expert in held], ranks, experts)
 
     @classmethod
     def from_replicas(cls, replicas: Sequence[Sequence[int]], ranks: int, per_rank: int | None = None) -> Placement:
