@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fakes.fake_nvml import FakeClock, FakeGpu, FakeNvml, Trace
 from moeops.bus.connection import ConnectionOptions
-from moeops.carbon.agent import AgentSettings, NodeAgent
-from moeops.carbon.attribution import PodInfo
-from moeops.carbon.node_source import NodeSource, NodeSourceSettings
-from moeops.carbon.nvml_reader import NvmlReader
+from moeops.carbon.meter.attribution import PodInfo
+from moeops.carbon.meter.nvml_reader import NvmlReader
+from moeops.carbon.meter.rapl import CpuEnergyMeter
+from moeops.carbon.node.agent import AgentSettings, NodeAgent
+from moeops.carbon.node.node_source import NodeSource, NodeSourceSettings
+from moeops.carbon.node.spool import Spool
 from moeops.carbon.podresources.devices import ContainerRef, DeviceMap
-from moeops.carbon.rapl import CpuEnergyMeter
-from moeops.carbon.spool import Spool
 
 GPUS = 8
 SHARED = 4

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from moeops.carbon.energy import CounterAccumulator, MeterLimits, PowerIntegrator
-from moeops.carbon.nvml_reader import NvmlReader, NvmlUnavailable
+from moeops.carbon.meter.energy import CounterAccumulator, MeterLimits, PowerIntegrator
+from moeops.carbon.meter.nvml_reader import NvmlReader, NvmlUnavailable
 
 EX_NO_GPU = 2
 BATCH = 8

@@ -11,7 +11,7 @@
 # declares: the kubelet's pod-resources socket (/var/lib/kubelet/pod-resources/kubelet.sock: which GPU belongs
 # to which container) and RAPL (/sys/class/powercap: CPU energy). NVML works as the non-root user; the socket
 # and `energy_uj` are root-only on most nodes, so without `runAsUser: 0` in the DaemonSet the agent attributes GPUs
-# through their processes' cgroups (hostPID) and estimates CPU energy instead (moeops.carbon.rapl).
+# through their processes' cgroups (hostPID) and estimates CPU energy instead (moeops.carbon.meter.rapl).
 #
 # Build from the repository root (images/README.md):
 #   docker build -f images/carbon-agent.Dockerfile -t REGISTRY/moeops-carbon-agent:TAG .

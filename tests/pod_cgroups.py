@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from moeops.carbon.pod_cpu import find_cgroup2_root
+from moeops.carbon.meter.pod_cpu import find_cgroup2_root
 
 BUSY_LOOP = (sys.executable, "-c", "while True: pass")
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 import click
 
 from moeops.api import env
-from moeops.carbon.report_cli import carbon
+from moeops.carbon.reporting.report_cli import carbon
 from moeops.serving.export_cli import export
 from moeops.serving.serve_cli import serve
 
 if TYPE_CHECKING:
-    from moeops.carbon.local_meter import LocalRun
+    from moeops.carbon.meter.local_meter import LocalRun
 
 
 @click.group()
@@ -110,12 +110,18 @@ def train(
 
 
 def _carbon_meter(config: Path, nproc: int, region: str | None, pue: float | None) -> LocalRun | None:
-    """The energy meter of a local run (`moeops.carbon.local_meter`); None when the config is unreadable (the
+    """The energy meter of a local run (`moeops.carbon.meter.local_meter`); None when the config is unreadable (the
     workers will say why) or its job says `spec.carbon.enabled: false`. An unknown region is a usage error, raised
     before anything starts."""
     from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
-    from moeops.carbon.intensity import IntensityUnavailableError
-    from moeops.carbon.local_meter import DEFAULT_REGION, SNAPSHOT_NAME, WORKSTATION_PUE, start_local_meter, train_key
+    from moeops.carbon.accounting.intensity import IntensityUnavailableError
+    from moeops.carbon.meter.local_meter import (
+        DEFAULT_REGION,
+        SNAPSHOT_NAME,
+        WORKSTATION_PUE,
+        start_local_meter,
+        train_key,
+    )
 
     try:
         resolved = TrainingRuntimeConfig.model_validate_json(config.read_text())

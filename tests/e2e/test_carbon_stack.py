@@ -14,9 +14,9 @@ import nats
 from harness import Cluster, wait_for
 
 from missing import NATS_SERVER, missing
-from moeops.carbon.ledger import WorkloadKind
-from moeops.carbon.messages import WorkloadCarbon
-from moeops.carbon.store import ensure_carbon_bucket, workload_carbon
+from moeops.carbon.accounting.ledger import WorkloadKind
+from moeops.carbon.accounting.messages import WorkloadCarbon
+from moeops.carbon.accounting.store import ensure_carbon_bucket, workload_carbon
 from moeops.devcluster.carbon_stack import start_carbon
 from moeops.devcluster.nats_server import NatsServer
 from moeops.operator.naming import training_labels

@@ -11,10 +11,10 @@ from harness import Cluster, OperatorProcess, wait_for
 from manifests import training_job
 
 from missing import NATS_SERVER, missing
-from moeops.carbon.intensity import Intensity
-from moeops.carbon.ledger import Stage, Totals, WorkloadKind
-from moeops.carbon.messages import WorkloadCarbon
-from moeops.carbon.store import ensure_carbon_bucket, put_workload
+from moeops.carbon.accounting.intensity import Intensity
+from moeops.carbon.accounting.ledger import Stage, Totals, WorkloadKind
+from moeops.carbon.accounting.messages import WorkloadCarbon
+from moeops.carbon.accounting.store import ensure_carbon_bucket, put_workload
 from moeops.devcluster.nats_server import NatsServer
 
 PLURAL = "moetrainingjobs"

@@ -1,4 +1,4 @@
-"""A FAKE NVML: a test double of the pynvml calls `moeops.carbon.nvml_reader` makes, driven by power traces.
+"""A FAKE NVML: a test double of the pynvml calls `moeops.carbon.meter.nvml_reader` makes, driven by power traces.
 
 Same function names, argument order and return types as pynvml (nvidia-ml-py 13.615.71); the same error shape (an
 `NVMLError` whose `.value` is the NVML return code) and the same values for the constants used. A conformance test

@@ -14,17 +14,17 @@ import nats
 import pytest
 
 from moeops.bus.connection import ConnectionOptions
-from moeops.carbon.agent import AgentSettings, NodeAgent
-from moeops.carbon.aggregator import AggregatorSettings, CarbonAggregator
-from moeops.carbon.attribution import PodInfo
-from moeops.carbon.cpu_source import CpuNodeSource, CpuSourceSettings
-from moeops.carbon.intensity import default_static_table
-from moeops.carbon.ledger import WorkloadKind
-from moeops.carbon.messages import WorkloadCarbon
-from moeops.carbon.pod_cpu import parse_usage_usec
-from moeops.carbon.rapl import DEFAULT_WATTS_PER_CPU, CpuEnergyMeter
-from moeops.carbon.spool import Spool
-from moeops.carbon.store import ensure_carbon_bucket, workload_carbon
+from moeops.carbon.accounting.aggregator import AggregatorSettings, CarbonAggregator
+from moeops.carbon.accounting.intensity import default_static_table
+from moeops.carbon.accounting.ledger import WorkloadKind
+from moeops.carbon.accounting.messages import WorkloadCarbon
+from moeops.carbon.accounting.store import ensure_carbon_bucket, workload_carbon
+from moeops.carbon.meter.attribution import PodInfo
+from moeops.carbon.meter.pod_cpu import parse_usage_usec
+from moeops.carbon.meter.rapl import DEFAULT_WATTS_PER_CPU, CpuEnergyMeter
+from moeops.carbon.node.agent import AgentSettings, NodeAgent
+from moeops.carbon.node.cpu_source import CpuNodeSource, CpuSourceSettings
+from moeops.carbon.node.spool import Spool
 from moeops.devcluster.nats_server import NatsServer
 from moeops.operator.naming import training_labels
 from pod_cgroups import BUSY_LOOP, pod_cgroups

@@ -19,13 +19,13 @@ from polling import eventually
 
 from moeops.bus.connection import ConnectionOptions
 from moeops.bus.subjects import MSG_ID_HEADER, carbon_energy_subject
-from moeops.carbon.agent import AgentSettings, NodeAgent
-from moeops.carbon.aggregator import AggregatorSettings, CarbonAggregator
-from moeops.carbon.intensity import default_static_table
-from moeops.carbon.ledger import CarbonLedger, DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from moeops.carbon.messages import CarbonEnergy, encode_carbon
-from moeops.carbon.spool import Spool
-from moeops.carbon.store import ensure_carbon_bucket, workload_carbon
+from moeops.carbon.accounting.aggregator import AggregatorSettings, CarbonAggregator
+from moeops.carbon.accounting.intensity import default_static_table
+from moeops.carbon.accounting.ledger import CarbonLedger, DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.accounting.messages import CarbonEnergy, encode_carbon
+from moeops.carbon.accounting.store import ensure_carbon_bucket, workload_carbon
+from moeops.carbon.node.agent import AgentSettings, NodeAgent
+from moeops.carbon.node.spool import Spool
 from moeops.devcluster.nats_server import NatsServer
 
 pytestmark = pytest.mark.nats

@@ -18,16 +18,16 @@ from polling import eventually
 from fakes.fake_nvml import FakeGpu, FakeNvml, Trace
 from moeops.bus.connection import ConnectionOptions
 from moeops.carbon import cli
-from moeops.carbon.agent import AgentSettings, NodeAgent
-from moeops.carbon.attribution import PodInfo
-from moeops.carbon.ledger import Stage, WorkloadKind
-from moeops.carbon.messages import workload_totals
-from moeops.carbon.node_source import NodeSource, NodeSourceSettings
-from moeops.carbon.nvml_reader import NvmlReader
+from moeops.carbon.accounting.ledger import Stage, WorkloadKind
+from moeops.carbon.accounting.messages import workload_totals
+from moeops.carbon.meter.attribution import PodInfo
+from moeops.carbon.meter.nvml_reader import NvmlReader
+from moeops.carbon.node.agent import AgentSettings, NodeAgent
+from moeops.carbon.node.node_source import NodeSource, NodeSourceSettings
+from moeops.carbon.node.poll_telemetry import PollTelemetry
+from moeops.carbon.node.spool import Spool
+from moeops.carbon.node.telemetry import CarbonTelemetry
 from moeops.carbon.podresources.devices import ContainerRef
-from moeops.carbon.poll_telemetry import PollTelemetry
-from moeops.carbon.spool import Spool
-from moeops.carbon.telemetry import CarbonTelemetry
 from moeops.devcluster.nats_server import NatsServer
 
 pytestmark = pytest.mark.nats
@@ -93,6 +93,6 @@ async def test_agent_polls_and_aggregator_totals_reach_the_instruments(nats_serv
     assert [dict(attrs) for attrs in emissions] == [
         {"k8s.namespace.name": NS, "moeops.workload.kind": WorkloadKind.TRAINING_JOB.value,
          "moeops.workload.name": "moe-10b", "moeops.stage": Stage.TRAIN.value,
-         "moeops.carbon.intensity.source": intensity_source}
+         "moeops.carbon.accounting.intensity.source": intensity_source}
     ]  # fmt: skip
     assert math.isclose(next(iter(emissions.values())), grams, rel_tol=1e-12)

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from moeops.bus.connection import ConnectionOptions
-from moeops.carbon.agent import AgentSettings, NodeAgent
-from moeops.carbon.ledger import DeltaId, EnergyDelta
-from moeops.carbon.spool import Spool
+from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta
+from moeops.carbon.node.agent import AgentSettings, NodeAgent
+from moeops.carbon.node.spool import Spool
 
 
 def delta(node: str = "node-a") -> EnergyDelta:

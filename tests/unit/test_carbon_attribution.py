@@ -1,4 +1,5 @@
-"""GPU and CPU energy split over containers and node idle (moeops.carbon.attribution): pure, no NVML, no kubelet."""
+"""GPU and CPU energy split over containers and node idle (moeops.carbon.meter.attribution): pure, no NVML, no
+kubelet."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import random
 
 import pytest
 
-from moeops.carbon import attribution
-from moeops.carbon.attribution import (
+from moeops.carbon.meter import attribution
+from moeops.carbon.accounting.ledger import Stage, WorkloadKind
+from moeops.carbon.meter.attribution import (
     GpuInterval,
     Split,
     exact_split,
@@ -19,7 +21,6 @@ from moeops.carbon.attribution import (
     split_node,
     unresolved_workload,
 )
-from moeops.carbon.ledger import Stage, WorkloadKind
 from moeops.carbon.podresources.devices import CgroupRef, ContainerRef
 from moeops.operator import naming
 

@@ -11,9 +11,9 @@ import pytest
 from fakes.fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeGpu, FakeNvml, Trace
 from moeops.api import env
 from moeops.carbon import cli
-from moeops.carbon.cpu_source import CpuNodeSource
-from moeops.carbon.ledger import EnergyDelta
-from moeops.carbon.nvml_reader import NvmlReader
+from moeops.carbon.accounting.ledger import EnergyDelta
+from moeops.carbon.meter.nvml_reader import NvmlReader
+from moeops.carbon.node.cpu_source import CpuNodeSource
 
 
 def no_nvml() -> NvmlReader:

@@ -1,6 +1,6 @@
-"""The CPU-only node source (moeops.carbon.cpu_source) and its cgroup v2 reads (moeops.carbon.pod_cpu) over a tmp
-tree shaped like a node's: /proc/stat and the pods' `cpu.stat` written by the test, pod labels from a list. The
-estimate's figure (5 W per CPU × CPUs × busy share) is the truth the sums are checked against."""
+"""The CPU-only node source (moeops.carbon.node.cpu_source) and its cgroup v2 reads (moeops.carbon.meter.pod_cpu)
+over a tmp tree shaped like a node's: /proc/stat and the pods' `cpu.stat` written by the test, pod labels from a
+list. The estimate's figure (5 W per CPU × CPUs × busy share) is the truth the sums are checked against."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from moeops.carbon.attribution import PodInfo
-from moeops.carbon.cpu_source import MIN_POD_REFRESH_S, CpuNodeSource, CpuSourceSettings
-from moeops.carbon.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from moeops.carbon.pod_cpu import cgroup2_mount_point, find_kubepods, parse_usage_usec, scan_pod_cgroups
-from moeops.carbon.rapl import CpuEnergyMeter
+from moeops.carbon.accounting.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.meter.attribution import PodInfo
+from moeops.carbon.meter.pod_cpu import cgroup2_mount_point, find_kubepods, parse_usage_usec, scan_pod_cgroups
+from moeops.carbon.meter.rapl import CpuEnergyMeter
+from moeops.carbon.node.cpu_source import MIN_POD_REFRESH_S, CpuNodeSource, CpuSourceSettings
 from moeops.operator.naming import training_labels
 
 NS = "ml"

@@ -1,5 +1,5 @@
-"""Pure energy accounting (moeops.carbon.energy, moeops.carbon.poll_interval) on synthetic traces whose energy is
-known analytically. No NVML: the traces (and the counter model, integer millijoules with resets) come from the
+"""Pure energy accounting (moeops.carbon.meter.energy, moeops.carbon.meter.poll_interval) on synthetic traces whose
+energy is known analytically. No NVML: the traces (and the counter model, integer millijoules with resets) come from the
 fake's `Trace`/`FakeGpu`, used here as plain functions of time."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import pytest
 
 from fakes.fake_nvml import FakeClock, FakeGpu, Trace
-from moeops.carbon.energy import (
+from moeops.carbon.meter.energy import (
     IDLE,
     EnergyState,
     GpuEnergyMeter,
@@ -18,7 +18,7 @@ from moeops.carbon.energy import (
     Sample,
     split_by_weights,
 )
-from moeops.carbon.poll_interval import AdaptiveInterval, IntervalPolicy
+from moeops.carbon.meter.poll_interval import AdaptiveInterval, IntervalPolicy
 
 TOLERANCE = 0.005  # the brief: within 0.5% of the analytic integral
 

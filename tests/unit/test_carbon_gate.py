@@ -13,7 +13,7 @@ import pytest
 from moeops.api import env
 from moeops.api.v1alpha1 import MoETrainingJobSpec
 from moeops.api.v1alpha1.carbon import CarbonSpec
-from moeops.carbon.intensity import Intensity
+from moeops.carbon.accounting.intensity import Intensity
 from moeops.operator.children.training import desired_suspend
 from moeops.operator.config import OperatorConfig
 from moeops.operator.grid_intensity import GridIntensity

@@ -1,4 +1,4 @@
-"""GPU processes and their SM samples from NVML (moeops.carbon.gpu_processes), over a small fake of the two pynvml
+"""GPU processes and their SM samples from NVML (moeops.carbon.meter.gpu_processes), over a small fake of the two pynvml
 calls (same names, argument order, sample fields and error shape as nvidia-ml-py 13.615.71; checked below)."""
 
 # ruff: noqa: N802, N803 -- the fake mirrors pynvml's camelCase names.
@@ -14,8 +14,8 @@ import pytest
 from fakes.fake_nvml import NVML_ERROR_NOT_FOUND, NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_UNKNOWN, NVMLError
 from fakes.fake_nvml import FakeProcess as Process
 from fakes.fake_nvml import FakeUtilizationSample as UtilSample
-from moeops.carbon.attribution import sm_weights
-from moeops.carbon.gpu_processes import ProcessSampler
+from moeops.carbon.meter.attribution import sm_weights
+from moeops.carbon.meter.gpu_processes import ProcessSampler
 
 
 @dataclass

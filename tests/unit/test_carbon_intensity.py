@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moeops.carbon.intensity import (
+from moeops.carbon.accounting.intensity import (
     FirstAvailable,
     Intensity,
     IntensityDataError,
@@ -18,7 +18,7 @@ from moeops.carbon.intensity import (
     UnknownRegionError,
     default_static_table,
 )
-from moeops.carbon.intensity_cache import CachedIntensity, CachePolicy
+from moeops.carbon.accounting.intensity_cache import CachedIntensity, CachePolicy
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 HEADER = "region,g_co2e_per_kwh,year,source,alias_of,name\n"

@@ -10,8 +10,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from moeops.carbon.intensity import Intensity, IntensitySeries, IntensityUnavailableError, StaticIntensityTable
-from moeops.carbon.ledger import (
+from moeops.carbon.accounting.intensity import (
+    Intensity,
+    IntensitySeries,
+    IntensityUnavailableError,
+    StaticIntensityTable,
+)
+from moeops.carbon.accounting.ledger import (
     J_PER_KWH,
     CarbonLedger,
     DeltaId,

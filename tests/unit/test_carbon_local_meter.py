@@ -1,4 +1,4 @@
-"""The energy meter of a local `moeops train` run (moeops.carbon.local_meter) on a FAKE NVML and a tmp RAPL tree:
+"""The energy meter of a local `moeops train` run (moeops.carbon.meter.local_meter) on a FAKE NVML and a tmp RAPL tree:
 the snapshot's train stage holds the traces' energy, `moeops carbon report --from-snapshot` shows it, and the meter
 never raises into the run."""
 
@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from fakes.fake_nvml import NVML_ERROR_LIBRARY_NOT_FOUND, FakeClock, FakeGpu, FakeNvml, Trace
-from moeops.carbon.intensity import UnknownRegionError, default_static_table
-from moeops.carbon.ledger import CarbonLedger, LedgerSnapshot
-from moeops.carbon.local_meter import (
+from moeops.carbon.accounting.intensity import UnknownRegionError, default_static_table
+from moeops.carbon.accounting.ledger import CarbonLedger, LedgerSnapshot
+from moeops.carbon.meter.local_meter import (
     WORKSTATION_PUE,
     LocalEnergyMeter,
     LocalMeterSettings,
@@ -26,8 +26,8 @@ from moeops.carbon.local_meter import (
     start_local_meter,
     train_key,
 )
-from moeops.carbon.nvml_reader import GpuInfo
-from moeops.carbon.rapl import CpuEnergyMeter
+from moeops.carbon.meter.nvml_reader import GpuInfo
+from moeops.carbon.meter.rapl import CpuEnergyMeter
 from moeops.cli import main
 
 TOLERANCE = 0.005
@@ -171,7 +171,7 @@ def test_an_unknown_region_is_refused_before_the_meter_starts(tmp_path: Path) ->
 @pytest.mark.parametrize("enabled", [True, False])
 def test_a_job_with_carbon_off_is_not_metered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool) -> None:
     from moeops import cli
-    from moeops.carbon import local_meter
+    from moeops.carbon.meter import local_meter
     from moeops.local import local_config
 
     resolved = local_config(Path(__file__).parents[2] / "examples" / "moe-debug-trainingjob.yaml", 1, tmp_path / "ckpt")

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from moeops.bus.messages import BadMessage, BadMessageReason
 from moeops.bus.subjects import carbon_energy_node_token, carbon_energy_subject, carbon_workload_key
-from moeops.carbon.ledger import DeltaId, EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
-from moeops.carbon.messages import (
+from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
+from moeops.carbon.accounting.messages import (
     CarbonEnergy,
     LedgerCheckpoint,
     decode_carbon,

@@ -1,4 +1,4 @@
-"""MIG instances' activity (moeops.carbon.mig) and the node source's MIG attribution, over the FAKE NVML driven by
+"""MIG instances' activity (moeops.carbon.meter.mig) and the node source's MIG attribution, over the FAKE NVML driven by
 MIG traces: per-instance SM counts, busy spans and destroyed instances. The traces' integrals are the truth."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 from fakes import fake_nvml
 from fakes.fake_nvml import FakeGpu, FakeNvml, Fault, MigTrace, Trace
 from missing import PYNVML, import_or_missing
-from moeops.carbon.attribution import PodInfo, split_node
-from moeops.carbon.energy import IDLE
-from moeops.carbon.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from moeops.carbon.mig import MigActivity, MigDeltas, MigNvmlApi, mig_intervals
-from moeops.carbon.node_source import NodeSource, NodeSourceSettings
-from moeops.carbon.nvml_reader import NvmlReader
+from moeops.carbon.accounting.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.meter.attribution import PodInfo, split_node
+from moeops.carbon.meter.energy import IDLE
+from moeops.carbon.meter.mig import MigActivity, MigDeltas, MigNvmlApi, mig_intervals
+from moeops.carbon.meter.nvml_reader import NvmlReader
+from moeops.carbon.node.node_source import NodeSource, NodeSourceSettings
 from moeops.carbon.podresources.client import PodResourcesUnavailable
 from moeops.carbon.podresources.devices import ContainerRef, DeviceMap
 

@@ -1,4 +1,4 @@
-"""The node agent's source (moeops.carbon.node_source) over the FAKE NVML: GPU energy to pods by the kubelet's map
+"""The node agent's source (moeops.carbon.node.node_source) over the FAKE NVML: GPU energy to pods by the kubelet's map
 (a dict here), SM shares of shared GPUs (fake per-process samples), PIDs to pods through /proc/<pid>/cgroup files
 in a tmp tree, pod labels from a list. The traces' exact integrals are the truth the sums are checked against."""
 
@@ -13,15 +13,15 @@ import pytest
 
 from fakes.fake_nvml import FakeGpu, FakeNvml, Fault, Trace
 from moeops.bus.connection import ConnectionOptions
-from moeops.carbon.agent import AgentSettings, NodeAgent
-from moeops.carbon.attribution import IdlePowerWindow, PodInfo, pods_from_list
-from moeops.carbon.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from moeops.carbon.node_source import NodeSource, NodeSourceSettings
-from moeops.carbon.nvml_reader import NvmlReader
+from moeops.carbon.accounting.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.meter.attribution import IdlePowerWindow, PodInfo, pods_from_list
+from moeops.carbon.meter.nvml_reader import NvmlReader
+from moeops.carbon.meter.rapl import CpuEnergyMeter
+from moeops.carbon.node.agent import AgentSettings, NodeAgent
+from moeops.carbon.node.node_source import NodeSource, NodeSourceSettings
+from moeops.carbon.node.spool import Spool
 from moeops.carbon.podresources.client import PodResourcesUnavailable
 from moeops.carbon.podresources.devices import ContainerRef, DeviceMap
-from moeops.carbon.rapl import CpuEnergyMeter
-from moeops.carbon.spool import Spool
 
 G_SHARED, G_FREE, G_TRAIN = "GPU-shared", "GPU-free", "GPU-train"
 NS = "ml"
@@ -198,7 +198,7 @@ def test_without_the_kubelet_the_cgroup_fallback_still_splits_and_logs_once(
         raise PodResourcesUnavailable("kubelet pod-resources socket not found")
 
     source, nvml = make_source(tmp_path, devices=unavailable)
-    with caplog.at_level(logging.WARNING, logger="moeops.carbon.node_source"):
+    with caplog.at_level(logging.WARNING, logger="moeops.carbon.node.node_source"):
         energy = by_key(run(source, nvml, 25.0))
     assert source.degraded["device_map"] == 3  # asked again once per TTL (10 s), not every poll
     assert source.fallback_polls == 251

@@ -15,9 +15,17 @@ import pytest
 from fakes import fake_nvml
 from fakes.fake_nvml import FakeClock, FakeGpu, FakeNvml, Fault, Trace
 from missing import PYNVML, import_or_missing
-from moeops.carbon.energy import IDLE, EnergyState
-from moeops.carbon.nvml_reader import COUNTER, POWER, GpuEnergy, MigDeviceInfo, NvmlApi, NvmlReader, NvmlUnavailable
-from moeops.carbon.poll_interval import IntervalPolicy
+from moeops.carbon.meter.energy import IDLE, EnergyState
+from moeops.carbon.meter.nvml_reader import (
+    COUNTER,
+    POWER,
+    GpuEnergy,
+    MigDeviceInfo,
+    NvmlApi,
+    NvmlReader,
+    NvmlUnavailable,
+)
+from moeops.carbon.meter.poll_interval import IntervalPolicy
 
 TOLERANCE = 0.005
 
@@ -145,7 +153,7 @@ def test_errors_mid_run_never_raise_are_counted_and_logged_once_per_kind(caplog:
     ]
     nvml, reader = make(FakeGpu("GPU-0", trace), FakeGpu("GPU-1", trace, counter=False), faults=faults)
     reader = NvmlReader(nvml, clock=nvml.clock, interval=IntervalPolicy(max_s=0.5))
-    with caplog.at_level(logging.WARNING, logger="moeops.carbon.nvml_reader"), reader:
+    with caplog.at_level(logging.WARNING, logger="moeops.carbon.meter.nvml_reader"), reader:
         polled = run_for(reader, nvml.clock, 30.0)
     failed_counter = [t for t in polled if 10.0 <= t < 15.0]  # GPU-1 has no counter: not an error
     failed_power = [t for t in polled if 5.0 <= t < 25.0]  # on both GPUs

@@ -1,4 +1,4 @@
-"""CPU package energy (moeops.carbon.rapl): RAPL counters in a tmp powercap tree, wrap-around, and the labelled
+"""CPU package energy (moeops.carbon.meter.rapl): RAPL counters in a tmp powercap tree, wrap-around, and the labelled
 estimate from /proc/stat where RAPL is absent or root-only."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from moeops.carbon.rapl import (
+from moeops.carbon.meter.rapl import (
     ESTIMATE_METHOD,
     RAPL_METHOD,
     CpuEnergyMeter,

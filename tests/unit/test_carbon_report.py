@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moeops.carbon.intensity import StaticIntensityTable
-from moeops.carbon.ledger import J_PER_KWH, CarbonLedger, DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.accounting.intensity import StaticIntensityTable
+from moeops.carbon.accounting.ledger import (
+    J_PER_KWH,
+    CarbonLedger,
+    DeltaId,
+    EnergyDelta,
+    Stage,
+    WorkloadKey,
+    WorkloadKind,
+)
 from moeops.cli import main
 
 T0 = datetime(2026, 11, 29, tzinfo=UTC)

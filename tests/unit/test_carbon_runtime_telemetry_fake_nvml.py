@@ -20,18 +20,18 @@ from fakes import fake_nvml
 from fakes.fake_nvml import FakeGpu, FakeNvml, MigTrace, Trace
 from moeops.bus.connection import ConnectionOptions
 from moeops.carbon import cli
-from moeops.carbon.agent import AgentSettings, NodeAgent
-from moeops.carbon.attribution import PodInfo
-from moeops.carbon.intensity import default_static_table
-from moeops.carbon.ledger import CarbonLedger, DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from moeops.carbon.messages import LedgerCheckpoint, encode_carbon, workload_totals
-from moeops.carbon.node_source import NodeSource, NodeSourceSettings
-from moeops.carbon.nvml_reader import NvmlReader
+from moeops.carbon.accounting.intensity import default_static_table
+from moeops.carbon.accounting.ledger import CarbonLedger, DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.accounting.messages import LedgerCheckpoint, encode_carbon, workload_totals
+from moeops.carbon.meter.attribution import PodInfo
+from moeops.carbon.meter.nvml_reader import NvmlReader
+from moeops.carbon.node.agent import AgentSettings, NodeAgent
+from moeops.carbon.node.node_source import NodeSource, NodeSourceSettings
+from moeops.carbon.node.poll_telemetry import PollTelemetry, pod_ref
+from moeops.carbon.node.spool import Spool
+from moeops.carbon.node.telemetry import CarbonTelemetry, GpuReading, PodRef, carbon_meter
 from moeops.carbon.podresources.client import PodResourcesUnavailable
 from moeops.carbon.podresources.devices import CgroupRef, ContainerRef, DeviceMap
-from moeops.carbon.poll_telemetry import PollTelemetry, pod_ref
-from moeops.carbon.spool import Spool
-from moeops.carbon.telemetry import CarbonTelemetry, GpuReading, PodRef, carbon_meter
 
 NODE, NS, IDLE_W = "node-a", "ml", 50.0
 G_SHARED, G_FREE, G_TRAIN = "GPU-shared", "GPU-free", "GPU-train"
@@ -244,7 +244,7 @@ def test_the_aggregators_totals_reach_the_emissions_counter(wired: Any) -> None:
     assert grams > 0
     expected = {
         ("k8s.namespace.name", NS), ("moeops.workload.kind", key.kind.value), ("moeops.workload.name", key.name),
-        ("moeops.stage", key.stage.value), ("moeops.carbon.intensity.source", source),
+        ("moeops.stage", key.stage.value), ("moeops.carbon.accounting.intensity.source", source),
     }  # fmt: skip
     assert points(reader, "moeops.carbon.emissions") == {frozenset(expected): pytest.approx(grams)}
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from moeops.carbon.ledger import DeltaId, EnergyDelta
-from moeops.carbon.spool import STATE_FILE, Spool, SpoolLimits
+from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta
+from moeops.carbon.node.spool import STATE_FILE, Spool, SpoolLimits
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 

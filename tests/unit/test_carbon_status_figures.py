@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import kopf
 
 from moeops.api.v1alpha1 import InferenceServiceStatus, MoETrainingJobStatus
-from moeops.carbon.intensity import Intensity
-from moeops.carbon.ledger import Stage, Totals, WorkloadKind
-from moeops.carbon.messages import WorkloadCarbon
+from moeops.carbon.accounting.intensity import Intensity
+from moeops.carbon.accounting.ledger import Stage, Totals, WorkloadKind
+from moeops.carbon.accounting.messages import WorkloadCarbon
 from moeops.operator.status.carbon import carbon_reported, carbon_status
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)

@@ -9,10 +9,10 @@ import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from moeops.carbon.intensity import Intensity
-from moeops.carbon.ledger import Stage, Totals, WorkloadKind
-from moeops.carbon.messages import WorkloadCarbon
-from moeops.carbon.telemetry import CarbonTelemetry, GpuReading, PodRef
+from moeops.carbon.accounting.intensity import Intensity
+from moeops.carbon.accounting.ledger import Stage, Totals, WorkloadKind
+from moeops.carbon.accounting.messages import WorkloadCarbon
+from moeops.carbon.node.telemetry import CarbonTelemetry, GpuReading, PodRef
 
 AT = datetime(2026, 3, 1, 12, tzinfo=UTC)
 POD = PodRef("team-a", "llm-worker-0")
@@ -111,6 +111,6 @@ def test_emissions_counter_in_grams_per_workload_stage_and_source(wired: Any) ->
     def attrs(source: str) -> frozenset[tuple[str, Any]]:
         return frozenset({"k8s.namespace.name": "team-a", "moeops.workload.kind": "MoETrainingJob",
                           "moeops.workload.name": "llm", "moeops.stage": "train",
-                          "moeops.carbon.intensity.source": source}.items())  # fmt: skip
+                          "moeops.carbon.accounting.intensity.source": source}.items())  # fmt: skip
 
     assert points(emissions) == {attrs("static:ember-2023"): 700.0, attrs("live:electricitymaps (stale)"): 92.8}

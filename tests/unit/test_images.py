@@ -451,7 +451,8 @@ class Block(importlib.abc.MetaPathFinder):
         if name.partition(".")[0] in BLOCKED:
             raise ImportError(f"{{name}} is not in the control-plane images")
 sys.meta_path.insert(0, Block())
-import moeops.cli, moeops.rebalancer.cli, moeops.carbon.cli, moeops.carbon.agent, moeops.carbon.aggregator
+import moeops.cli, moeops.rebalancer.cli, moeops.carbon.cli
+import moeops.carbon.node.agent, moeops.carbon.accounting.aggregator
 moeops.cli.main(["operator", "run", "--help"], standalone_mode=False)
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)

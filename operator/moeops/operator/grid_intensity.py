@@ -1,8 +1,8 @@
 """The operator's grid carbon intensity: a time-series CSV if configured, else the static table (reads files).
 
 `MOEOPS_CARBON_INTENSITY_SERIES` names a step-wise series (`timestamp,region,g_co2e_per_kwh`, see
-`moeops.carbon.intensity.IntensitySeries`), for tests and for users who export a grid operator's feed to a file
-(a ConfigMap mounted into the operator's pod works: the file is re-read whenever its modification time or size
+`moeops.carbon.accounting.intensity.IntensitySeries`), for tests and for users who export a grid operator's feed to a
+file (a ConfigMap mounted into the operator's pod works: the file is re-read whenever its modification time or size
 changes). A region or moment the series lacks falls back to the shipped static table of yearly averages. A file
 that is missing or malformed is reported as the series' reason, never raised: the gate then falls back too.
 """
@@ -13,7 +13,7 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from moeops.carbon.intensity import (
+from moeops.carbon.accounting.intensity import (
     Intensity,
     IntensityDataError,
     IntensitySeries,

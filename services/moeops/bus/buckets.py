@@ -63,7 +63,7 @@ async def latest_progress(kv: KeyValue, namespace: str, job: str) -> JobProgress
 
 
 async def stored_value(kv: KeyValue, key: str) -> bytes | None:
-    """The bytes under `key`, or None when there are none (shared with `moeops.carbon.store`)."""
+    """The bytes under `key`, or None when there are none (shared with `moeops.carbon.accounting.store`)."""
     try:
         entry = await kv.get(key)
     except (KeyNotFoundError, KeyDeletedError):  # never written, deleted, or expired

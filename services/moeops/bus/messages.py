@@ -243,7 +243,7 @@ def decode_reference(subject: str, data: bytes) -> Message:
     return _decode(parsed, subject, data)
 
 
-Stored = TypeVar("Stored", bound=BaseModel)  # any versioned model: bus messages, moeops.carbon.messages
+Stored = TypeVar("Stored", bound=BaseModel)  # any versioned model: bus messages, moeops.carbon.accounting.messages
 
 
 def decode_stored(model: type[Stored], data: bytes) -> Stored:

@@ -49,7 +49,7 @@ class MetricsRetention:
 
 
 StreamRetention = MetricsRetention
-"""The same settings serve every limits-retention stream (the carbon stream: `moeops.carbon.store`)."""
+"""The same settings serve every limits-retention stream (the carbon stream: `moeops.carbon.accounting.store`)."""
 
 
 def metrics_stream_config(retention: MetricsRetention | None = None) -> StreamConfig:

@@ -1,5 +1,5 @@
 """`python -m moeops.carbon agent|aggregator`: see cli.py."""
 
-from .cli import main
+from moeops.carbon.cli import main
 
 main()

@@ -52,20 +52,19 @@ from moeops import telemetry as otel
 from moeops.api import env
 from moeops.bus.connection import BusConfigError, ConnectionOptions
 from moeops.bus.subjects import CARBON_BUCKET, CARBON_STREAM
-
-from .agent import AgentSettings, DeltaSource, NodeAgent
-from .aggregator import CarbonAggregator
-from .cpu_source import CpuNodeSource, CpuSourceSettings
-from .intensity import default_static_table
-from .ledger import DEFAULT_PUE, DeltaId, EnergyDelta
-from .node_source import NodeSource, NodeSourceSettings, SourceNvmlApi, kube_pod_lister
-from .nvml_reader import NvmlReader, NvmlUnavailable
-from .pod_cpu import MOUNTINFO, find_cgroup2_root
-from .podresources.client import DEFAULT_SOCKET, PodResourcesClient
-from .poll_telemetry import PollTelemetry
-from .rapl import DEFAULT_WATTS_PER_CPU, CpuEnergyMeter
-from .spool import Spool
-from .telemetry import CarbonTelemetry, GpuReading, carbon_meter
+from moeops.carbon.accounting.aggregator import CarbonAggregator
+from moeops.carbon.accounting.intensity import default_static_table
+from moeops.carbon.accounting.ledger import DEFAULT_PUE, DeltaId, EnergyDelta
+from moeops.carbon.meter.nvml_reader import NvmlReader, NvmlUnavailable
+from moeops.carbon.meter.pod_cpu import MOUNTINFO, find_cgroup2_root
+from moeops.carbon.meter.rapl import DEFAULT_WATTS_PER_CPU, CpuEnergyMeter
+from moeops.carbon.node.agent import AgentSettings, DeltaSource, NodeAgent
+from moeops.carbon.node.cpu_source import CpuNodeSource, CpuSourceSettings
+from moeops.carbon.node.node_source import NodeSource, NodeSourceSettings, SourceNvmlApi, kube_pod_lister
+from moeops.carbon.node.poll_telemetry import PollTelemetry
+from moeops.carbon.node.spool import Spool
+from moeops.carbon.node.telemetry import CarbonTelemetry, GpuReading, carbon_meter
+from moeops.carbon.podresources.client import DEFAULT_SOCKET, PodResourcesClient
 
 CARBON_REGION = env.CARBON_REGION
 CARBON_SPOOL_DIR = "MOEOPS_CARBON_SPOOL_DIR"

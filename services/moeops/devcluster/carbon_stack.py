@@ -44,8 +44,8 @@ from pathlib import Path
 
 from moeops.api import env
 from moeops.carbon import cli
-from moeops.carbon.local_meter import DEFAULT_REGION, WORKSTATION_PUE
-from moeops.carbon.pod_cpu import find_cgroup2_root
+from moeops.carbon.meter.local_meter import DEFAULT_REGION, WORKSTATION_PUE
+from moeops.carbon.meter.pod_cpu import find_cgroup2_root
 
 from .processes import Component, wait_until
 

@@ -1,7 +1,7 @@
 """`.status.carbon` of MoETrainingJobs and InferenceServices: the carbon aggregator's totals, copied in periodically.
 
 Who writes it. The operator, and only the operator: this timer reads the workload's totals from the `moeops-carbon`
-KV bucket (key `workload.<namespace>.<kind>.<name>`, written by `moeops.carbon.aggregator`) and patches
+KV bucket (key `workload.<namespace>.<kind>.<name>`, written by `moeops.carbon.accounting.aggregator`) and patches
 `.status.carbon` through the status subresource, as kopf patches every status: a JSON merge patch of
 `/status` without a `fieldManager` parameter, so the API server records the field manager from kopf's User-Agent
 (`kopf/<version>`): manager `kopf`, operation `Update`, subresource `status` in `.metadata.managedFields` (the
@@ -30,7 +30,7 @@ import kopf
 from pydantic import ValidationError
 
 from moeops.api.v1alpha1 import inferenceservice, trainingjob
-from moeops.carbon.store import ensure_carbon_bucket, workload_carbon
+from moeops.carbon.accounting.store import ensure_carbon_bucket, workload_carbon
 
 from ..bus_reader import BusReader
 from ..status import is_finished

@@ -31,7 +31,7 @@ from enum import Enum
 from typing import Any
 
 from moeops.api.v1alpha1.carbon import CarbonSpec
-from moeops.carbon.intensity import Intensity
+from moeops.carbon.accounting.intensity import Intensity
 
 RESUME_MARGIN = 0.05
 """A paused job resumes below maxIntensity × (1 − RESUME_MARGIN)."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from moeops.api.v1alpha1.carbon import CarbonIntensityStatus, CarbonStatus
-from moeops.carbon.messages import WorkloadCarbon
+from moeops.carbon.accounting.messages import WorkloadCarbon
 
 ENERGY_DIGITS = 3
 GRAM_DIGITS = 6

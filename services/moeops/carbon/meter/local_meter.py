@@ -35,10 +35,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from .intensity import IntensitySource, default_static_table
-from .ledger import J_PER_KWH, CarbonLedger, DeltaId, EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
-from .nvml_reader import GpuInfo, NvmlApi, NvmlReader, NvmlUnavailable
-from .rapl import CpuEnergyMeter
+from moeops.carbon.accounting.intensity import IntensitySource, default_static_table
+from moeops.carbon.accounting.ledger import (
+    J_PER_KWH,
+    CarbonLedger,
+    DeltaId,
+    EnergyDelta,
+    Stage,
+    Totals,
+    WorkloadKey,
+    WorkloadKind,
+)
+from moeops.carbon.meter.nvml_reader import GpuInfo, NvmlApi, NvmlReader, NvmlUnavailable
+from moeops.carbon.meter.rapl import CpuEnergyMeter
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .attribution import PodInfo, node_deltas, pod_workload, unresolved_workload, workload_energy
-from .ledger import DeltaId, EnergyDelta, WorkloadKey
-from .pod_cpu import CpuAttribution, DegradingGuard, find_kubepods, scan_pod_cgroups
-from .podresources.devices import CgroupRef
-from .rapl import CpuEnergyMeter
+from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta, WorkloadKey
+from moeops.carbon.meter.attribution import PodInfo, node_deltas, pod_workload, unresolved_workload, workload_energy
+from moeops.carbon.meter.pod_cpu import CpuAttribution, DegradingGuard, find_kubepods, scan_pod_cgroups
+from moeops.carbon.meter.rapl import CpuEnergyMeter
+from moeops.carbon.podresources.devices import CgroupRef
 
 logger = logging.getLogger(__name__)
 

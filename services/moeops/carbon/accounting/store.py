@@ -1,8 +1,8 @@
 """JetStream storage of carbon accounting: the energy stream and the aggregator's KV bucket.
 
 - Stream MOEOPS_CARBON holds `moeops.carbon.energy.>` and nothing else (the aggregator reads every message of it
-  in stream order and takes a gap in the sequence for a lost delivery: see `moeops.carbon.aggregator`). Limits
-  retention on disk for a week: a restarted aggregator replays from its last checkpoint, so the stream needs to
+  in stream order and takes a gap in the sequence for a lost delivery: see `moeops.carbon.accounting.aggregator`).
+  Limits retention on disk for a week: a restarted aggregator replays from its last checkpoint, so the stream needs to
   keep only what a stopped aggregator could still want; a week covers a long weekend without one.
 - Duplicate window: one hour. A resend of a delta JetStream already stored happens when the agent lost the ack,
   or crashed between the store and recording the ack in its spool: the resend follows as soon as the agent
@@ -24,8 +24,7 @@ from nats.js.kv import KeyValue
 from moeops.bus.buckets import stored_value
 from moeops.bus.streams import StreamRetention, ensure_bucket, ensure_stream, limits_stream_config
 from moeops.bus.subjects import CARBON_BUCKET, CARBON_ENERGY_ROOT, CARBON_LEDGER_KEY, CARBON_STREAM, carbon_workload_key
-
-from .messages import (
+from moeops.carbon.accounting.messages import (
     LedgerCheckpoint,
     WorkloadCarbon,
     decode_checkpoint,

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from .intensity import Intensity, IntensitySource
+from moeops.carbon.accounting.intensity import Intensity, IntensitySource
 
 J_PER_KWH = 3.6e6
 DEFAULT_PUE = 1.56

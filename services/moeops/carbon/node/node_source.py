@@ -41,7 +41,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from .attribution import (
+from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta, WorkloadKey
+from moeops.carbon.meter.attribution import (
     GpuInterval,
     IdlePowerWindow,
     PodInfo,
@@ -54,14 +55,13 @@ from .attribution import (
     unresolved_workload,
     workload_energy,
 )
-from .gpu_processes import ProcessNvmlApi, ProcessSampler
-from .ledger import DeltaId, EnergyDelta, WorkloadKey
-from .mig import MigActivity, MigDeltas, MigNvmlApi, mig_intervals
-from .nvml_reader import NvmlReader
-from .pod_cpu import CpuAttribution, DegradingGuard, scan_pod_cgroups
-from .podresources.cgroup import read_pid_cgroup
-from .podresources.devices import CachedDeviceMap, CgroupRef, ContainerRef, DeviceMap
-from .rapl import CpuEnergyMeter
+from moeops.carbon.meter.gpu_processes import ProcessNvmlApi, ProcessSampler
+from moeops.carbon.meter.mig import MigActivity, MigDeltas, MigNvmlApi, mig_intervals
+from moeops.carbon.meter.nvml_reader import NvmlReader
+from moeops.carbon.meter.pod_cpu import CpuAttribution, DegradingGuard, scan_pod_cgroups
+from moeops.carbon.meter.rapl import CpuEnergyMeter
+from moeops.carbon.podresources.cgroup import read_pid_cgroup
+from moeops.carbon.podresources.devices import CachedDeviceMap, CgroupRef, ContainerRef, DeviceMap
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from functools import partial
 from types import TracebackType
 from typing import Protocol, TypeVar, cast
 
-from .energy import EnergyReport, GpuEnergyMeter, MeterLimits, MigAccount, Sample
-from .poll_interval import AdaptiveInterval, IntervalPolicy
+from moeops.carbon.meter.energy import EnergyReport, GpuEnergyMeter, MeterLimits, MigAccount, Sample
+from moeops.carbon.meter.poll_interval import AdaptiveInterval, IntervalPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from moeops.carbon.messages import WorkloadCarbon
-
-from .report import rows
+from moeops.carbon.accounting.messages import WorkloadCarbon
+from moeops.carbon.reporting.report import rows
 
 
 def write_png(workload: WorkloadCarbon, path: Path) -> Path:

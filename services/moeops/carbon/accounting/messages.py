@@ -6,7 +6,7 @@ below every service (subjects, connection, streams, the shared decoder) and impo
 `schema_version`; readers ignore fields they don't know and reject a version they don't know.
 
 - `CarbonEnergy` is the ledger's `EnergyDelta` with a schema version: a subclass, so the aggregator applies the
-  decoded message to the ledger as it is, and the fields are declared once (in `moeops.carbon.ledger`). Its
+  decoded message to the ledger as it is, and the fields are declared once (in `moeops.carbon.accounting.ledger`). Its
   `Nats-Msg-Id` is the delta's id (meter/epoch/sequence): a delta the agent resends is stored once.
 - `LedgerCheckpoint`: the ledger snapshot and the stream sequence it covers (the aggregator restarts from it).
 - `WorkloadCarbon`: one workload's totals per stage, what the operator reads into `.status.carbon`.
@@ -28,8 +28,7 @@ from moeops.bus.subjects import (
     carbon_workload_key,
     token,
 )
-
-from .ledger import EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
+from moeops.carbon.accounting.ledger import EnergyDelta, Stage, Totals, WorkloadKey, WorkloadKind
 
 
 class CarbonEnergy(EnergyDelta):

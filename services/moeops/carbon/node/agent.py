@@ -53,10 +53,9 @@ from pydantic import ValidationError
 from moeops.bus.connection import ConnectionOptions, backoff_delay, connect
 from moeops.bus.loop_thread import cancel_until_done
 from moeops.bus.subjects import MSG_ID_HEADER
-from moeops.carbon.messages import CarbonEnergy, encode_carbon
-
-from .ledger import EnergyDelta
-from .spool import Spool
+from moeops.carbon.accounting.ledger import EnergyDelta
+from moeops.carbon.accounting.messages import CarbonEnergy, encode_carbon
+from moeops.carbon.node.spool import Spool
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ can be traced back to it. The sources here:
   intensities as averages over settlement periods (half-hours, hours), which is exactly a step function;
   interpolating would invent values between two periods, and across a gap in the data it would invent them for
   hours. A step that is too old raises instead, so a chain can fall back (`FirstAvailable`).
-- `moeops.carbon.intensity_cache.CachedIntensity`: a live provider behind a TTL cache and backoff.
+- `moeops.carbon.accounting.intensity_cache.CachedIntensity`: a live provider behind a TTL cache and backoff.
 
 Pure apart from reading the files it is given; all times are timezone-aware (a naive datetime is refused, since a
 grid's intensity at "08:00" means nothing without its zone).

@@ -45,17 +45,16 @@ from moeops.bus.connection import ConnectionOptions, connect
 from moeops.bus.messages import BadMessage
 from moeops.bus.streams import StreamRetention
 from moeops.bus.subjects import CARBON_ENERGY_ROOT, CARBON_STREAM
-from moeops.carbon.messages import LedgerCheckpoint, WorkloadCarbon, decode_carbon, workload_totals
-from moeops.carbon.store import (
+from moeops.carbon.accounting.intensity import IntensitySource, IntensityUnavailableError
+from moeops.carbon.accounting.ledger import DEFAULT_PUE, CarbonLedger, WorkloadKey
+from moeops.carbon.accounting.messages import LedgerCheckpoint, WorkloadCarbon, decode_carbon, workload_totals
+from moeops.carbon.accounting.store import (
     ensure_carbon_bucket,
     ensure_carbon_stream,
     load_checkpoint,
     put_workload,
     save_checkpoint,
 )
-
-from .intensity import IntensitySource, IntensityUnavailableError
-from .ledger import DEFAULT_PUE, CarbonLedger, WorkloadKey
 
 logger = logging.getLogger(__name__)
 

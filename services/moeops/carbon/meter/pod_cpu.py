@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from .attribution import Split, cpu_idle_share_j, split_cpu
-from .podresources.cgroup import parse_cgroup_path
-from .podresources.devices import CgroupRef
-from .rapl import CpuEnergy, CpuEnergyMeter, parse_proc_stat
+from moeops.carbon.meter.attribution import Split, cpu_idle_share_j, split_cpu
+from moeops.carbon.meter.rapl import CpuEnergy, CpuEnergyMeter, parse_proc_stat
+from moeops.carbon.podresources.cgroup import parse_cgroup_path
+from moeops.carbon.podresources.devices import CgroupRef
 
 logger = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .ledger import DeltaId, EnergyDelta
+from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from moeops.carbon.messages import WorkloadCarbon, workload_totals
-
-from .intensity import Intensity
-from .ledger import J_PER_KWH, LedgerSnapshot, Stage, Totals, WorkloadKind
+from moeops.carbon.accounting.intensity import Intensity
+from moeops.carbon.accounting.ledger import J_PER_KWH, LedgerSnapshot, Stage, Totals, WorkloadKind
+from moeops.carbon.accounting.messages import WorkloadCarbon, workload_totals
 
 COLUMNS = ("stage", "energy kWh", "GPU kWh", "CPU kWh", "gCO2e", "intensity used")
 ESTIMATED = " (est.)"

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol, TypeVar
 
-from .attribution import GpuInterval
-from .energy import IDLE
-from .nvml_reader import GpuInfo, NvmlErrorApi
+from moeops.carbon.meter.attribution import GpuInterval
+from moeops.carbon.meter.energy import IDLE
+from moeops.carbon.meter.nvml_reader import GpuInfo, NvmlErrorApi
 
 T = TypeVar("T")
 CLOCK_SLACK_S = 1e-6

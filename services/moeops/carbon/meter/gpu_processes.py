@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .nvml_reader import NvmlErrorApi
+from moeops.carbon.meter.nvml_reader import NvmlErrorApi
 
 NVML_SUCCESS = 0
 

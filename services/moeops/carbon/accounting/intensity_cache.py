@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from .intensity import Intensity, IntensitySource, IntensityUnavailableError, normalize_region
+from moeops.carbon.accounting.intensity import Intensity, IntensitySource, IntensityUnavailableError, normalize_region
 
 Fetch = Callable[[str, datetime], Intensity]
 """A live provider: the intensity of a region's grid now (or at `when`, if it keeps history)."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from moeops.carbon.messages import WorkloadCarbon
+    from moeops.carbon.accounting.messages import WorkloadCarbon
 
 KINDS = ("MoETrainingJob", "InferenceService")
 READ_TIMEOUT_S = 10.0
@@ -40,8 +40,8 @@ def carbon() -> None:
 )
 def report(name: str, namespace: str, kind: str, png: Path | None, snapshot: Path | None) -> None:
     """Energy (kWh), GPU and CPU energy, gCO2e and the intensity used, per stage of workload NAME."""
-    from moeops.carbon.ledger import WorkloadKind
-    from moeops.carbon.report import from_snapshot, table
+    from moeops.carbon.accounting.ledger import WorkloadKind
+    from moeops.carbon.reporting.report import from_snapshot, table
 
     where = f"{kind} {namespace}/{name}"
     if snapshot is not None:
@@ -55,7 +55,7 @@ def report(name: str, namespace: str, kind: str, png: Path | None, snapshot: Pat
         raise click.ClickException(f"no carbon totals for {where}")
     click.echo(table(workload), nl=False)
     if png is not None:
-        from moeops.carbon.report_plot import write_png
+        from moeops.carbon.reporting.report_plot import write_png
 
         click.echo(f"wrote {write_png(workload, png)}", err=True)
 
@@ -67,7 +67,7 @@ async def _from_bucket(namespace: str, kind: str, name: str) -> WorkloadCarbon |
     from moeops.bus.connection import BusConfigError, ConnectionOptions, connect
     from moeops.bus.messages import BadMessage
     from moeops.bus.subjects import CARBON_BUCKET
-    from moeops.carbon.store import workload_carbon
+    from moeops.carbon.accounting.store import workload_carbon
 
     try:
         options = ConnectionOptions.from_env(name="moeops-carbon-report")

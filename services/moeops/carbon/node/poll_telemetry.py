@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
-from .attribution import UNRESOLVED_NAMESPACE, PodInfo, Split
-from .energy import IDLE
-from .node_source import Consumer
-from .nvml_reader import GpuEnergy, NvmlReader
-from .podresources.devices import ContainerRef
-from .telemetry import CarbonTelemetry, GpuReading, PodRef
+from moeops.carbon.meter.attribution import UNRESOLVED_NAMESPACE, PodInfo, Split
+from moeops.carbon.meter.energy import IDLE
+from moeops.carbon.meter.nvml_reader import GpuEnergy, NvmlReader
+from moeops.carbon.node.node_source import Consumer
+from moeops.carbon.node.telemetry import CarbonTelemetry, GpuReading, PodRef
+from moeops.carbon.podresources.devices import ContainerRef
 
 
 def pod_ref(consumer: Consumer, pods_by_uid: Mapping[str, PodInfo]) -> PodRef:

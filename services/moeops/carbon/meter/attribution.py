@@ -30,8 +30,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
-from .ledger import DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from .podresources.devices import CgroupRef
+from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta, Stage, WorkloadKey, WorkloadKind
+from moeops.carbon.podresources.devices import CgroupRef
 
 C = TypeVar("C", bound=Hashable)
 """A consumer: `ContainerRef` from the kubelet, or `CgroupRef` in the fallback."""

@@ -17,7 +17,7 @@ The instruments:
     hw.power                  Gauge, W     the GPU's latest power draw (hw.id, hw.type, k8s.node.name)
     moeops.carbon.emissions   Counter, g   cumulative gCO2e per workload, stage and intensity source:
                                             k8s.namespace.name, moeops.workload.kind, moeops.workload.name,
-                                            moeops.stage, moeops.carbon.intensity.source
+                                            moeops.stage, moeops.carbon.accounting.intensity.source
 
 A GPU's energy is one set of data points that add up to the device's energy: one per pod it was attributed to,
 and one without pod attributes for the rest (idle, unowned). Summing `hw.energy` over `hw.id` therefore gives
@@ -47,7 +47,7 @@ from importlib.metadata import PackageNotFoundError, version
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from moeops.carbon.messages import WorkloadCarbon
+from moeops.carbon.accounting.messages import WorkloadCarbon
 
 METER_NAME = "moeops.carbon"
 HW_ENERGY = "hw.energy"
@@ -63,7 +63,7 @@ POD_NAME = "k8s.pod.name"
 WORKLOAD_KIND = "moeops.workload.kind"
 WORKLOAD_NAME = "moeops.workload.name"
 STAGE = "moeops.stage"
-INTENSITY_SOURCE = "moeops.carbon.intensity.source"
+INTENSITY_SOURCE = "moeops.carbon.accounting.intensity.source"
 """As the ledger labels it: a stale last-good value's source ends in " (stale)"."""
 
 POD_EXPIRY_S = 600.0
