@@ -10,7 +10,9 @@ CI saw it as a metrics sink whose close() waited on a connect that never ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,3 +57,44 @@ async def cancel_until_done(*tasks: asyncio.Future[Any]) -> bool:
         logger.warning("%d task(s) ignored %d cancellations; left running", len(pending), CANCEL_ATTEMPTS)
         return False
     return True
+
+
+class BackgroundLoop:
+    """One coroutine, `main()`, on an asyncio loop of its own on a daemon thread: the shape of the trainer's NATS
+    clients (metrics publisher, progress putter), whose public methods run on the training thread and must never block
+    it. The training thread wakes the loop with `wake()` and ends it with `begin_close()`; `main()` waits on the two
+    events. `start()` is separate from construction so that the owner can keep a reference before `main()` runs."""
+
+    def __init__(self, main: Callable[[], Awaitable[None]], *, thread_name: str, what: str) -> None:
+        """`what` names the client in the log line of an abnormal end (e.g. "the progress putter")."""
+        self.loop = asyncio.new_event_loop()
+        self.wakeup = asyncio.Event()
+        """Set from any thread by `wake()`; `main()` clears it after waking."""
+        self.closing = asyncio.Event()
+        """Set (with `wakeup`) by `begin_close()`: `main()` finishes what it must and returns."""
+        self._thread = threading.Thread(
+            target=run_own_loop, args=(self.loop, main, what), name=thread_name, daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def call(self, callback: Callable[[], None]) -> None:
+        """Run `callback` on the loop's thread, soon; nothing when the loop has already closed."""
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to wake
+            self.loop.call_soon_threadsafe(callback)
+
+    def wake(self) -> None:
+        self.call(self.wakeup.set)
+
+    def begin_close(self) -> None:
+        self.call(self._set_closing)
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for `main()` to end; False if the thread is still busy (it is a daemon: left)."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def _set_closing(self) -> None:
+        self.closing.set()
+        self.wakeup.set()

@@ -28,7 +28,7 @@ from nats.js.kv import KeyValue
 
 from .buckets import ensure_progress_bucket, put_progress
 from .connection import ConnectionOptions, connect
-from .loop_thread import cancel_until_done, run_own_loop
+from .loop_thread import BackgroundLoop, cancel_until_done
 from .progress import JobProgress, ProgressMeter
 from .records import StepRecord
 
@@ -77,13 +77,12 @@ class ProgressPutter:
         self.failed = 0
 
         # The background thread's own.
-        self._loop = asyncio.new_event_loop()
-        self._wakeup = asyncio.Event()
-        self._closing = asyncio.Event()
+        self._background = BackgroundLoop(
+            self._main, thread_name=f"nats-progress-{job}", what="the progress putter (progress is no longer reported)"
+        )
         self._failing: str | None = None
         """The kind of the last failure, logged once at warning level until a put succeeds again."""
-        self._thread = threading.Thread(target=self._run, name=f"nats-progress-{job}", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     # --- the training thread's side -------------------------------------------------------------------------
 
@@ -95,31 +94,19 @@ class ProgressPutter:
             self._meter.observe(record.step, record.loss, record.step_seconds, at)
             self._unsent = True
         if record.step >= self._total:  # the last step: put it now, not at the next interval
-            self._call_in_loop(self._wakeup.set)
+            self._background.wake()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._call_in_loop(self._begin_close)
+        self._background.begin_close()
         # Connecting, the final put and closing the connection are each bounded (a put in flight may end first).
-        self._thread.join(3 * self._put_timeout_s + CLOSE_CONNECTION_TIMEOUT_S + 1.0)
-        if self._thread.is_alive():
+        if not self._background.join(3 * self._put_timeout_s + CLOSE_CONNECTION_TIMEOUT_S + 1.0):
             logger.warning("NATS progress thread still busy after close(); abandoning it (daemon thread)")
 
-    def _call_in_loop(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has already closed: nothing left to wake
-            self._loop.call_soon_threadsafe(callback)
-
     # --- the background thread's side -----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        run_own_loop(self._loop, self._main, "the progress putter (progress is no longer reported)")
-
-    def _begin_close(self) -> None:
-        self._closing.set()
-        self._wakeup.set()
 
     async def _main(self) -> None:
         client = await self._connected()
@@ -129,9 +116,9 @@ class ProgressPutter:
             kv: KeyValue | None = None
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._interval_s)
-                self._wakeup.clear()
-                closing = self._closing.is_set()
+                    await asyncio.wait_for(self._background.wakeup.wait(), self._interval_s)
+                self._background.wakeup.clear()
+                closing = self._background.closing.is_set()
                 kv = await self._put_newest(client, kv)
                 if closing:
                     return
@@ -143,7 +130,7 @@ class ProgressPutter:
         """A connection; None when there is none by `put_timeout_s` after closing began (or the connect failed for
         good: logged). A short job may close while its first connect is under way: its last step is still put."""
         connecting = asyncio.ensure_future(connect(self._options))
-        closing = asyncio.ensure_future(self._closing.wait())
+        closing = asyncio.ensure_future(self._background.closing.wait())
         await asyncio.wait({connecting, closing}, return_when=asyncio.FIRST_COMPLETED)
         await cancel_until_done(closing)
         if not connecting.done():

@@ -22,7 +22,6 @@ capacity; a record that fails MAX_ATTEMPTS times over a live connection is dropp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import threading
@@ -39,7 +38,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, Servi
 from pydantic import ValidationError
 
 from .connection import ConnectionOptions, backoff_delay, connect
-from .loop_thread import cancel_until_done, run_own_loop
+from .loop_thread import BackgroundLoop, cancel_until_done
 from .messages import WorkerMetrics, encode_metrics
 from .records import StepRecord
 from .subjects import token
@@ -106,15 +105,12 @@ class NatsMetricsSink:
         self._sent = self._dropped = self._unstored = 0
 
         # The background thread's own.
-        self._loop = asyncio.new_event_loop()
-        self._wakeup = asyncio.Event()
-        self._closing = asyncio.Event()
+        self._background = BackgroundLoop(self._main, thread_name=f"nats-metrics-{job}", what="the NATS metrics thread")
         self._client: Client | None = None
         self._in_flight = False
         self._streams: dict[str, tuple[str | None, float]] = {}
         """Per subject: the stream storing it (None: none) and when that was looked up."""
-        self._thread = threading.Thread(target=self._run, name=f"nats-metrics-{job}", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     # --- the training thread's side -------------------------------------------------------------------------
 
@@ -130,17 +126,16 @@ class NatsMetricsSink:
             self._buffer.append((record, measured_at))
             wake, self._pump_waiting = self._pump_waiting, False
         if wake:  # a cross-thread wakeup costs a syscall: only when the pump sleeps on an empty buffer
-            self._call_in_loop(self._wakeup.set)
+            self._background.wake()
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._call_in_loop(self._begin_close)
+        self._background.begin_close()
         # The loop gives up delivering after close_timeout_s and closing the connection after one more second.
-        self._thread.join(self._close_timeout_s + CLOSE_CONNECTION_TIMEOUT_S + 1.0)
-        if self._thread.is_alive():
+        if not self._background.join(self._close_timeout_s + CLOSE_CONNECTION_TIMEOUT_S + 1.0):
             logger.warning("NATS metrics thread still busy after close(); abandoning it (daemon thread)")
             with self._lock:  # whatever it still holds will not be sent: close() promised to count it
                 self._dropped += len(self._buffer)
@@ -158,22 +153,11 @@ class NatsMetricsSink:
     def dropped(self) -> int:
         return self.counters().dropped
 
-    def _call_in_loop(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has already closed: nothing left to wake
-            self._loop.call_soon_threadsafe(callback)
-
     # --- the background thread's side -----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        run_own_loop(self._loop, self._main, "NATS metrics thread")
-
-    def _begin_close(self) -> None:
-        self._closing.set()
-        self._wakeup.set()
 
     async def _main(self) -> None:
         pump = asyncio.create_task(self._pump())
-        closing = asyncio.create_task(self._closing.wait())
+        closing = asyncio.create_task(self._background.closing.wait())
         await asyncio.wait({pump, closing}, return_when=asyncio.FIRST_COMPLETED)
         failed_early = pump.done()  # it only returns by itself when closing
         if failed_early and (failure := pump.exception()) is not None:
@@ -228,10 +212,10 @@ class NatsMetricsSink:
                 if self._buffer:
                     return self._buffer.popleft()
                 self._pump_waiting = True
-            if self._closing.is_set():
+            if self._background.closing.is_set():
                 return None
-            await self._wakeup.wait()
-            self._wakeup.clear()
+            await self._background.wakeup.wait()
+            self._background.wakeup.clear()
 
     async def _deliver(self, client: Client, js: JetStreamContext, message: WorkerMetrics) -> None:
         payload = encode_metrics(message)
