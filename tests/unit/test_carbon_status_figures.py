@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-import kopf
-
 from moeops.api.v1alpha1 import InferenceServiceStatus, MoETrainingJobStatus
 from moeops.carbon.accounting.intensity import Intensity
 from moeops.carbon.accounting.ledger import Stage, Totals, WorkloadKind
@@ -56,8 +54,8 @@ def test_status_carbon_is_written_unless_the_job_turns_carbon_off() -> None:
     assert not carbon_reported({"carbon": {"enabled": False}})
 
 
-def test_the_handler_neither_reads_nor_patches_a_job_with_carbon_off() -> None:
-    from moeops.operator.handlers.carbon import copy_carbon_totals  # here: importing registers kopf handlers
+def test_the_status_loop_neither_reads_nor_writes_a_job_with_carbon_off_fake_bus() -> None:
+    from moeops.operator.handlers.status_sources import Context, carbon_fields  # here: importing registers handlers
 
     workload = WorkloadCarbon(namespace="ml", kind=WorkloadKind.TRAINING_JOB, name="j", stages={}, energy_j=0.0,
                               gco2e=0.0)  # fmt: skip
@@ -69,12 +67,11 @@ def test_the_handler_neither_reads_nor_patches_a_job_with_carbon_off() -> None:
             self.reads += 1
             return workload
 
-    resource = kopf.Resource("moeops.dev", "v1alpha1", "moetrainingjobs")
     for enabled, reads in ((False, 0), (True, 1)):
-        reader, patch = Reader(), kopf.Patch()
-        spec = {"carbon": {"enabled": enabled}}
-        # kopf types the registered handler as its TimerFn protocol: every keyword kopf passes, kopf's own types.
-        asyncio.run(copy_carbon_totals(resource=resource, spec=spec, status={}, namespace="ml", name="j",  # type: ignore[call-arg,arg-type]
-                                       memo=kopf.Memo(bus=reader), patch=patch))  # fmt: skip
+        reader = Reader()
+        ctx = Context(reader=reader, kube=None, cfg=None)  # type: ignore[arg-type]
+        body = {"kind": "MoETrainingJob", "metadata": {"namespace": "ml", "name": "j", "uid": "u"},
+                "spec": {"carbon": {"enabled": enabled}}, "status": {}}  # fmt: skip
+        fields = asyncio.run(carbon_fields(ctx, body))
         assert reader.reads == reads
-        assert ("carbon" in patch.get("status", {})) is enabled
+        assert ("carbon" in fields) is enabled

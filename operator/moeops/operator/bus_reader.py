@@ -1,7 +1,7 @@
 """The operator's NATS edge: one connection, KV buckets opened on first use, reads that never raise.
 
-The operator copies what services keep in KV buckets into status (the rebalancer's reports, `reports.py`; the
-carbon aggregator's totals, `handlers/carbon.py`), each read by a kopf timer. One connection for the whole
+The operator copies what services keep in KV buckets into status (rank 0's progress, the rebalancer's reports,
+the carbon aggregator's totals: `handlers/status_sources.py`), read by its status loop. One connection for the whole
 operator, opened on first use and kept (nats-py reconnects by itself). Any failure — no server yet, a bucket not
 created yet, a malformed entry — is logged and returns None: a status field that is not refreshed is the whole
 cost, never a failing handler.
@@ -31,7 +31,7 @@ BucketOpener = Callable[[JetStreamContext], Awaitable[KeyValue]]
 
 CONNECT_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 30.0
-"""After a failed connect, reads return None at once for this long (timers of many objects must not queue up)."""
+"""After a failed connect, reads return None at once for this long (a pass over many objects must not queue up)."""
 
 
 class BusReader:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import kubernetes
@@ -21,8 +25,9 @@ from moeops.api.v1alpha1.common import VERSION
 
 from .children import Child
 from .drift import controlled_by, drift_patch
-from .naming import FIELD_MANAGER
+from .naming import FIELD_MANAGER, OPERATOR_NAME
 
+logger = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 
 
@@ -39,12 +44,22 @@ class NotOwned(ApiError):
     """A child's name is taken by an object some other controller (or a user) owns: we never adopt it."""
 
 
+class ChildRefused(ApiError):
+    """The API server refused a child as invalid (400 BadRequest, 422 Invalid): the same object is refused again,
+    so only a change of the spec can help. The message is the API server's."""
+
+
+REFUSED = (400, 422)
+
+
 def _error(exc: ApiException, what: str) -> ApiError:
     status = exc.status
     transient = status is None or status in (409, 429) or status >= 500
     detail = exc.reason
     with contextlib.suppress(ValueError, AttributeError):
         detail = json.loads(exc.body or "{}").get("message") or detail
+    if status in REFUSED:
+        return ChildRefused(f"{what}: {detail}", status=status, transient=False)
     return ApiError(f"{what}: {status} {detail}", status=status, transient=transient)
 
 
@@ -73,9 +88,10 @@ EnsureOutcome = Literal["created", "patched", "unchanged"]
 class Kube:
     """Thin, typed-by-convention access to the objects the operator reads and writes."""
 
-    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient, instance: str | None = None) -> None:
         self._client = api_client
         self._custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._instance = instance or socket.gethostname()  # the pod's name in a cluster
 
     def _method(self, api_version: str, kind: str, verb: str) -> Callable[..., Any]:
         spec = _KINDS[(api_version, kind)]
@@ -203,3 +219,33 @@ class Kube:
         except ApiException as exc:
             if exc.status not in (404, 409):
                 raise _error(exc, f"delete {plural} {namespace}/{name}") from exc
+
+    # Events -------------------------------------------------------------------------------------------
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on `involved` (apiVersion, kind, metadata), from the operator (`kubectl describe` shows
+        `moeops-operator` as its source). Best effort: a failure is logged, never raised (the status says it)."""
+        meta = involved["metadata"]
+        at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ref = {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
+               "namespace": meta["namespace"], "uid": meta.get("uid")}  # fmt: skip
+        body = {
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": ref,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],  # the API server refuses longer event messages
+            "source": {"component": OPERATOR_NAME},
+            "reportingComponent": OPERATOR_NAME,
+            "reportingInstance": self._instance,
+            "firstTimestamp": at,
+            "lastTimestamp": at,
+            "action": "Reconcile",
+            "count": 1,
+        }
+        try:
+            core = kubernetes.client.CoreV1Api(self._client)
+            core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        except ApiException as exc:
+            logger.warning("event %s on %s %s/%s not posted: %s", reason, involved["kind"], meta["namespace"],
+                           meta["name"], _error(exc, "post event"))  # fmt: skip

@@ -1,7 +1,7 @@
-"""InferenceService autoscaling: a timer per service reads its servers' load from NATS and sets the replicas.
+"""InferenceService autoscaling: the operator's status loop reads each service's load from NATS and sets the replicas.
 
-Every MOEOPS_AUTOSCALE_INTERVAL_S (5 s by default; read when the handlers are imported, as kopf fixes a timer's
-interval then) the timer reads the latest load of each of the service's server pods from the `moeops-serving-load`
+Every MOEOPS_AUTOSCALE_INTERVAL_S (5 s by default) the status loop (`status_loop.py`; no kopf timer: a timer puts a
+finalizer on every object) reads the latest load of each of the service's server pods from the `moeops-serving-load`
 KV bucket (`moeops.bus.serving_load`; the servers write it, `moeops.serving.load_reporter`) and asks the pure
 `planning.autoscale.decide` for the replicas (the algorithm is stated there).
 
@@ -12,7 +12,7 @@ owner as it will be (the carbon gate's pattern): the Deployment is patched by th
 Deployment) re-applies the autoscaler's number instead of resetting it to min. The status write is conditional on
 the owner's resourceVersion; on a conflict it is recomputed from a fresh read.
 
-State. The window of recent recommendations and the idle timer live in kopf's per-object memo; the decided replicas
+State. The window of recent recommendations and the idle timer live in the loop's memory (by uid); the decided replicas
 and the last wake value acted on live in the status. After an operator restart the window restarts full at the
 replicas in force and the idle timer at the restart (`planning.autoscale.initial_state`): scale-down and scale to
 zero are delayed by at most one window or idle period, never brought forward, and a service at zero stays there.
@@ -26,33 +26,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import kopf
+from pydantic import ValidationError
 
 from moeops.api.v1alpha1.inferenceservice import PLURAL, WAKE_ANNOTATION, InferenceServiceSpec
 from moeops.bus.serving_load import ensure_serving_load_bucket, service_loads
 
-from ..bus_reader import BusReader
 from ..children.serving import desired_replicas
 from ..config import OperatorConfig
 from ..kube import Kube
 from ..planning.autoscale import Decision, Policy, State, decide, initial_state
 from ..status import StatusUpdate
 from ..status.autoscale import autoscale_status
-from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
-from .observe import traced
-from .serving import SERVING, is_stopped, reconcile
-from .typed import typed_spec
+from .common import now, with_fresh_owner
+from .serving import is_stopped, reconcile
+from .status_sources import Context, Fields
+from .typed import spec_of
 
 logger = logging.getLogger(__name__)
-
-AUTOSCALE_INTERVAL_S = OperatorConfig.from_env(os.environ).autoscale_interval_s
-STATE = "autoscale_state"
-"""The memo key of this object's `planning.autoscale.State` (kopf gives each object a memo of its own)."""
 
 
 def policy_of(spec: InferenceServiceSpec) -> Policy:
@@ -85,52 +79,44 @@ def autoscale_update(kube: Kube, cfg: OperatorConfig, decision: Decision, at: da
     return StatusUpdate({**children.patch, **patch}, events)
 
 
-@api_errors_to_kopf
 def apply_decision(kube: Kube, cfg: OperatorConfig, decision: Decision, at: datetime, body: Mapping[str, Any]) -> None:
     meta = body["metadata"]
     compute = lambda owner: autoscale_update(kube, cfg, decision, at, owner)  # noqa: E731
     with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], compute, cached=body)
 
 
-def left_to_reconcile(body: kopf.Body, memo: kopf.Memo) -> bool:
-    """A stopped or deleted service is the reconcile's; its state is dropped (un-stopped, it starts over from the
-    replicas the reconcile gives it)."""
-    if is_stopped(body) or body["metadata"].get("deletionTimestamp"):
-        memo.pop(STATE, None)
-        return True
-    return False
-
-
-def skip_invalid_spec(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """The reconcile reports a spec the model refuses; the tick only forgets a stopped service's state."""
-    left_to_reconcile(body, memo)
-
-
-@kopf.timer(*SERVING, interval=AUTOSCALE_INTERVAL_S, initial_delay=AUTOSCALE_INTERVAL_S)
-@traced()
-@typed_spec(InferenceServiceSpec, on_invalid=skip_invalid_spec)
-async def autoscale(body: kopf.Body, spec: InferenceServiceSpec, memo: kopf.Memo, **_: Any) -> None:
-    reader: BusReader | None = memo.get("bus")
-    if reader is None or left_to_reconcile(body, memo):
-        return
+async def autoscale_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
+    """One autoscaler tick for one service; its status is written here (with the Deployment), so no fields."""
+    meta = body["metadata"]
+    uid = str(meta.get("uid") or "")
+    if ctx.reader is None or is_stopped(body) or meta.get("deletionTimestamp"):
+        # A stopped service is the reconcile's (held at zero); un-stopped, it starts over from the replicas the
+        # reconcile gives it.
+        ctx.autoscale_states.pop(uid, None)
+        return {}
+    try:
+        spec = spec_of(InferenceServiceSpec, body)
+    except ValidationError:
+        return {}  # the reconcile reports a spec the model refuses
     status = body.get("status") or {}
     if not status.get("model"):
-        return  # the model is not resolved yet: there is no Deployment to scale
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    loads = await reader.read(
+        return {}  # the model is not resolved yet: there is no Deployment to scale
+    namespace, name = meta["namespace"], meta["name"]
+    loads = await ctx.reader.read(
         ensure_serving_load_bucket,
         lambda kv: service_loads(kv, namespace, name),
         f"load of InferenceService {namespace}/{name}",
     )
     if loads is None:
-        return  # no reading: keep the replicas as they are
+        return {}  # no reading: keep the replicas as they are
     at = now()
-    state: State = memo.get(STATE) or starting_state(spec, status, at.timestamp())
-    wake = (body["metadata"].get("annotations") or {}).get(WAKE_ANNOTATION)
+    state = ctx.autoscale_states.get(uid) or starting_state(spec, status, at.timestamp())
+    wake = (meta.get("annotations") or {}).get(WAKE_ANNOTATION)
     decision = decide(policy_of(spec), loads, at.timestamp(), None if wake is None else str(wake), state)
-    memo[STATE] = decision.state
+    ctx.autoscale_states[uid] = decision.state
     if decision.changed:
         logger.info("InferenceService %s/%s: %s replicas (%s: %s)", namespace, name, decision.replicas,
                     decision.reason.value, decision.message)  # fmt: skip
     # The API calls block: off the event loop, in a thread, as kopf runs sync handlers.
-    await asyncio.to_thread(apply_decision, kube_of(memo), config_of(memo), decision, at, body)
+    await asyncio.to_thread(apply_decision, ctx.kube, ctx.cfg, decision, at, body)
+    return {}

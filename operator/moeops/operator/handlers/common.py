@@ -6,7 +6,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 import kopf
 from pydantic import ValidationError
@@ -59,10 +59,11 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def post_events(body: Mapping[str, Any], update: StatusUpdate) -> None:
+def post_events(kube: Kube, body: Mapping[str, Any], update: StatusUpdate) -> None:
+    """The update's events, posted by the operator itself (not through kopf: its events say `kopf` as their source,
+    and kopf can post only from inside a handler, not from the status loop)."""
     for event in update.events:
-        # kopf types its event targets as bodies; a plain dict with apiVersion/kind/metadata is what it reads.
-        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+        kube.post_event(dict(body), event.type, event.reason, event.message)
 
 
 def write_status(kube: Kube, plural: str, body: Mapping[str, Any], update: StatusUpdate) -> None:
@@ -76,7 +77,7 @@ def write_status(kube: Kube, plural: str, body: Mapping[str, Any], update: Statu
         return
     meta = body["metadata"]
     kube.patch_custom_status(plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"])
-    post_events(body, update)
+    post_events(kube, body, update)
 
 
 def with_fresh_owner(

@@ -17,9 +17,10 @@ from ..children.serving import model_uri, resolve_model, service_url, serving_ch
 from ..config import OperatorConfig
 from ..drift import controlled_by
 from ..errors import InvalidSpec, ModelNotReady
-from ..kube import Kube
+from ..kube import ChildRefused, Kube
 from ..naming import INFERENCE_SERVICE_LABEL, MANAGED_BY, OPERATOR_NAME
 from ..status import StatusUpdate, serving_status
+from ..status.rejection import accepted, rejection_status
 from .common import (
     StatusFn,
     api_errors_to_kopf,
@@ -65,6 +66,8 @@ def report(
         )  # fmt: skip
         if stopped:  # forget the autoscaler's number: un-stopping starts again from max(min, 1)
             update = StatusUpdate({**update.patch, "desiredReplicas": None}, update.events)
+        if deployment:  # every child went through
+            update.patch["conditions"] = accepted(update.patch["conditions"], generation=generation, now=now())
         return update
 
     return status_of
@@ -117,8 +120,16 @@ def report_invalid_spec(body: kopf.Body, memo: kopf.Memo, message: str, **_: Any
 @typed_spec(InferenceServiceSpec, on_invalid=report_invalid_spec)
 def reconcile_inference_service(body: kopf.Body, spec: InferenceServiceSpec, memo: kopf.Memo, **_: Any) -> None:
     kube = kube_of(memo)
-    status_of, retry = reconcile_spec(kube, config_of(memo), body, spec)
     meta = body["metadata"]
+    try:
+        status_of, retry = reconcile_spec(kube, config_of(memo), body, spec)
+    except ChildRefused as exc:  # refused again until the spec changes: no retry, the next edit reconciles
+        generation, message = int(meta.get("generation") or 0), str(exc)
+        refused = lambda owner: rejection_status(  # noqa: E731
+            owner.get("status") or {}, "ChildRejected", message, generation=generation, now=now()
+        )
+        with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], refused)
+        return
     with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
     if retry:
         raise kopf.TemporaryError("the model is not ready yet", delay=MODEL_RETRY_SECONDS)

@@ -18,7 +18,7 @@ from ..children.training import training_children
 from ..config import OperatorConfig
 from ..drift import controlled_by
 from ..errors import InvalidSpec
-from ..kube import Kube, NotOwned
+from ..kube import ChildRefused, Kube, NotOwned
 from ..naming import MANAGED_BY, OPERATOR_NAME, RESTART_ATTEMPT_LABEL, TRAINING_JOB_LABEL
 from ..planning import plan_training_job
 from ..planning.carbon_gate import is_carbon_paused
@@ -32,6 +32,7 @@ from ..planning.recovery import (
     restarts,
 )
 from ..status import StatusUpdate, invalid_spec_status, is_finished, plan_status, training_status, ttl_expiry
+from ..status.rejection import accepted, rejection_status
 from .common import (
     StatusFn,
     api_errors_to_kopf,
@@ -123,9 +124,22 @@ def reconcile_spec(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any], spe
         if update is None:
             return None  # a Job of an earlier attempt, being deleted: its successor will report
         update.patch["plan"] = plan_status(plan)
+        update.patch["conditions"] = accepted(update.patch["conditions"], generation=generation, now=now())
         if not status.get("progress"):
             update.patch["progress"] = {"step": 0, "totalSteps": spec.training.steps, "percent": 0}
         return update
+
+    return status_of
+
+
+def rejected(body: Mapping[str, Any], reason: str, message: str) -> StatusFn:
+    """How to compute the status of a job whose child the API server refused (or whose child's name is taken)."""
+    generation = int(body["metadata"].get("generation") or 0)
+
+    def status_of(owner: Mapping[str, Any]) -> StatusUpdate:
+        status = owner.get("status") or {}
+        update = rejection_status(status, reason, message, generation=generation, now=now())
+        return StatusUpdate({**update.patch, "state": status.get("state") or "Pending"}, update.events)
 
     return status_of
 
@@ -149,12 +163,15 @@ def reconcile_training_job(body: kopf.Body, spec: MoETrainingJobSpec, memo: kopf
     if is_finished(body.get("status") or {}):
         return  # finished jobs keep their outcome; children are never recreated.
     kube = kube_of(memo)
+    meta = body["metadata"]
     try:
         status_of = reconcile_spec(kube, config_of(memo), body, spec)
-    except NotOwned as exc:
-        kopf.warn(body, reason="ChildNameConflict", message=str(exc))
+    except NotOwned as exc:  # the other object may go: look again later
+        with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], rejected(body, "ChildNameConflict", str(exc)))
         raise kopf.TemporaryError(str(exc), delay=60) from exc
-    meta = body["metadata"]
+    except ChildRefused as exc:  # refused again until the spec changes: no retry, the next edit reconciles
+        with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], rejected(body, "ChildRejected", str(exc)))
+        return
     with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
 
 

@@ -1,0 +1,150 @@
+"""One operator-level loop copies the bus into `.status` (progress, rebalance, carbon) and runs the autoscaler.
+
+Not kopf timers: kopf puts its finalizer on every object a timer or daemon runs for (kopf issue #1074; a `when=`
+filter only narrows which objects get it), so `kubectl delete` of any MoETrainingJob or InferenceService hung while
+the operator was down. This loop is started by a `kopf.on.startup` handler and walks kopf's indexes of the two
+kinds (the objects as last seen, no reads): nothing of it is tied to an object, so no finalizer. kopf removes the
+finalizer the timers left on existing objects the first time it sees each of them (it drops a finalizer no handler
+needs), which is the upgrade path.
+
+Each source (`status_sources.py`, `autoscale.py`) has its cadence (`status.refresh.Schedule`); a pass runs the due
+ones over every object that is not being deleted and patches each object's status once, with only the fields that
+changed, conditional on the resourceVersion it was read at (a 409 re-reads and compares again). A failure on one
+object is logged and the pass goes on; the loop itself never stops before the operator does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import kopf
+
+from moeops.api.v1alpha1 import inferenceservice, trainingjob
+
+from ..config import OperatorConfig
+from ..kube import ApiError
+from ..status import StatusUpdate
+from ..status.refresh import Schedule, changed_fields, merged
+from .autoscale import autoscale_fields
+from .common import config_of, kube_of, with_fresh_owner
+from .observe import traced
+from .serving import SERVING
+from .status_sources import (
+    CARBON_INTERVAL_S,
+    REBALANCE_INTERVAL_S,
+    Context,
+    Fields,
+    SourceFn,
+    carbon_fields,
+    progress_fields,
+    rebalance_fields,
+)
+
+logger = logging.getLogger(__name__)
+
+TASK = "status_loop"
+"""The memo key of the loop's asyncio task."""
+TRAINING, SERVING_PLURAL = trainingjob.PLURAL, inferenceservice.PLURAL
+SOURCES: dict[str, dict[str, SourceFn]] = {
+    # source: {plural: how it reads one object}
+    "progress": {TRAINING: progress_fields},
+    "rebalance": {TRAINING: rebalance_fields},
+    "carbon": {TRAINING: carbon_fields, SERVING_PLURAL: carbon_fields},
+    "autoscale": {SERVING_PLURAL: autoscale_fields},
+}
+Index = Mapping[Any, Any]
+
+
+@kopf.index(*SERVING)
+def inference_services_by_name(namespace: str | None, name: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """The InferenceServices as last seen, for the status loop."""
+    return {(namespace, name): dict(body)}
+
+
+def active_objects(index: Index) -> Iterator[Mapping[str, Any]]:
+    """The objects of a kopf index (a key → store of bodies), less those being deleted."""
+    for key in list(index):
+        for body in list(index.get(key, [])):
+            if not body.get("metadata", {}).get("deletionTimestamp"):
+                yield body
+
+
+def write_changed(ctx: Context, plural: str, body: Mapping[str, Any], fresh: Fields) -> None:
+    """Patch the fields of `fresh` that the owner's status does not say yet (blocking: run in a thread)."""
+
+    def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
+        patch = changed_fields(fresh, owner.get("status") or {})
+        return StatusUpdate(patch) if patch else None
+
+    meta = body["metadata"]
+    with_fresh_owner(ctx.kube, plural, meta["namespace"], meta["name"], compute, cached=body)
+
+
+@traced()
+async def refresh_status(*, ctx: Context, plural: str, body: Mapping[str, Any], sources: list[SourceFn]) -> None:
+    """The due sources of one object, and one status write for what changed (a span per object and pass)."""
+    fresh = merged([await source(ctx, body) for source in sources])
+    if changed_fields(fresh, body.get("status") or {}):
+        await asyncio.to_thread(write_changed, ctx, plural, body, fresh)
+
+
+async def run_pass(ctx: Context, due: list[str], indexes: Mapping[str, Index]) -> None:
+    live: set[str] = set()
+    for plural, index in indexes.items():
+        sources = [SOURCES[name][plural] for name in due if plural in SOURCES[name]]
+        for body in active_objects(index):
+            live.add(str(body["metadata"].get("uid") or ""))
+            if not sources:
+                continue
+            try:
+                await refresh_status(ctx=ctx, plural=plural, body=body, sources=sources)
+            except ApiError as exc:
+                meta = body["metadata"]
+                logger.warning("status of %s %s/%s not refreshed: %s", plural, meta["namespace"], meta["name"], exc)
+    ctx.forget(live)
+
+
+async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index]) -> None:
+    cfg = OperatorConfig.from_env(os.environ)  # as `setup.configure` reads it
+    ctx: Context | None = None
+    intervals = {"progress": cfg.progress_interval_s, "rebalance": REBALANCE_INTERVAL_S, "carbon": CARBON_INTERVAL_S,
+                 "autoscale": cfg.autoscale_interval_s}  # fmt: skip
+    schedule = Schedule(intervals, started_at=time.monotonic())
+    while True:
+        await asyncio.sleep(schedule.sleep_s(time.monotonic()))
+        due = schedule.due(time.monotonic())
+        if ctx is None and "kube" in memo:  # filled by the startup handler `setup.configure`
+            ctx = Context(reader=memo.get("reports"), kube=kube_of(memo), cfg=config_of(memo))
+        if ctx is None or ctx.reader is None:
+            continue  # not started yet; or no bus: nothing to copy, nothing to scale on
+        try:
+            await run_pass(ctx, due, indexes)
+        except Exception:  # never let one bad pass end the loop: the next one may do better
+            logger.exception("a status refresh pass failed")
+
+
+# kopf passes each index by its name; its handler protocols do not declare them, hence the ignore.
+@kopf.on.startup()  # type: ignore[arg-type]
+async def start_status_loop(
+    memo: kopf.Memo,
+    training_jobs_by_name: kopf.Index[Any, Any],
+    inference_services_by_name: kopf.Index[Any, Any],
+    **_: Any,
+) -> None:
+    indexes = {TRAINING: training_jobs_by_name, SERVING_PLURAL: inference_services_by_name}
+    memo[TASK] = asyncio.create_task(status_loop(memo, indexes), name="moeops status loop")
+
+
+@kopf.on.cleanup()
+async def stop_status_loop(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get(TASK)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

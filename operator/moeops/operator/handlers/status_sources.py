@@ -1,0 +1,161 @@
+"""What the operator's status loop (`status_loop.py`) copies from the bus into `.status`, one function per source.
+
+Each source takes the object as kopf's index last saw it and returns the status fields it would write (the loop
+patches those that differ, once per object). The figures' mapping is pure (`status/progress.py`, `status/carbon.py`,
+`status.rebalance_status`); here is only the reading and the rules on when to read:
+
+- progress (MoETrainingJob, every MOEOPS_PROGRESS_INTERVAL_S): rank 0's latest `JobProgress` from the
+  `moeops-training-progress` bucket (key `<namespace>.<job>`, `moeops.bus.progress_putter`), and the newest complete
+  checkpoint it names. A finished job is read once more, so that its last step shows, and then no more; a Succeeded
+  job's step is never lowered (its status already says every step was done).
+- rebalance (MoETrainingJob, every 15 s): the rebalancer's latest report; not for a finished job or one with
+  `spec.rebalance.enabled: false`.
+- carbon (both kinds, every 30 s): the carbon aggregator's totals (`workload.<namespace>.<kind>.<name>` in the
+  `moeops-carbon` bucket); not with `spec.carbon.enabled: false`, nor for a job finished more than SETTLE_S ago (the
+  last deltas of its pods reach the ledger within seconds of the pods ending).
+
+Why the operator writes these and not the services: least privilege (they need NATS only, no Kubernetes client, no
+RBAC) and one writer of `.status`. Failures (no NATS, no bucket, a malformed value) are logged by the reader or
+here and leave the status as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from moeops.api.v1alpha1 import inferenceservice, trainingjob
+from moeops.bus.buckets import ensure_progress_bucket, latest_progress
+from moeops.carbon.accounting.store import ensure_carbon_bucket, workload_carbon
+
+from ..config import OperatorConfig
+from ..kube import Kube
+from ..planning.autoscale import State
+from ..reports import ReportReader
+from ..status import is_finished, rebalance_status
+from ..status.carbon import carbon_reported, carbon_status
+from ..status.progress import checkpoint_status, progress_status
+from .common import now
+from .observe import JOBS
+
+logger = logging.getLogger(__name__)
+
+Fields = dict[str, Any]
+REBALANCE_INTERVAL_S = 15.0
+CARBON_INTERVAL_S = 30.0
+SETTLE_S = 600.0
+"""How long after a job finished its carbon totals are still read."""
+KINDS = {trainingjob.PLURAL: trainingjob.KIND, inferenceservice.PLURAL: inferenceservice.KIND}
+
+
+@dataclass
+class Context:
+    """What the sources share: the clients, and the little state kept between passes (by object uid)."""
+
+    reader: ReportReader | None
+    kube: Kube
+    cfg: OperatorConfig
+    final_progress_read: set[str] = field(default_factory=set)
+    """Finished jobs whose progress was read once more (and is read no more)."""
+    autoscale_states: dict[str, State] = field(default_factory=dict)
+    """Each InferenceService's autoscaler window and idle timer (`planning.autoscale.State`)."""
+
+    def forget(self, live_uids: set[str]) -> None:
+        """Drop the state of objects that are gone."""
+        self.final_progress_read &= live_uids
+        for uid in set(self.autoscale_states) - live_uids:
+            del self.autoscale_states[uid]
+
+
+SourceFn = Callable[[Context, Mapping[str, Any]], Awaitable[Fields]]
+
+
+def _names(body: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = body["metadata"]
+    return str(meta.get("namespace") or ""), str(meta.get("name") or ""), str(meta.get("uid") or "")
+
+
+def created_unix_s(meta: Mapping[str, Any]) -> float | None:
+    created = meta.get("creationTimestamp")
+    return datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp() if created else None
+
+
+async def progress_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
+    namespace, name, uid = _names(body)
+    if ctx.reader is None or uid in ctx.final_progress_read:
+        return {}
+    status = body.get("status") or {}
+    finished = is_finished(status)
+    progress = await ctx.reader.read(
+        ensure_progress_bucket,
+        lambda kv: latest_progress(kv, namespace, name),
+        f"progress of MoETrainingJob {namespace}/{name}",
+    )
+    if finished:
+        ctx.final_progress_read.add(uid)
+    if progress is None:
+        return {}
+    fresh = progress_status(progress, job_created_unix_s=created_unix_s(body["metadata"]))
+    if fresh is None:
+        return {}
+    before = dict(status.get("progress") or {})
+    if finished and fresh["step"] < before.get("step", 0):
+        fresh = before  # a Succeeded job's status already says every step was done
+    JOBS.record(namespace, name, {"progress": fresh})
+    out: Fields = {"progress": fresh}
+    storage = ((body.get("spec") or {}).get("checkpoint") or {}).get("storage") or {}
+    checkpoint = checkpoint_status(progress, storage)
+    if checkpoint is not None:
+        out["checkpoint"] = checkpoint
+    return out
+
+
+async def rebalance_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
+    namespace, name, _ = _names(body)
+    spec = body.get("spec") or {}
+    if ctx.reader is None or is_finished(body.get("status") or {}):
+        return {}
+    if not (spec.get("rebalance") or {}).get("enabled", True):
+        return {}
+    report = await ctx.reader.report(namespace, name)
+    if report is None:
+        return {}
+    fresh = rebalance_status(report)
+    JOBS.record(namespace, name, {"rebalance": fresh})
+    return {"rebalance": fresh}
+
+
+def settled(status: Mapping[str, Any], at: datetime) -> bool:
+    """A finished job whose last energy has long been counted."""
+    completed = status.get("completionTime")
+    if not is_finished(status) or not completed:
+        return False
+    finished = datetime.fromisoformat(str(completed).replace("Z", "+00:00"))
+    return at - finished > timedelta(seconds=SETTLE_S)
+
+
+async def carbon_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
+    namespace, name, _ = _names(body)
+    kind = str(body.get("kind") or "")
+    status = body.get("status") or {}
+    if ctx.reader is None or kind not in KINDS.values():
+        return {}
+    if not carbon_reported(body.get("spec") or {}) or settled(status, now()):
+        return {}
+    totals = await ctx.reader.read(
+        ensure_carbon_bucket,
+        lambda kv: workload_carbon(kv, namespace, kind, name),
+        f"carbon totals of {kind} {namespace}/{name}",
+    )
+    if totals is None:
+        return {}
+    try:
+        return {"carbon": carbon_status(totals)}
+    except (ValidationError, ValueError) as exc:  # a figure the schema refuses: log, keep the old status
+        logger.warning("carbon totals of %s %s/%s do not fit the status: %s", kind, namespace, name, exc)
+        return {}
