@@ -1,8 +1,10 @@
-"""Request and response bodies of the model server's OpenAI-compatible API (/v1/completions, /v1/models).
+"""Request and response bodies of the model server's OpenAI-compatible API (/v1/completions, /v1/models; the chat
+bodies are in chat_models.py).
 
 The request model is the one schema for both validation and the OpenAPI document. OpenAI's fields that this server
-cannot honour are accepted only at their neutral value (n=1, temperature 0, no logprobs...), so a client never gets
-silently different semantics; unknown fields are refused. moeops' own extension is `early_exit`, a per-request
+cannot honour are accepted only at their neutral value (presence and frequency penalties 0), so a client never
+gets silently different semantics; unknown fields (logit_bias, best_of, suffix...) are refused with a 400 naming
+them. moeops' own extension is `early_exit`, a per-request
 override of the service's policy, and the response's `moeops` object (where the tokens left the network).
 """
 
@@ -10,12 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from .early_exit import Rule
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's bound
 MAX_STOP_CHARS = 256
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for /v1/completions
 
 
 class EarlyExitOverride(BaseModel):
@@ -31,33 +34,68 @@ class EarlyExitOverride(BaseModel):
 
 TokenId = Annotated[StrictInt, Field(ge=0)]
 StopText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+MAX_CHOICES = 16
+"""Most completions one request may ask for: prompts × n (each is a sequence in the engine)."""
 
 
-class CompletionRequest(BaseModel):
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: StrictBool | None = Field(
+        default=None, description="A last chunk with the usage of the whole request and no choices."
+    )
+
+
+class GenerationFields(BaseModel):
+    """What /v1/completions and /v1/chat/completions share: the model, how much to generate, how to sample,
+    when to stop, and how to answer."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: StrictStr = Field(description="The served model's id (GET /v1/models).")
-    prompt: StrictStr | list[TokenId] = Field(description="Text (encoded with the model's tokenizer) or token ids.")
     max_tokens: StrictInt | None = Field(
-        default=None, ge=1, description="Most tokens to generate; default 16, fewer when the context is shorter."
+        default=None, ge=1, description="Most tokens to generate per choice (default: see each endpoint)."
     )
-    stream: StrictBool = Field(default=False, description="Server-sent events, one per token, then [DONE].")
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Only 0 (greedy) is served.")
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Only 1 (greedy) is served.")
-    n: StrictInt | None = Field(default=None, ge=1, le=1, description="One completion per request.")
-    stop: StopText | list[StopText] | None = Field(default=None, description="Up to 4 stop strings.")
-    echo: StrictBool | None = Field(default=None, description="Only false.")
-    logprobs: StrictInt | None = Field(default=None, ge=0, le=0, description="Not served: null.")
+    stream: StrictBool = Field(default=False, description="Server-sent events, one per piece of text, then [DONE].")
+    stream_options: StreamOptions | None = Field(default=None, description="Only with stream: include_usage.")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="0 (or left out): greedy.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling (with temperature > 0).")
+    top_k: StrictInt | None = Field(default=None, ge=-1, description="Sample among the k most likely (-1 or 0: all).")
+    n: StrictInt | None = Field(default=None, ge=1, le=MAX_CHOICES, description="Completions per prompt.")
+    stop: StopText | list[StopText] | None = Field(
+        default=None, description=f"Up to {MAX_STOP_SEQUENCES} stop strings of up to {MAX_STOP_CHARS} characters."
+    )
     presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0, description="Only 0.")
     frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0, description="Only 0.")
-    seed: StrictInt | None = Field(default=None, description="Ignored: greedy decoding is deterministic.")
+    seed: StrictInt | None = Field(default=None, description="The same seed, the same sampled tokens.")
     user: StrictStr | None = Field(default=None, max_length=256, description="Ignored.")
     early_exit: EarlyExitOverride | None = Field(default=None, description="moeops: override the exit policy.")
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _bounded_stop(cls, value: Any) -> Any:
+        # Before the items are validated: a list of thousands is refused without looking at them.
+        if isinstance(value, list) and len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(value)}")
+        return value
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class CompletionRequest(GenerationFields):
+    prompt: StrictStr | list[TokenId] | list[StrictStr] | list[list[TokenId]] = Field(
+        description="Text (encoded with the model's tokenizer), token ids, or a list of either (one per prompt)."
+    )
+    max_tokens: StrictInt | None = Field(
+        default=None, ge=1, description="Most tokens to generate; default 16, fewer when the context is shorter."
+    )
+    echo: StrictBool | None = Field(default=None, description="Prepend the prompt's text to each choice's text.")
+    logprobs: StrictInt | None = Field(
+        default=None, ge=0, le=MAX_COMPLETION_LOGPROBS, description="Log-probabilities of the chosen and top tokens."
+    )
 
 
 class Usage(BaseModel):
@@ -76,10 +114,20 @@ class ExitSummary(BaseModel):
     policy: dict[str, Any]
 
 
+class CompletionLogprobs(BaseModel):
+    """/v1/completions' log-probabilities: per token its text, log-probability, most likely alternatives (text →
+    log-probability) and offset in the choice's text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class Choice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -100,6 +148,8 @@ class ModelCard(BaseModel):
     owned_by: str = "moeops"
     context_length: int
     checkpoint_step: int
+    max_model_len: int | None = None
+    """vLLM's name for the context length (clients that size prompts read it)."""
 
 
 class ModelList(BaseModel):

@@ -1,5 +1,5 @@
-"""The model server's HTTP app: OpenAI-compatible /v1/completions (JSON or server-sent events) and /v1/models, with
-/healthz, /readyz and /metrics for Kubernetes and Prometheus.
+"""The model server's HTTP app: OpenAI-compatible /v1/completions and /v1/chat/completions (JSON or server-sent
+events) and /v1/models, with /healthz, /readyz and /metrics for Kubernetes and Prometheus.
 
 Why FastAPI (on uvicorn): the pydantic request model is one schema for validation and for the OpenAPI document
 (/openapi.json), which the API's fuzz tests generate bodies against; it is async on Starlette, so streaming is a
@@ -8,8 +8,9 @@ own thread (engine.py), never on the event loop.
 
 Every client mistake is a 4xx with an OpenAI-shaped message ({"error": {"message", "type", "param", "code"}}):
 malformed JSON or a body that does not fit the schema → 400, an unknown model → 404, a body over the limit → 413
-(before it is parsed), a prompt or max_tokens beyond the model's context → 400. 503 means not loaded yet (or the
-queue is full); a 500 would be a bug, and the fuzz test (tests/unit/test_serving_fuzz.py) looks for one.
+(before it is parsed), a prompt or max_tokens beyond the model's context → 400. 503 means not loaded yet, 429 that
+the queue is full (with Retry-After), 504 that a request ran past the server's request timeout; a 500 would be a
+bug, and the fuzz test (tests/unit/test_serving_fuzz.py) looks for one.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moeops import telemetry
 
-from .completions import error_response
 from .engine import Engine
+from .errors import error_response
 from .loader import ServedModel
 from .otel import RequestTimer, register_engine
 from .routes import add_error_handlers, router
@@ -99,6 +100,7 @@ def lifespan_of(load: Callable[[], ServedModel], state: ServerState) -> Callable
             max_batch_size=settings.max_batch_size,
             max_latency_ms=settings.max_latency_ms,
             batched_matmuls=settings.batched_matmuls,
+            max_queued=settings.max_queued,
         )
         engine.start()
         state.served, state.engine = served, engine

@@ -71,5 +71,6 @@ def decode_rows(model: Transformer, tokens: Sequence[int], caches: Sequence[KVCa
         x_BD = x_BD + ffn_BD
     for cache in caches:
         cache.advance(1)
-    predicted = model.exit_logits(x_BD).argmax(dim=-1).tolist()
-    return [DecodedToken(int(t), layers, float("nan")) for t in predicted]
+    logits_BV = model.exit_logits(x_BD)
+    predicted = logits_BV.argmax(dim=-1).tolist()
+    return [DecodedToken(int(t), layers, float("nan"), logits_BV[i]) for i, t in enumerate(predicted)]

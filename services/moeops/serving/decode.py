@@ -15,7 +15,7 @@ waits for the deepest (no saving) or regroups rows per layer; neither is here ye
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -36,6 +36,13 @@ class DecodedToken:
     """1-based layer whose hidden state predicted the token; the model's depth when it ran every layer."""
     confidence: float
     """The rule's confidence at the exit layer (NaN where the policy never looks: it costs an exit head)."""
+    logits: Tensor | None = field(default=None, compare=False, repr=False)
+    """The exit head's logits (V,) that `token` is the argmax of: what a sampler draws from (the engine drops
+    them before the token leaves its thread)."""
+    logprob: float | None = None
+    """The token's log-probability, when the request asked for log-probabilities (sampling.py)."""
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+    """The most likely tokens and their log-probabilities, when asked for."""
 
 
 @torch.no_grad()
@@ -53,11 +60,11 @@ def decode_step(model: Transformer, token: int, cache: KVCache, policy: ExitPoli
             if score >= policy.threshold:
                 model.propagate_kv(hidden, range(layer, layers), cache, start)
                 cache.advance(1)
-                return DecodedToken(int(logits.argmax()), layer, score)
+                return DecodedToken(int(logits.argmax()), layer, score, logits)
     cache.advance(1)
     logits = model.exit_logits(hidden)[0, -1]
     score = float("nan") if policy.never_exits else float(confidence(logits, policy.rule))
-    return DecodedToken(int(logits.argmax()), layers, score)
+    return DecodedToken(int(logits.argmax()), layers, score, logits)
 
 
 def _prompt_list(prompt: Sequence[int] | Tensor) -> list[int]:
@@ -107,7 +114,7 @@ def _decode(
         model.forward_cached(torch.tensor([ids[:-1]], device=device), cache)
     token = ids[-1]
     for _ in range(max_tokens):
-        out = decode_step(model, token, cache, policy)
+        out = replace(decode_step(model, token, cache, policy), logits=None)  # a caller may keep every token
         yield out
         if out.token == eos:
             return

@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -36,6 +37,7 @@ from moeops.model.kv_cache import KVCache
 from .batched import decode_rows
 from .decode import DecodedToken, decode_step
 from .early_exit import ExitPolicy
+from .sampling import GREEDY, Sampler, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,15 @@ Event = DecodedToken | Finished | Failed
 
 
 class EngineUnavailable(RuntimeError):
-    """The engine is not running, or its queue is full: the request cannot be taken now (503)."""
+    """The engine is not running: the request cannot be taken now (503)."""
+
+
+class QueueFull(EngineUnavailable):
+    """As many requests are waiting as the engine takes (429): try again in `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class GenerationRequest:
     max_tokens: int
     policy: ExitPolicy
     eos: int | None
+    sampling: SamplingParams = GREEDY
 
 
 class Handle:
@@ -116,7 +127,16 @@ class _Sequence:
     handle: Handle
     cache: KVCache
     token: int
+    sampler: Sampler | None
+    """None: the decoder's argmax is the token (greedy, no log-probabilities)."""
     generated: int = 0
+
+    def choose(self, out: DecodedToken) -> DecodedToken:
+        """The token this sequence takes from the decoder's output, without the logits (they stay here)."""
+        if self.sampler is None or out.logits is None:
+            return replace(out, logits=None)
+        c = self.sampler.choose(out.logits, out.token)
+        return replace(out, token=c.token, logprob=c.logprob, top_logprobs=c.top_logprobs, logits=None)
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,8 @@ class _Counters:
 
 
 _STOP = object()
+CANCELLED = "cancelled"
+"""The Failed message of a request cancelled before it finished (a stop string, a deadline, a client gone)."""
 
 
 class Engine:
@@ -204,10 +226,16 @@ class Engine:
         if not self.running:
             raise EngineUnavailable(self.error or "the model worker is not running")
         if self._pending.qsize() >= self.max_queued:
-            raise EngineUnavailable(f"{self.max_queued} requests are already queued: retry later")
+            raise QueueFull(f"{self.max_queued} requests are already queued: retry later", self.retry_after_s())
         handle = Handle(request, asyncio.get_running_loop())
         self._pending.put(handle)
         return handle
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained at the recent completion rate (1 to 60)."""
+        rate = self.stats().requests_per_second
+        waiting = self._pending.qsize() + len(self._active)
+        return 1 if rate <= 0 else max(1, min(60, math.ceil(waiting / rate)))
 
     def stats(self) -> EngineStats:
         now = self._clock()
@@ -285,6 +313,7 @@ class Engine:
     def _start(self, handle: Handle) -> None:
         """Prefill the prompt (all but its last token, which is the first decoding step's input)."""
         if handle.cancelled:
+            handle.push(Failed(CANCELLED))
             return
         request = handle.request
         try:
@@ -296,7 +325,8 @@ class Engine:
             logger.exception("prefill failed")
             handle.push(Failed(f"prefill failed: {exc}"))
             return
-        self._active.append(_Sequence(handle, cache, request.prompt[-1]))
+        sampler = Sampler(request.sampling) if request.sampling.needs_logits else None
+        self._active.append(_Sequence(handle, cache, request.prompt[-1], sampler))
 
     def _step(self, live: list[_Sequence]) -> list[DecodedToken]:
         """The next token of every sequence: the full-depth ones in one batched pass (batched.decode_rows), the
@@ -319,8 +349,11 @@ class Engine:
         live = [seq for seq in self._active if not seq.handle.cancelled]
         done += size - len(live)
         events: dict[asyncio.AbstractEventLoop, list[tuple[Handle, Event]]] = {}
-        for seq, out in zip(live, self._step(live), strict=True):
-            handle, request = seq.handle, seq.handle.request
+        for seq in self._active:  # whoever still waits on a cancelled one (a gone client's handler) may end
+            if seq.handle.cancelled:
+                events.setdefault(seq.handle.loop, []).append((seq.handle, Failed(CANCELLED)))
+        for seq, decoded in zip(live, self._step(live), strict=True):
+            handle, request, out = seq.handle, seq.handle.request, seq.choose(decoded)
             seq.generated += 1
             tokens, exit_sum = tokens + 1, exit_sum + out.exit_layer
             mine = events.setdefault(handle.loop, [])

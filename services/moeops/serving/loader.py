@@ -17,7 +17,8 @@ from moeops.checkpoint.layout import CheckpointError, find_run_config, read_arch
 from moeops.checkpoint.weights import load_model
 from moeops.model import Transformer
 
-from .codec import Codec, codec_for
+from .chat_template import CONTENT_ONLY, ROLE_LINES, ChatTemplate, load_chat_template
+from .codec import CharCodec, Codec, codec_for
 
 
 class ModelLoadError(ValueError):
@@ -51,6 +52,14 @@ class ServedModel:
     codec: Codec
     step: int
     checkpoint: Path
+    stored_template: ChatTemplate | None = None
+    """The chat template stored with the model (chat_template.py); None: the tokenizer's default."""
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        if self.stored_template is not None:
+            return self.stored_template
+        return CONTENT_ONLY if isinstance(self.codec, CharCodec) else ROLE_LINES
 
     @property
     def arch(self) -> Architecture:
@@ -73,7 +82,8 @@ def load_served(ref: CheckpointRef, name: str, device: torch.device | None = Non
         raise ModelLoadError(str(exc)) from exc
     try:
         codec = codec_for(ref.step_dir.parent, ref.arch.vocab_size)
+        template = load_chat_template(ref.step_dir.parent)
     except ValueError as exc:
         raise ModelLoadError(f"{ref.step_dir.parent}: {exc}") from exc
     model = model.to(device or default_device()).eval()
-    return ServedModel(name, model, codec, ref.step, ref.step_dir)
+    return ServedModel(name, model, codec, ref.step, ref.step_dir, template)

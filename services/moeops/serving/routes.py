@@ -1,4 +1,5 @@
-"""The model server's routes and error handlers: /v1/completions, /v1/models, /healthz, /readyz and /metrics.
+"""The model server's routes and error handlers: /v1/completions, /v1/chat/completions, /v1/models (and one by its
+id), /healthz, /readyz and /metrics.
 
 Each route reads the server's state (`state.ServerState`, on `app.state.server`) through the `server_state`
 dependency; every client mistake becomes an OpenAI-shaped 4xx (app.py says which), anything else a logged 500.
@@ -15,13 +16,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from . import chat, completions
 from .api_models import CompletionRequest, ErrorBody, ModelCard, ModelList
-from .completions import ClientError, complete, error_response, plan, stream, submit
+from .chat_models import ChatCompletionRequest
+from .errors import ClientError, error_response
+from .generation import submit
+from .loader import ServedModel
+from .plans import plan_chat, plan_completion
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 404, 413, 429, 503, 504)}
 """The error responses /v1/completions documents in the OpenAPI schema."""
 
 router = APIRouter()
@@ -34,25 +40,55 @@ def server_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(server_state)]
 
 
-@router.post("/v1/completions", responses=ERRORS)
-async def completions(body: CompletionRequest, state: State) -> Response:
-    """A completion of `prompt`, greedy, with the service's early exit or the request's `early_exit`."""
+def _ready(state: ServerState) -> ServedModel:
     served = state.served
     if served is None or not state.ready:
         raise ClientError(503, state.load_error or "the model is not loaded yet: retry when /readyz answers 200")
-    p = plan(body, served, state.settings.policy)
-    handle = submit(state.engine, served.codec, p)
-    return stream(handle, p, served) if body.stream else await complete(handle, p, served)
+    return served
+
+
+@router.post("/v1/completions", responses=ERRORS)
+async def create_completion(body: CompletionRequest, state: State, request: Request) -> Response:
+    """Completions of `prompt` (greedy, or sampled with temperature), with the service's early exit or the
+    request's `early_exit`."""
+    served = _ready(state)
+    p = plan_completion(body, served, state.settings.policy)
+    handles = submit(state.engine, served.codec, p)
+    timeout = state.settings.request_timeout_s
+    if body.stream:
+        return completions.stream(handles, p, served, timeout)
+    return await completions.complete(request, handles, p, served, timeout)
+
+
+@router.post("/v1/chat/completions", responses=ERRORS)
+async def create_chat_completion(body: ChatCompletionRequest, state: State, request: Request) -> Response:
+    """The assistant's next message after `messages`, rendered into one prompt by the model's chat template."""
+    served = _ready(state)
+    p = plan_chat(body, served, state.settings.policy)
+    handles = submit(state.engine, served.codec, p)
+    timeout = state.settings.request_timeout_s
+    if body.stream:
+        return chat.stream(handles, p, served, timeout)
+    return await chat.complete(request, handles, p, served, timeout)
+
+
+def _card(state: ServerState, served: ServedModel) -> ModelCard:
+    return ModelCard(id=served.name, created=int(state.started), context_length=served.context,
+                     checkpoint_step=served.step, max_model_len=served.context)  # fmt: skip
 
 
 @router.get("/v1/models")
 async def models(state: State) -> ModelList:
     served = state.served
-    if served is None:
-        return ModelList(data=[])
-    card = ModelCard(id=served.name, created=int(state.started), context_length=served.context,
-                     checkpoint_step=served.step)  # fmt: skip
-    return ModelList(data=[card])
+    return ModelList(data=[] if served is None else [_card(state, served)])
+
+
+@router.get("/v1/models/{model_id:path}", responses={404: {"model": ErrorBody}})
+async def model(model_id: str, state: State) -> ModelCard:
+    served = state.served
+    if served is None or served.name != model_id:
+        raise ClientError(404, f"The model {model_id!r} does not exist", "model", "model_not_found")
+    return _card(state, served)
 
 
 @router.get("/healthz")
@@ -93,7 +129,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientError)
     async def client_error(_: Request, exc: ClientError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.param, exc.code)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(Exception)
     async def bug(_: Request, exc: Exception) -> JSONResponse:

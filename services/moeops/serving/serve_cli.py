@@ -26,6 +26,13 @@ from moeops.api.v1alpha1.inferenceservice import BatchingSpec, EarlyExitSpec
 from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
 
 DEFAULT_PORT = 8080
+LOCAL_HOST = "127.0.0.1"
+"""A server started by hand answers this machine only, unless told otherwise (--host)."""
+POD_HOST = "0.0.0.0"
+"""In a pod (the operator gives the ServingRuntimeConfig) the server binds the pod's own addresses: its network
+namespace is its own, and the Service reaches it there."""
+KEEP_ALIVE_S = 5
+"""An idle keep-alive connection is closed after this long (a slow or silent client holds no socket for long)."""
 
 
 def _runtime_config(path: Path | None) -> ServingRuntimeConfig | None:
@@ -52,7 +59,9 @@ def _fail(message: str) -> None:
                    " modelDir]")  # fmt: skip
 @click.option("--train-config", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="The run's resolved config.json (its architecture)  [default: beside the checkpoints]")  # fmt: skip
-@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--host", default=None,
+              help="Address to bind  [default: 0.0.0.0 in a pod (a ServingRuntimeConfig is given: the pod binds its"
+                   f" own address), else {LOCAL_HOST}]")  # fmt: skip
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help=f"[default: the config's, or {DEFAULT_PORT}]")
 @click.option("--model-name", default=None,
               help="The id clients send as `model`  [default: the service, or the checkpoint's job]")  # fmt: skip
@@ -65,12 +74,22 @@ def _fail(message: str) -> None:
 @click.option("--exit-rule", type=click.Choice(["softmax-max", "top2-margin"]), default=None)
 @click.option("--device", default=None, help="torch device  [default: cuda when available, else cpu]")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=1 << 20, show_default=True)
+@click.option("--max-queued", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Requests waiting for the batch beyond which new ones get 429 with Retry-After")  # fmt: skip
+@click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="A request generating longer than this is cancelled (504)")  # fmt: skip
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch intra-op threads  [default: $OMP_NUM_THREADS, else the cgroup's CPU limit (cpu.max)]",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def serve(
     config: Path | None,
     checkpoint: Path | None,
     train_config: Path | None,
-    host: str,
+    host: str | None,
     port: int | None,
     model_name: str | None,
     max_batch_size: int | None,
@@ -81,6 +100,9 @@ def serve(
     exit_rule: str | None,
     device: str | None,
     max_body_bytes: int,
+    max_queued: int,
+    request_timeout_s: float,
+    threads: int | None,
     log_level: str,
 ) -> None:
     """Serve a trained checkpoint: OpenAI-compatible /v1/completions and /v1/models, /healthz, /readyz, /metrics."""
@@ -92,6 +114,7 @@ def serve(
     from .app import ServerSettings, create_app
     from .early_exit import ExitPolicy
     from .loader import CheckpointRef, ModelLoadError, load_served
+    from .threads import choose_threads
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runtime = _runtime_config(config)
@@ -125,17 +148,23 @@ def serve(
         batched_matmuls=batched_matmuls,
         service=runtime.service_name if runtime else None,
         namespace=runtime.namespace if runtime else None,
+        max_queued=max_queued,
+        request_timeout_s=request_timeout_s,
     )
+    intra_op = choose_threads(threads)
+    torch.set_num_threads(intra_op.threads)
     click.echo(
         f"moeops serve: {name} = step {ref.step} of {ref.step_dir} ({json.dumps(ref.arch.model_dump(by_alias=True))});"
-        f" batch ≤ {settings.max_batch_size} within {settings.max_latency_ms:g} ms; early exit {policy}",
+        f" batch ≤ {settings.max_batch_size} within {settings.max_latency_ms:g} ms; early exit {policy};"
+        f" {intra_op.threads} intra-op thread(s) ({intra_op.source})",
         err=True,
     )
     otel = telemetry.setup("server")  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     app = create_app(lambda: load_served(ref, name, target), settings)
     try:
-        uvicorn.run(app, host=host, port=port or (runtime.port if runtime else DEFAULT_PORT), log_level=log_level,
-                    timeout_graceful_shutdown=10)  # fmt: skip
+        uvicorn.run(app, host=host or (POD_HOST if runtime else LOCAL_HOST),
+                    port=port or (runtime.port if runtime else DEFAULT_PORT), log_level=log_level,
+                    timeout_graceful_shutdown=10, timeout_keep_alive=KEEP_ALIVE_S)  # fmt: skip
     finally:
         otel.shutdown()
 

@@ -28,6 +28,10 @@ class ServerSettings:
     service: str | None = None
     """The InferenceService and namespace, for the load reporter (None: no reporting)."""
     namespace: str | None = None
+    max_queued: int = 256
+    """Requests waiting for a place in the batch beyond which a new one is answered 429 with Retry-After."""
+    request_timeout_s: float | None = 600.0
+    """A request still generating after this long is cancelled (504, or an error event in a stream); None: never."""
 
 
 @dataclass
