@@ -6,66 +6,17 @@ from __future__ import annotations
 
 import filecmp
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from missing import missing
+from helm_chart import AGENT_ON, CHART, container, env, helm, named, of_kind, render, run_helm, workloads
+
+__all__ = ["helm"]  # the fixture
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "moeops"
-HELM = shutil.which("helm", path=f"{REPO / '.cache' / 'bin'}") or shutil.which("helm")
 RESYNC = "cp crds/*.yaml charts/moeops/crds/  (make chart-crds)"
-
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    if HELM is None:
-        missing("helm not found: run hack/bootstrap.sh (hack/fetch_kube_clients.py puts it in .cache/bin)")
-    return HELM
-
-
-def run_helm(helm: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([helm, *args], capture_output=True, text=True, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr}")
-    return result
-
-
-def render(helm: str, values: dict[str, Any] | None = None, namespace: str = "moeops") -> list[dict[str, Any]]:
-    args = [f"--set-json={k}={json.dumps(v)}" for k, v in (values or {}).items()]
-    out = run_helm(helm, "template", "rel", str(CHART), "--namespace", namespace, *args).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == kind]
-
-
-def named(objects: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
-    found = [o for o in of_kind(objects, kind) if o["metadata"]["name"].endswith(suffix)]
-    assert len(found) == 1, f"{kind} *{suffix}: {[o['metadata']['name'] for o in of_kind(objects, kind)]}"
-    return found[0]
-
-
-def container(workload: dict[str, Any]) -> dict[str, Any]:
-    (only,) = workload["spec"]["template"]["spec"]["containers"]
-    return only  # type: ignore[no-any-return]
-
-
-def env(workload: dict[str, Any]) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(workload).get("env", [])}
-
-
-def workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] in ("Deployment", "DaemonSet")]
-
-
-AGENT_ON = {"carbonAgent.enabled": True, "carbonAgent.region": "eu-west-1", "carbonAgent.namespace": "moeops-node"}
 
 
 # Lint and template ---------------------------------------------------------------------------------------------
@@ -124,7 +75,7 @@ def test_defaults(helm: str) -> None:
 
 def test_operator_rbac_is_what_it_calls(helm: str) -> None:
     objects = render(helm)
-    (role,) = of_kind(objects, "ClusterRole")  # the agent (off) would have its own
+    role = named(objects, "ClusterRole", "-operator")  # the agent (off) would have its own, users' roles are apart
     granted: dict[tuple[str, str], set[str]] = {}
     for rule in role["rules"]:
         for group in rule["apiGroups"]:
@@ -159,8 +110,9 @@ def test_replicas_above_one_peer(helm: str) -> None:
     op = named(objects, "Deployment", "-operator")
     assert op["spec"]["replicas"] == 2 and "--standalone" not in container(op)["args"]
     (peering,) = of_kind(objects, "ClusterKopfPeering")
-    assert peering["metadata"]["name"] == "moeops"  # moeops.operator.handlers.setup.PEERING_NAME
-    (role,) = of_kind(objects, "ClusterRole")
+    assert peering["metadata"]["name"] == "rel-moeops"  # one per release, named to the operator in its env
+    assert env(op)["MOEOPS_PEERING_NAME"] == "rel-moeops"
+    role = named(objects, "ClusterRole", "-operator")
     assert {
         "apiGroups": ["kopf.dev"],
         "resources": ["clusterkopfpeerings"],
@@ -179,7 +131,7 @@ def test_watched_namespaces_get_roles(helm: str) -> None:
     for role in roles:
         resources = {r for rule in role["rules"] for r in rule["resources"]}
         assert {"moetrainingjobs", "jobs", "deployments", "events", "kopfpeerings"} <= resources
-    (cluster_role,) = of_kind(objects, "ClusterRole")  # only what is cluster-scoped
+    cluster_role = named(objects, "ClusterRole", "-operator")  # only what is cluster-scoped
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
         "customresourcedefinitions",
         "namespaces",
@@ -310,7 +262,7 @@ def test_grafana_dashboard(helm: str) -> None:
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1" and cm["metadata"]["namespace"] == "monitoring"
     dashboard = json.loads(cm["data"]["moeops.json"])
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
-    # The instruments' names (operator/handlers/observe.py, serving/otel.py, carbon/telemetry.py) as an OTel →
+    # The instruments' names (operator/handlers/observe.py, serving/otel.py, carbon/node/telemetry.py) as an OTel →
     # Prometheus pipeline writes them (dots to underscores; unit and _total suffixes matched loosely where they vary).
     for metric in ("moeops_job_progress", "moeops_job_tokens_per_second", "moeops_job_utilization",
                    "moeops_job_plan_epoch", "http_server_request_duration_seconds_bucket",

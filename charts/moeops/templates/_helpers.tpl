@@ -33,6 +33,22 @@ app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 {{- end }}
 {{- end -}}
 
+{{/* Pod template labels: the selector's, part-of, managed-by, commonLabels and the component's podLabels. Never the
+chart's or the app's version: a chart bump alone would change every pod template and restart every pod. The selector
+labels win over podLabels (a podLabel cannot detach a pod from its Deployment). */}}
+{{- define "moeops.podLabels" -}}
+{{- $labels := dict "app.kubernetes.io/part-of" "moeops" "app.kubernetes.io/managed-by" .root.Release.Service -}}
+{{- $labels = mergeOverwrite $labels (.root.Values.commonLabels | default dict) ((.values).podLabels | default dict) -}}
+{{- $labels = mergeOverwrite $labels (include "moeops.selectorLabels" . | fromYaml) -}}
+{{- toYaml $labels -}}
+{{- end -}}
+
+{{/* The kopf peering object's name (MOEOPS_PEERING_NAME of the operator): one per release, so that two releases
+(e.g. each watching its own namespaces) never share one, nor fight over it at install. */}}
+{{- define "moeops.peeringName" -}}
+{{- include "moeops.fullname" . -}}
+{{- end -}}
+
 {{- define "moeops.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "moeops.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
@@ -165,20 +181,50 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
-{{/* Scheduling: nodeSelector, tolerations, affinity of a component's values. */}}
+{{/* Scheduling of a component's pods: "moeops.scheduling" (dict "root" $ "component" "operator" "values" $v).
+priorityClassName (the component's, else the chart's), nodeSelector, tolerations, affinity and
+topologySpreadConstraints (a constraint without labelSelector gets the component's selector labels). */}}
 {{- define "moeops.scheduling" -}}
-{{- with .nodeSelector }}
+{{- $v := .values -}}
+{{- with (default .root.Values.priorityClassName $v.priorityClassName) }}
+priorityClassName: {{ . | quote }}
+{{- end }}
+{{- with $v.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .tolerations }}
+{{- with $v.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .affinity }}
+{{- with $v.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- $spread := list }}
+{{- $selector := dict "matchLabels" (include "moeops.selectorLabels" . | fromYaml) }}
+{{- range ($v.topologySpreadConstraints | default list) }}
+{{- $spread = append $spread (merge (deepCopy .) (dict "labelSelector" $selector)) }}
+{{- end }}
+{{- with .defaultSpread }}
+{{- if not (or $spread $v.affinity) }}
+{{- $spread = list (dict "maxSkew" 1 "topologyKey" "kubernetes.io/hostname" "whenUnsatisfiable" "ScheduleAnyway" "labelSelector" $selector) }}
+{{- end }}
+{{- end }}
+{{- with $spread }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Security contexts of a component: the chart-wide ones with the component's own merged over them.
+"moeops.podSecurityContext" / "moeops.containerSecurityContext" (dict "root" $ "values" $v). */}}
+{{- define "moeops.podSecurityContext" -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.podSecurityContext) (deepCopy (.values.podSecurityContext | default dict))) -}}
+{{- end -}}
+
+{{- define "moeops.containerSecurityContext" -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.containerSecurityContext) (deepCopy (.values.securityContext | default dict))) -}}
 {{- end -}}
 
 {{/* The bus is there (components that only make sense with it). */}}
@@ -219,4 +265,11 @@ each watched namespace). Each one is a call of moeops.operator.kube, the handler
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- end -}}
+
+{{/* The port of otel.endpoint (its scheme's default when it names none): what the NetworkPolicy lets out. */}}
+{{- define "moeops.otlpPort" -}}
+{{- $url := urlParse .Values.otel.endpoint -}}
+{{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) -}}
+{{- if $port }}{{ $port }}{{ else if eq $url.scheme "https" }}443{{ else }}80{{ end -}}
 {{- end -}}
