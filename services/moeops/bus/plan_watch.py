@@ -2,7 +2,9 @@
 
 The trainer's rank 0 holds one of these and asks `newest()` once per step (a lock and an attribute read): the
 training thread never waits on NATS. It also writes the job's description (`describe()`) to the jobs bucket, so
-that the rebalancer knows the job's layout and settings without per-job configuration.
+that the rebalancer knows the job's layout and settings without per-job configuration, and rank 0's
+acknowledgements of plans (`acknowledge()`, plan_acks.py) to the plan acknowledgements bucket, so that the rebalancer
+plans from what runs.
 
 The thread polls the plans bucket every `poll_s` seconds rather than holding a KV watch: a poll is one request,
 survives server restarts without re-subscribing, and a plan is announced several steps before it applies
@@ -26,6 +28,8 @@ from .connection import ConnectionOptions, connect
 from .jobs import JobDescription
 from .loop_thread import run_own_loop
 from .messages import BadMessage, RebalancePlan
+from .plan_ack_store import ensure_plan_acks_bucket, put_ack
+from .plan_acks import PlanAck
 from .streams import ensure_plans_bucket, latest_plan
 from .subjects import token
 
@@ -43,6 +47,8 @@ class PlanWatcher:
         self._newest: RebalancePlan | None = None
         self._description: JobDescription | None = None
         self._described = False
+        self._ack: PlanAck | None = None
+        """The newest acknowledgement not yet stored (a newer one replaces it: each carries the whole state)."""
         self.bad_plans = 0
         self._loop = asyncio.new_event_loop()
         self._stop = asyncio.Event()
@@ -58,6 +64,11 @@ class PlanWatcher:
         the bucket is on disk)."""
         with self._lock:
             self._description, self._described = description, False
+
+    def acknowledge(self, ack: PlanAck) -> None:
+        """Store `ack` in the plan acknowledgements bucket (on the next poll; kept until stored)."""
+        with self._lock:
+            self._ack = ack
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError):  # the loop has already closed
@@ -81,6 +92,8 @@ class PlanWatcher:
                 kv = await self._poll(client, kv)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self._poll_s)
+            with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):  # the last one, if the server answers
+                await asyncio.wait_for(self._store_ack(client.jetstream(timeout=1.0)), 1.0)
         finally:
             with contextlib.suppress(TimeoutError, nats.errors.Error, OSError):
                 await asyncio.wait_for(client.close(), 1.0)
@@ -90,6 +103,7 @@ class PlanWatcher:
         try:
             js = client.jetstream(timeout=2.0)
             await self._store_description(js)
+            await self._store_ack(js)
             kv = kv or await ensure_plans_bucket(js)
             found = await latest_plan(kv, self._namespace, self._job)
         except BadMessage as exc:
@@ -114,3 +128,13 @@ class PlanWatcher:
         await put_description(await ensure_jobs_bucket(js), description)
         with self._lock:
             self._described = self._description is description
+
+    async def _store_ack(self, js: JetStreamContext) -> None:
+        with self._lock:
+            ack = self._ack
+        if ack is None:
+            return
+        await put_ack(await ensure_plan_acks_bucket(js), ack)
+        with self._lock:
+            if self._ack is ack:
+                self._ack = None

@@ -42,6 +42,10 @@ class RebalanceReport(BusMessage):
     ranks_reporting: NonNegativeInt
     last_step: NonNegativeInt
     measured_at_unix_s: FiniteFloat
+    refused_epoch: NonNegativeInt | None = None
+    """The newest plan rank 0 refused a part of (plan_acks.py); None when it refused none."""
+    refusal: str | None = None
+    """Why, in the trainer's words."""
 
     @property
     def key(self) -> str:

@@ -6,7 +6,9 @@ folded in, each job the batch touched is planned once, and then the batch is ack
 service resumes after the last batch it acked (the first start reads everything the stream still holds), and a
 batch redelivered after a crash is dropped by the aggregator as duplicates. The latest plan of every job is read
 back from the KV bucket on start, so epochs continue where they stopped, and plans are written with a
-compare-and-set. Messages that cannot be decoded are counted by reason and acked (redelivering them would not make
+compare-and-set. While a job's newest plan is not acknowledged by its rank 0, each round reads the job's
+acknowledgement (the plan acks bucket) before planning it, and plans from what it says runs (`JobState.belief`).
+Messages that cannot be decoded are counted by reason and acked (redelivering them would not make
 them readable); nothing a worker sends can stop the service. While NATS is away the client reconnects in the
 background and the consumer's deliveries resume when it is back.
 """
@@ -32,6 +34,7 @@ from nats.js.kv import KeyValue
 from moeops.bus.buckets import ensure_jobs_bucket, ensure_reports_bucket, job_description, put_report
 from moeops.bus.connection import ConnectionOptions, connect
 from moeops.bus.messages import BadMessage, RebalancePlan
+from moeops.bus.plan_ack_store import ensure_plan_acks_bucket, latest_ack
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan, put_plan
 from moeops.bus.subjects import METRICS_STREAM, metrics_filter, token
 
@@ -51,6 +54,7 @@ class _Buckets(NamedTuple):
     plans: KeyValue
     jobs: KeyValue
     reports: KeyValue
+    acks: KeyValue
 
 
 @dataclass
@@ -142,9 +146,14 @@ class RebalancerService:
         try:
             js = client.jetstream()
             await ensure_metrics_stream(js)
-            kv = _Buckets(await ensure_plans_bucket(js), await ensure_jobs_bucket(js), await ensure_reports_bucket(js))
+            kv = _Buckets(
+                await ensure_plans_bucket(js),
+                await ensure_jobs_bucket(js),
+                await ensure_reports_bucket(js),
+                await ensure_plan_acks_bucket(js),
+            )
             for state in self.jobs.values():
-                await self._recover_plan(kv.plans, state)
+                await self._recover_plan(kv, state)
             consumer = MetricsConsumer(js, METRICS_STREAM, self.filter, self.durable, self.limits)
             await consumer.start(client.new_inbox())
             self.ready.set()
@@ -168,10 +177,10 @@ class RebalancerService:
                 await consumer.close()
             await self._close(client)
 
-    async def _recover_plan(self, kv: KeyValue, state: JobState) -> None:
+    async def _recover_plan(self, kv: _Buckets, state: JobState) -> None:
         namespace, job = state.settings.key
         try:
-            stored = await latest_plan(kv, namespace, job)
+            stored = await latest_plan(kv.plans, namespace, job)
         except BadMessage as exc:
             self.counters.bad_messages[exc.reason.value] += 1
             logger.warning("ignoring the stored plan of %s/%s: %s", namespace, job, exc)
@@ -179,6 +188,25 @@ class RebalancerService:
         if stored is not None:
             state.adopt(*stored)
             logger.info("%s/%s: resuming after plan epoch %d", namespace, job, stored[0].epoch)
+            await self._read_ack(kv.acks, state)
+
+    async def _read_ack(self, kv: KeyValue, state: JobState) -> None:
+        """Take the job's newest acknowledgement, if any (a bad one is counted and ignored)."""
+        try:
+            ack = await latest_ack(kv, *state.settings.key)
+        except BadMessage as exc:
+            self.counters.bad_messages[exc.reason.value] += 1
+            return
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            logger.debug("cannot read the plan acknowledgement of %s/%s: %s", *state.settings.key, exc)
+            return
+        if ack is None or (state.ack is not None and ack.epoch <= state.ack.epoch):
+            return
+        state.acknowledged(ack)
+        if ack.refused:
+            self.counters.plans_refused += 1
+            logger.warning("%s/%s: plan epoch %d refused in part: %s (planning from what runs)",
+                           *state.settings.key, ack.epoch, "; ".join(ack.refused))  # fmt: skip
 
     async def _discover(self, kv: _Buckets) -> None:
         """Look up the descriptions of jobs whose metrics came in unannounced (at most every few seconds each)."""
@@ -201,7 +229,7 @@ class RebalancerService:
             settings = JobSettings.from_description(description, min_samples=self.discovered_min_samples,
                                                     apply_margin_steps=self.discovered_apply_margin_steps)  # fmt: skip
             state = self.jobs[key] = JobState.of(settings)
-            await self._recover_plan(kv.plans, state)
+            await self._recover_plan(kv, state)
             logger.info("%s/%s: serving (world %d, %s)", *key, description.world_size, state.settings.layout)
 
     async def _report(self, kv: KeyValue, touched: set[JobKey]) -> None:
@@ -226,6 +254,8 @@ class RebalancerService:
         """Plans every job the round touched, then acks the round; False (and no ack) if a plan was not stored."""
         plan_errors = self.counters.plan_errors
         for key in sorted(pending.touched):
+            if self.jobs[key].awaiting_ack:
+                await self._read_ack(kv.acks, self.jobs[key])
             await self._plan(kv.plans, self.jobs[key])
         await self._report(kv.reports, pending.touched)
         if self.undescribed:
@@ -240,14 +270,15 @@ class RebalancerService:
     async def _plan(self, kv: KeyValue, state: JobState) -> None:
         settings = state.settings
         snapshot = state.aggregator.snapshot()
+        previous, current_shares = state.belief()
         try:
             outcome = replan_outcome(
                 snapshot,
                 settings.replan_settings(with_lead_time(settings.hysteresis, snapshot)),
-                current_shares=state.current_shares,
+                current_shares=current_shares,
                 last_applied_step=state.last_applied_step,
                 last_full_step=state.last_full_step,
-                previous=state.previous,
+                previous=previous,
                 now_unix_s=self.clock(),
             )
         except ValueError as exc:  # e.g. a world too large for the global batch: log, keep serving other jobs

@@ -1,12 +1,18 @@
 """The jobs a rebalancer serves: their settings (from flags, or from the job's own description on the bus), their
-load aggregators and plans, and the report the operator shows in `.status.rebalance` (pure: no NATS here)."""
+load aggregators and plans, and the report the operator shows in `.status.rebalance` (pure: no NATS here).
+
+What a job runs is what its rank 0 acknowledged (moeops.bus.plan_acks), not what the rebalancer published: a part
+the trainer refused keeps the setting it ran before, and the next plan starts from that (`JobState.belief`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 from moeops.bus.jobs import JobDescription
 from moeops.bus.messages import RebalancePlan
+from moeops.bus.plan_acks import STARTED, PlanAck
 from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.bus.reports import RebalanceReport, measured_utilization
 
@@ -17,6 +23,8 @@ from .replan import ReplanSettings
 
 JobKey = tuple[str, str]
 """(namespace, job)."""
+PUBLISHED_KEPT: Final = 16
+"""Plans remembered by epoch, for the parts an acknowledgement says run (older ones: the newest plan's)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,12 @@ class JobState:
     `Hysteresis.data_interval_steps`)."""
     reported_at: float = float("-inf")
     """Monotonic time of the last report written."""
+    published: dict[int, RebalancePlan] = field(default_factory=dict)
+    """The last PUBLISHED_KEPT plans by epoch."""
+    ack: PlanAck | None = None
+    """Rank 0's newest acknowledgement."""
+    last_refusal: PlanAck | None = None
+    """The newest acknowledgement that refused a part (the report shows it)."""
 
     @classmethod
     def of(cls, settings: JobSettings) -> JobState:
@@ -112,10 +126,50 @@ class JobState:
         """`plan` is the job's plan now; `full`: its round could re-plan every part (a plan found in the bucket
         counts as one: the interval of the slow parts then starts from it, the safe side)."""
         self.previous, self.revision = plan, revision
+        self.published[plan.epoch] = plan
+        for epoch in sorted(self.published)[:-PUBLISHED_KEPT]:
+            del self.published[epoch]
         self.last_applied_step = plan.apply_at_step
         if full:
             self.last_full_step = plan.apply_at_step
         self.current_shares = sequences_from_fractions(plan.data_shares, self.settings.global_batch)
+
+    @property
+    def awaiting_ack(self) -> bool:
+        """A plan is published that rank 0 has not acknowledged yet."""
+        return self.previous is not None and (self.ack is None or self.ack.epoch < self.previous.epoch)
+
+    def acknowledged(self, ack: PlanAck) -> None:
+        """Take rank 0's acknowledgement (an older one than that held is ignored)."""
+        if self.ack is not None and (ack.epoch, ack.step) < (self.ack.epoch, self.ack.step):
+            return
+        self.ack = ack
+        if ack.refused:
+            self.last_refusal = ack
+
+    def belief(self) -> tuple[RebalancePlan | None, list[int] | None]:
+        """What to plan from: the plan the next one follows, its parts those that run, and the sequences per
+        data-parallel replica that run. Until rank 0 acknowledges the newest plan, that plan (it will apply);
+        then per part the setting of the plan the acknowledgement says runs: a refused part is not believed."""
+        plan, ack = self.previous, self.ack
+        if plan is None or ack is None or ack.epoch < plan.epoch:
+            return plan, self.current_shares
+        running = ack.running
+        data, experts, stages = (
+            self._running(epoch, plan) for epoch in (running.data, running.experts, running.stages)
+        )
+        believed = plan.model_copy(
+            update={
+                "expert_placement": [] if experts is None else experts.expert_placement,
+                "stage_layers": list(self.settings.stage_layers) if stages is None else stages.stage_layers,
+            }
+        )
+        current = None if data is None else sequences_from_fractions(data.data_shares, self.settings.global_batch)
+        return believed, current
+
+    def _running(self, epoch: int, newest: RebalancePlan) -> RebalancePlan | None:
+        """The plan whose setting runs (None: the job's start); one no longer remembered: the newest plan."""
+        return None if epoch == STARTED else self.published.get(epoch, newest)
 
     def report(self, now_unix_s: float) -> RebalanceReport | None:
         """The job as the rebalancer sees it now, or None before any rank has reported."""
@@ -136,4 +190,6 @@ class JobState:
             ranks_reporting=len(snapshot.ranks),
             last_step=max(0, snapshot.max_step),
             measured_at_unix_s=now_unix_s,
+            refused_epoch=None if self.last_refusal is None else self.last_refusal.epoch,
+            refusal="; ".join(self.last_refusal.refused) if self.last_refusal is not None else None,
         )
