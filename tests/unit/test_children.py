@@ -94,7 +94,7 @@ def test_suspend_is_left_to_kueue_for_queued_jobs() -> None:
     assert desired_suspend(queued) is None
     job = next(c for c in training_children(OWNER, queued, *plan_training_job(queued), CFG) if c.kind == "Job")
     assert job.body["spec"]["suspend"] is True  # created suspended for Kueue to admit
-    assert "spec" not in job.managed  # and never forced afterwards
+    assert "suspend" not in job.managed["spec"]  # and never forced afterwards
     assert job.body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
 
 
@@ -198,3 +198,18 @@ def test_workers_and_servers_use_the_cpus_they_asked_for() -> None:
     assert only_request[0]["valueFrom"]["resourceFieldRef"]["resource"] == "requests.cpu"
     assert cpu_threads_env("server", ResourceRequirements(limits={"memory": "1Gi"})) == []
     assert cpu_threads_env("server", None) == []
+
+
+def test_an_edit_of_the_deadline_reaches_the_running_job() -> None:
+    """runPolicy.activeDeadlineSeconds is a managed field of the Job: set, changed and removed by drift patches."""
+    from moeops.operator.drift import drift_patch
+
+    def managed(run_policy: dict[str, Any]) -> dict[str, Any]:
+        spec = job_spec(runPolicy=run_policy)
+        job = next(c for c in training_children(OWNER, spec, *plan_training_job(spec), CFG) if c.kind == "Job")
+        return job.managed
+
+    live = {"metadata": {"labels": {}}, "spec": {"suspend": False, "activeDeadlineSeconds": 3600}}
+    assert drift_patch(managed({"activeDeadlineSeconds": 7200}), live)["spec"] == {"activeDeadlineSeconds": 7200}
+    assert drift_patch(managed({"activeDeadlineSeconds": 3600}), live).get("spec") is None
+    assert drift_patch(managed({}), live)["spec"] == {"activeDeadlineSeconds": None}  # merge-patch null: removed

@@ -45,11 +45,12 @@ class NotOwned(ApiError):
 
 
 class ChildRefused(ApiError):
-    """The API server refused a child as invalid (400 BadRequest, 422 Invalid): the same object is refused again,
-    so only a change of the spec can help. The message is the API server's."""
+    """The API server refused a child: invalid (400 BadRequest, 422 Invalid) or forbidden (403: an admission policy,
+    a quota, the operator's RBAC). Retrying the same object is refused again, so only a change of the spec (or of
+    the cluster) can help. The message is the API server's."""
 
 
-REFUSED = (400, 422)
+REFUSED = (400, 403, 422)
 
 
 def _error(exc: ApiException, what: str) -> ApiError:

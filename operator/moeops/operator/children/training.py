@@ -234,10 +234,15 @@ def worker_job(
         "metadata": metadata(owner, worker_job_name(owner.name), {**labels, RESTART_ATTEMPT_LABEL: str(attempt)}),
         "spec": job_spec,
     }
-    # The attempt label is not managed: a Job of an earlier attempt keeps it until it is deleted.
-    managed: dict[str, Any] = {"metadata": {"labels": labels}}
+    # The attempt label is not managed: a Job of an earlier attempt keeps it until it is deleted. The first attempt's
+    # deadline is: an edit of runPolicy.activeDeadlineSeconds reaches its running Job (None removes it, a merge-patch
+    # null). A later attempt's is what was left when its Job was made (relative to that Job's start): recomputed now it
+    # would count this attempt's time twice, so an edit counts from the next attempt's Job on.
+    managed: dict[str, Any] = {"metadata": {"labels": labels}, "spec": {}}
+    if deadline_left_s is None:
+        managed["spec"]["activeDeadlineSeconds"] = deadline or None
     if suspend is not None:
-        managed["spec"] = {"suspend": suspend}
+        managed["spec"]["suspend"] = suspend
     return Child(body, managed=managed)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -249,17 +250,14 @@ async def schedule_ttl_deletion(
     No kopf timer: timers need a finalizer on every job, which would block deletion whenever the operator is
     down. The schedule lives in memory and is rebuilt from the objects when the operator restarts.
     """
-    scheduled: dict[str, asyncio.TimerHandle] = memo["ttl_timers"]
+    scheduled: dict[str, tuple[datetime, asyncio.TimerHandle]] = memo["ttl_timers"]
     uid = body.metadata.uid or ""
     expiry = ttl_expiry(body.get("status") or {}, spec.get("runPolicy", {}).get("ttlSecondsAfterFinished"))
     if event["type"] == "DELETED":
         JOBS.forget(body.metadata.namespace or "", body.metadata.name or "")
-    if event["type"] == "DELETED" or expiry is None:
-        handle = scheduled.pop(uid, None)
-        if handle:
-            handle.cancel()
-        return
-    if uid in scheduled:
+    if uid in scheduled and (event["type"] == "DELETED" or scheduled[uid][0] != expiry):
+        scheduled.pop(uid)[1].cancel()  # gone, or runPolicy.ttlSecondsAfterFinished edited: schedule it anew
+    if event["type"] == "DELETED" or expiry is None or uid in scheduled:
         return
     loop = asyncio.get_running_loop()
     kube = kube_of(memo)
@@ -270,4 +268,4 @@ async def schedule_ttl_deletion(
         loop.run_in_executor(None, kube.delete_custom, PLURAL, namespace, name, uid)
 
     delay = max(0.0, (expiry - now()).total_seconds())
-    scheduled[uid] = loop.call_later(delay, expire)
+    scheduled[uid] = (expiry, loop.call_later(delay, expire))

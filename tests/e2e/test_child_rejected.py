@@ -1,0 +1,117 @@
+"""A child the API server refuses is visible on the owner (real control plane): a `ChildRejected` condition with the
+API server's message and one Warning event from the operator, no retry loop, and a fresh try when the spec changes.
+
+The refusal comes from a ValidatingAdmissionPolicy, as a cluster's policy engine would refuse a child: whatever the
+CRD can check is refused at apply already (test_apply_refusals.py), a policy it cannot see."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness import Cluster, OperatorProcess, wait_for
+from manifests import merge, training_job
+from test_training_lifecycle import PLURAL, wait_condition
+
+from moeops.operator.naming import OPERATOR_NAME
+
+NAME = "refused"
+POLICY_MESSAGE = "the cluster's policy refuses this worker Job"
+
+
+def policy(namespace: str) -> list[dict[str, Any]]:
+    name = f"refuse-{namespace}"
+    rule = {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]}
+    label = "'moeops.dev/training-job'"
+    expression = (f"!has(object.metadata.labels) || !({label} in object.metadata.labels)"
+                  f" || object.metadata.labels[{label}] != '{NAME}'")  # fmt: skip
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [rule]},
+                "validations": [{"expression": expression, "message": POLICY_MESSAGE, "reason": "Invalid"}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+            },
+        },
+    ]
+
+
+def probe_job(namespace: str) -> dict[str, Any]:
+    container = {"name": "c", "image": "busybox"}
+    template = {"spec": {"restartPolicy": "Never", "containers": [container]}}
+    meta = {"name": "probe", "namespace": namespace, "labels": {"moeops.dev/training-job": NAME}}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"template": template}}
+
+
+@pytest.fixture
+def refusing_policy(cluster: Cluster, namespace: str) -> Iterator[list[dict[str, Any]]]:
+    objects = policy(namespace)
+    for obj in objects:
+        cluster.kubectl.apply(obj)
+
+    def in_force() -> bool:
+        result = cluster.kubectl.apply(probe_job(namespace), "--dry-run=server", check=False)
+        return result.returncode != 0 and POLICY_MESSAGE in result.stderr
+
+    wait_for("the admission policy in force", in_force, timeout=30)
+    yield objects
+    for obj in objects:
+        cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+def rejected_events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    return [e for e in cluster.events(namespace, NAME) if e["reason"] == "ChildRejected"]
+
+
+def test_a_refused_worker_job_is_a_condition_and_one_warning(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, refusing_policy: list[dict[str, Any]]
+) -> None:
+    manifest = training_job(NAME, namespace)
+    cluster.kubectl.apply(manifest)
+    condition = wait_condition(cluster, namespace, NAME, "ChildRejected")
+    assert condition["reason"] == "ChildRejected"
+    assert POLICY_MESSAGE in condition["message"] and f"create Job {namespace}/{NAME}" in condition["message"]
+    assert cluster.status(PLURAL, namespace, NAME)["state"] == "Pending"
+    (event,) = wait_for("the Warning event", lambda: rejected_events(cluster, namespace))
+    assert event["type"] == "Warning" and POLICY_MESSAGE in event["message"]
+    assert event["source"]["component"] == OPERATOR_NAME and event["reportingComponent"] == OPERATOR_NAME
+
+    time.sleep(5)  # no retry loop: the same children would be refused again
+    assert len(rejected_events(cluster, namespace)) == 1
+    assert cluster.read("Job", namespace, NAME) is None
+
+    # An edit is a new try; refused for the same reason, it posts no second event.
+    cluster.kubectl.apply(merge(manifest, {"spec": {"runPolicy": {"backoffLimit": 2}}}))
+    wait_for("the edit reconciled", lambda: (cluster.condition(PLURAL, namespace, NAME, "ChildRejected") or {}).get(
+        "observedGeneration") == 2)  # fmt: skip
+    assert len(rejected_events(cluster, namespace)) == 1
+
+    # The policy lifted, the next edit goes through and clears the condition.
+    for obj in refusing_policy:
+        cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"])
+    wait_for("the policy lifted", lambda: cluster.kubectl.apply(probe_job(namespace), "--dry-run=server",
+                                                               check=False).returncode == 0)  # fmt: skip
+    cluster.kubectl.apply(merge(manifest, {"spec": {"runPolicy": {"backoffLimit": 3}}}))
+    wait_for("the worker Job", lambda: cluster.read("Job", namespace, NAME))
+    cleared = wait_condition(cluster, namespace, NAME, "ChildRejected", status="False")
+    assert cleared["reason"] == "ChildrenAccepted"
+    created = wait_condition(cluster, namespace, NAME, "Created")
+    assert created["status"] == "True"
+    sources = {e["source"].get("component") for e in cluster.events(namespace, NAME)}
+    assert sources == {OPERATOR_NAME}, json.dumps(cluster.events(namespace, NAME))[:2000]
