@@ -37,6 +37,17 @@ class PlanInputs:
     precision: str = "bf16"
     pipeline_allowed: bool = True
     """False when every layer's hidden state must be on one rank (the early-exit loss): no pipeline stages."""
+    cpu: bool = False
+    """No GPU asked (gpusPerWorker 0): one rank per worker, and the plan's reason says CPU, not GPUs."""
+
+    @property
+    def ranks(self) -> str:
+        """`8 GPUs` or `2 CPU ranks`: what the reason counts."""
+        return (
+            f"{self.world_size} CPU rank{'s' if self.world_size != 1 else ''}"
+            if self.cpu
+            else f"{self.world_size} GPUs"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ def _fits(x: PlanInputs, d: Degrees) -> bool:
 
 def _regime(x: PlanInputs) -> tuple[str, Degrees]:
     if x.world_size <= SMALL_SCALE_MAX_GPUS:
-        return f"{x.world_size} GPUs (~100 scale): data parallel", Degrees(x.world_size, 1, 1)
+        return f"{x.ranks} (~100 scale): data parallel", Degrees(x.world_size, 1, 1)
     tensor = max(_tensor_candidates(x))
     pipes = [p for p in _pipeline_candidates(x, tensor) if p >= 2] or [1]
     start = _with(x, Degrees(1, tensor, pipes[0]), expert=1)
@@ -100,13 +111,13 @@ def _regime(x: PlanInputs) -> tuple[str, Degrees]:
     )
     if x.world_size <= MEDIUM_SCALE_MAX_GPUS:
         return (
-            f"{x.world_size} GPUs (~1,000 scale): tensor parallel inside {x.gpus_per_node}-GPU nodes,"
+            f"{x.ranks} (~1,000 scale): tensor parallel inside {x.gpus_per_node}-GPU nodes,"
             f" {across}, data parallel over the rest",
             start,
         )
     start = _with(x, start, expert=MAX_EXPERT_DEGREE, activation_checkpointing=True)
     return (
-        f"{x.world_size} GPUs (~10,000 scale): tensor inside nodes, {across},"
+        f"{x.ranks} (~10,000 scale): tensor inside nodes, {across},"
         " expert parallel within the data-parallel group, activation checkpointing",
         start,
     )
@@ -133,7 +144,8 @@ def _escalations(x: PlanInputs, start: Degrees) -> Iterator[tuple[str, str, Degr
 
 def _describe(x: PlanInputs, head: str, escalated: list[str], d: Degrees) -> Plan:
     memory = estimate_bytes_per_gpu(x.arch, d, x.micro_batch_size, x.precision)
-    fit = f"est. {memory / GIB:.1f} of {x.gpu_memory_bytes / GIB:.0f} GiB per GPU"
+    per = "rank (workers.gpuMemoryGiB)" if x.cpu else "GPU"
+    fit = f"est. {memory / GIB:.1f} of {x.gpu_memory_bytes / GIB:.0f} GiB per {per}"
     extra = f"; to fit: {', '.join(escalated)}" if escalated else ""
     return Plan(degrees=d, memory_per_gpu_bytes=memory, reason=f"{head}{extra}; {fit}")
 
@@ -192,7 +204,7 @@ def validate_explicit_plan(x: PlanInputs, requested: Degrees) -> Plan:
     memory = estimate_bytes_per_gpu(x.arch, d, x.micro_batch_size, x.precision)
     if memory > _budget(x):
         notes.append("WARNING: exceeds GPU memory")
-    plan = _describe(x, f"explicit degrees on {x.world_size} GPUs", [], d)
+    plan = _describe(x, f"explicit degrees on {x.ranks}", [], d)
     return replace(plan, reason=plan.reason + ("; " + "; ".join(notes) if notes else ""))
 
 

@@ -21,6 +21,7 @@ def plan_inputs(spec: MoETrainingJobSpec, arch: Architecture) -> PlanInputs:
         micro_batch_size=spec.training.micro_batch_size or 1,
         precision=spec.training.precision,
         pipeline_allowed=spec.training.early_exit.loss_weight == 0,  # the trainer refuses exit losses with PP
+        cpu=spec.workers.gpus_per_worker == 0,
     )
 
 
