@@ -25,11 +25,13 @@ RUN python -m pip install hatchling==1.33.0 \
 COPY pyproject.toml README.md ./
 COPY operator/moeops operator/moeops
 COPY services/moeops services/moeops
+# Every dependency pinned (hack/lock_images.py): two builds of one commit install the same versions.
+COPY images/constraints.txt images/constraints.txt
 # The venv keeps the .pyc files pip compiles at install (the final image runs with a read-only root filesystem,
 # where nothing could write them later); its own pip is removed: nothing installs at run time.
 RUN python -m pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
  && set -- /wheels/moeops-*.whl \
- && /opt/venv/bin/pip install "$1[bus,carbon,telemetry]" \
+ && /opt/venv/bin/pip install "$1[bus,carbon,telemetry]" --constraint images/constraints.txt \
  && /opt/venv/bin/pip uninstall --yes pip
 
 # ---- final: the slim base, the venv, a non-root user; no compiler, no pip ----

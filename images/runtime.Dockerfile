@@ -38,12 +38,14 @@ RUN python -m pip install hatchling==1.33.0 \
 COPY pyproject.toml README.md ./
 COPY operator/moeops operator/moeops
 COPY services/moeops services/moeops
+# Every dependency pinned (hack/lock_images.py): two builds of one commit install the same versions.
+COPY images/constraints.txt images/constraints.txt
 # The venv keeps the .pyc files pip compiles at install (the final image runs with a read-only root filesystem,
 # where nothing could write them later); its own pip is removed: nothing installs at run time. setuptools stays
 # in the venv: torch declares it a dependency.
 RUN python -m pip wheel --no-deps --no-build-isolation --wheel-dir /wheels . \
  && set -- /wheels/moeops-*.whl \
- && /opt/venv/bin/pip install "$1[runtime,serving,telemetry]" \
+ && /opt/venv/bin/pip install "$1[runtime,serving,telemetry]" --constraint images/constraints.txt \
  && /opt/venv/bin/pip uninstall --yes pip
 
 # ---- final: the slim base, the venv, a non-root user; no compiler, no pip ----
