@@ -86,3 +86,25 @@ def test_configurations_that_cannot_work_exit_78(
     result = CliRunner().invoke(serve, [a.format(run=run_dir) for a in args], env={**unset, **environ})
     assert result.exit_code == env.EXIT_CODE_INVALID_CONFIG, result.output
     assert message in result.output
+
+
+@pytest.mark.slow  # a server process
+def test_a_server_started_by_hand_binds_loopback_and_sizes_its_threads(run_dir: Path) -> None:
+    """No ServingRuntimeConfig (not a pod): 127.0.0.1 unless --host says otherwise, and torch's intra-op threads
+    from the cgroup's CPU limit when OMP_NUM_THREADS is not set (threads.py)."""
+    from moeops.serving.threads import OMP_ENV, choose_threads
+
+    port = _free_port()
+    environ = {k: v for k, v in os.environ.items() if k not in (env.SERVING_CONFIG, env.MODEL_DIR, OMP_ENV)}
+    expected = choose_threads(None, environ=environ)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moeops.serving", "--checkpoint", str(run_dir / "checkpoints"), "--port", str(port)],
+        env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}", timeout_s=60)
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"running on http://127.0.0.1:{port}" in out, out
+    assert f"{expected.threads} intra-op thread(s) ({expected.source})" in out, out
