@@ -42,9 +42,13 @@ DEPLOYMENT_LABELS: Mapping[str, Any] = {
 MODEL_RETRY_SECONDS = 30
 
 
+def stop_value(body: Mapping[str, Any]) -> str | None:
+    value = (body["metadata"].get("annotations") or {}).get(STOP_ANNOTATION)
+    return None if value is None else str(value)
+
+
 def is_stopped(body: Mapping[str, Any]) -> bool:
-    annotations = body["metadata"].get("annotations") or {}
-    return str(annotations.get(STOP_ANNOTATION, "")).lower() == "true"
+    return (stop_value(body) or "").lower() == "true"
 
 
 def report(
@@ -62,7 +66,7 @@ def report(
     def status_of(fresh: Mapping[str, Any]) -> StatusUpdate:
         update = serving_status(
             deployment, fresh.get("status") or {}, stopped=stopped, url=url, model=model, not_ready=not_ready,
-            generation=generation, now=now(),
+            generation=generation, now=now(), stop_value=stop_value(fresh),
         )  # fmt: skip
         if stopped:  # forget the autoscaler's number: un-stopping starts again from max(min, 1)
             update = StatusUpdate({**update.patch, "desiredReplicas": None}, update.events)
@@ -156,6 +160,7 @@ def server_deployment_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.
             not_ready=None,
             generation=int(owner["metadata"].get("generation") or 0),
             now=now(),
+            stop_value=stop_value(owner),
         )
 
     namespace = body.metadata.namespace or ""

@@ -6,9 +6,19 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from .conditions import EventType, StatusUpdate, set_condition, transitions
+from .conditions import Event, EventType, StatusUpdate, set_condition, transitions
 
 EVENT_TYPES: dict[str, EventType] = {"Ready": "Normal", "Stopped": "Normal"}
+STOP_VALUES = ("true", "false")
+"""What `moeops.dev/stop` may say (any case): anything else is shown, not guessed at (the service keeps running)."""
+
+
+def stop_value_problem(value: str | None) -> str | None:
+    """Why the stop annotation's value is not understood (None: absent, or true/false)."""
+    if value is None or value.lower() in STOP_VALUES:
+        return None
+    understood = 'only "true" (scale to zero) or "false" are understood'
+    return f"moeops.dev/stop is {value!r}: {understood}; the service keeps running"
 
 
 def serving_status(
@@ -21,6 +31,7 @@ def serving_status(
     not_ready: tuple[str, str] | None,
     generation: int,
     now: datetime,
+    stop_value: str | None = None,
 ) -> StatusUpdate:
     """`not_ready` is (reason, message) when the operator itself knows the service can't be ready
     (e.g. the model isn't resolvable yet); otherwise readiness follows the Deployment."""
@@ -41,8 +52,9 @@ def serving_status(
         ready, reason, message = False, "WaitingForReplicas", f"{ready_replicas}/{replicas} replicas ready"
 
     c = set_condition(before, "Ready", ready, reason, message, now=now, generation=generation)
-    stop_reason = "StopAnnotation" if stopped else "NotStopped"
-    c = set_condition(c, "Stopped", stopped, stop_reason, "", now=now, generation=generation)
+    problem = stop_value_problem(stop_value)
+    stop_reason = "StopAnnotation" if stopped else "InvalidStopAnnotation" if problem else "NotStopped"
+    c = set_condition(c, "Stopped", stopped, stop_reason, problem or "", now=now, generation=generation)
     patch: dict[str, Any] = {
         "conditions": c,
         "observedGeneration": generation,
@@ -51,4 +63,8 @@ def serving_status(
         "url": url,
         "model": model,
     }
-    return StatusUpdate(patch, transitions(before, c, EVENT_TYPES))
+    events = transitions(before, c, EVENT_TYPES)
+    was = next((x for x in before if x.get("type") == "Stopped"), {})
+    if problem and was.get("message") != problem:  # a value that is neither true nor false: said once per value
+        events.append(Event("Warning", "InvalidStopAnnotation", problem))
+    return StatusUpdate(patch, events)
