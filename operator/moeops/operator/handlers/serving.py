@@ -1,4 +1,9 @@
-"""InferenceService handlers: resolve the model, reconcile Deployment + Service, follow readiness."""
+"""InferenceService handlers: resolve the model, reconcile Deployment + Service, follow readiness.
+
+A service whose `model.trainingJobRef` is not servable yet (no such job, no checkpoint yet) is not retried on a
+timer: the training job's own watch events reconcile the services waiting for it (`training_job_changed`, through
+the index of services by the job they reference), so it is served as soon as the job's first checkpoint shows.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .common import (
     kube_of,
     now,
     owner_of,
+    retry_transient,
     validation_message,
     with_fresh_owner,
 )
@@ -39,7 +45,6 @@ DEPLOYMENT_LABELS: Mapping[str, Any] = {
     MANAGED_BY: OPERATOR_NAME,
     INFERENCE_SERVICE_LABEL: kopf.PRESENT,
 }
-MODEL_RETRY_SECONDS = 30
 
 
 def stop_value(body: Mapping[str, Any]) -> str | None:
@@ -126,7 +131,7 @@ def reconcile_inference_service(body: kopf.Body, spec: InferenceServiceSpec, mem
     kube = kube_of(memo)
     meta = body["metadata"]
     try:
-        status_of, retry = reconcile_spec(kube, config_of(memo), body, spec)
+        status_of, _model_pending = reconcile_spec(kube, config_of(memo), body, spec)
     except ChildRefused as exc:  # refused again until the spec changes: no retry, the next edit reconciles
         generation, message = int(meta.get("generation") or 0), str(exc)
         refused = lambda owner: rejection_status(  # noqa: E731
@@ -135,8 +140,36 @@ def reconcile_inference_service(body: kopf.Body, spec: InferenceServiceSpec, mem
         with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], refused)
         return
     with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
-    if retry:
-        raise kopf.TemporaryError("the model is not ready yet", delay=MODEL_RETRY_SECONDS)
+    # The model not ready yet (`_model_pending`): no timer; `training_job_changed` reconciles it when its job changes.
+
+
+@kopf.index(*SERVING)
+def services_by_training_job(namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    """The InferenceServices that serve a training job's checkpoint, by (namespace, job name)."""
+    ref = ((body.get("spec") or {}).get("model") or {}).get("trainingJobRef") or {}
+    return {(namespace, ref["name"]): body["metadata"]["name"]} if ref.get("name") else {}
+
+
+# kopf passes each index by its name; its handler protocols do not declare them, hence the ignore.
+@kopf.on.event(GROUP, VERSION, trainingjob.PLURAL)  # type: ignore[arg-type]
+@traced()
+def training_job_changed(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    services_by_training_job: kopf.Index[tuple[str | None, str | None], str],
+    **_: Any,
+) -> None:
+    """Reconcile the services still waiting for this job's model (no model in their status yet)."""
+    kube, cfg = kube_of(memo), config_of(memo)
+    namespace = body.metadata.namespace or ""
+    for name in set(services_by_training_job.get((namespace, body.metadata.name), [])):
+
+        def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
+            if (owner.get("status") or {}).get("model"):
+                return None  # served already: its own handlers follow it
+            return reconcile(kube, cfg, owner)[0](owner)
+
+        retry_transient(lambda: with_fresh_owner(kube, PLURAL, namespace, name, compute))  # noqa: B023
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=DEPLOYMENT_LABELS)
