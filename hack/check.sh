@@ -8,7 +8,7 @@ export PATH="$root/.cache/bin:$bin:$PATH"
 
 echo "== ruff";          "$bin/ruff" check .
 echo "== ruff format";   "$bin/ruff" format --check .
-echo "== mypy";          "$bin/mypy" operator services tests benchmarks hack
+echo "== mypy";          "$bin/mypy" operator services devtools tests benchmarks hack
 # Each conftest.py is the top-level module `conftest` (as to pytest), so the nested ones (excluded from the run above
 # in pyproject.toml) are checked one per run.
 for conftest in tests/*/conftest.py tests/*/*/conftest.py; do "$bin/mypy" --no-error-summary --no-warn-unused-configs "$conftest"; done

@@ -1,8 +1,9 @@
-"""`moeops`: the command line of the platform (operator, CRDs, local dev cluster, carbon reports)."""
+"""`moeops`: the command line of the platform (operator, CRDs, train, serve, export, carbon reports).
+
+The local platform for development is not here: it works only from a checkout (`python -m moeops.devcluster`)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -154,30 +155,6 @@ def crds(output_dir: Path, check: bool) -> None:
         return
     for path in crdgen.write(output_dir):
         click.echo(f"wrote {path}")
-
-
-@main.group()
-def dev() -> None:
-    """Local development helpers."""
-
-
-@dev.command("cluster")
-@click.option("--work-dir", type=click.Path(path_type=Path), default=Path(".tmp/devcluster"), show_default=True)
-def dev_cluster(work_dir: Path) -> None:
-    """Run a local control plane (etcd + kube-apiserver + kube-controller-manager) until interrupted."""
-    import signal
-    import threading
-
-    from moeops.devcluster import ControlPlane, find_binaries
-
-    if find_binaries() is None:
-        raise click.ClickException("control-plane binaries missing: run hack/controlplane/build.sh")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with ControlPlane(work_dir.resolve()) as cluster:
-        click.echo(f"control plane ready at {cluster.server}\nexport KUBECONFIG={cluster.kubeconfig}", err=False)
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
 
 
 main.add_command(carbon)
