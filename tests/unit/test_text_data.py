@@ -45,7 +45,7 @@ def tokenizer() -> BpeTokenizer:
 
 @pytest.fixture(scope="module")
 def corpus(tokenizer: BpeTokenizer) -> TextCorpus:
-    return TextCorpus(DOCS, tokenizer, SEQ_LEN, seed=7)
+    return TextCorpus.from_documents(DOCS, tokenizer, SEQ_LEN, seed=7)
 
 
 def write_jsonl(path: Path, records: list[object]) -> Path:
@@ -158,10 +158,10 @@ def test_jsonl_malformed_lines_are_counted_and_skipped(tmp_path: Path, caplog: p
         ("file://{tmp}/empty_dir", "text", r"data directory {tmp}/empty_dir holds no \.txt files"),
         ("file://{tmp}/blank.txt", "text", r"no documents in {tmp}/blank.txt \(format 'text'\): there is no non-blank"),
         ("file://{tmp}/bad.jsonl", "jsonl", "all 2 non-blank lines are malformed, first: {tmp}/bad.jsonl:1: not JSON"),
-        ("file://{tmp}/blank.txt", "parquet", "format 'parquet' is not supported yet"),
-        ("file://{tmp}/blank.txt", "tokens", "format 'tokens' is not supported yet"),
+        ("file://{tmp}/blank.txt", "parquet", "unknown data format 'parquet'.*the API accepts jsonl, text"),
+        ("file://{tmp}/blank.txt", "tokens", "unknown data format 'tokens'"),
         ("file://{tmp}/blank.txt", "csv", "unknown data format 'csv'"),
-        ("s3://bucket/corpus", "text", "reads only file:// sources, got 's3://bucket/corpus'"),
+        ("s3://bucket/corpus", "text", "reads only file:// and pvc:// sources, got 's3://bucket/corpus'"),
         (
             "file://data/corpus",
             "text",
@@ -207,7 +207,7 @@ def test_targets_are_the_inputs_shifted_by_one(corpus: TextCorpus) -> None:
 
 
 def test_batches_are_a_pure_function_of_seed_step_and_row(corpus: TextCorpus, tokenizer: BpeTokenizer) -> None:
-    fresh = TextCorpus(DOCS, tokenizer, SEQ_LEN, seed=7)
+    fresh = TextCorpus.from_documents(DOCS, tokenizer, SEQ_LEN, seed=7)
     for step in (5, 0, 123):  # any order: no state carried between calls
         assert all(torch.equal(a, b) for a, b in zip(corpus.batch(step, 4), fresh.batch(step, 4), strict=True))
     global_inputs, global_targets = corpus.batch(step=9, batch_size=8)
@@ -215,7 +215,7 @@ def test_batches_are_a_pure_function_of_seed_step_and_row(corpus: TextCorpus, to
         shares = [corpus.batch(9, 8 // world_size, rank, world_size) for rank in range(world_size)]
         assert torch.equal(torch.cat([inputs for inputs, _ in shares]), global_inputs)
         assert torch.equal(torch.cat([targets for _, targets in shares]), global_targets)
-    other_seed = TextCorpus(DOCS, tokenizer, SEQ_LEN, seed=8)
+    other_seed = TextCorpus.from_documents(DOCS, tokenizer, SEQ_LEN, seed=8)
     assert not torch.equal(other_seed.batch(9, 8)[0], global_inputs)
 
 
@@ -234,7 +234,7 @@ def test_each_epoch_sees_every_window_once_in_a_new_order(corpus: TextCorpus) ->
 
 
 def test_a_corpus_shorter_than_one_window_is_padded(tokenizer: BpeTokenizer) -> None:
-    tiny = TextCorpus(["a cat"], tokenizer, seq_len=64, seed=0)
+    tiny = TextCorpus.from_documents(["a cat"], tokenizer, seq_len=64, seed=0)
     inputs_BS, targets_BS = tiny.batch(0, 2)
     real = len(tiny.stream)
     assert tiny.windows == 1 and torch.equal(inputs_BS[0], inputs_BS[1])

@@ -33,6 +33,9 @@ NNODES = "MOEOPS_NNODES"
 NPROC_PER_NODE = "MOEOPS_NPROC_PER_NODE"
 NODE_RANK = "MOEOPS_NODE_RANK"
 CHECKPOINT_DIR = "MOEOPS_CHECKPOINT_DIR"
+# Read by the trainer: where `pvc://<claim>/...` data sources are, one folder per claim (default /data, where the
+# operator mounts the claim read-only; a local run names its own).
+DATA_ROOT = "MOEOPS_DATA_ROOT"
 MASTER_ADDR = "MASTER_ADDR"  # torch.distributed's own names for the static rendezvous endpoint.
 MASTER_PORT = "MASTER_PORT"
 

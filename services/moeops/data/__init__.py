@@ -1,16 +1,17 @@
 """Training data for the runtime: the built-in synthetic corpus (`synthetic://<domains>`) and text corpora
-(`file://` sources in the `text` or `jsonl` format) with a byte-level BPE tokenizer.
+(`file://` and `pvc://` sources in the `text` or `jsonl` format) with a byte-level BPE tokenizer.
 
 The synthetic corpus exists to make expert specialisation measurable on one machine: six character-level
 domains with different rules, each scored by exact match. The text corpus trains on your own documents: it
 tokenizes them with a tokenizer loaded from a `tokenizer.json` or trained offline on the corpus itself, packs
-them into one stream and serves shuffled windows of it, a fresh order each epoch. Both serve batches that are
+them into one stream (streamed into a memory-mapped token file, not held in memory) and serves shuffled windows
+of it, a fresh order each epoch. Both serve batches that are
 a pure function of (seed, step, row) for a given global batch size, so that resuming or changing the world
 size never changes what the model sees.
 """
 
 from .bpe import EOD_TOKEN, PAD_TOKEN, BpeTokenizer, check_vocab, train_bpe
-from .documents import Documents, read_documents, read_files
+from .documents import Documents, DocumentStats, iter_documents, read_documents, read_files
 from .synthetic import (
     DOMAINS,
     CharTokenizer,
@@ -29,6 +30,7 @@ __all__ = [
     "PAD_TOKEN",
     "BpeTokenizer",
     "CharTokenizer",
+    "DocumentStats",
     "Documents",
     "Example",
     "SyntheticCorpus",
@@ -36,6 +38,7 @@ __all__ = [
     "check_vocab",
     "exact_match",
     "greedy_generate",
+    "iter_documents",
     "load_text_corpus",
     "make_example",
     "parse_source",

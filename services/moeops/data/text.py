@@ -1,4 +1,5 @@
-"""Training on your own text: a `file://` corpus (text or jsonl), a byte-level BPE tokenizer, packed windows.
+"""Training on your own text: a `file://` or `pvc://` corpus (text or jsonl), a byte-level BPE tokenizer, packed
+windows.
 
 Packing: each document is tokenized and followed by the end-of-document token, and the documents are joined
 in reading order (see moeops.data.documents) into one token stream. The stream is cut into W windows of
@@ -9,20 +10,25 @@ Order: the g-th sequence of a run, g = step * global_batch + row, is window perm
 e = g div W, where perm_e is a permutation of the windows seeded by (seed, e). Each epoch therefore sees every
 window once, in a fresh order, and a batch is a pure function of (seed, step, row, global batch size): a
 resumed run or another world size with the same global batch sees exactly the same data.
+
+Memory: the documents are streamed from the files (moeops.data.documents) through the tokenizer into a token
+file that every rank memory-maps (moeops.data.token_store); a rank reads only the windows of its own rows.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from moeops.api.v1alpha1.data import DATA_MOUNT_ROOT
+
 from .bpe import BpeTokenizer, check_vocab, train_bpe
-from .documents import read_documents, read_files
+from .documents import iter_documents, source_files, source_path
 from .synthetic import IGNORE_INDEX, stream_seed
+from .token_store import cached_tokens, corpus_key
 
 DEFAULT_TRAINED_VOCAB_SIZE = 4096
 """Size of a tokenizer trained on the corpus when the caller gives no model vocab_size."""
@@ -34,20 +40,24 @@ _CACHED_EPOCHS = 2
 class TextCorpus:
     """Packed, shuffled windows of tokenized documents, served as batch(step, ...) like SyntheticCorpus."""
 
-    def __init__(self, documents: Sequence[str], tokenizer: BpeTokenizer, seq_len: int, seed: int) -> None:
-        if not documents:
+    def __init__(self, stream: Tensor, tokenizer: BpeTokenizer, seq_len: int, seed: int, documents: int) -> None:
+        """stream: the packed tokens (int32, 1-D; memory-mapped from a token file in a run), `documents` of them."""
+        if documents < 1 or len(stream) < 1:
             raise ValueError("a text corpus needs at least one document")
         if seq_len < 1:
             raise ValueError(f"seq_len must be at least 1, got {seq_len}")
         self.tokenizer, self.seq_len, self.seed = tokenizer, seq_len, seed
         self.vocab_size = tokenizer.vocab_size
-        self.document_count = len(documents)
-        eod = [tokenizer.eod_id]
-        ids = tokenizer.encode_batch(documents)
-        # int32 halves the memory of a large stream; batches widen to int64.
-        self.stream = torch.tensor(list(itertools.chain.from_iterable(d + eod for d in ids)), dtype=torch.int32)
+        self.document_count = documents
+        self.stream = stream
         self.windows = -(-(len(self.stream) - 1) // seq_len)  # ceil: the last, partial window is padded
         self._permutations: dict[int, Tensor] = {}
+
+    @classmethod
+    def from_documents(cls, documents: Sequence[str], tokenizer: BpeTokenizer, seq_len: int, seed: int) -> TextCorpus:
+        """A corpus of documents held in memory (tests, small corpora): the same stream a token file would hold."""
+        stream = [token for ids in tokenizer.encode_batch(documents) for token in (*ids, tokenizer.eod_id)]
+        return cls(torch.tensor(stream, dtype=torch.int32), tokenizer, seq_len, seed, len(documents))
 
     def _permutation(self, epoch: int) -> Tensor:
         """The window order of `epoch`. Memoised (a pure function of seed and epoch, so the cache changes
@@ -95,7 +105,7 @@ def train_tokenizer(
 ) -> BpeTokenizer:
     """Train a byte-level BPE tokenizer on the documents of these files (read as `fmt`, like a corpus) and save
     it as `tokenizer.json` at out_path. Offline: nothing is downloaded."""
-    tokenizer = train_bpe(read_files(files, fmt, text_field).texts, vocab_size)
+    tokenizer = train_bpe(iter_documents(files, fmt, text_field), vocab_size)
     tokenizer.save(out_path)
     return tokenizer
 
@@ -109,8 +119,10 @@ def load_text_corpus(
     *,
     vocab_size: int | None = None,
     text_field: str = "text",
+    data_root: str | Path = DATA_MOUNT_ROOT,
+    cache_dir: Path | None = None,
 ) -> TextCorpus:
-    """The corpus of a `file://` source in format `text` or `jsonl` (DataSpec.source and DataSpec.format).
+    """The corpus of a `file://` or `pvc://` source in format `text` or `jsonl` (DataSpec.source and .format).
 
     tokenizer_path: a `tokenizer.json` to load; None trains a byte-level BPE tokenizer on this corpus's own
     documents. That training is deterministic (it depends only on the documents and the size), so every
@@ -118,12 +130,16 @@ def load_text_corpus(
     the checkpoint to decode the model's output later.
     vocab_size: the model's architecture.vocab_size. A trained tokenizer gets at most that many tokens
     (DEFAULT_TRAINED_VOCAB_SIZE if None) and a loaded one must fit in it (see check_vocab).
+    data_root: where `pvc://<claim>/...` claims are (one folder per claim). cache_dir: where token files go
+    (moeops.data.token_store; default under the temporary directory).
     Raises ValueError naming the path for a missing path, an empty corpus, or a format other than text/jsonl."""
-    documents = read_documents(source, fmt, text_field).texts
+    files = source_files(source_path(source, data_root), fmt)
     if tokenizer_path is None:
-        tokenizer = train_bpe(documents, vocab_size or DEFAULT_TRAINED_VOCAB_SIZE)
+        tokenizer = train_bpe(iter_documents(files, fmt, text_field), vocab_size or DEFAULT_TRAINED_VOCAB_SIZE)
     else:
         tokenizer = BpeTokenizer.load(tokenizer_path)
     if vocab_size is not None:
         check_vocab(tokenizer.vocab_size, vocab_size)
-    return TextCorpus(documents, tokenizer, seq_len, seed)
+    key = corpus_key(files, fmt, text_field, tokenizer)
+    stored = cached_tokens(key, iter_documents(files, fmt, text_field), tokenizer, cache_dir)
+    return TextCorpus(stored.open(), tokenizer, seq_len, seed, stored.documents)

@@ -1,10 +1,18 @@
-"""The training data a job's `data` section names: the built-in synthetic corpus, or text/JSONL files with a
-BPE tokenizer (loaded, or trained on the corpus at start). Any problem is a configuration error (exit 78)."""
+"""The training data a job's `data` section names: the built-in synthetic corpus, or text/JSONL files (inside
+the image, or on the job's data claim mounted read-only) with a BPE tokenizer (loaded, or trained on the corpus
+at start). Any problem is a configuration error (exit 78).
+
+READERS has one reader per source scheme the API accepts (moeops.api.v1alpha1.data.DATA_SCHEMES); a test
+holds the two equal (tests/unit/test_data_spec_contract.py)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+from moeops.api import env
+from moeops.api.v1alpha1.data import DATA_MOUNT_ROOT
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 from moeops.checkpoint.layout import RUN_CONFIG_FILE, TOKENIZER_FILE
 from moeops.data.synthetic import CharTokenizer, SyntheticCorpus, parse_source
@@ -29,6 +37,12 @@ def _synthetic(config: TrainingRuntimeConfig) -> SyntheticCorpus:
     return SyntheticCorpus(domains, seed=config.training.seed, seq_len=config.architecture.seq_len, tokenizer=tokenizer)
 
 
+def data_root() -> Path:
+    """Where `pvc://<claim>/...` claims are: the operator mounts each at /data/<claim>; a local run may say
+    otherwise through MOEOPS_DATA_ROOT (a folder with one folder per claim)."""
+    return Path(os.environ.get(env.DATA_ROOT) or DATA_MOUNT_ROOT)
+
+
 def _text(config: TrainingRuntimeConfig) -> TextCorpus:
     data, arch = config.data, config.architecture
     try:
@@ -40,21 +54,27 @@ def _text(config: TrainingRuntimeConfig) -> TextCorpus:
             data.tokenizer,
             vocab_size=arch.vocab_size,
             text_field=data.text_field,
+            data_root=data_root(),
         )
     except (ValueError, OSError) as exc:
         raise ConfigError(f"data: {exc}") from exc
 
 
+READERS: dict[str, Callable[[TrainingRuntimeConfig], Corpus]] = {
+    "synthetic": _synthetic,
+    "file": _text,
+    "pvc": _text,
+}
+"""The corpus builder of each source scheme."""
+
+
 def build_corpus(config: TrainingRuntimeConfig) -> Corpus:
     source = config.data.source
-    if source.startswith("synthetic://"):
-        return _synthetic(config)
-    if source.startswith("file://"):
-        return _text(config)
     scheme = source.split("://", 1)[0]
-    raise ConfigError(
-        f"data.source {source!r}: this trainer version reads synthetic:// and file:// ({scheme}:// not yet)"
-    )
+    reader = READERS.get(scheme)
+    if reader is None:
+        raise ConfigError(f"data.source {source!r}: this trainer reads {', '.join(f'{s}://' for s in READERS)}")
+    return reader(config)
 
 
 def save_tokenizer(corpus: Corpus, checkpoint_root: Path) -> Path | None:

@@ -12,8 +12,6 @@ from pydantic import ConfigDict, Field, field_validator
 
 from .carbon import CarbonSpec
 from .common import (
-    ABSOLUTE_PATH_PATTERN,
-    NO_PARENT_SEGMENTS_RULE,
     KubeModel,
     PrinterColumn,
     ResourceInfo,
@@ -23,8 +21,8 @@ from .common import (
     cel,
     immutable,
     name_rules,
-    reject_parent_segments,
 )
+from .data import DataSpec
 from .early_exit_loss import EarlyExitLossSpec
 from .job_policy import RunPolicy, SchedulingSpec
 from .presets import PresetName
@@ -72,47 +70,6 @@ class ModelSpec(KubeModel):
     shared_experts: int | None = Field(default=None, ge=0, le=8, description="Always-active shared experts.")
     vocab_size: int | None = Field(default=None, ge=2, le=1048576, description="Vocabulary size.")
     seq_len: int | None = Field(default=None, ge=8, le=1048576, description="Context length in tokens.")
-
-
-class DataFilterSpec(KubeModel):
-    """The three-level data filter run before training (hash dedup + quality, domain mix, authenticity)."""
-
-    enabled: bool = Field(default=False, description="Run the filter stage before training.")
-    dedup: bool = Field(default=True, description="Level 1: drop exact and near duplicates by hashing.")
-    min_quality: float = Field(default=0.0, ge=0.0, le=1.0, description="Level 1: minimum quality score kept.")
-    rebalance_domains: bool = Field(default=True, description="Level 2: re-balance the domain mix (TF-IDF).")
-    adversarial_validation: bool = Field(default=False, description="Level 3: drop inauthentic samples.")
-
-
-class DataSpec(KubeModel):
-    """Where the training tokens come from."""
-
-    source: str = Field(
-        min_length=1,
-        max_length=2048,
-        pattern=r"^(synthetic|file|pvc|s3|gs|hf)://.+$",
-        description="Dataset URI: `synthetic://<domains>`, `file:///path`, `pvc://<claim>/<path>`,"
-        " `s3://bucket/prefix`, `gs://bucket/prefix` or `hf://org/dataset`.",
-    )
-    format: Literal["jsonl", "text", "parquet", "tokens"] = Field(
-        default="jsonl", description="Record format of the source."
-    )
-    filter: DataFilterSpec = Field(default_factory=DataFilterSpec, description="The data-filter stage.")
-    tokenizer: str | None = Field(
-        default=None,
-        min_length=2,
-        max_length=1024,
-        pattern=ABSOLUTE_PATH_PATTERN,
-        description="A tokenizer.json (Hugging Face tokenizers format) inside the pod, for text and jsonl"
-        " sources. Unset: a byte-level BPE tokenizer of at most architecture.vocabSize tokens is trained on"
-        " the corpus at start (deterministic: the same on every rank) and saved next to the checkpoints.",
-        json_schema_extra={"x-kubernetes-validations": [NO_PARENT_SEGMENTS_RULE]},
-    )
-    text_field: str = Field(
-        default="text", min_length=1, max_length=253, description="The field of a jsonl record that holds its text."
-    )
-
-    _no_parent_segments = field_validator("tokenizer")(reject_parent_segments)
 
 
 class TrainingSpec(KubeModel):

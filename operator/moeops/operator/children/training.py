@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from moeops.api import env
+from moeops.api.v1alpha1.data import pvc_mount_path
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.api.v1alpha1.runtime import CheckpointConfig, ParallelPlan, TrainingRuntimeConfig, WorldSpec
 from moeops.api.v1alpha1.trainingjob import MoETrainingJobSpec
@@ -133,11 +134,25 @@ def _worker_env(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig) -> 
     ]
 
 
+def _data_storage(spec: MoETrainingJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) for a `pvc://<claim>/...` source: the claim, read-only, at /data/<claim> (where the trainer
+    looks: moeops.trainer.corpus.data_root). When the data is on the checkpoint claim, that volume is mounted a second
+    time, read-only, rather than naming the claim in two volumes (one volume per claim in a pod)."""
+    claim = spec.data.claim()
+    if claim is None:
+        return [], []
+    if claim == spec.checkpoint.storage.claim_name:
+        return [], [{"name": "checkpoints", "mountPath": pvc_mount_path(claim), "readOnly": True}]
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    return [volume], [{"name": "data", "mountPath": pvc_mount_path(claim), "readOnly": True}]
+
+
 def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, attempt: int) -> dict[str, Any]:
     workers, sched = spec.workers, spec.scheduling
     labels = worker_labels(owner, attempt)
     if sched.gang:
         labels[POD_GROUP_LABEL] = owner.name
+    data_volumes, data_mounts = _data_storage(spec)
     container = {
         "name": CONTAINER,
         "image": workers.image or cfg.runtime_image,
@@ -150,6 +165,7 @@ def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, a
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
             {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+            *data_mounts,
             *pods.scratch_mounts(),
         ],
     }
@@ -162,6 +178,7 @@ def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, a
         "volumes": [
             {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
             pods.storage_volume("checkpoints", spec.checkpoint.storage, read_only=False),
+            *data_volumes,
             *pods.scratch_volumes(),
         ],
     }

@@ -1,0 +1,155 @@
+"""The `data` section of a MoETrainingJob: where the training text comes from and how it is read.
+
+The schema accepts only what the runtime reads today, so a spec the trainer would refuse at pod start (exit 78)
+is refused at apply instead, with a message naming the field. A test ties the accepted sets to the trainer's
+readers (tests/unit/test_data_spec_contract.py): a scheme or format added here without a reader fails it.
+Object stores (s3://, gs://), hf:// and the parquet/tokens formats come back when a reader exists for them;
+`filter` when the filter stage exists (docs/architecture.md, "The data filter stage").
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Literal, get_args
+
+from pydantic import Field, field_validator
+
+from .common import ABSOLUTE_PATH_PATTERN, NO_PARENT_SEGMENTS_RULE, KubeModel, cel, reject_parent_segments
+
+DATA_SCHEMES = ("synthetic", "file", "pvc")
+"""Source URI schemes the trainer reads (moeops.trainer.corpus)."""
+
+DataFormat = Literal["jsonl", "text"]
+DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
+
+DATA_MOUNT_ROOT = "/data"
+"""Where the operator mounts a `pvc://<claim>/...` source's claim in a worker, read-only: `/data/<claim>`. A
+local run sets MOEOPS_DATA_ROOT (moeops.api.env.DATA_ROOT) to a folder holding one folder per claim."""
+
+_CLAIM = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+SOURCE_PATTERN = rf"^({'|'.join(DATA_SCHEMES)})://.+$"
+PVC_SOURCE_PATTERN = rf"^pvc://{_CLAIM}(/.*)?$"
+FILE_SOURCE_PATTERN = r"^file:///.*$"
+
+
+def _cel_string(regex: str) -> str:
+    """A regex as a CEL single-quoted string literal (CEL, like Python, reads a backslash as an escape)."""
+    return "'" + regex.replace("\\", "\\\\") + "'"
+
+
+_SOURCE_RULES = [
+    cel(
+        f"self.matches({_cel_string(SOURCE_PATTERN)})",
+        "data.source: this version reads synthetic://, file:/// (inside the image) and pvc://<claim>/<path>;"
+        " s3://, gs:// and hf:// are not supported yet: copy the data to a PersistentVolumeClaim",
+    ),
+    cel(
+        f"!self.startsWith('pvc://') || self.matches({_cel_string(PVC_SOURCE_PATTERN)})",
+        "data.source: a pvc source is pvc://<claim>/<path>, the claim a DNS subdomain (lowercase) in the job's"
+        " namespace",
+    ),
+    cel(
+        f"!self.startsWith('file://') || self.matches({_cel_string(FILE_SOURCE_PATTERN)})",
+        "data.source: a file source is file:///<absolute path inside the image> (three slashes: file://x/y"
+        " names the host x)",
+    ),
+    cel(
+        "!self.contains('/../') && !self.endsWith('/..')",
+        "data.source: the path must not contain '..' segments",
+    ),
+]
+
+
+class DataFilterSpec(KubeModel):
+    """The three-level data filter run before training (hash dedup + quality, domain mix, authenticity).
+    Not implemented yet: the schema refuses `data.filter` (see DataSpec)."""
+
+    enabled: bool = Field(default=False, description="Run the filter stage before training.")
+    dedup: bool = Field(default=True, description="Level 1: drop exact and near duplicates by hashing.")
+    min_quality: float = Field(default=0.0, ge=0.0, le=1.0, description="Level 1: minimum quality score kept.")
+    rebalance_domains: bool = Field(default=True, description="Level 2: re-balance the domain mix (TF-IDF).")
+    adversarial_validation: bool = Field(default=False, description="Level 3: drop inauthentic samples.")
+
+
+FILTER_REFUSED = (
+    "data.filter is not supported yet: the filter stage does not exist in this version (issue 21); remove"
+    " spec.data.filter"
+)
+
+
+class DataSpec(KubeModel):
+    """Where the training tokens come from."""
+
+    source: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=SOURCE_PATTERN,
+        description="Dataset URI: `synthetic://<domains>` (the built-in corpus), `file:///path` (a file or folder"
+        " inside the image) or `pvc://<claim>/<path>` (a file or folder on a PersistentVolumeClaim of the job's"
+        " namespace, mounted read-only into every worker). A folder is read recursively: its `*.jsonl` or `*.txt`"
+        " files by `format`. Object stores (s3://, gs://, hf://) are not supported yet.",
+        json_schema_extra={"x-kubernetes-validations": [*_SOURCE_RULES]},
+    )
+    format: DataFormat = Field(
+        default="jsonl",
+        description="Record format of file and pvc sources: `jsonl` (one JSON object per line, its text under"
+        " textField) or `text` (documents separated by blank lines). parquet and tokens are not supported yet.",
+    )
+    filter: DataFilterSpec | None = Field(
+        default=None,
+        description="The data-filter stage. Not supported yet: a spec that sets it is refused.",
+        json_schema_extra={"x-kubernetes-validations": [cel("false", FILTER_REFUSED)]},
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1024,
+        pattern=ABSOLUTE_PATH_PATTERN,
+        description="A tokenizer.json (Hugging Face tokenizers format) inside the pod, for text and jsonl"
+        " sources. Unset: a byte-level BPE tokenizer of at most architecture.vocabSize tokens is trained on"
+        " the corpus at start (deterministic: the same on every rank) and saved next to the checkpoints.",
+        json_schema_extra={"x-kubernetes-validations": [NO_PARENT_SEGMENTS_RULE]},
+    )
+    text_field: str = Field(
+        default="text", min_length=1, max_length=253, description="The field of a jsonl record that holds its text."
+    )
+
+    _no_parent_segments = field_validator("tokenizer")(reject_parent_segments)
+
+    @field_validator("source")
+    @classmethod
+    def _source_shape(cls, source: str) -> str:
+        """The CEL rules above, for configs that never meet an API server (local runs, the ConfigMap read back)."""
+        if source.startswith("pvc://") and pvc_claim_and_path(source) is None:
+            raise ValueError(_SOURCE_RULES[1]["message"])
+        if source.startswith("file://") and not source.startswith("file:///"):
+            raise ValueError(_SOURCE_RULES[2]["message"])
+        if "/../" in source or source.endswith("/.."):
+            raise ValueError(_SOURCE_RULES[3]["message"])
+        return source
+
+    @field_validator("filter")
+    @classmethod
+    def _no_filter(cls, value: DataFilterSpec | None) -> DataFilterSpec | None:
+        if value is not None:
+            raise ValueError(FILTER_REFUSED)
+        return value
+
+    def claim(self) -> str | None:
+        """The PersistentVolumeClaim a `pvc://` source reads (the operator mounts it), else None."""
+        found = pvc_claim_and_path(self.source)
+        return found[0] if found else None
+
+
+def pvc_claim_and_path(source: str) -> tuple[str, str] | None:
+    """`pvc://corpus/v3/train` -> ("corpus", "/v3/train"); None if `source` is not a well-formed pvc source."""
+    if not re.fullmatch(PVC_SOURCE_PATTERN, source):
+        return None
+    claim, _, path = source.removeprefix("pvc://").partition("/")
+    return claim, posixpath.normpath("/" + path)
+
+
+def pvc_mount_path(claim: str) -> str:
+    """Where the operator mounts `claim` in a worker (and where a local run's MOEOPS_DATA_ROOT stands in)."""
+    return posixpath.join(DATA_MOUNT_ROOT, claim)
