@@ -61,6 +61,11 @@ class FakeBusReader:
         return self.value
 
 
+def patch_of(update: Any) -> dict[str, Any]:
+    assert update is not None
+    return dict(update.patch)
+
+
 def job_body(status: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
     meta = {"namespace": "ml", "name": "j", "uid": "u1", "creationTimestamp": "2026-03-01T12:00:00Z"}
     return {"kind": "MoETrainingJob", "metadata": meta, "spec": spec or {}, "status": status}
@@ -75,10 +80,10 @@ def test_a_finished_jobs_progress_is_read_once_more_and_never_lowered_fake_bus()
     reader = FakeBusReader(progress)
     ctx = Context(reader=reader, kube=None, cfg=None)  # type: ignore[arg-type]
     running = job_body({"state": "Running", "progress": {"step": 100}})
-    assert asyncio.run(progress_fields(ctx, running))["progress"]["step"] == 120
+    assert patch_of(asyncio.run(progress_fields(ctx, running)))["progress"]["step"] == 120
     done = job_body({"state": "Succeeded", "progress": {"step": 200, "totalSteps": 200, "percent": 100}})
-    assert asyncio.run(progress_fields(ctx, done))["progress"]["step"] == 200  # not lowered to 120
-    assert asyncio.run(progress_fields(ctx, done)) == {}  # read once more, then no more
+    assert patch_of(asyncio.run(progress_fields(ctx, done)))["progress"]["step"] == 200  # not lowered to 120
+    assert asyncio.run(progress_fields(ctx, done)) is None  # read once more, then no more
     assert reader.reads == 2
     ctx.forget(set())  # the job is gone: its state goes too
     assert ctx.final_progress_read == set()

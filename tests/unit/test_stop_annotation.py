@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+from moeops.operator.status import StatusUpdate
 from moeops.operator.status.serving import serving_status
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 DEPLOYMENT = {"status": {"replicas": 1, "readyReplicas": 1}}
 
 
-def status(value: str | None, previous: dict | None = None):  # type: ignore[no-untyped-def,type-arg]
+def status(value: str | None, previous: dict[str, Any] | None = None) -> StatusUpdate:
     stopped = (value or "").lower() == "true"
     return serving_status(DEPLOYMENT, previous or {}, stopped=stopped, url="u", model="m", not_ready=None,
                           generation=1, now=T0, stop_value=value)  # fmt: skip
 
 
-def stopped_condition(update) -> dict:  # type: ignore[no-untyped-def,type-arg]
+def stopped_condition(update: StatusUpdate) -> dict[str, Any]:
     return next(c for c in update.patch["conditions"] if c["type"] == "Stopped")
 
 
-def warnings(update) -> list[str]:  # type: ignore[no-untyped-def]
+def warnings(update: StatusUpdate) -> list[str]:
     return [e.reason for e in update.events if e.type == "Warning"]
 
 

@@ -174,6 +174,16 @@ class Kube:
             raise _error(exc, f"list pods in {namespace} ({selector})") from exc
         return list(_json(response)["items"])
 
+    def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """The core/v1 Events about one object (e.g. a Job's FailedCreate)."""
+        core = kubernetes.client.CoreV1Api(self._client)
+        selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+        try:
+            response = core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
+        except ApiException as exc:
+            raise _error(exc, f"list events of {kind} {namespace}/{name}") from exc
+        return list(_json(response)["items"])
+
     # Our custom resources ----------------------------------------------------------------------------
 
     def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:

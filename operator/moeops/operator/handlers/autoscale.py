@@ -86,21 +86,21 @@ def apply_decision(kube: Kube, cfg: OperatorConfig, decision: Decision, at: date
 
 
 async def autoscale_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
-    """One autoscaler tick for one service; its status is written here (with the Deployment), so no fields."""
+    """One autoscaler tick for one service; its status is written here (with the Deployment), so no fields (None)."""
     meta = body["metadata"]
     uid = str(meta.get("uid") or "")
     if ctx.reader is None or is_stopped(body) or meta.get("deletionTimestamp"):
         # A stopped service is the reconcile's (held at zero); un-stopped, it starts over from the replicas the
         # reconcile gives it.
         ctx.autoscale_states.pop(uid, None)
-        return {}
+        return None
     try:
         spec = spec_of(InferenceServiceSpec, body)
     except ValidationError:
-        return {}  # the reconcile reports a spec the model refuses
+        return None  # the reconcile reports a spec the model refuses
     status = body.get("status") or {}
     if not status.get("model"):
-        return {}  # the model is not resolved yet: there is no Deployment to scale
+        return None  # the model is not resolved yet: there is no Deployment to scale
     namespace, name = meta["namespace"], meta["name"]
     loads = await ctx.reader.read(
         ensure_serving_load_bucket,
@@ -108,7 +108,7 @@ async def autoscale_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
         f"load of InferenceService {namespace}/{name}",
     )
     if loads is None:
-        return {}  # no reading: keep the replicas as they are
+        return None  # no reading: keep the replicas as they are
     at = now()
     state = ctx.autoscale_states.get(uid) or starting_state(spec, status, at.timestamp())
     wake = (meta.get("annotations") or {}).get(WAKE_ANNOTATION)
@@ -119,4 +119,4 @@ async def autoscale_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
                     decision.reason.value, decision.message)  # fmt: skip
     # The API calls block: off the event loop, in a thread, as kopf runs sync handlers.
     await asyncio.to_thread(apply_decision, ctx.kube, ctx.cfg, decision, at, body)
-    return {}
+    return None

@@ -32,18 +32,19 @@ from ..kube import ApiError
 from ..status import StatusUpdate
 from ..status.refresh import Schedule, changed_fields, merged
 from .autoscale import autoscale_fields
-from .common import config_of, kube_of, with_fresh_owner
+from .common import CONFLICT_RETRIES, config_of, kube_of, write_status
 from .observe import traced
 from .serving import SERVING
 from .status_sources import (
     CARBON_INTERVAL_S,
     REBALANCE_INTERVAL_S,
+    WORKERS_INTERVAL_S,
     Context,
-    Fields,
     SourceFn,
     carbon_fields,
     progress_fields,
     rebalance_fields,
+    workers_fields,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ SOURCES: dict[str, dict[str, SourceFn]] = {
     # source: {plural: how it reads one object}
     "progress": {TRAINING: progress_fields},
     "rebalance": {TRAINING: rebalance_fields},
+    "workers": {TRAINING: workers_fields},
     "carbon": {TRAINING: carbon_fields, SERVING_PLURAL: carbon_fields},
     "autoscale": {SERVING_PLURAL: autoscale_fields},
 }
@@ -75,23 +77,28 @@ def active_objects(index: Index) -> Iterator[Mapping[str, Any]]:
                 yield body
 
 
-def write_changed(ctx: Context, plural: str, body: Mapping[str, Any], fresh: Fields) -> None:
-    """Patch the fields of `fresh` that the owner's status does not say yet (blocking: run in a thread)."""
-
-    def compute(owner: Mapping[str, Any]) -> StatusUpdate | None:
-        patch = changed_fields(fresh, owner.get("status") or {})
-        return StatusUpdate(patch) if patch else None
-
-    meta = body["metadata"]
-    with_fresh_owner(ctx.kube, plural, meta["namespace"], meta["name"], compute, cached=body)
-
-
 @traced()
 async def refresh_status(*, ctx: Context, plural: str, body: Mapping[str, Any], sources: list[SourceFn]) -> None:
-    """The due sources of one object, and one status write for what changed (a span per object and pass)."""
-    fresh = merged([await source(ctx, body) for source in sources])
-    if changed_fields(fresh, body.get("status") or {}):
-        await asyncio.to_thread(write_changed, ctx, plural, body, fresh)
+    """The due sources of one object, and one status write for what changed (a span per object and pass). The
+    write is conditional on the resourceVersion read; on a conflict the object is read again and the sources run
+    again on it (a condition list computed from an older status must not overwrite a newer one)."""
+    meta = body["metadata"]
+    for _ in range(CONFLICT_RETRIES):
+        updates = [update for source in sources if (update := await source(ctx, body)) is not None]
+        patch = changed_fields(merged(u.patch for u in updates), body.get("status") or {})
+        if not patch:
+            return
+        update = StatusUpdate(patch, [event for u in updates for event in u.events])
+        try:
+            await asyncio.to_thread(write_status, ctx.kube, plural, body, update)
+            return
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        fresh = await asyncio.to_thread(ctx.kube.get_custom, plural, meta["namespace"], meta["name"])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return
+        body = fresh
 
 
 async def run_pass(ctx: Context, due: list[str], indexes: Mapping[str, Index]) -> None:
@@ -114,15 +121,15 @@ async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index]) -> None:
     cfg = OperatorConfig.from_env(os.environ)  # as `setup.configure` reads it
     ctx: Context | None = None
     intervals = {"progress": cfg.progress_interval_s, "rebalance": REBALANCE_INTERVAL_S, "carbon": CARBON_INTERVAL_S,
-                 "autoscale": cfg.autoscale_interval_s}  # fmt: skip
+                 "autoscale": cfg.autoscale_interval_s, "workers": WORKERS_INTERVAL_S}  # fmt: skip
     schedule = Schedule(intervals, started_at=time.monotonic())
     while True:
         await asyncio.sleep(schedule.sleep_s(time.monotonic()))
         due = schedule.due(time.monotonic())
         if ctx is None and "kube" in memo:  # filled by the startup handler `setup.configure`
             ctx = Context(reader=memo.get("reports"), kube=kube_of(memo), cfg=config_of(memo))
-        if ctx is None or ctx.reader is None:
-            continue  # not started yet; or no bus: nothing to copy, nothing to scale on
+        if ctx is None:
+            continue  # not started yet (without a bus, the bus's sources return nothing)
         try:
             await run_pass(ctx, due, indexes)
         except Exception:  # never let one bad pass end the loop: the next one may do better

@@ -10,6 +10,10 @@ patches those that differ, once per object). The figures' mapping is pure (`stat
   job's step is never lowered (its status already says every step was done).
 - rebalance (MoETrainingJob, every 15 s): the rebalancer's latest report; not for a finished job or one with
   `spec.rebalance.enabled: false`.
+- workers (MoETrainingJob, every 10 s): what keeps the workers of an active job from starting
+  (`status/blocked.py`: unschedulable pods, image and container-config errors, the Job's FailedCreate), read only
+  for a job whose workers are not all ready BLOCKED_AFTER_S after it was created (a list of its pods; of the Job's
+  events when it has no pod), or that is shown blocked (to clear it).
 - carbon (both kinds, every 30 s): the carbon aggregator's totals (`workload.<namespace>.<kind>.<name>` in the
   `moeops-carbon` bucket); not with `spec.carbon.enabled: false`, nor for a job finished more than SETTLE_S ago (the
   last deltas of its pods reach the ledger within seconds of the pods ending).
@@ -21,6 +25,7 @@ here and leave the status as it is.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,9 +40,12 @@ from moeops.carbon.accounting.store import ensure_carbon_bucket, workload_carbon
 
 from ..config import OperatorConfig
 from ..kube import Kube
+from ..naming import RESTART_ATTEMPT_LABEL, TRAINING_JOB_LABEL, worker_job_name
 from ..planning.autoscale import State
 from ..reports import ReportReader
-from ..status import is_finished, rebalance_status
+from ..status import StatusUpdate, is_finished, rebalance_status
+from ..status.blocked import CONDITION as BLOCKED
+from ..status.blocked import blocked_status, job_problem, pod_problem
 from ..status.carbon import carbon_reported, carbon_status
 from ..status.progress import checkpoint_status, progress_status
 from .common import now
@@ -45,8 +53,13 @@ from .observe import JOBS
 
 logger = logging.getLogger(__name__)
 
-Fields = dict[str, Any]
+Fields = StatusUpdate | None
+"""What a source makes of one object: status fields (and the events their change deserves), or None."""
 REBALANCE_INTERVAL_S = 15.0
+WORKERS_INTERVAL_S = 10.0
+BLOCKED_AFTER_S = 20.0
+"""Workers not ready this long after the job's children were created are looked at (pulls and scheduling take a
+while; a burst of new jobs must not cost a pod list each)."""
 CARBON_INTERVAL_S = 30.0
 SETTLE_S = 600.0
 """How long after a job finished its carbon totals are still read."""
@@ -88,7 +101,7 @@ def created_unix_s(meta: Mapping[str, Any]) -> float | None:
 async def progress_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
     namespace, name, uid = _names(body)
     if ctx.reader is None or uid in ctx.final_progress_read:
-        return {}
+        return None
     status = body.get("status") or {}
     finished = is_finished(status)
     progress = await ctx.reader.read(
@@ -99,35 +112,35 @@ async def progress_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
     if finished:
         ctx.final_progress_read.add(uid)
     if progress is None:
-        return {}
+        return None
     fresh = progress_status(progress, job_created_unix_s=created_unix_s(body["metadata"]))
     if fresh is None:
-        return {}
+        return None
     before = dict(status.get("progress") or {})
     if finished and fresh["step"] < before.get("step", 0):
         fresh = before  # a Succeeded job's status already says every step was done
     JOBS.record(namespace, name, {"progress": fresh})
-    out: Fields = {"progress": fresh}
+    out: dict[str, Any] = {"progress": fresh}
     storage = ((body.get("spec") or {}).get("checkpoint") or {}).get("storage") or {}
     checkpoint = checkpoint_status(progress, storage)
     if checkpoint is not None:
         out["checkpoint"] = checkpoint
-    return out
+    return StatusUpdate(out)
 
 
 async def rebalance_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
     namespace, name, _ = _names(body)
     spec = body.get("spec") or {}
     if ctx.reader is None or is_finished(body.get("status") or {}):
-        return {}
+        return None
     if not (spec.get("rebalance") or {}).get("enabled", True):
-        return {}
+        return None
     report = await ctx.reader.report(namespace, name)
     if report is None:
-        return {}
+        return None
     fresh = rebalance_status(report)
     JOBS.record(namespace, name, {"rebalance": fresh})
-    return {"rebalance": fresh}
+    return StatusUpdate({"rebalance": fresh})
 
 
 def settled(status: Mapping[str, Any], at: datetime) -> bool:
@@ -144,18 +157,50 @@ async def carbon_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
     kind = str(body.get("kind") or "")
     status = body.get("status") or {}
     if ctx.reader is None or kind not in KINDS.values():
-        return {}
+        return None
     if not carbon_reported(body.get("spec") or {}) or settled(status, now()):
-        return {}
+        return None
     totals = await ctx.reader.read(
         ensure_carbon_bucket,
         lambda kv: workload_carbon(kv, namespace, kind, name),
         f"carbon totals of {kind} {namespace}/{name}",
     )
     if totals is None:
-        return {}
+        return None
     try:
-        return {"carbon": carbon_status(totals)}
+        return StatusUpdate({"carbon": carbon_status(totals)})
     except (ValidationError, ValueError) as exc:  # a figure the schema refuses: log, keep the old status
         logger.warning("carbon totals of %s %s/%s do not fit the status: %s", kind, namespace, name, exc)
-        return {}
+        return None
+
+
+def _since(conditions: list[dict[str, Any]], type_: str, at: datetime) -> float:
+    """Seconds since the condition's last transition (0 when it is absent)."""
+    cond = next((c for c in conditions if c.get("type") == type_), None)
+    if not cond or not cond.get("lastTransitionTime"):
+        return 0.0
+    since = datetime.fromisoformat(str(cond["lastTransitionTime"]).replace("Z", "+00:00"))
+    return (at - since).total_seconds()
+
+
+async def workers_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
+    namespace, name, _ = _names(body)
+    status = body.get("status") or {}
+    conditions = list(status.get("conditions") or [])
+    shown = any(c.get("type") == BLOCKED and c.get("status") == "True" for c in conditions)
+    workers = status.get("workers") or {}
+    at = now()
+    waiting = int(workers.get("ready") or 0) < int(workers.get("desired") or 0) and status.get("state") in (
+        "Created", "Restarting", "Pending")  # fmt: skip
+    if is_finished(status) or not (shown or (waiting and _since(conditions, "Created", at) >= BLOCKED_AFTER_S)):
+        return None
+    attempt = int(status.get("restarts") or 0)
+    selector = f"{TRAINING_JOB_LABEL}={name},{RESTART_ATTEMPT_LABEL}={attempt}"
+    pods = await asyncio.to_thread(ctx.kube.list_pods, namespace, selector)
+    problems = sorted(p for p in map(pod_problem, pods) if p is not None)
+    problem = problems[0] if problems else None
+    if problem is None and not pods and waiting:  # no pod at all: did the Job controller fail to create them?
+        events = await asyncio.to_thread(ctx.kube.list_events, namespace, "Job", worker_job_name(name))
+        problem = job_problem(events)
+    generation = int(body["metadata"].get("generation") or 0)
+    return blocked_status(status, problem, generation=generation, now=at)
