@@ -11,6 +11,7 @@ import kopf
 import kubernetes
 
 from moeops import telemetry
+from moeops.api import env
 from moeops.bus.connection import ConnectionOptions
 
 from ..config import OperatorConfig
@@ -63,10 +64,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
     settings.batching.error_delays = (1, 2, 5, 10, 20, 30, 60)
-    # Peering (needs the ClusterKopfPeering object of deploy/peering.yaml): of several replicas only the
-    # highest priority one acts, the rest pause. Equal priorities would pause them all, so each process
-    # draws a random one; when the active replica's record lapses (`lifetime`), the next one resumes.
-    settings.peering.name = PEERING_NAME
+    # Peering (needs a ClusterKopfPeering: deploy/peering.yaml's, or the chart's, one per release and named in
+    # MOEOPS_PEERING_NAME): of several replicas only the highest priority one acts, the rest pause. Equal
+    # priorities would pause them all, so each process draws a random one; when the active replica's record
+    # lapses (`lifetime`), the next one resumes.
+    settings.peering.name = os.environ.get(env.OPERATOR_PEERING_NAME) or PEERING_NAME
     settings.peering.priority = random.randint(1, 2**31)
     settings.peering.stealth = False
     settings.peering.lifetime = 60
