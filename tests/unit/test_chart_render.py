@@ -267,6 +267,9 @@ def test_grafana_dashboard(helm: str) -> None:
     for metric in ("moeops_job_progress", "moeops_job_tokens_per_second", "moeops_job_utilization",
                    "moeops_job_plan_epoch", "http_server_request_duration_seconds_bucket",
                    "moeops_server_tokens_generated", "moeops_server_exit_layer_mean", "hw_energy_joules_total",
+                   "gen_ai_server_time_to_first_token_seconds_bucket",
+                   "gen_ai_server_time_per_output_token_seconds_bucket",
+                   "gen_ai_server_request_duration_seconds_bucket",
                    "hw_power_watts", "moeops_carbon_emissions_grams_total"):  # fmt: skip
         assert metric in exprs, metric
     ids = [p["id"] for p in dashboard["panels"]]

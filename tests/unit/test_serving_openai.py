@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -134,3 +135,12 @@ def test_what_is_refused_names_its_field(client: openai.OpenAI, kwargs: dict[str
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="tiny", prompt="1+1=", max_tokens=2, **kwargs)  # type: ignore[call-overload]
     assert caught.value.param == param, caught.value.body
+
+
+def test_latency_histograms_on_metrics(client: openai.OpenAI) -> None:
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "1+1="}], max_tokens=4)
+    text = httpx.get(str(client.base_url).removesuffix("/v1/") + "/metrics").text
+    for name in ("time_to_first_token", "time_per_output_token", "request_duration"):
+        metric = f'gen_ai_server_{name}_seconds_count{{gen_ai_operation_name="chat",gen_ai_request_model="tiny"}}'
+        (line,) = [x for x in text.splitlines() if x.startswith(metric)]
+        assert int(line.split()[-1]) >= 1, line

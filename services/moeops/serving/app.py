@@ -28,6 +28,7 @@ from moeops import telemetry
 
 from .engine import Engine
 from .errors import error_response
+from .latency import LatencyRecorder
 from .loader import ServedModel
 from .otel import RequestTimer, register_engine
 from .routes import add_error_handlers, router
@@ -138,7 +139,7 @@ def lifespan_of(load: Callable[[], ServedModel], state: ServerState) -> Callable
 
 def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> FastAPI:
     """The app; `load` (run on a thread at start-up, while /healthz already answers) returns the model to serve."""
-    state = ServerState(settings)
+    state = ServerState(settings, latency=LatencyRecorder(telemetry.meter("moeops.serving")))
     app = FastAPI(title="moeops model server", version="v1", lifespan=lifespan_of(load, state))
     app.state.server = state  # the routes' `server_state`
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

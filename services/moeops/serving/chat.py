@@ -14,7 +14,7 @@ from .chat_models import AssistantMessage, ChatChoice, ChatCompletion, ChoiceLog
 from .codec import Codec
 from .decode import DecodedToken
 from .engine import Handle
-from .generation import Progress
+from .generation import Progress, RunContext
 from .loader import ServedModel
 from .plans import Plan
 from .responding import Chunk, collected, exits, new_id, sse, usage, usage_chunks
@@ -36,9 +36,9 @@ def logprobs_of(tokens: list[DecodedToken], codec: Codec) -> ChoiceLogprobs:
     return ChoiceLogprobs(content=content)
 
 
-async def complete(request: Request, handles: list[Handle], p: Plan, served: ServedModel, timeout_s: float | None
+async def complete(request: Request, handles: list[Handle], p: Plan, served: ServedModel, ctx: RunContext
                    ) -> Response:  # fmt: skip
-    runs = await collected(request, handles, p, served.codec, timeout_s)
+    runs = await collected(request, handles, p, served.codec, ctx)
     if isinstance(runs, JSONResponse):
         return runs
     wants_logprobs = p.sampling.logprobs is not None
@@ -58,7 +58,7 @@ async def complete(request: Request, handles: list[Handle], p: Plan, served: Ser
     return JSONResponse(body.model_dump())
 
 
-def stream(handles: list[Handle], p: Plan, served: ServedModel, timeout_s: float | None) -> Response:
+def stream(handles: list[Handle], p: Plan, served: ServedModel, ctx: RunContext) -> Response:
     cid, created, codec = new_id("chatcmpl"), int(time.time()), served.codec
 
     def body(choices: list[dict[str, Any]]) -> Chunk:
@@ -81,5 +81,5 @@ def stream(handles: list[Handle], p: Plan, served: ServedModel, timeout_s: float
     head = [body([choice(i, {"role": "assistant", "content": ""})]) for i in range(p.choices)]
     layers = served.arch.layers
     return sse(
-        handles, p, codec, timeout_s, head=head, chunk=chunk, tail=lambda runs: usage_chunks(body([]), runs, p, layers)
+        handles, p, codec, ctx, head=head, chunk=chunk, tail=lambda runs: usage_chunks(body([]), runs, p, layers)
     )

@@ -14,7 +14,7 @@ from .api_models import Choice, Completion, CompletionLogprobs
 from .codec import Codec
 from .decode import DecodedToken
 from .engine import Handle
-from .generation import Progress
+from .generation import Progress, RunContext
 from .loader import ServedModel
 from .plans import Plan
 from .responding import Chunk, collected, exits, new_id, sse, usage, usage_chunks
@@ -35,10 +35,10 @@ def logprobs_of(tokens: list[DecodedToken], codec: Codec, offset: int) -> Comple
     )
 
 
-async def complete(request: Request, handles: list[Handle], p: Plan, served: ServedModel, timeout_s: float | None
+async def complete(request: Request, handles: list[Handle], p: Plan, served: ServedModel, ctx: RunContext
                    ) -> Response:  # fmt: skip
     """Wait for every choice and answer them as one JSON body."""
-    runs = await collected(request, handles, p, served.codec, timeout_s)
+    runs = await collected(request, handles, p, served.codec, ctx)
     if isinstance(runs, JSONResponse):
         return runs
     echoes = [_echo(p, served.codec, r.index) for r in runs]
@@ -62,7 +62,7 @@ def _echo(p: Plan, codec: Codec, index: int) -> str:
     return codec.decode(p.prompt_of(index)) if p.echo else ""
 
 
-def stream(handles: list[Handle], p: Plan, served: ServedModel, timeout_s: float | None) -> Response:
+def stream(handles: list[Handle], p: Plan, served: ServedModel, ctx: RunContext) -> Response:
     """Server-sent events: a chunk per piece of text (per token with logprobs), the one that ends the last choice
     with finish_reason, usage and the exit summary; with stream_options.include_usage a last chunk with no
     choices and the usage; then `data: [DONE]`."""
@@ -92,5 +92,5 @@ def stream(handles: list[Handle], p: Plan, served: ServedModel, timeout_s: float
     head = [body([choice(i, _echo(p, codec, i))]) for i in range(p.choices)] if p.echo else []
     layers = served.arch.layers
     return sse(
-        handles, p, codec, timeout_s, head=head, chunk=chunk, tail=lambda runs: usage_chunks(body([]), runs, p, layers)
+        handles, p, codec, ctx, head=head, chunk=chunk, tail=lambda runs: usage_chunks(body([]), runs, p, layers)
     )

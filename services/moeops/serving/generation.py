@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 
@@ -19,7 +20,19 @@ from .codec import Codec
 from .decode import DecodedToken
 from .engine import Engine, EngineUnavailable, Event, Failed, Finished, Handle, QueueFull
 from .errors import ClientError
+from .latency import LatencyRecorder
 from .plans import Plan
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """How the server runs a request: its deadline, and where its latency is recorded (and under what names)."""
+
+    timeout_s: float | None = None
+    latency: LatencyRecorder | None = None
+    operation: str = "text_completion"
+    """gen_ai.operation.name: "text_completion" or "chat"."""
+    model: str = ""
 
 
 def submit(engine: Engine | None, codec: Codec, p: Plan) -> list[Handle]:
@@ -98,12 +111,14 @@ async def _merged(handles: list[Handle]) -> AsyncGenerator[tuple[int, Event]]:
             task.cancel()
 
 
-async def run(handles: list[Handle], p: Plan, codec: Codec, timeout_s: float | None) -> AsyncIterator[Progress]:
-    """Each event's progress, until every choice is done; DeadlineExceeded after `timeout_s`. Every handle is
-    cancelled on the way out, whatever ends it (the caller stopped reading included)."""
+async def run(handles: list[Handle], p: Plan, codec: Codec, ctx: RunContext) -> AsyncIterator[Progress]:
+    """Each event's progress, until every choice is done; DeadlineExceeded after the context's timeout. Every
+    handle is cancelled on the way out, whatever ends it (the caller stopped reading included)."""
     runs = [ChoiceRun(i, TextAssembler(codec, p.stops)) for i in range(len(handles))]
+    timing = _Timing(handles, ctx)
     left = len(runs)
     events = _merged(handles)
+    timeout_s = ctx.timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             async for index, event in events:
@@ -111,6 +126,7 @@ async def run(handles: list[Handle], p: Plan, codec: Codec, timeout_s: float | N
                 if choice.done:  # a stop string ended it: its last events are of no use
                     continue
                 progress = _apply(choice, event)
+                timing.saw(progress)
                 if choice.done:
                     handles[index].cancel()
                     left -= 1
@@ -122,6 +138,26 @@ async def run(handles: list[Handle], p: Plan, codec: Codec, timeout_s: float | N
     finally:
         cancel_all(handles)
         await events.aclose()
+
+
+class _Timing:
+    """Each choice's time to first token, time per output token and duration, into the context's recorder."""
+
+    def __init__(self, handles: list[Handle], ctx: RunContext) -> None:
+        self.handles, self.ctx = handles, ctx
+        self.firsts: dict[int, float] = {}
+
+    def saw(self, progress: Progress) -> None:
+        latency, ctx, index = self.ctx.latency, self.ctx, progress.choice.index
+        if latency is None:
+            return
+        arrived = self.handles[index].arrived
+        if progress.tokens and index not in self.firsts:
+            self.firsts[index] = now = time.monotonic()
+            latency.first_token(arrived, ctx.operation, ctx.model, now)
+        if progress.choice.done:
+            tokens = len(progress.choice.tokens)
+            latency.finished(arrived, self.firsts.get(index), tokens, ctx.operation, ctx.model)
 
 
 def _apply(choice: ChoiceRun, event: Event) -> Progress:
@@ -160,13 +196,11 @@ async def cancelled_on_disconnect(request: Request, handles: list[Handle]) -> As
             await watcher
 
 
-async def collect(
-    request: Request, handles: list[Handle], p: Plan, codec: Codec, timeout_s: float | None
-) -> list[ChoiceRun]:
-    """Every choice to its end (for a JSON answer), cancelled if the client leaves; DeadlineExceeded after
-    `timeout_s`."""
+async def collect(request: Request, handles: list[Handle], p: Plan, codec: Codec, ctx: RunContext) -> list[ChoiceRun]:
+    """Every choice to its end (for a JSON answer), cancelled if the client leaves; DeadlineExceeded after the
+    context's timeout."""
     runs: dict[int, ChoiceRun] = {}
     async with cancelled_on_disconnect(request, handles):
-        async for progress in run(handles, p, codec, timeout_s):
+        async for progress in run(handles, p, codec, ctx):
             runs[progress.choice.index] = progress.choice
     return [runs[i] for i in sorted(runs)]

@@ -16,7 +16,7 @@ from .codec import Codec
 from .early_exit import ExitPolicy
 from .engine import Handle
 from .errors import error_event, error_response
-from .generation import ChoiceRun, DeadlineExceeded, Progress, cancel_all, collect, run
+from .generation import ChoiceRun, DeadlineExceeded, Progress, RunContext, cancel_all, collect, run
 from .plans import Plan
 
 Chunk = dict[str, Any]
@@ -45,11 +45,11 @@ def exits(runs: Iterable[ChoiceRun], layers: int, policy: ExitPolicy) -> ExitSum
 
 
 async def collected(
-    request: Request, handles: list[Handle], p: Plan, codec: Codec, timeout_s: float | None
+    request: Request, handles: list[Handle], p: Plan, codec: Codec, ctx: RunContext
 ) -> list[ChoiceRun] | JSONResponse:
     """Every choice to its end, or the error to answer instead (503: generation failed; 504: the deadline)."""
     try:
-        runs = await collect(request, handles, p, codec, timeout_s)
+        runs = await collect(request, handles, p, codec, ctx)
     except DeadlineExceeded as exc:
         return error_response(504, str(exc), code="timeout")
     failed = next((r.error for r in runs if r.error), None)
@@ -60,7 +60,7 @@ def sse(
     handles: list[Handle],
     p: Plan,
     codec: Codec,
-    timeout_s: float | None,
+    ctx: RunContext,
     *,
     head: Iterable[Chunk],
     chunk: Callable[[Progress], Chunk | None],
@@ -74,7 +74,7 @@ def sse(
         try:
             for body in head:
                 yield _data(body)
-            async for progress in run(handles, p, codec, timeout_s):
+            async for progress in run(handles, p, codec, ctx):
                 runs[progress.choice.index] = progress.choice
                 if progress.choice.error:
                     yield error_event(progress.choice.error)

@@ -20,7 +20,7 @@ from . import chat, completions
 from .api_models import CompletionRequest, ErrorBody, ModelCard, ModelList
 from .chat_models import ChatCompletionRequest
 from .errors import ClientError, error_response
-from .generation import submit
+from .generation import RunContext, submit
 from .loader import ServedModel
 from .plans import plan_chat, plan_completion
 from .state import ServerState
@@ -54,10 +54,10 @@ async def create_completion(body: CompletionRequest, state: State, request: Requ
     served = _ready(state)
     p = plan_completion(body, served, state.settings.policy)
     handles = submit(state.engine, served.codec, p)
-    timeout = state.settings.request_timeout_s
+    ctx = RunContext(state.settings.request_timeout_s, state.latency, "text_completion", served.name)
     if body.stream:
-        return completions.stream(handles, p, served, timeout)
-    return await completions.complete(request, handles, p, served, timeout)
+        return completions.stream(handles, p, served, ctx)
+    return await completions.complete(request, handles, p, served, ctx)
 
 
 @router.post("/v1/chat/completions", responses=ERRORS)
@@ -66,10 +66,10 @@ async def create_chat_completion(body: ChatCompletionRequest, state: State, requ
     served = _ready(state)
     p = plan_chat(body, served, state.settings.policy)
     handles = submit(state.engine, served.codec, p)
-    timeout = state.settings.request_timeout_s
+    ctx = RunContext(state.settings.request_timeout_s, state.latency, "chat", served.name)
     if body.stream:
-        return chat.stream(handles, p, served, timeout)
-    return await chat.complete(request, handles, p, served, timeout)
+        return chat.stream(handles, p, served, ctx)
+    return await chat.complete(request, handles, p, served, ctx)
 
 
 def _card(state: ServerState, served: ServedModel) -> ModelCard:
@@ -111,7 +111,7 @@ async def readyz(state: State) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: State) -> str:
-    """Prometheus text format: the engine's load and batching counters."""
+    """Prometheus text format: the engine's load and batching counters, and the latency histograms (latency.py)."""
     return prometheus_text(state)
 
 
@@ -168,4 +168,5 @@ def prometheus_text(state: ServerState) -> str:
             lines += [f"# TYPE moeops_server_{name} gauge", f"moeops_server_{name} {value}"]
         for name, value in counters.items():
             lines += [f"# TYPE moeops_server_{name}_total counter", f"moeops_server_{name}_total {value}"]
+    lines += state.latency.prometheus()
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .early_exit import ExitPolicy
 from .engine import Engine
+from .latency import LatencyRecorder
 from .loader import ServedModel
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class ServerState:
     reporter: LoadReporter | None = None
     """Publishes this server's load on NATS for the autoscaler (load_reporter.py), when MOEOPS_NATS_URL is set."""
     started: float = field(default_factory=time.time)
+    latency: LatencyRecorder = field(default_factory=LatencyRecorder)
+    """Time to first token, per output token and per request (the app gives it the OpenTelemetry meter)."""
 
     @property
     def ready(self) -> bool:
