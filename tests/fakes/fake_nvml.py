@@ -128,6 +128,10 @@ class MigTrace:
         return self.destroyed_at_s is None or t_s < self.destroyed_at_s
 
 
+DIP_S = 0.05
+"""How long a counter dip (`FakeGpu.counter_dips`) lasts: shorter than a poll, so one read sees it."""
+
+
 @dataclass
 class FakeGpu:
     uuid: str
@@ -140,6 +144,9 @@ class FakeGpu:
     """The counter's value at t = 0: it counts from the driver load, long before the test."""
     resets_at_s: tuple[float, ...] = ()
     """Times at which the driver reloads: the counter restarts from 0."""
+    counter_dips: tuple[tuple[float, int], ...] = ()
+    """(time, mJ): a counter read within `DIP_S` after `time` is that much below the true value, as some drivers
+    read a few joules back and forth (the next read is right again)."""
     mig_mode: int | None = None
     """Current MIG mode; None: the GPU has no MIG (the calls answer NOT_SUPPORTED)."""
     mig_slots: tuple[str | None, ...] = ()
@@ -152,10 +159,11 @@ class FakeGpu:
     """The processes with a compute context on this GPU (host PIDs) and the SM % each uses, steady."""
 
     def counter_mj(self, t_s: float) -> int:
+        dip_mj = sum(mj for at_s, mj in self.counter_dips if at_s <= t_s < at_s + DIP_S)
         past_resets = [r for r in self.resets_at_s if r <= t_s]
         if past_resets:
-            return math.floor(1000 * (self.trace.energy_j(t_s) - self.trace.energy_j(max(past_resets))))
-        return self.counter_start_mj + math.floor(1000 * self.trace.energy_j(t_s))
+            return math.floor(1000 * (self.trace.energy_j(t_s) - self.trace.energy_j(max(past_resets)))) - dip_mj
+        return self.counter_start_mj + math.floor(1000 * self.trace.energy_j(t_s)) - dip_mj
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 from fakes.fake_nvml import FakeGpu, FakeNvml, Fault, Trace
 from moeops.bus.connection import ConnectionOptions
 from moeops.carbon.accounting.ledger import EnergyDelta, Stage, WorkloadKey, WorkloadKind
-from moeops.carbon.meter.attribution import IdlePowerWindow, PodInfo, pods_from_list
+from moeops.carbon.meter.attribution import IdlePower, PodInfo, pods_from_list
 from moeops.carbon.meter.nvml_reader import NvmlReader
 from moeops.carbon.meter.rapl import CpuEnergyMeter
 from moeops.carbon.node.agent import AgentSettings, NodeAgent
@@ -71,12 +71,13 @@ def make_source(
     fake_gpus: list[FakeGpu] | None = None,
     faults: list[Fault] | None = None,
     cpu: CpuEnergyMeter | None = None,
+    device_map_ttl_s: float = 10.0,
 ) -> tuple[NodeSource, FakeNvml]:
     nvml = FakeNvml(fake_gpus or gpus(), faults=faults or [])
     reader = NvmlReader(nvml, clock=nvml.clock)
     reader.open()
     settings = NodeSourceSettings("node-a", "de", gpu_idle_power_w=idle_w, proc_root=proc_tree(tmp_path / "proc"),
-                                  cgroup_root=tmp_path / "cgroup")  # fmt: skip
+                                  cgroup_root=tmp_path / "cgroup", device_map_ttl_s=device_map_ttl_s)  # fmt: skip
     return NodeSource(reader, nvml, settings, devices=devices, pods=pods, cpu=cpu, clock=nvml.clock), nvml
 
 
@@ -166,29 +167,32 @@ def test_deltas_are_one_per_key_per_poll_on_one_meter(tmp_path: Path) -> None:
     assert all(d.node == "node-a" and d.region == "de" and d.cpu_energy_j == 0 for d in deltas)
 
 
-def test_measured_idle_power_is_the_lowest_second_seen(tmp_path: Path) -> None:
+def test_idle_power_is_learned_while_nobody_holds_the_gpu(tmp_path: Path) -> None:
     low_w, busy_w, switch_s = 70.0, 300.0, 3.0
     step = Trace(lambda t: low_w if t < switch_s else busy_w,
                  lambda t: low_w * min(t, switch_s) + busy_w * max(t - switch_s, 0.0))  # fmt: skip
     fake = [FakeGpu(G_TRAIN, step, sm_percent={PIDS["c"]: 90.0})]
-    source, nvml = make_source(tmp_path, idle_w=None, fake_gpus=fake)
+    clock: list[FakeNvml] = []
+    holders = lambda: HOLDERS if clock[0].clock() >= switch_s else {}  # noqa: E731 -- the pod arrives at switch_s
+    source, nvml = make_source(tmp_path, idle_w=None, fake_gpus=fake, devices=holders, device_map_ttl_s=0.05)
+    clock.append(nvml)
     energy = by_key(run(source, nvml, 13.0))
     assert energy[TRAIN_SMALL] == pytest.approx((busy_w - low_w) * 10.0, rel=0.005)
     assert math.fsum(energy.values()) == pytest.approx(step.energy_j(13.0), rel=0.005)
 
 
-def test_idle_window_forgets_old_minima_and_ignores_short_dips() -> None:
-    window = IdlePowerWindow(window_s=10.0, span_s=1.0)
-    assert window.power_w() is None
-    for t in range(1, 6):
-        window.add(float(t), 60.0, 1.0)
-    window.add(5.1, 1.0, 0.1)  # a 10-W dip for 0.1 s in a span that averages far higher
-    window.add(6.0, 270.0, 0.9)
-    for t in range(7, 30):
-        window.add(float(t), 200.0, 1.0)
-    assert window.power_w() == pytest.approx(200.0)
-    window.add(30.5, 50.0, 0.5)  # a span in progress counts
-    assert window.power_w() == pytest.approx(100.0)
+def test_idle_power_is_the_lowest_idle_second_kept_and_ignores_busy_spans_and_short_dips() -> None:
+    idle = IdlePower(span_s=1.0)
+    assert idle.power_w() is None
+    idle.add(200.0, 1.0, idle=False)  # busy: never idle power, however low
+    assert idle.power_w() is None
+    for _ in range(5):
+        idle.add(60.0, 1.0, idle=True)
+    idle.add(1.0, 0.1, idle=True)  # a 10-W dip for 0.1 s in a span that averages far higher
+    idle.add(270.0, 0.9, idle=True)
+    for _ in range(100_000):  # busy for a day and more: nothing is forgotten
+        idle.add(200.0, 1.0, idle=False)
+    assert idle.power_w() == pytest.approx(60.0)
 
 
 def test_without_the_kubelet_the_cgroup_fallback_still_splits_and_logs_once(

@@ -105,6 +105,8 @@ class EnergyDelta(_Frozen):
     cpu_energy_j: NonNegative
     cpu_estimated: bool = False
     """The CPU part is an estimate (e.g. TDP × utilisation) rather than a RAPL measurement."""
+    gpu_estimated_j: NonNegative = 0.0
+    """The part of `gpu_energy_j` that is an estimate (power across a counter reset or outage, a long power gap)."""
 
     @property
     def energy_j(self) -> float:
@@ -141,6 +143,8 @@ class Totals(_Frozen):
     cpu_energy_j: NonNegative = 0.0
     cpu_estimated: bool = False
     """Some of `cpu_energy_j` is an estimate (sticky: once estimated, the total is in part an estimate)."""
+    gpu_estimated_j: NonNegative = 0.0
+    """The part of `gpu_energy_j` estimated rather than measured (see `EnergyDelta.gpu_estimated_j`)."""
     gco2e: NonNegative = 0.0
     gco2e_by_source: dict[str, float] = Field(default_factory=dict)
     """Grams per intensity source ("… (stale)" for stale values): how much of `gco2e` rests on which numbers."""
@@ -160,6 +164,7 @@ class Totals(_Frozen):
             gpu_energy_j=self.gpu_energy_j + delta.gpu_energy_j,
             cpu_energy_j=self.cpu_energy_j + delta.cpu_energy_j,
             cpu_estimated=self.cpu_estimated or delta.cpu_estimated,
+            gpu_estimated_j=self.gpu_estimated_j + delta.gpu_estimated_j,
             gco2e=self.gco2e + charge.gco2e,
             gco2e_by_source=by_source,
             last_update=latest,

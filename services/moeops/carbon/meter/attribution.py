@@ -23,7 +23,6 @@ operator; a unit test keeps the copies equal), which `pod_workload` maps to the 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -303,57 +302,60 @@ def node_deltas(
     cpu_j: Mapping[WorkloadKey | None, float],
     *,
     cpu_estimated: bool,
+    gpu_estimated_j: float = 0.0,
 ) -> list[EnergyDelta]:
-    """One delta per ledger key (None: node idle) with energy, GPU and CPU joules together on the node's meter."""
+    """One delta per ledger key (None: node idle) with energy, GPU and CPU joules together on the node's meter.
+    `gpu_estimated_j`, the estimated part of the GPU energy, is spread over the deltas in proportion to their GPU
+    energy (an estimate is the GPU's, not any one workload's)."""
+    gpu_total_j = math.fsum(gpu_j.values())
+    share = min(gpu_estimated_j / gpu_total_j, 1.0) if gpu_total_j > 0 and gpu_estimated_j > 0 else 0.0
     out = []
     for key in dict.fromkeys([*gpu_j, *cpu_j]):
         gpu, cpu = gpu_j.get(key, 0.0), cpu_j.get(key, 0.0)
         if gpu > 0 or cpu > 0:
             out.append(EnergyDelta(id=meter, node=node, region=region, at=at, key=key, gpu_energy_j=gpu,
-                                   cpu_energy_j=cpu, cpu_estimated=cpu_estimated and cpu > 0))  # fmt: skip
+                                   cpu_energy_j=cpu, cpu_estimated=cpu_estimated and cpu > 0,
+                                   gpu_estimated_j=gpu * share))  # fmt: skip
     return out
 
 
 @dataclass
-class IdlePowerWindow:
-    """A device's measured idle power: the lowest mean power of any span of at least `span_s` within the last
-    `window_s` (the span in progress counts too, so the idle power never exceeds what the device draws now).
+class IdlePower:
+    """A device's idle power, learned from its idle spans and kept: the lowest mean power of any span of at least
+    `span_s` in which nobody used the device (no holder, no process, no busy MIG instance).
 
-    Why the minimum: an idle GPU's draw varies by model, clocks and memory state, so one configured figure is wrong
-    for part of a fleet; the minimum over an hour finds each GPU's own floor wherever it idles at all. Why spans of
-    a second, not single 0.1-s polls: a busy GPU's power dips between kernels, and a 0.1-s dip would pass for idle.
-    The price: a GPU busy for the whole window (and just after start, before it was ever idle) has its busy power
-    as "idle", so its energy goes to node idle; configure the idle power where GPUs never idle. The window keeps
-    only spans that can still be the minimum (a monotonic deque), so a poll costs O(1) amortized."""
+    Why only idle spans: the lowest power of *any* span is a busy GPU's floor when it never idles, so a job busy from
+    the agent's start would have its whole draw booked as idle (0 J to the job). Why kept, not windowed: an hour's
+    window forgot the idle spans of a job that started more than an hour ago, and its energy went to node idle
+    from then on. Why the minimum, over spans of a second rather than single polls: an idle GPU's draw varies by
+    clocks and memory state, and a short dip between two readings is not a state.
 
-    window_s: float = 3600.0
+    Until the device has idled for a span it has no learned idle power (`power_w()` is None): the caller then uses
+    the configured figure, or none, so that the holder is charged all of it (an overcharge by the idle power, which
+    is visible, rather than a job booked at 0 J)."""
+
     span_s: float = 1.0
-    _spans: deque[tuple[float, float]] = field(default_factory=deque, init=False)
-    """(end time, mean power), power increasing from the front."""
+    learned_w: float | None = None
     _energy_j: float = field(default=0.0, init=False)
     _dt_s: float = field(default=0.0, init=False)
 
-    def add(self, t_s: float, energy_j: float, dt_s: float) -> None:
-        """The interval of `dt_s` ending at `t_s` in which the device used `energy_j`."""
+    def add(self, energy_j: float, dt_s: float, *, idle: bool) -> None:
+        """An interval of `dt_s` in which the device used `energy_j`; `idle`: nobody was using it."""
+        if not idle:
+            self._energy_j = self._dt_s = 0.0  # a span is idle through and through
+            return
         if dt_s <= 0 or not math.isfinite(energy_j) or energy_j < 0:
             return
         self._energy_j += energy_j
         self._dt_s += dt_s
         if self._dt_s >= self.span_s:
             power_w = self._energy_j / self._dt_s
-            while self._spans and self._spans[-1][1] >= power_w:
-                self._spans.pop()
-            self._spans.append((t_s, power_w))
+            self.learned_w = power_w if self.learned_w is None else min(self.learned_w, power_w)
             self._energy_j = self._dt_s = 0.0
-        while self._spans and self._spans[0][0] < t_s - self.window_s:
-            self._spans.popleft()
 
     def power_w(self) -> float | None:
-        """The idle power; None before any interval was added."""
-        candidates = [self._spans[0][1]] if self._spans else []
-        if self._dt_s > 0:
-            candidates.append(self._energy_j / self._dt_s)
-        return min(candidates) if candidates else None
+        """The learned idle power; None before the device was seen idle for a span."""
+        return self.learned_w
 
 
 def cpu_idle_share_j(energy_j: float, busy_share: float, *, estimated: bool) -> float:

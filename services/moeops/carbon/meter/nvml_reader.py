@@ -5,9 +5,11 @@ from nvidia-ml-py, imported when the reader opens, so that importing this module
 GPU); tests pass the fake in `tests/fakes/fake_nvml.py`.
 
 Errors: a machine where NVML cannot start (no driver, no package) raises `NvmlUnavailable` from `open()` with
-NVML's own message. After that a poll never raises an NVML error: NVML_ERROR_NOT_SUPPORTED marks that reading kind
-unsupported for that device (it is permanent, so the call is not repeated), and any other error is counted in
-`errors` by kind and logged once per kind (a GPU that fell off the bus would otherwise log ten times a second).
+NVML's own message. After that a poll never raises an NVML error. A failed reading is retried with backoff and a
+kind is given up only after repeated failures (`read_health`: NOT_SUPPORTED is permanent only for a kind that never
+answered); every error is counted in `errors` by kind and logged once per kind (a GPU that fell off the bus would
+otherwise log ten times a second), every give-up and recovery is logged and counted in `give_ups`, and each GPU's
+`MeterState` (metered / degraded / lost) is in its `GpuEnergy`.
 
 MIG: NVML reads energy and power only on the parent GPU, so a MIG parent's energy is split over its instances by
 activity weights the caller passes to `poll()`, keyed by MIG device UUID; with none (or all 0), it is booked as the
@@ -33,6 +35,7 @@ from typing import Protocol, TypeVar, cast
 
 from moeops.carbon.meter.energy import EnergyReport, GpuEnergyMeter, MeterLimits, MigAccount, Sample
 from moeops.carbon.meter.poll_interval import AdaptiveInterval, IntervalPolicy
+from moeops.carbon.meter.read_health import MeterState, Outcome, ReadHealth, RetryPolicy, meter_state
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ class GpuEnergy:
     energy: EnergyReport
     mig_j: Mapping[str, float] = field(default_factory=dict)
     """A MIG parent's energy by instance UUID, plus `energy.IDLE`; empty for a GPU not in MIG mode."""
+    state: MeterState = MeterState.METERED
 
 
 @dataclass
@@ -114,7 +118,11 @@ class _Device:
     handle: object
     meter: GpuEnergyMeter
     mig: MigAccount | None
-    unsupported: set[str] = field(default_factory=set)
+    health: dict[str, ReadHealth]
+
+    @property
+    def state(self) -> MeterState:
+        return meter_state(self.health[COUNTER], self.health[POWER])
 
 
 def _error_code(error: Exception) -> int | None:
@@ -133,15 +141,19 @@ class NvmlReader:
         clock: Callable[[], float] = time.monotonic,
         limits: MeterLimits | None = None,
         interval: IntervalPolicy | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._nvml = nvml
         self._clock = clock
         self._limits = limits or MeterLimits()
         self._interval = AdaptiveInterval(clock, interval or IntervalPolicy())
+        self._retry = retry or RetryPolicy()
         self._devices: list[_Device] = []
         self._open = False
         self.errors: Counter[str] = Counter()
-        """Failed NVML calls other than NOT_SUPPORTED, by reading kind (or enumeration step)."""
+        """Failed NVML calls by reading kind (or enumeration step); NOT_SUPPORTED only from a kind that answered."""
+        self.give_ups: Counter[str] = Counter()
+        """Reading kinds given up after repeated failures, by kind (each give-up once)."""
 
     def __enter__(self) -> NvmlReader:
         self.open()
@@ -199,11 +211,14 @@ class NvmlReader:
                 return _Missing.UNSUPPORTED
             if code is not None and code == absent:
                 return _Missing.ABSENT
-            self.errors[kind] += 1
-            if self.errors[kind] == 1:
-                logger.warning("NVML %s failed%s: %s (NVML error %s); further %s errors are only counted", kind,
-                               f" on {where}" if where else "", error, code, kind)  # fmt: skip
+            self._count_error(kind, where, str(error), code)
             return _Missing.FAILED
+
+    def _count_error(self, kind: str, where: str, message: str, code: int | None) -> None:
+        self.errors[kind] += 1
+        if self.errors[kind] == 1:
+            logger.warning("NVML %s failed%s: %s (NVML error %s); further %s errors are only counted", kind,
+                           f" on {where}" if where else "", message, code, kind)  # fmt: skip
 
     def _enumerate(self, nvml: NvmlApi, index: int) -> _Device | None:
         """The device at `index`, or None when it cannot be identified (no handle or no UUID: counted)."""
@@ -224,7 +239,8 @@ class NvmlReader:
             mig_devices=self._mig_devices(nvml, handle) if mig_enabled else (),
         )
         meter = GpuEnergyMeter(self._limits)
-        return _Device(info, handle, meter, MigAccount() if mig_enabled else None)
+        health = {kind: ReadHealth(self._retry) for kind in (COUNTER, POWER)}
+        return _Device(info, handle, meter, MigAccount() if mig_enabled else None, health)
 
     def _mig_devices(self, nvml: NvmlApi, parent: object) -> tuple[MigDeviceInfo, ...]:
         slots = self._call("mig_device_count", partial(nvml.nvmlDeviceGetMaxMigDeviceCount, parent))
@@ -243,13 +259,25 @@ class NvmlReader:
         return tuple(devices)
 
     def _read(self, device: _Device, kind: str, read: Callable[[object], int]) -> int | None:
-        """One reading, or None; NOT_SUPPORTED is remembered so that the call is not repeated."""
-        if kind in device.unsupported:
+        """One reading, or None: not due (backing off after failures, or unsupported) or failed."""
+        health, now_s = device.health[kind], self._clock()
+        if not health.due(now_s):
             return None
-        value = self._call(kind, partial(read, device.handle), where=f"GPU {device.info.index} ({device.info.uuid})")
-        if value is _Missing.UNSUPPORTED:
-            device.unsupported.add(kind)
-        return None if isinstance(value, _Missing) else value
+        where = f"GPU {device.info.index} ({device.info.uuid})"
+        value = self._call(kind, partial(read, device.handle), where=where)
+        if not isinstance(value, _Missing):
+            if health.ok():
+                logger.warning("NVML %s on %s answers again", kind, where)
+            return value
+        not_supported = value is _Missing.UNSUPPORTED
+        if not_supported and health.answered:  # it answered before: a transient NOT_SUPPORTED is an error
+            self._count_error(kind, where, "Not Supported (after answering before)", None)
+        outcome = health.failed(now_s, not_supported=not_supported)
+        if outcome is Outcome.GAVE_UP:
+            self.give_ups[kind] += 1
+            logger.warning("NVML %s on %s gave up after %d failures in a row; the GPU is %s, asked again every %g s",
+                           kind, where, health.failures, device.state.value, self._retry.max_s)  # fmt: skip
+        return None
 
     def poll(self, mig_weights: Mapping[str, Mapping[str, float]] | None = None) -> float:
         """Read every GPU once and fold the readings in; the seconds to wait before the next poll.
@@ -264,8 +292,9 @@ class NvmlReader:
                 t_s=self._clock(),
                 counter_mj=counter_mj,
                 power_mw=power_mw,
-                counter_unsupported=COUNTER in device.unsupported,
-                power_unsupported=POWER in device.unsupported,
+                counter_unsupported=device.health[COUNTER].unsupported,
+                power_unsupported=device.health[POWER].unsupported,
+                counter_given_up=device.health[COUNTER].given_up,
             )
             delta_j = device.meter.add(sample)
             if device.mig is not None and delta_j is not None:
@@ -291,6 +320,6 @@ class NvmlReader:
 
     def report(self) -> tuple[GpuEnergy, ...]:
         return tuple(
-            GpuEnergy(d.info, d.meter.report(), dict(d.mig.instances_j) if d.mig is not None else {})
+            GpuEnergy(d.info, d.meter.report(), dict(d.mig.instances_j) if d.mig is not None else {}, d.state)
             for d in self._devices
         )

@@ -19,9 +19,14 @@ the agent's poll rate, so the energy integrates every reading while the rest run
    parent's energy at every NVML poll; a busy instance is then a device keyed by its MIG UUID (as the kubelet's map
    keys `nvidia.com/mig-*`), charged to its holder like a whole GPU; energy while none is busy is node idle.
 
-Idle power per GPU: configured (`gpu_idle_power_w`, one figure for every GPU of the node) or, by default, measured:
-the lowest mean power of any second within the last hour (`attribution.IdlePowerWindow`, which says why and what
-it costs). A MIG parent's idle power is node idle too, taken from its busy instances in proportion to their energy.
+Idle power per GPU: configured (`gpu_idle_power_w`, one figure for every GPU of the node) or, by default, learned
+from the GPU's own idle spans (nobody holds it, no process, no busy MIG instance) and kept for the agent's life
+(`attribution.IdlePower`, which says why and what it costs): no window, so a job of any length keeps its energy.
+A MIG parent's idle power is node idle too, taken from its busy instances in proportion to their energy.
+
+Gaps: the part of each GPU's energy that is an estimate (`EnergyReport.estimated_j`: power across a counter reset
+or a given-up counter, long power gaps) goes into the deltas as `gpu_estimated_j`, in proportion to their GPU
+energy; `meter_states` is each GPU's `read_health.MeterState` after the last poll (metered / degraded / lost).
 
 One delta per ledger key per poll (GPU and CPU joules together, meter `<node>/energy`; per-GPU meters would spool
 8× as many). Every part but the NVML read degrades instead of raising (counted in `degraded`, logged once per
@@ -44,7 +49,7 @@ from typing import Any, Protocol, TypeVar
 from moeops.carbon.accounting.ledger import DeltaId, EnergyDelta, WorkloadKey
 from moeops.carbon.meter.attribution import (
     GpuInterval,
-    IdlePowerWindow,
+    IdlePower,
     PodInfo,
     Split,
     node_deltas,
@@ -60,6 +65,7 @@ from moeops.carbon.meter.mig import MigActivity, MigDeltas, MigNvmlApi, mig_inte
 from moeops.carbon.meter.nvml_reader import NvmlReader
 from moeops.carbon.meter.pod_cpu import CpuAttribution, DegradingGuard, scan_pod_cgroups
 from moeops.carbon.meter.rapl import CpuEnergyMeter
+from moeops.carbon.meter.read_health import MeterState
 from moeops.carbon.podresources.cgroup import read_pid_cgroup
 from moeops.carbon.podresources.devices import CachedDeviceMap, CgroupRef, ContainerRef, DeviceMap
 
@@ -108,7 +114,6 @@ class NodeSourceSettings:
     region: str
     gpu_idle_power_w: float | None = None
     """None: measured per GPU (see the module docstring)."""
-    idle_window_s: float = 3600.0
     device_map_ttl_s: float = 10.0
     pods_ttl_s: float = 30.0
     cpu_interval_s: float = 1.0
@@ -162,8 +167,10 @@ class NodeSource:
         self._owners: dict[int, Consumer | None] = {}
         self._keys: dict[Consumer, WorkloadKey] = {}
         self._last_sm: dict[str, tuple[float, dict[int, float]]] = {}
-        self._windows: dict[str, IdlePowerWindow] = {}
+        self._idle: dict[str, IdlePower] = {}
         self._gpu_total_j: dict[str, float] = {}
+        self._gpu_estimated_j: dict[str, float] = {}
+        self.meter_states: dict[str, MeterState] = {}
         self._meter = DeltaId(source=f"{settings.node}/{METER}", epoch=0, sequence=0)  # the spool stamps the ids
         self._last_s: float | None = None
         self.fallback_polls = 0  # polls attributed through cgroups: the kubelet's map was unavailable
@@ -177,41 +184,59 @@ class NodeSource:
         now_s = self._clock()
         dt_s = 0.0 if self._last_s is None else max(now_s - self._last_s, 0.0)
         self._last_s = now_s
-        intervals, mig_j = self._gpu_intervals(now_s, dt_s)
+        intervals, mig_j, gpus = self._gpu_intervals(dt_s)
         self._guard("pods", lambda: self._refresh_pods(now_s, force=False), None)
         holders = self._holders(now_s)
         sm_by_device, owner, found = self._activity(now_s, intervals, holders)
         assigned: Mapping[str, Sequence[Consumer]] = holders if holders is not None else found
         gpu = split_node(intervals, assigned, sm_by_device, owner)
+        for uuid, (energy_j, busy_mig) in gpus.items():  # learned after the split: this interval used the old figure
+            idle = not busy_mig and not assigned.get(uuid) and not sm_by_device.get(uuid)
+            self._idle.setdefault(uuid, IdlePower()).add(energy_j, dt_s, idle=idle)
         self._guard("telemetry", partial(self._on_split, gpu.devices, self._pods.by_uid), None)
         gpu_j = self._by_key(gpu.consumers_j, math.fsum([gpu.idle_j, gpu.unowned_j, mig_j]))
+        estimated_j = math.fsum(self._estimated_since_last())
         cpu_j, estimated = self._cpu_split(now_s)
-        return self._deltas(gpu_j, cpu_j, estimated)
+        return self._deltas(gpu_j, cpu_j, estimated, estimated_j)
 
-    def _gpu_intervals(self, now_s: float, dt_s: float) -> tuple[list[GpuInterval], float]:
-        """Each GPU's interval (idle power from the window or the setting), a MIG parent's busy instances' instead
-        (`mig.mig_intervals`); the second value is the MIG parents' energy of no instance, the node's."""
+    def _gpu_intervals(self, dt_s: float) -> tuple[list[GpuInterval], float, dict[str, tuple[float, bool]]]:
+        """Each GPU's interval (idle power learned or configured), a MIG parent's busy instances' instead
+        (`mig.mig_intervals`); the MIG parents' energy of no instance (the node's); and per GPU its energy and
+        whether a MIG instance was busy (for `IdlePower`)."""
         intervals: list[GpuInterval] = []
         mig_j = 0.0
+        gpus: dict[str, tuple[float, bool]] = {}
         for gpu in self._reader.report():
+            uuid = gpu.gpu.uuid
+            self.meter_states[uuid] = gpu.state
             total_j = gpu.energy.energy_j
             if total_j is None:  # unknown energy is not 0 J: nothing to book
                 continue
-            uuid = gpu.gpu.uuid
+            # A total below the last one (a returning counter withdrew a too-high estimate) books nothing until the
+            # total passes the last one again: the deltas' sum stays the meter's.
             energy_j = max(total_j - self._gpu_total_j.get(uuid, 0.0), 0.0)
-            self._gpu_total_j[uuid] = total_j
-            window = self._windows.setdefault(uuid, IdlePowerWindow(self.settings.idle_window_s))
-            window.add(now_s, energy_j, dt_s)
+            self._gpu_total_j[uuid] = max(total_j, self._gpu_total_j.get(uuid, 0.0))
             idle_w = self.settings.gpu_idle_power_w
             if idle_w is None:
-                idle_w = window.power_w() or 0.0
+                idle_w = self._idle.setdefault(uuid, IdlePower()).power_w() or 0.0
             if gpu.gpu.mig_enabled:
                 instances, node_j = mig_intervals(self._mig_deltas.delta(uuid, gpu.mig_j), dt_s, idle_w)
                 intervals += instances
                 mig_j += node_j
+                gpus[uuid] = (energy_j, bool(instances))
             else:
                 intervals.append(GpuInterval(uuid, energy_j, dt_s, idle_w))
-        return intervals, mig_j
+                gpus[uuid] = (energy_j, False)
+        return intervals, mig_j, gpus
+
+    def _estimated_since_last(self) -> list[float]:
+        """Per GPU, the estimated joules added since the previous call (withdrawn estimates carried as above)."""
+        parts = []
+        for gpu in self._reader.report():
+            uuid, estimated_j = gpu.gpu.uuid, gpu.energy.estimated_j
+            parts.append(max(estimated_j - self._gpu_estimated_j.get(uuid, 0.0), 0.0))
+            self._gpu_estimated_j[uuid] = max(estimated_j, self._gpu_estimated_j.get(uuid, 0.0))
+        return parts
 
     def _holders(self, now_s: float) -> DeviceMap | None:
         """The kubelet's device map, or None for the cgroup fallback this poll."""
@@ -330,8 +355,12 @@ class NodeSource:
         return self._by_key(interval.split.consumers_j, interval.split.node_j), interval.energy.estimated
 
     def _deltas(
-        self, gpu_j: Mapping[WorkloadKey | None, float], cpu_j: Mapping[WorkloadKey | None, float], estimated: bool
+        self,
+        gpu_j: Mapping[WorkloadKey | None, float],
+        cpu_j: Mapping[WorkloadKey | None, float],
+        estimated: bool,
+        gpu_estimated_j: float,
     ) -> list[EnergyDelta]:
         settings = self.settings
         return node_deltas(self._meter, settings.node, settings.region, datetime.now(UTC), gpu_j, cpu_j,
-                           cpu_estimated=estimated)  # fmt: skip
+                           cpu_estimated=estimated, gpu_estimated_j=gpu_estimated_j)  # fmt: skip
