@@ -3,6 +3,7 @@ each case names the field, and its valid neighbour is accepted (so a rule that r
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -91,7 +92,8 @@ def test_the_inference_services_resources_follow_the_same_rules(cluster: Cluster
 def test_a_spec_of_megabytes_cannot_be_stored(cluster: Cluster) -> None:
     """Every string, list and map of the spec is bounded: a 1.5 MB spec is refused before it reaches etcd."""
     huge = {"workers": {"nodeSelector": {"x" * 1_500_000: "v"}}}  # a map's keys have no maxLength of their own
-    result = cluster.kubectl.apply(training_job("huge", "default", huge), "--dry-run=server", check=False)
+    manifest = json.dumps(training_job("huge", "default", huge))  # create: apply's annotation would be refused first
+    result = cluster.kubectl("create", "--dry-run=server", "-f", "-", stdin=manifest, check=False)
     assert result.returncode != 0
     assert "workers.nodeSelector" in result.stderr, result.stderr[:2000]
 
@@ -101,3 +103,10 @@ def test_an_inference_service_cannot_take_a_training_jobs_worker_service_name(cl
     assert result.returncode != 0
     assert "metadata.name must not end with '-workers'" in result.stderr, result.stderr
     assert cluster.kubectl.apply(inference_service("trainer-work", "default"), "--dry-run=server").returncode == 0
+
+
+@pytest.mark.parametrize("job", ["9lives", "j" * 49])
+def test_an_inference_service_cannot_reference_a_job_name_that_cannot_exist(cluster: Cluster, job: str) -> None:
+    ref = {"model": {"checkpoint": None, "trainingJobRef": {"name": job}}}
+    result = cluster.kubectl.apply(inference_service("served", "default", ref), "--dry-run=server", check=False)
+    assert result.returncode != 0 and "spec.model.trainingJobRef.name" in result.stderr, result.stderr

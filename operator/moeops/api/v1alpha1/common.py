@@ -8,6 +8,8 @@ become OpenAPI bounds, and `x-kubernetes-validations` entries become CEL rules e
 from __future__ import annotations
 
 import posixpath
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -18,9 +20,19 @@ from pydantic.alias_generators import to_camel
 VERSION = "v1alpha1"
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_1035_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+TRAINING_JOB_NAME_MAX = 48
+"""The longest MoETrainingJob name: its Service adds "-workers" and its pods "-<index>" (5 digits at most)."""
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 QUANTITY_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[numkMGTPE]i?|Ki)?$"
 GPU_RESOURCE = "nvidia.com/gpu"
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY_PATTERN = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{LABEL_NAME}$"
+"""A label key (and a resource name): an optional DNS-subdomain prefix and `/`, then a name of at most 63 letters,
+digits, `-`, `_` and `.`, alphanumeric at both ends (Kubernetes' qualified name)."""
+LABEL_KEY_MAX = 253 + 1 + 63
+LABEL_VALUE_PATTERN = rf"^({LABEL_NAME})?$"
+LABEL_VALUE_MAX = 63
 
 
 def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
@@ -38,6 +50,22 @@ def immutable(name: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [cel("self == oldSelf", f"{name} is immutable once the job exists")]}
 
 
+def label_keys_rule(what: str) -> dict[str, Any]:
+    """CEL on a map: every key a label key (the schema cannot bound or pattern a map's keys; this bounds them too)."""
+    return cel(
+        f"self.all(k, k.size() <= {LABEL_KEY_MAX} && k.matches('{LABEL_KEY_PATTERN}'))",
+        f"{what}: every key must be a label key, [prefix/]name: the name at most 63 letters, digits, '-', '_' or"
+        " '.', beginning and ending with a letter or digit; the prefix a DNS subdomain",
+    )
+
+
+def check_label_keys(what: str, values: Mapping[str, Any] | None) -> None:
+    """`label_keys_rule` in Python (the typed model refuses what the API server refuses)."""
+    for key in values or {}:
+        if len(key) > LABEL_KEY_MAX or not re.match(LABEL_KEY_PATTERN, key):
+            raise ValueError(f"{what}: {key!r} is not a label key")
+
+
 class KubeModel(BaseModel):
     """Base of every CR model: camelCase on the wire, unknown fields rejected, values immutable in memory."""
 
@@ -53,6 +81,15 @@ class KubeModel(BaseModel):
         """The camelCase JSON form, without unset optional fields (what the API server would store)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
+
+LabelValue = Annotated[
+    str, Field(max_length=LABEL_VALUE_MAX, pattern=LABEL_VALUE_PATTERN, description="A label value.")
+]
+
+NON_NEGATIVE_RULE = cel(
+    "self.all(k, !isQuantity(self[k]) || !quantity(self[k]).isLessThan(quantity('0')))",
+    "resource quantities must not be negative",
+)
 
 Quantity = Annotated[
     str,
@@ -78,24 +115,74 @@ class ResourceRequirements(KubeModel):
                     f"!has(self.requests) || !('{GPU_RESOURCE}' in self.requests)",
                     f"do not set {GPU_RESOURCE} in resources: the GPU count comes from gpusPerWorker/gpus",
                 ),
+                cel(
+                    "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits)"
+                    " || !isQuantity(self.requests[k]) || !isQuantity(self.limits[k])"
+                    " || quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0)",
+                    "resources.requests must not exceed resources.limits for the same resource",
+                    field_path=".requests",
+                ),
             ]
         }
     )
 
     requests: dict[str, Quantity] | None = Field(
-        default=None, max_length=16, description="Minimum resources per container, e.g. `cpu: 8`."
+        default=None,
+        max_length=16,
+        description="Minimum resources per container, e.g. `cpu: 8`.",
+        json_schema_extra={"x-kubernetes-validations": [label_keys_rule("resources.requests"), NON_NEGATIVE_RULE]},
     )
     limits: dict[str, Quantity] | None = Field(
-        default=None, max_length=16, description="Maximum resources per container, e.g. `memory: 64Gi`."
+        default=None,
+        max_length=16,
+        description="Maximum resources per container, e.g. `memory: 64Gi`.",
+        json_schema_extra={"x-kubernetes-validations": [label_keys_rule("resources.limits"), NON_NEGATIVE_RULE]},
     )
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _valid_quantities(cls, values: dict[str, str] | None) -> dict[str, str] | None:
+        check_label_keys("resources", values)
+        if any(v.startswith("-") for v in (values or {}).values()):
+            raise ValueError("resources: quantities must not be negative")
+        return values
 
 
 class Toleration(KubeModel):
     """A Pod toleration, so that workers can run on tainted (e.g. GPU-only) nodes."""
 
-    key: str | None = Field(default=None, max_length=253, description="Taint key to tolerate.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                    "a toleration with operator Exists must not have a value",
+                    field_path=".value",
+                ),
+                cel(
+                    "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+                    "a toleration without a key must have operator Exists (it then tolerates every taint)",
+                    field_path=".operator",
+                ),
+                cel(
+                    "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                    "tolerationSeconds is for effect NoExecute only",
+                    field_path=".tolerationSeconds",
+                ),
+            ]
+        }
+    )
+
+    key: str | None = Field(
+        default=None, max_length=LABEL_KEY_MAX, pattern=LABEL_KEY_PATTERN, description="Taint key to tolerate."
+    )
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="`Exists` or `Equal`.")
-    value: str | None = Field(default=None, max_length=253, description="Taint value (with `Equal`).")
+    value: str | None = Field(
+        default=None,
+        max_length=LABEL_VALUE_MAX,
+        pattern=LABEL_VALUE_PATTERN,
+        description="Taint value (with `Equal`).",
+    )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty tolerates all effects."
     )
@@ -216,7 +303,7 @@ def name_rules(max_length: int) -> tuple[dict[str, Any], ...]:
             f"metadata.name must be at most {max_length} characters (child names and pod hostnames extend it)",
         ),
         cel(
-            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            f"self.metadata.name.matches('{DNS_1035_PATTERN}')",
             "metadata.name must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter",
         ),
     )

@@ -17,7 +17,8 @@ from pydantic import ConfigDict, Field
 
 from .carbon import CarbonStatus
 from .common import (
-    DNS_LABEL_PATTERN,
+    DNS_1035_PATTERN,
+    TRAINING_JOB_NAME_MAX,
     Conditions,
     KubeModel,
     PrinterColumn,
@@ -42,7 +43,12 @@ CONDITION_TYPES = ("Ready", "Stopped")
 class TrainingJobRef(KubeModel):
     """A MoETrainingJob in the same namespace whose newest checkpoint is served."""
 
-    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN, description="Its name.")
+    name: str = Field(
+        min_length=1,
+        max_length=TRAINING_JOB_NAME_MAX,
+        pattern=DNS_1035_PATTERN,
+        description="Its name: a name a MoETrainingJob can have (at most 48 characters, a DNS-1035 label).",
+    )
 
 
 class ModelSource(KubeModel):
@@ -180,5 +186,12 @@ RESOURCE = ResourceInfo(
         PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
         PrinterColumn("Model", ".status.model", description="Checkpoint served.", priority=1),
     ),
-    root_validations=name_rules(52),
+    root_validations=(
+        *name_rules(52),
+        # A MoETrainingJob `x` has a headless Service `x-workers`; a service of that name would take it (or lose it).
+        cel(
+            "!self.metadata.name.endsWith('-workers')",
+            "metadata.name must not end with '-workers': that is the name of a MoETrainingJob's worker Service",
+        ),
+    ),
 )

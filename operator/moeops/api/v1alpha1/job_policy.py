@@ -43,7 +43,10 @@ class SchedulingSpec(KubeModel):
         description="PriorityClass of the workers.",
     )
     scheduler_name: str | None = Field(
-        default=None, max_length=253, description="Scheduler of the worker pods, e.g. a gang scheduler."
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Scheduler of the worker pods, e.g. a gang scheduler.",
     )
     gang: bool = Field(
         default=False,

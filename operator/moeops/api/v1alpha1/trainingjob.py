@@ -12,14 +12,18 @@ from pydantic import ConfigDict, Field, field_validator
 
 from .carbon import CarbonSpec
 from .common import (
+    TRAINING_JOB_NAME_MAX,
     KubeModel,
+    LabelValue,
     PrinterColumn,
     ResourceInfo,
     ResourceRequirements,
     Toleration,
     VolumeLocation,
     cel,
+    check_label_keys,
     immutable,
+    label_keys_rule,
     name_rules,
 )
 from .data import DataSpec
@@ -78,7 +82,12 @@ class TrainingSpec(KubeModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.warmupSteps < self.steps", "training.warmupSteps must be less than training.steps")
+                cel("self.warmupSteps < self.steps", "training.warmupSteps must be less than training.steps"),
+                cel(
+                    "!has(self.microBatchSize) || self.microBatchSize <= self.globalBatchSize",
+                    "training.microBatchSize must be at most training.globalBatchSize",
+                    field_path=".microBatchSize",
+                ),
             ]
         }
     )
@@ -137,8 +146,11 @@ class WorkerSpec(KubeModel):
         default=None, description="Image pull policy of the worker container."
     )
     resources: ResourceRequirements | None = Field(default=None, description="CPU/memory per worker pod.")
-    node_selector: dict[str, str] | None = Field(
-        default=None, max_length=32, description="Node labels the workers must run on."
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=32,
+        description="Node labels the workers must run on.",
+        json_schema_extra={"x-kubernetes-validations": [label_keys_rule("workers.nodeSelector")]},
     )
     tolerations: list[Toleration] | None = Field(
         default=None, max_length=32, description="Taints the workers tolerate."
@@ -153,6 +165,12 @@ class WorkerSpec(KubeModel):
     )
 
     _distinct_env_names = field_validator("env")(distinct_names)
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, selector: dict[str, str] | None) -> dict[str, str] | None:
+        check_label_keys("workers.nodeSelector", selector)
+        return selector
 
 
 class ParallelismSpec(KubeModel):
@@ -335,5 +353,5 @@ RESOURCE = ResourceInfo(
         PrinterColumn("Reason", ".status.plan.reason", description="Why this plan.", priority=1),
     ),
     # The Job adds "-workers"/"-config" and pods add "-<index>" with a 5-digit index at most.
-    root_validations=name_rules(48),
+    root_validations=name_rules(TRAINING_JOB_NAME_MAX),
 )
