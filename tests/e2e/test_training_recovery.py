@@ -32,6 +32,31 @@ def next_job(cluster: Cluster, ns: str, name: str, old: dict[str, Any], attempt:
     return job
 
 
+def apply_and_run(
+    cluster: Cluster, kubelet: FakeKubelet, ns: str, name: str, spec: dict[str, Any] | None = None, replicas: int = 2
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Apply a training job, run every worker pod of its first Job, and wait for Running: the Job and its pods."""
+    cluster.kubectl.apply(training_job(name, ns, spec))
+    job = wait_for("the worker Job", lambda: cluster.read("Job", ns, name))
+    workers = wait_pods(cluster, ns, name, replicas)
+    for pod in workers:
+        kubelet.run(pod)
+    wait_state(cluster, ns, name, "Running")
+    return job, workers
+
+
+def run_next_attempt(
+    cluster: Cluster, kubelet: FakeKubelet, ns: str, name: str, old: dict[str, Any], attempt: int, replicas: int = 2
+) -> list[dict[str, Any]]:
+    """Wait for the Job of `attempt` that replaced `old`, run its pods, and wait for Running again: its pods."""
+    next_job(cluster, ns, name, old, attempt)
+    workers = wait_pods(cluster, ns, name, replicas)
+    for pod in workers:
+        kubelet.run(pod)
+    wait_state(cluster, ns, name, "Running")
+    return workers
+
+
 def restart_counts(cluster: Cluster, ns: str, name: str) -> tuple[int, int]:
     status = cluster.status(PLURAL, ns, name)
     return status.get("restarts", 0), status.get("restartsCountTowardsMax", 0)
@@ -40,12 +65,7 @@ def restart_counts(cluster: Cluster, ns: str, name: str) -> tuple[int, int]:
 def test_a_failed_worker_restarts_the_whole_group_which_then_succeeds(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
 ) -> None:
-    cluster.kubectl.apply(training_job("heal", namespace))
-    first_job = wait_for("the worker Job", lambda: cluster.read("Job", namespace, "heal"))
-    first = wait_pods(cluster, namespace, "heal", 2)
-    for pod in first:
-        kubelet.run(pod)
-    wait_state(cluster, namespace, "heal", "Running")
+    first_job, first = apply_and_run(cluster, kubelet, namespace, "heal")
 
     (rank1,) = [p for p in first if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1"]
     kubelet.finish(rank1, exit_code=1)
@@ -165,20 +185,12 @@ def fail_as_disrupted(cluster: Cluster, pod: dict[str, Any]) -> None:
 def test_a_disruption_restarts_the_group_without_using_the_budget(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
 ) -> None:
-    cluster.kubectl.apply(training_job("evicted", namespace, {"runPolicy": {"backoffLimit": 0}}))
-    first_job = wait_for("the worker Job", lambda: cluster.read("Job", namespace, "evicted"))
-    first = wait_pods(cluster, namespace, "evicted", 2)
-    for pod in first:
-        kubelet.run(pod)
-    wait_state(cluster, namespace, "evicted", "Running")
+    first_job, first = apply_and_run(cluster, kubelet, namespace, "evicted", {"runPolicy": {"backoffLimit": 0}})
     fail_as_disrupted(cluster, first[0])
     restarting = wait_condition(cluster, namespace, "evicted", "Restarting")
     assert restarting["reason"] == "WorkerDisrupted" and "PreemptionByScheduler" in restarting["message"]
     assert restart_counts(cluster, namespace, "evicted") == (1, 0)
-    next_job(cluster, namespace, "evicted", first_job, attempt=1)
-    for pod in wait_pods(cluster, namespace, "evicted", 2):
-        kubelet.run(pod)
-    wait_state(cluster, namespace, "evicted", "Running")
+    run_next_attempt(cluster, kubelet, namespace, "evicted", first_job, attempt=1)
     assert "WorkerDisrupted" in event_reasons(cluster, namespace, "evicted")
 
 
@@ -190,22 +202,14 @@ def job_failed(job: dict[str, Any] | None) -> bool:
 def test_a_failure_while_the_operator_is_down_is_restarted_once_when_it_is_back(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
 ) -> None:
-    cluster.kubectl.apply(training_job("orphaned", namespace))
-    first_job = wait_for("the worker Job", lambda: cluster.read("Job", namespace, "orphaned"))
-    first = wait_pods(cluster, namespace, "orphaned", 2)
-    for pod in first:
-        kubelet.run(pod)
-    wait_state(cluster, namespace, "orphaned", "Running")
+    first_job, first = apply_and_run(cluster, kubelet, namespace, "orphaned")
     operator.stop(9)
     try:
         kubelet.finish(first[0], exit_code=1)
         wait_for("the Job to fail", lambda: job_failed(cluster.read("Job", namespace, "orphaned")))
     finally:
         operator.start()  # its resume and its first look at the Job both see the failure: one restart, not two
-    next_job(cluster, namespace, "orphaned", first_job, attempt=1)
-    for pod in wait_pods(cluster, namespace, "orphaned", 2):
-        kubelet.run(pod)
-    wait_state(cluster, namespace, "orphaned", "Running")
+    run_next_attempt(cluster, kubelet, namespace, "orphaned", first_job, attempt=1)
     assert restart_counts(cluster, namespace, "orphaned") == (1, 1)
     job = cluster.read("Job", namespace, "orphaned")
     assert job and job["metadata"]["labels"][ATTEMPT] == "1"
