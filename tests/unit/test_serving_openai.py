@@ -128,7 +128,7 @@ def test_sampling_is_reproducible_with_a_seed(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "param"),
-    [({"logit_bias": {"5": 1}}, "logit_bias"), ({"presence_penalty": 0.5}, "presence_penalty"),
+    [({"logit_bias": {"999": 1}}, "logit_bias"), ({"presence_penalty": 3.0}, "presence_penalty"),
      ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"best_of": 2}, "best_of")],
 )  # fmt: skip
 def test_what_is_refused_names_its_field(client: openai.OpenAI, kwargs: dict[str, object], param: str) -> None:
@@ -144,3 +144,17 @@ def test_latency_histograms_on_metrics(client: openai.OpenAI) -> None:
         metric = f'gen_ai_server_{name}_seconds_count{{gen_ai_operation_name="chat",gen_ai_request_model="tiny"}}'
         (line,) = [x for x in text.splitlines() if x.startswith(metric)]
         assert int(line.split()[-1]) >= 1, line
+
+
+def test_logit_bias_and_penalties(model_and_client: tuple[Transformer, openai.OpenAI]) -> None:
+    model, client = model_and_client
+    greedy = greedy_text(model, "1+1=", 6)
+    banned = str(CODEC.encode_prompt(greedy[0])[1])  # the first greedy character's id, made impossible
+    out = client.completions.create(model="tiny", prompt="1+1=", max_tokens=6, logit_bias={banned: -100})
+    assert out.choices[0].text[:1] != greedy[0]
+    forced = str(CODEC.encode_prompt("7")[1])
+    out = client.completions.create(model="tiny", prompt="1+1=", max_tokens=6, logit_bias={forced: 100})
+    assert out.choices[0].text == "777777"
+    out = client.completions.create(model="tiny", prompt="1+1=", max_tokens=6, logit_bias={forced: 100},
+                                    frequency_penalty=2.0, presence_penalty=2.0)  # fmt: skip
+    assert out.choices[0].text == "777777"  # a bias of 100 outweighs penalties of at most 2 + 2 × 5

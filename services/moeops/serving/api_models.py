@@ -2,9 +2,8 @@
 bodies are in chat_models.py).
 
 The request model is the one schema for both validation and the OpenAPI document. OpenAI's fields that this server
-cannot honour are accepted only at their neutral value (presence and frequency penalties 0), so a client never
-gets silently different semantics; unknown fields (logit_bias, best_of, suffix...) are refused with a 400 naming
-them. moeops' own extension is `early_exit`, a per-request
+cannot honour are refused, so a client never gets silently different semantics: unknown fields (best_of, suffix,
+tools...) with a 400 naming them. moeops' own extension is `early_exit`, a per-request
 override of the service's policy, and the response's `moeops` object (where the tokens left the network).
 """
 
@@ -19,6 +18,7 @@ from .early_exit import Rule
 MAX_STOP_SEQUENCES = 4  # OpenAI's bound
 MAX_STOP_CHARS = 256
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for /v1/completions
+MAX_LOGIT_BIAS = 1024
 
 
 class EarlyExitOverride(BaseModel):
@@ -65,8 +65,11 @@ class GenerationFields(BaseModel):
     stop: StopText | list[StopText] | None = Field(
         default=None, description=f"Up to {MAX_STOP_SEQUENCES} stop strings of up to {MAX_STOP_CHARS} characters."
     )
-    presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0, description="Only 0.")
-    frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0, description="Only 0.")
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="Penalise what appeared.")
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0, description="Penalise by how often.")
+    logit_bias: dict[StrictStr, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(
+        default=None, max_length=MAX_LOGIT_BIAS, description="Token id (as text) → bias added to its logit."
+    )
     seed: StrictInt | None = Field(default=None, description="The same seed, the same sampled tokens.")
     user: StrictStr | None = Field(default=None, max_length=256, description="Ignored.")
     early_exit: EarlyExitOverride | None = Field(default=None, description="moeops: override the exit policy.")

@@ -110,10 +110,23 @@ def _plan(
     context = served.context
     max_tokens = [_max_tokens(len(ids), context, default_max, asked_max) for ids in prompts]
     top_k = body.top_k if body.top_k and body.top_k > 0 else 0
-    sampling = SamplingParams(body.temperature or 0.0, body.top_p or 1.0, top_k, body.seed, logprobs)
+    sampling = SamplingParams(body.temperature or 0.0, body.top_p or 1.0, top_k, body.seed, logprobs,
+                              body.presence_penalty or 0.0, body.frequency_penalty or 0.0,
+                              _logit_bias(body.logit_bias, served.arch.vocab_size))  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     stops = body.stop_strings()
     return Plan(prompts, max_tokens, n, _policy(body, policy), stops, sampling, echo, include_usage)
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab: int) -> tuple[tuple[int, float], ...]:
+    out = []
+    for key, value in (bias or {}).items():
+        if not key.isdigit() or int(key) >= vocab:
+            raise ClientError(
+                400, f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1})", "logit_bias"
+            )
+        out.append((int(key), value))
+    return tuple(out)
 
 
 def _max_tokens(prompt: int, context: int, default: int | None, asked: int | None) -> int:
