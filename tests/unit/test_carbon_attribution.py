@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from moeops.carbon.meter import attribution
 from moeops.carbon.accounting.ledger import Stage, WorkloadKind
+from moeops.carbon.meter import attribution
 from moeops.carbon.meter.attribution import (
     GpuInterval,
     Split,
