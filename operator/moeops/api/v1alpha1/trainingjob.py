@@ -26,7 +26,7 @@ from .common import (
     label_keys_rule,
     name_rules,
 )
-from .data import DataSpec
+from .data import DataSpec as DataSpec  # re-exported: callers import it with the other job models
 from .early_exit_loss import EarlyExitLossSpec
 from .job_policy import RunPolicy, SchedulingSpec
 from .presets import PresetName
