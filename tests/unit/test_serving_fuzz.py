@@ -1,5 +1,6 @@
-"""Property-based fuzzing of /v1/completions over real HTTP: whatever the body — near the schema, any JSON at all,
-or raw bytes — the answer is never a 5xx, and every 4xx carries an OpenAI-shaped error message."""
+"""Property-based fuzzing of /v1/completions and /v1/chat/completions over real HTTP: whatever the body — near the
+schema, any JSON at all, or raw bytes — the answer is never a 5xx, and every 4xx carries an OpenAI-shaped error
+message."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def check(r: httpx.Response) -> None:
     elif r.headers["content-type"].startswith("text/event-stream"):
         assert r.text.endswith("data: [DONE]\n\n"), r.text
     else:
-        assert r.json()["object"] == "text_completion"
+        assert r.json()["object"] in ("text_completion", "chat.completion")
 
 
 def post_json(client: httpx.Client, body: Any) -> httpx.Response:
@@ -79,6 +80,14 @@ near_schema = st.fixed_dictionaries(
         "logprobs": small_numbers,
         "early_exit": early_exit | json_values,
         "user": json_values,
+        "top_k": small_numbers,
+        "seed": small_numbers,
+        "stream_options": st.fixed_dictionaries({}, optional={"include_usage": st.booleans() | json_values})
+        | json_values,
+        "logit_bias": st.dictionaries(st.sampled_from(["0", "5", "63", "64", "-1", "x"]), small_numbers, max_size=3)
+        | json_values,
+        "presence_penalty": small_numbers,
+        "frequency_penalty": small_numbers,
     },
 )
 
@@ -89,7 +98,16 @@ valid_bodies = st.fixed_dictionaries(
     optional={
         "max_tokens": st.integers(1, 34),
         "stream": st.booleans(),
-        "temperature": st.sampled_from([0, 0.0, None]),
+        "temperature": st.sampled_from([0, 0.0, None, 0.7, 2.0]),
+        "top_p": st.floats(0.05, 1.0),
+        "top_k": st.integers(-1, 70),
+        "seed": st.integers(-(2**63), 2**64),
+        "n": st.integers(1, 3),
+        "logprobs": st.integers(0, 5),
+        "echo": st.booleans(),
+        "logit_bias": st.dictionaries(st.integers(0, 63).map(str), st.floats(-100, 100), max_size=3),
+        "presence_penalty": st.floats(-2, 2),
+        "frequency_penalty": st.floats(-2, 2),
         "stop": st.text(ALPHABET, min_size=1, max_size=3)
         | st.lists(st.text(ALPHABET, min_size=1, max_size=3), max_size=4),
         "early_exit": st.fixed_dictionaries(
@@ -132,3 +150,35 @@ def test_any_json_never_gets_a_5xx(client: httpx.Client, body: Any) -> None:
 def test_raw_bytes_never_get_a_5xx(client: httpx.Client, raw: bytes, content_type: str) -> None:
     headers = {"content-type": content_type} if content_type else {}
     check(client.post("/v1/completions", content=raw, headers=headers))
+
+
+chat_messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "developer", "user", "assistant"]),
+         "content": st.text(ALPHABET, max_size=10) | st.lists(st.fixed_dictionaries(
+             {"type": st.just("text"), "text": st.text(ALPHABET, max_size=5)}), max_size=2)},
+    ),
+    min_size=1, max_size=3,
+)  # fmt: skip
+chat_bodies = st.fixed_dictionaries(
+    {"model": st.just("tiny"), "messages": chat_messages | json_values},
+    optional={
+        "max_tokens": st.integers(1, 34) | small_numbers,
+        "max_completion_tokens": st.integers(1, 34),
+        "stream": st.booleans(),
+        "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+        "temperature": st.sampled_from([0, 1.0]) | small_numbers,
+        "n": st.integers(1, 3),
+        "seed": st.integers(0, 100),
+        "logprobs": st.booleans() | json_values,
+        "top_logprobs": st.integers(0, 21),
+        "stop": st.text(ALPHABET, min_size=1, max_size=3),
+        "tools": json_values,
+    },
+)
+
+
+@settings(FUZZ, max_examples=60)
+@given(body=chat_bodies)
+def test_chat_bodies_never_get_a_5xx(client: httpx.Client, body: dict[str, Any]) -> None:
+    check(client.post("/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json"}))

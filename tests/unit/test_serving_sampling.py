@@ -62,4 +62,4 @@ def test_logprobs_of_the_model_distribution() -> None:
 def test_parameters_out_of_range_are_refused() -> None:
     for bad in ({"temperature": -1.0}, {"top_p": 0.0}, {"top_k": -1}, {"logprobs": 21}):
         with pytest.raises(ValueError):
-            SamplingParams(**bad)  # type: ignore[arg-type]
+            SamplingParams(**bad)
