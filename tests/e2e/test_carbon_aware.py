@@ -31,7 +31,7 @@ def test_the_job_pauses_while_the_grid_is_dirty_and_resumes_when_clean(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str, intensity_series: Path
 ) -> None:
     region = f"grid-{namespace}"
-    carbon = {"carbon": {"region": region, "maxIntensity": MAX_INTENSITY}}
+    carbon = {"carbon": {"region": region, "maxIntensity": MAX_INTENSITY, "minDwellSeconds": 0}}  # resume in seconds
     cluster.kubectl.apply(training_job("green", namespace, carbon))
     for pod in wait_pods(cluster, namespace, "green", 2):
         kubelet.run(pod)

@@ -49,21 +49,21 @@ def decide(value: float | None, *, paused: bool, carbon: CarbonSpec = GATED, use
         (300.0, False, Action.KEEP, False),  # at the threshold is not dirtier
         (100.0, False, Action.KEEP, False),
         (450.0, True, Action.KEEP, True),
-        (290.0, True, Action.KEEP, True),  # below the threshold, inside the 5% band: stays paused
-        (285.0, True, Action.KEEP, True),  # the band's edge: not yet below it
-        (284.9, True, Action.RESUME, False),
+        (290.0, True, Action.KEEP, True),  # below the threshold, inside the 20 g band: stays paused
+        (280.0, True, Action.KEEP, True),  # the band's edge: not yet below it
+        (279.9, True, Action.RESUME, False),
         (0.0, True, Action.RESUME, False),
     ],
 )
 def test_thresholds_and_the_hysteresis_band(value: float, paused: bool, action: Action, now_paused: bool) -> None:
     decision = decide(value, paused=paused)
     assert (decision.action, decision.paused, decision.active) == (action, now_paused, True)
-    assert resume_threshold(300.0) == pytest.approx(285.0)
+    assert resume_threshold(GATED) == pytest.approx(280.0)
 
 
 def test_a_series_jittering_around_the_threshold_pauses_once_and_resumes_once() -> None:
     paused, actions = False, []
-    for value in (280, 310, 295, 305, 299, 290, 286, 280, 299):
+    for value in (280, 310, 295, 305, 299, 290, 286, 279, 299):
         decision = decide(float(value), paused=paused)
         paused = decision.paused
         actions.append(decision.action)
@@ -86,16 +86,19 @@ def test_no_region_never_pauses_and_drops_a_pause(paused: bool) -> None:
     assert decision.action is (Action.RESUME if paused else Action.KEEP)
 
 
-@pytest.mark.parametrize("reason", ["UnknownRegion", "NoIntensity"])
-def test_no_reading_never_pauses(reason: str) -> None:
+@pytest.mark.parametrize(
+    ("reason", "active_reason"), [("UnknownRegion", "UnknownRegion"), ("NoIntensity", "IntensityStale")]
+)
+def test_no_reading_never_pauses(reason: str, active_reason: str) -> None:
     decision = decide_gate(GATED, user_suspended=False, reading=Unavailable(reason, "why"), paused=False)
     assert (decision.action, decision.paused, decision.active, decision.active_reason) == (
         Action.KEEP,
         False,
         False,
-        reason,
+        active_reason,
     )
     assert "why" in decision.active_message
+    assert decision.stale is (reason == "NoIntensity")  # a lost feed; an unknown region is a configuration error
 
 
 def test_the_users_suspend_wins() -> None:
@@ -119,6 +122,7 @@ def test_gate_status_conditions_and_events() -> None:
     assert conditions(paused.patch) == {
         "CarbonPaused": ("True", "GridAboveThreshold"),
         "CarbonGateActive": ("True", "IntensityAvailable"),
+        "IntensityStale": ("False", "LiveIntensity"),
     }
     assert [(e.type, e.reason) for e in paused.events] == [("Normal", "CarbonPaused")]
     assert is_carbon_paused(paused.patch)

@@ -9,6 +9,7 @@ the grams, which the ledger computes per energy delta with the grid intensity of
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import Field
 
@@ -39,7 +40,29 @@ class CarbonSpec(KubeModel):
         default=None,
         gt=0.0,
         le=5000.0,
-        description="gCO2e/kWh above which the job is checkpointed and suspended until the grid is cleaner.",
+        description="gCO2e/kWh above which the job is checkpointed and suspended until the grid is cleaner. Only a "
+        "live value counts (a time series the operator reads): the static table's yearly average says nothing about "
+        "the grid now, so with it alone the gate is inactive (condition `IntensityStale`) and the job runs.",
+    )
+    hysteresis: float = Field(
+        default=20.0,
+        ge=0.0,
+        le=1000.0,
+        description="gCO2e/kWh: a carbon-paused job resumes once the intensity is below maxIntensity minus this "
+        "band, so a grid hovering at the threshold does not pause and resume the job on every step of its series.",
+    )
+    min_dwell_seconds: int = Field(
+        default=1800,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="After the gate pauses or resumes the job it does neither again for this long (each pause is "
+        "a SIGTERM, a checkpoint and a restart). 0: no minimum.",
+    )
+    on_feed_loss: Literal["run", "pause"] = Field(
+        default="run",
+        description="What the gate does when its intensity feed is stale or missing (only the yearly average, a "
+        "value past its time to live, or none): `run` (default) never pauses for it and resumes a job it paused; "
+        "`pause` pauses the job until a live value is back. Either way the condition `IntensityStale` says so.",
     )
 
 

@@ -3,7 +3,9 @@
 A job is gated when it has `spec.carbon.maxIntensity` (or is still paused by the gate: removing the threshold must
 let it run). Every MOEOPS_CARBON_GATE_INTERVAL_S (30 s by default; read when the handlers are imported, as kopf
 fixes a timer's interval then) the timer reads the intensity of `spec.carbon.region` (`GridIntensity`: the
-configured series, then the static table), and `planning.carbon_gate.decide_gate` decides. A pause or resume is one
+configured series, then the static table), and `planning.carbon_gate.decide_gate` decides (a yearly average or a
+stale value is no live reading: `IntensityStale`, and the job runs unless `onFeedLoss: pause`; the dwell since the
+gate's last action is read from the `CarbonPaused` condition). A pause or resume is one
 conditional status write, after the children are brought in line with it: the worker Job is suspended exactly as
 for `runPolicy.suspend` (the pods get SIGTERM and checkpoint), or unsuspended (the new pods resume from the
 checkpoint). While paused, every tick re-applies the suspension, so a reconcile that raced with the pause and
@@ -24,7 +26,7 @@ from moeops.api.v1alpha1.trainingjob import PLURAL, MoETrainingJobSpec
 from ..config import OperatorConfig
 from ..grid_intensity import GridIntensity
 from ..kube import Kube
-from ..planning.carbon_gate import Action, decide_gate, is_carbon_paused
+from ..planning.carbon_gate import Action, GateMemory, decide_gate, is_carbon_paused
 from ..status import StatusUpdate, is_finished
 from ..status.carbon_gate import gate_status, merge_events
 from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
@@ -53,7 +55,9 @@ def gate_update(kube: Kube, cfg: OperatorConfig, grid: GridIntensity, owner: Map
     carbon = spec.carbon
     reading = grid.reading(carbon.region, at) if carbon.region and carbon.max_intensity is not None else None
     paused = is_carbon_paused(status)
-    decision = decide_gate(carbon, user_suspended=spec.run_policy.suspend, reading=reading, paused=paused)
+    memory = GateMemory.of(status)
+    suspended = spec.run_policy.suspend
+    decision = decide_gate(carbon, user_suspended=suspended, reading=reading, paused=paused, memory=memory, now=at)
     generation = int(owner["metadata"].get("generation") or 0)
     gate = gate_status(status, decision, now=at, generation=generation)
     if decision.action is Action.KEEP and not decision.paused:

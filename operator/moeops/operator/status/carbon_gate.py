@@ -1,4 +1,5 @@
-"""The carbon gate's conditions and events: `CarbonPaused`, `CarbonGateActive`, and the events of their changes.
+"""The carbon gate's conditions and events: `CarbonPaused`, `CarbonGateActive`, `IntensityStale`, and the events
+of their changes.
 
 The pause itself reaches the workers through the same path as a user's suspend: `training_status` reports the job
 `Suspended` (reason CarbonPaused) and `desired_suspend` suspends the worker Job, whose pods get SIGTERM and write
@@ -11,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from ..planning.carbon_gate import ACTIVE_CONDITION, PAUSED_CONDITION, WARN_REASONS, Action, GateDecision
+from ..planning.carbon_gate import (
+    ACTIVE_CONDITION,
+    PAUSED_CONDITION,
+    STALE_CONDITION,
+    WARN_REASONS,
+    Action,
+    GateDecision,
+)
 from .conditions import Event, StatusUpdate, set_condition
 
 ACTION_EVENTS = {Action.PAUSE: "CarbonPaused", Action.RESUME: "CarbonResumed"}
@@ -23,7 +31,8 @@ def _condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[s
 
 def gate_status(previous: Mapping[str, Any], decision: GateDecision, *, now: datetime, generation: int) -> StatusUpdate:
     """The conditions patch for `decision` and its events: Normal CarbonPaused / CarbonResumed on a change of the
-    pause, Warning CarbonGateInactive when the gate stops seeing the grid (once per reason, not every tick)."""
+    pause, Warning CarbonGateInactive when the gate stops seeing the grid or its feed goes stale (once per reason,
+    not every tick)."""
     before: list[dict[str, Any]] = list(previous.get("conditions") or [])
     c = set_condition(
         before, PAUSED_CONDITION, decision.paused, decision.reason, decision.message, now=now, generation=generation
@@ -34,6 +43,15 @@ def gate_status(previous: Mapping[str, Any], decision: GateDecision, *, now: dat
         decision.active,
         decision.active_reason,
         decision.active_message,
+        now=now,
+        generation=generation,
+    )
+    c = set_condition(
+        c,
+        STALE_CONDITION,
+        decision.stale,
+        decision.stale_reason,
+        decision.stale_message,
         now=now,
         generation=generation,
     )

@@ -50,6 +50,16 @@ class Intensity(BaseModel):
     stale: bool = False
 
 
+STATIC_SOURCE_PREFIX = "static:"
+"""The `source` of every value from a `StaticIntensityTable`: a yearly average, not a reading of the grid now."""
+
+
+def is_live(intensity: Intensity) -> bool:
+    """Whether the value says something about the grid now: neither a static yearly average nor a stale
+    last-good value (what a carbon gate may act on)."""
+    return not intensity.stale and not intensity.source.startswith(STATIC_SOURCE_PREFIX)
+
+
 class IntensitySource(Protocol):
     """Anything that can say how carbon-intensive a region's grid electricity was at a moment."""
 
@@ -157,7 +167,7 @@ class StaticIntensityTable:
                 raise IntensityDataError(f"{row.where}: a value row needs a year and a source, got {year!r}")
             values[region] = Intensity(
                 g_co2e_per_kwh=row.value(),
-                source=f"static:{row.cells['source']}",
+                source=f"{STATIC_SOURCE_PREFIX}{row.cells['source']}",
                 region=region,
                 valid_from=datetime(int(year), 1, 1, tzinfo=UTC),
             )
