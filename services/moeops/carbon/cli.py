@@ -10,7 +10,7 @@ Settings come from the environment (NATS: MOEOPS_NATS_*, see `moeops.bus.connect
     MOEOPS_CARBON_SPOOL_DIR     the agent's spool (a hostPath, so that it outlives the pod); default below
     MOEOPS_CARBON_POLL_S        seconds between the agent's polls (default 1)
     MOEOPS_CARBON_PUE           the aggregator's power usage effectiveness (default: ledger.DEFAULT_PUE)
-    MOEOPS_CARBON_GPU_IDLE_W    the agent's GPU idle power in watts (default: measured per GPU, see node_source)
+    MOEOPS_CARBON_GPU_IDLE_W    the agent's GPU idle power in watts (default: learned per GPU from idle spans)
     MOEOPS_CARBON_KUBELET_SOCKET  the kubelet's pod-resources socket (default: podresources.client.DEFAULT_SOCKET)
     MOEOPS_CARBON_NVML_ONLY     `true`: no pod attribution, every GPU's energy is node idle (`nvml_idle_source`)
     MOEOPS_CARBON_GPUS          `auto` (default): NVML where it starts, else CPU only; `required`: no NVML ends the

@@ -6,6 +6,9 @@ within a noise band of its previous reading the interval grows geometrically up 
 integrates exactly at any rate, and each poll costs CPU on the node. Any change beyond the band snaps it back to
 the base at once, because the power integral (GPUs without a counter) is only as good as its sampling around
 changes. With a counter the interval hardly matters for accuracy; it still bounds how stale the reported power is.
+
+Who uses it: `NvmlReader.poll` returns its interval and `NvmlReader.run` sleeps by it (benchmarks, a standalone
+reader). The node agent does not: it polls at its fixed `MOEOPS_CARBON_POLL_S` (default 1 s, `node.agent`).
 """
 
 from __future__ import annotations

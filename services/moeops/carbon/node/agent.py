@@ -18,11 +18,12 @@ the aggregator does. Until it exists the deltas wait in the spool.
 A sender that fails for good (refused credentials, a bug) ends `run` with its exception: the spool is safe on
 disk, and a restarted pod does better than an agent that measures but never sends.
 
-Polls and commits. The poller reads every `poll_interval_s` (10 Hz for a close power integral), but takes the
-source's deltas and spools them (attribution, one write and one fsync) only every `commit_interval_s` (default
-1 s): between commits a `SampledSource` only samples (`NodeSource.sample`: the NVML read, whose energy the next
-commit returns), so the energy still integrates every reading and its total is the same, while attribution and
-the spool cost a tenth at 10 Hz. A source without `sample` is committed every poll.
+Polls and commits. The poller reads every `poll_interval_s` (default 1 s, `MOEOPS_CARBON_POLL_S`: the energy
+counter is exact at any rate; 0.1 s where power-only GPUs need a close power integral; the reader's adaptive
+interval is not used here), but takes the source's deltas and spools them (attribution, one write and one fsync)
+only every `commit_interval_s` (default 1 s): between commits a `SampledSource` only samples (`NodeSource.sample`:
+the NVML read, whose energy the next commit returns), so the energy still integrates every reading and its total is
+the same, while attribution and the spool cost a tenth at 10 Hz. A source without `sample` is committed every poll.
 
 Stopping: one last poll, which commits, then up to `drain_timeout_s` to send what is pending; the rest stays in
 the spool for the next start. A crash (SIGKILL, OOM) loses nothing that `Spool.append` returned: the next agent
