@@ -7,7 +7,8 @@ service resumes after the last batch it acked (the first start reads everything 
 batch redelivered after a crash is dropped by the aggregator as duplicates. The latest plan of every job is read
 back from the KV bucket on start, so epochs continue where they stopped, and plans are written with a
 compare-and-set. While a job's newest plan is not acknowledged by its rank 0, each round reads the job's
-acknowledgement (the plan acks bucket) before planning it, and plans from what it says runs (`JobState.belief`).
+acknowledgement (the plan acks bucket) before planning it, and plans from what it says runs (`JobState.belief`);
+each plan is judged on the step time it delivered, and a kind of re-plan that does not pay backs off (outcomes.py).
 Messages that cannot be decoded are counted by reason and acked (redelivering them would not make
 them readable); nothing a worker sends can stop the service. While NATS is away the client reconnects in the
 background and the consumer's deliveries resume when it is back.
@@ -41,8 +42,7 @@ from moeops.bus.subjects import METRICS_STREAM, metrics_filter, token
 from .consumer import ConsumerLimits, MetricsConsumer
 from .ingest import Counters, Ingest, LagObserver
 from .jobs import JobKey, JobSettings, JobState
-from .policy import DEFAULT_APPLY_MARGIN_STEPS, with_lead_time
-from .replan import replan_outcome
+from .policy import DEFAULT_APPLY_MARGIN_STEPS
 
 logger = logging.getLogger(__name__)
 
@@ -269,28 +269,26 @@ class RebalancerService:
 
     async def _plan(self, kv: KeyValue, state: JobState) -> None:
         settings = state.settings
-        snapshot = state.aggregator.snapshot()
-        previous, current_shares = state.belief()
+        judged_before = state.outcomes.last
         try:
-            outcome = replan_outcome(
-                snapshot,
-                settings.replan_settings(with_lead_time(settings.hysteresis, snapshot)),
-                current_shares=current_shares,
-                last_applied_step=state.last_applied_step,
-                last_full_step=state.last_full_step,
-                previous=previous,
-                now_unix_s=self.clock(),
-            )
+            outcome = state.next_outcome(self.clock())
         except ValueError as exc:  # e.g. a world too large for the global batch: log, keep serving other jobs
             self.counters.verdicts["error"] += 1
             logger.warning("%s/%s: cannot plan: %s", settings.namespace, settings.job, exc)
             return
+        if (judged := state.outcomes.last) is not judged_before and judged is not None:
+            logger.info("%s/%s: plan epoch %d (%s) predicted %.1f%%, measured %.1f%%: %s", settings.namespace,
+                        settings.job, judged.epoch, "+".join(judged.parts), 100 * judged.predicted_gain,
+                        100 * judged.realised_gain, "paid" if judged.paid else "backing off")  # fmt: skip
+            self.counters.plans_judged["paid" if judged.paid else "missed"] += 1
         if outcome.verdict is not None:
             self.counters.verdicts[outcome.verdict.value] += 1
         if outcome.plan is not None:
-            await self._store(kv, state, outcome.plan, full=outcome.full)
+            await self._store(kv, state, outcome.plan, full=outcome.full, parts=outcome.parts)
 
-    async def _store(self, kv: KeyValue, state: JobState, plan: RebalancePlan, *, full: bool) -> None:
+    async def _store(
+        self, kv: KeyValue, state: JobState, plan: RebalancePlan, *, full: bool, parts: tuple[str, ...]
+    ) -> None:
         """Writes the plan if the stored one is still the one it follows; else adopts the stored one."""
         settings = state.settings
         try:
@@ -306,7 +304,7 @@ class RebalancerService:
             self.counters.plan_errors += 1
             logger.warning("%s/%s: cannot store the plan: %s", settings.namespace, settings.job, exc)
             return
-        state.adopt(plan, revision, full=full)
+        state.adopt(plan, revision, full=full, parts=parts)
         self.counters.plans_published += 1
         logger.info(
             "%s/%s: plan epoch %d at step %d, shares %s (predicted gain %.1f%%)",

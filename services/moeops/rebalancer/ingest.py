@@ -60,6 +60,8 @@ class Counters:
     """Plans that could not be written (the server was away): planned again, and the round not acked."""
     reports_written: int = 0
     plans_refused: int = 0
+    plans_judged: Counter[str] = field(default_factory=Counter)
+    """Plans judged after they ran (outcomes.py): "paid", or "missed" (their parts backed off)."""
     """Acknowledgements from a job's rank 0 that refused a part of a plan (jobs.py: not believed)."""
     fetch_errors: int = 0
     """Acks that failed (the server was away): those messages come again and are dropped as duplicates."""

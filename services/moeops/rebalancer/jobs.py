@@ -7,19 +7,21 @@ the trainer refused keeps the setting it ran before, and the next plan starts fr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Final
 
 from moeops.bus.jobs import JobDescription
 from moeops.bus.messages import RebalancePlan
-from moeops.bus.plan_acks import STARTED, PlanAck
+from moeops.bus.plan_acks import STARTED, PlanAck, RunningParts
 from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.bus.reports import RebalanceReport, measured_utilization
 
 from .layout import JobLayout
 from .load import DEFAULT_SMOOTHING, LoadAggregator
-from .policy import DEFAULT_APPLY_MARGIN_STEPS, Hysteresis
-from .replan import ReplanSettings
+from .outcomes import Expected, PlanOutcomes
+from .policy import DEFAULT_APPLY_MARGIN_STEPS, Hysteresis, with_lead_time
+from .replan import ReplanOutcome, ReplanSettings, replan_outcome
 
 JobKey = tuple[str, str]
 """(namespace, job)."""
@@ -83,8 +85,9 @@ class JobSettings:
             ),
         )
 
-    def replan_settings(self, hysteresis: Hysteresis) -> ReplanSettings:
-        """The planner's knobs for one round, under `hysteresis` (the job's, adjusted for the round's lead time)."""
+    def replan_settings(self, hysteresis: Hysteresis, min_gain_scale: dict[str, float] | None = None) -> ReplanSettings:
+        """The planner's knobs for one round, under `hysteresis` (the job's, adjusted for the round's lead time)
+        and the closed loop's per-part back-off."""
         return ReplanSettings(
             namespace=self.namespace,
             job=self.job,
@@ -94,6 +97,7 @@ class JobSettings:
             max_sequences_per_rank=self.max_sequences_per_rank,
             min_samples=self.min_samples,
             layout=self.layout,
+            min_gain_scale=min_gain_scale or {},
         )
 
 
@@ -117,14 +121,40 @@ class JobState:
     """Rank 0's newest acknowledgement."""
     last_refusal: PlanAck | None = None
     """The newest acknowledgement that refused a part (the report shows it)."""
+    outcomes: PlanOutcomes = field(default_factory=PlanOutcomes)
+    """The closed loop: the plan being judged, and the parts backed off."""
+    round_step_seconds: float = 0.0
+    """The mean smoothed step time of the last round (what its plan's gain is measured against)."""
 
     @classmethod
     def of(cls, settings: JobSettings) -> JobState:
         return cls(settings, LoadAggregator(settings.smoothing))
 
-    def adopt(self, plan: RebalancePlan, revision: int, *, full: bool = True) -> None:
+    def next_outcome(self, now_unix_s: float) -> ReplanOutcome:
+        """One planning round: judge the plan being judged (outcomes.py), then plan from what runs (`belief`)
+        with the parts that did not pay backed off."""
+        settings = self.settings
+        snapshot = self.aggregator.snapshot()
+        steps = [load.step_seconds for load in snapshot.ranks]
+        self.round_step_seconds = math.fsum(steps) / len(steps) if steps else 0.0
+        self.outcomes.judge(snapshot.max_step, self.round_step_seconds)
+        previous, current_shares = self.belief()
+        return replan_outcome(
+            snapshot,
+            settings.replan_settings(with_lead_time(settings.hysteresis, snapshot), self.outcomes.min_gain_scale()),
+            current_shares=current_shares,
+            last_applied_step=self.last_applied_step,
+            last_full_step=self.last_full_step,
+            previous=previous,
+            now_unix_s=now_unix_s,
+        )
+
+    def adopt(self, plan: RebalancePlan, revision: int, *, full: bool = True, parts: tuple[str, ...] = ()) -> None:
         """`plan` is the job's plan now; `full`: its round could re-plan every part (a plan found in the bucket
-        counts as one: the interval of the slow parts then starts from it, the safe side)."""
+        counts as one: the interval of the slow parts then starts from it, the safe side); `parts`: what it
+        changes, judged once it has run (a plan read back, not made here: none)."""
+        self.outcomes.planned(Expected(plan.epoch, parts, plan.predicted_gain, self.round_step_seconds,
+                                       plan.apply_at_step))  # fmt: skip
         self.previous, self.revision = plan, revision
         self.published[plan.epoch] = plan
         for epoch in sorted(self.published)[:-PUBLISHED_KEPT]:
@@ -146,6 +176,7 @@ class JobState:
         self.ack = ack
         if ack.refused:
             self.last_refusal = ack
+        self.outcomes.acknowledged(ack.epoch, _running_from(ack.running, ack.epoch))
 
     def belief(self) -> tuple[RebalancePlan | None, list[int] | None]:
         """What to plan from: the plan the next one follows, its parts those that run, and the sequences per
@@ -193,3 +224,8 @@ class JobState:
             refused_epoch=None if self.last_refusal is None else self.last_refusal.epoch,
             refusal="; ".join(self.last_refusal.refused) if self.last_refusal is not None else None,
         )
+
+
+def _running_from(running: RunningParts, epoch: int) -> set[str]:
+    """The parts whose setting runs from plan `epoch`."""
+    return {part for part, since in running.model_dump().items() if since == epoch}

@@ -18,8 +18,8 @@ down gets the share it will need, not the one it needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -178,6 +178,9 @@ class ReplanSettings:
     forecast_steps: tuple[float, float] | None = None
     """The (first, last) steps past the newest one the speeds are forecast over; None: `hysteresis.forecast_steps`
     for the data interval; (0, 0): the smoothed speeds as measured."""
+    min_gain_scale: Mapping[str, float] = field(default_factory=dict)
+    """Per part ("data", "experts", "stages"), a factor on `hysteresis.min_gain` for that part: the closed loop's
+    back-off for a kind of re-plan that did not deliver its predicted gain (outcomes.py)."""
 
 
 def replan_outcome(
@@ -260,7 +263,8 @@ def replan_outcome(
     if full and layout.pipeline > 1:
         stages, gains["stages"] = stage_part([load.compute_seconds for load in loads], layout, staged_before)
 
-    paying = {part: gain for part, gain in gains.items() if gain > hysteresis.min_gain}
+    scale = settings.min_gain_scale
+    paying = {part: gain for part, gain in gains.items() if gain > hysteresis.min_gain * scale.get(part, 1.0)}
     combined = 1.0 - math.prod(1.0 - gain for gain in paying.values())
     verdict = hysteresis.verdict(
         current_step=snapshot.max_step,
