@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from fakes import fake_nvml
-from fakes.fake_nvml import FakeGpu, FakeNvml, MigTrace, Trace
+from fakes.fake_nvml import FakeGpu, FakeNvml, Fault, MigTrace, Trace
 from moeops.bus.connection import ConnectionOptions
 from moeops.carbon import cli
 from moeops.carbon.accounting.intensity import default_static_table
@@ -158,6 +158,20 @@ def test_agent_polls_feed_each_gpus_energy_split_by_pod_and_its_last_power(wired
     # hw.power: the last reading (the final commit's, at `seconds`), per GPU only.
     power = points(reader, "hw.power")
     assert power == pytest.approx({gpu(g.uuid): g.trace.power_w(seconds) for g in fake_gpus}, abs=1e-3)
+
+
+def test_each_gpus_meter_state_is_a_metric_and_a_lost_gpu_shows_lost(wired: Any, tmp_path: Path) -> None:
+    telemetry, reader = wired
+    fake_gpus = [FakeGpu(G_FREE, Trace.steady(80.0)), FakeGpu(G_TRAIN, Trace.steady(250.0))]
+    lost = [Fault(call, 5.0, 1e9, fake_nvml.NVML_ERROR_GPU_IS_LOST, gpu=1)
+            for call in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage")]  # fmt: skip
+    source, nvml = node_source(tmp_path, fake_gpus, telemetry)
+    nvml.faults = lost
+    run_agent(source, nvml, tmp_path, 20.0)
+    states = points(reader, "moeops.carbon.meter.state")
+    current = {dict(attrs)["hw.id"]: dict(attrs)["moeops.carbon.meter.state"] for attrs, v in states.items() if v}
+    assert current == {G_FREE: "metered", G_TRAIN: "lost"}
+    assert len(states) == 2 * 3  # every state of every GPU, 0 but for the current one
 
 
 def test_cgroup_fallback_without_the_pod_list_charges_unresolved_pods(wired: Any, tmp_path: Path) -> None:

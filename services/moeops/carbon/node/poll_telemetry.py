@@ -70,7 +70,7 @@ def gpu_readings(
         if total_j is None:  # unknown energy is not 0 J: no reading (the source books none either)
             continue
         energy_j = max(total_j - previous_j.get(uuid, 0.0), 0.0)
-        previous_j[uuid] = total_j
+        previous_j[uuid] = max(total_j, previous_j.get(uuid, 0.0))  # a withdrawn estimate: nothing until made up
         pods = {pod: math.fsum(values) for pod, values in parts.get(uuid, {}).items()}
         readings.append(GpuReading(uuid, energy_j, gpu.energy.last_power_w, _within(energy_j, pods)))
     return readings
@@ -85,5 +85,7 @@ class PollTelemetry:
         self._previous_j: dict[str, float] = {}
 
     def __call__(self, splits: Mapping[str, Split[Consumer]], pods_by_uid: Mapping[str, PodInfo]) -> None:
-        readings = gpu_readings(self._reader.report(), self._previous_j, splits, pods_by_uid)
+        report = self._reader.report()
+        self._telemetry.record_states(self._node, {gpu.gpu.uuid: gpu.state.value for gpu in report})
+        readings = gpu_readings(report, self._previous_j, splits, pods_by_uid)
         self._telemetry.record_poll(self._node, readings)

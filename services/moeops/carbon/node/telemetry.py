@@ -15,6 +15,9 @@ The instruments:
                                             k8s.node.name, and on the energy attributed to a pod k8s.namespace.name
                                             and k8s.pod.name
     hw.power                  Gauge, W     the GPU's latest power draw (hw.id, hw.type, k8s.node.name)
+    moeops.carbon.meter.state Gauge, 1     per GPU (hw.id, hw.type, k8s.node.name) and moeops.carbon.meter.state
+                                            (metered, degraded, lost): 1 for the GPU's state, 0 for the others
+                                            (`read_health.MeterState`: a given-up NVML reading shows here)
     moeops.carbon.emissions   Counter, g   cumulative gCO2e per workload, stage and intensity source:
                                             k8s.namespace.name, moeops.workload.kind, moeops.workload.name,
                                             moeops.stage, moeops.carbon.accounting.intensity.source
@@ -53,6 +56,8 @@ METER_NAME = "moeops.carbon"
 HW_ENERGY = "hw.energy"
 HW_POWER = "hw.power"
 EMISSIONS = "moeops.carbon.emissions"
+METER_STATE = "moeops.carbon.meter.state"
+METER_STATES = ("metered", "degraded", "lost")
 
 HW_ID = "hw.id"
 HW_TYPE = "hw.type"
@@ -145,11 +150,15 @@ class CarbonTelemetry:
         self._energy_j: dict[Attributes, float] = {}
         self._power_w: dict[Attributes, float] = {}
         self._grams: dict[Attributes, float] = {}
+        self._states: dict[Attributes, float] = {}
         meter.create_observable_counter(
             HW_ENERGY, [self._observe(self._energy_j)], unit="J", description="Energy consumed by the component."
         )
         meter.create_observable_gauge(
             HW_POWER, [self._observe(self._power_w)], unit="W", description="Instantaneous power consumed."
+        )
+        meter.create_observable_gauge(
+            METER_STATE, [self._observe(self._states)], unit="1", description="The GPU's metering state (1: current)."
         )
         meter.create_observable_counter(
             EMISSIONS, [self._observe(self._grams)], unit="g", description="Emissions charged, grams CO2e."
@@ -170,6 +179,14 @@ class CarbonTelemetry:
                 if reading.power_w is not None and math.isfinite(reading.power_w):
                     self._power_w[gpu_attributes(node, reading.gpu_id)] = reading.power_w
             self._expire_pods(now)
+
+    def record_states(self, node: str, states: Mapping[str, str]) -> None:
+        """Each GPU's metering state (GPU UUID → one of `METER_STATES`), as of the poll just made."""
+        with self._lock:
+            for gpu_id, state in states.items():
+                for candidate in METER_STATES:
+                    attributes = (*gpu_attributes(node, gpu_id), (METER_STATE, candidate))
+                    self._states[attributes] = 1.0 if candidate == state else 0.0
 
     def _expire_pods(self, now: float) -> None:
         # Pods come and go, a node's GPUs stay: without this the series of every pod a node ever ran would be
