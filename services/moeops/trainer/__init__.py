@@ -8,12 +8,14 @@ only runs downwards: import-linter's trainer contract in pyproject.toml):
     loop                the training loop: steps, exact loss normalisation on any layout, checkpoints, metrics,
                         preemption (SIGTERM → checkpoint → exit)
     step pieces         `runners` (micro-batches: local accumulation or the pipeline schedule), `grads` (gradients
-                        DDP does not own, global norm clip), `schedule` (learning rate), `early_exit_loss`
+                        FSDP does not own, global norm clip), `schedule` (learning rate), `early_exit_loss`
                         (LayerSkip), `corpus` (the job's data), `checkpoint` (DCP save and resume in
                         `moeops.checkpoint`'s format), `metrics` and `otel` (per-step metrics, never blocking),
                         `rebalance` and `plans` (follow the rebalancer's plans, all ranks at the same step),
-                        `faults` (a rank made slow, for tests and demos)
-    parallelism         `tensor_parallel` (DTensor, Megatron split), `expert_parallel` (E/P experts per rank,
+                        `faults` (a rank made slow, for tests and demos), `model_state` (bytes of weights,
+                        gradients and optimizer state a rank holds: what the planner's memory model counts)
+    parallelism         `parallelize` (TP → activation checkpointing → FSDP2 over the data ranks),
+                        `tensor_parallel` (DTensor, Megatron split), `expert_parallel` (E/P experts per rank,
                         all-to-all), `expert_placement` and `expert_replicas` (moving and replicating experts),
                         `stage` (a rank's contiguous range of layers for pipeline parallelism)
     process group       `topology` (pipeline × data × tensor mesh, expert parallel carved out of data),

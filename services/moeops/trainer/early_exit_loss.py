@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from moeops.api.v1alpha1.early_exit_loss import EarlyExitLossSpec
 
 from .errors import ConfigError
+from .parallelize import GatherClock
 from .runners import AutocastFactory, LocalRunner, _cross_entropy_sum
 from .stage import TransformerStage
 from .topology import Topology
@@ -68,15 +69,15 @@ class ExitLossRunner(LocalRunner):
 
     def __init__(
         self,
-        module: nn.Module,
         stage: TransformerStage,
         topo: Topology,
         micro: int,
         autocast: AutocastFactory,
         spec: EarlyExitLossSpec,
         layers: int,
+        gathers: GatherClock | None = None,
     ) -> None:
-        super().__init__(module, topo, micro, autocast)
+        super().__init__(stage, topo, micro, autocast, gathers)
         if stage.norm is None or stage.head is None:
             raise ConfigError("the early-exit loss needs the output head on this rank (no pipeline stages)")
         self.norm, self.head = stage.norm, stage.head

@@ -4,7 +4,7 @@ back with all_to_all_single (gloo has no list-form all_to_all).
 
 The EP groups are carved out of the data-parallel ranks (as in torchtitan and Megatron): with data degree D
 and expert degree P, ranks form a (D/P) × P mesh; a row of the mesh is an EP group, a column is the group of
-replicas of one expert shard ("edp"). Expert parameters are therefore not replicated over all ranks: DDP
+replicas of one expert shard ("edp"). Expert parameters are therefore not replicated over all ranks: FSDP
 ignores them and `grads.sync_sharded_grads` reduces them over their replicas instead (see topology.py).
 """
 

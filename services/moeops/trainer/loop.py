@@ -1,7 +1,7 @@
 """The training loop: steps with exact loss normalisation on any layout, checkpoints, metrics, preemption.
 
 Loss normalisation: each rank sums the cross-entropy over its answer tokens and divides by the *global*
-count of answer tokens (one all-reduce), times the data-parallel degree because DDP averages gradients. The
+count of answer tokens (one all-reduce), times the data-parallel degree because FSDP averages gradients. The
 gradient is then exactly that of the global mean, whatever the split: a run on 4 ranks in any layout
 follows the 1-rank run (tests/integration/test_parallel_parity.py).
 """
@@ -18,7 +18,7 @@ from types import TracebackType
 
 import torch
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.tensor import DTensor
 
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
 from moeops.checkpoint.layout import latest, read_meta
@@ -35,14 +35,14 @@ from .errors import ConfigError
 from .expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_experts
 from .expert_placement import move_experts
 from .faults import delay_sequences
-from .grads import clip_grad_norm, sharded_param_names, sharded_params, sync_sharded_grads
+from .grads import clip_grad_norm, sharded_params, sync_sharded_grads
 from .metrics import MetricsSink, StepMetrics
+from .parallelize import parallelize
 from .plans import PlanChanges, StageLayers, TrainerShape, even_shares, first_row, splits_layers
 from .rebalance import PlanFollower, PlanSource
 from .runners import LocalRunner, PipelineRunner, StepRunner, micro_batches
 from .schedule import lr_at
 from .stage import TransformerStage, split_layers
-from .tensor_parallel import apply_tensor_parallel
 from .topology import all_reduce, build_topology, check_plan
 
 ADAM_BETAS = (0.9, 0.95)
@@ -141,8 +141,8 @@ class Trainer:
             self.step = checkpoint.load(found[1], self.model, self.optimizer, world, self.sharding)
 
     def _build(self, stage_layers: StageLayers) -> None:
-        """This rank's part of the model (pipeline stage, expert and tensor shards), its DDP wrapper, step runner
-        and optimizer, from the seed's initial weights (a checkpoint load follows when resuming)."""
+        """This rank's part of the model (pipeline stage, expert and tensor shards, FSDP2), its step runner and
+        optimizer, from the seed's initial weights (a checkpoint load follows when resuming)."""
         config, world, topo = self.config, self.world, self.topo
         training, plan, arch, micro = config.training, config.plan, config.architecture, self.micro
         self.stage_layers = stage_layers
@@ -154,42 +154,31 @@ class Trainer:
         )
         if self.sequence_delay_s > 0:
             delay_sequences(self.model, self.sequence_delay_s)
-        self.model.activation_checkpointing = plan.activation_checkpointing
         self.model.set_loss_weights(training.aux_loss_coef / micro, training.z_loss_coef / micro)
         self.sharding: ExpertStateSharding | None = None
         if topo.ep.active:
             shard_experts(self.model, topo.ep, self.config.rebalance.expert_spare_slots)
             self.sharding = ExpertStateSharding(self.model, topo.ep)
-        if topo.tp_mesh is not None:
-            apply_tensor_parallel(self.model, topo.tp_mesh)
+        gathers = parallelize(self.model, topo, plan)  # TP → activation checkpointing → FSDP2
         self.sharded = sharded_params(self.model, topo)
-        self.module: nn.Module = self.model
-        if topo.dp.active:
-            # Shards differ by rank: DDP must not average them (sync_sharded_grads reduces them).
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(  # type: ignore[no-untyped-call]
-                self.model, sharded_param_names(self.model, topo)
-            )
-            self.module = DistributedDataParallel(
-                self.model,
-                process_group=topo.dp.group,
-                device_ids=None if world.device.type == "cpu" else [world.device],
-            )
         precision = training.precision
         autocast = functools.partial(autocast_for, precision, world.device)
         self.runner: StepRunner
         if topo.pp.active:
-            self.runner = PipelineRunner(self.module, topo, micro, autocast, world.device)
+            self.runner = PipelineRunner(self.model, topo, micro, autocast, world.device)
         elif training.early_exit.loss_weight > 0:
             exits = training.early_exit
-            self.runner = ExitLossRunner(self.module, self.model, topo, micro, autocast, exits, arch.layers)
+            self.runner = ExitLossRunner(self.model, topo, micro, autocast, exits, arch.layers, gathers)
         else:
-            self.runner = LocalRunner(self.module, topo, micro, autocast)
-        # foreach kernels refuse a mix of DTensor and plain tensors (tensor parallelism leaves both).
+            self.runner = LocalRunner(self.model, topo, micro, autocast, gathers)
+        # foreach kernels refuse a mix of DTensor and plain tensors (tensor parallelism, or FSDP beside
+        # expert-parallel experts, leaves both).
+        kinds = {isinstance(p, DTensor) for p in self.model.parameters()}
         self.optimizer = torch.optim.AdamW(
             _param_groups(self.model, training.weight_decay),
             lr=training.learning_rate,
             betas=ADAM_BETAS,
-            foreach=None if topo.tp_mesh is None else False,
+            foreach=None if len(kinds) == 1 else False,
         )
 
     def _set_lr(self, step: int) -> float:

@@ -3,7 +3,7 @@ through a torch.distributed.pipelining schedule. Both minimise the same objectiv
 
     Σ_micro-batches  cross-entropy sum / (answer tokens of the global batch) · D  +  balancing losses / M
 
-(D: data-parallel degree, which DDP divides by again; the balancing losses are attached inside the stage,
+(D: data-parallel degree, which FSDP divides by again; the balancing losses are attached inside the stage,
 see stage.py). Each returns this rank's cross-entropy sum on the last stage, None elsewhere.
 """
 
@@ -17,12 +17,11 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._C._distributed_c10d import GradBucket
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
-from torch.nn.parallel import DistributedDataParallel
 
 from .errors import ConfigError
+from .parallelize import GatherClock
 from .topology import Topology
 
 FORWARD_SHARE_OF_WORK = 3.0
@@ -57,37 +56,30 @@ class StepRunner(Protocol):
 
 
 class LocalRunner:
-    """All layers on this rank: gradient accumulation over micro-batches (DDP syncs on the last one)."""
+    """All layers on this rank: gradient accumulation over micro-batches (FSDP reduces on the last one)."""
 
-    def __init__(self, module: nn.Module, topo: Topology, micro: int, autocast: AutocastFactory) -> None:
+    def __init__(
+        self, module: nn.Module, topo: Topology, micro: int, autocast: AutocastFactory, gathers: GatherClock | None
+    ) -> None:
+        """`gathers`: FSDP's all-gather clock (parallelize.py), None without data parallelism."""
         self.module, self.topo, self.micro, self.autocast = module, topo, micro, autocast
+        self.gathers = gathers
         self.wait_seconds = 0.0
-        self._last_bucket_at: float | None = None
-        if isinstance(module, DistributedDataParallel):
-            # A lambda: DDP checks the hook's `bucket` annotation, which postponed annotations turn into a string.
-            module.register_comm_hook(topo.dp.group, lambda group, bucket: self._timed_all_reduce(group, bucket))
-
-    def _timed_all_reduce(self, group: object, bucket: GradBucket) -> torch.futures.Future[Tensor]:
-        """DDP's own all-reduce, noting when the last bucket is handed over: this rank's backward is done then,
-        and what follows until backward() returns is waiting for slower ranks (the rebalancer must not count
-        it as this rank's compute, or every rank looks as slow as the straggler)."""
-        if bucket.is_last():
-            self._last_bucket_at = time.perf_counter()
-        return default_hooks.allreduce_hook(group, bucket)  # type: ignore[arg-type]
 
     def forward_backward(self, inputs_BS: Tensor, targets_BS: Tensor, answers: Tensor) -> Tensor | None:
         total = torch.zeros((), device=inputs_BS.device)
-        self._last_bucket_at = None
+        gathered_before = self.gathers.seconds if self.gathers is not None else 0.0
         # tensor_split: exactly `micro` parts even when a rebalanced share does not divide evenly.
         pairs = list(zip(inputs_BS.tensor_split(self.micro), targets_BS.tensor_split(self.micro), strict=True))
         for i, (x_BS, y_BS) in enumerate(pairs):
-            defer = isinstance(self.module, DistributedDataParallel) and i < len(pairs) - 1
-            with self.module.no_sync() if defer else contextlib.nullcontext():  # type: ignore[operator]
-                ce, objective = self.micro_losses(x_BS, y_BS)
-                (objective / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
+            if isinstance(self.module, FSDPModule):  # accumulate unsharded; reduce-scatter after the last one
+                self.module.set_requires_gradient_sync(i == len(pairs) - 1)
+            ce, objective = self.micro_losses(x_BS, y_BS)
+            (objective / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
             total += ce.detach()
-        ready = self._last_bucket_at
-        self.wait_seconds = time.perf_counter() - ready if ready is not None else 0.0
+        # Waiting for slower ranks shows in the forward all-gathers (a rank that arrives early blocks there);
+        # the rebalancer must not count it as this rank's compute, or every rank looks as slow as the straggler.
+        self.wait_seconds = self.gathers.seconds - gathered_before if self.gathers is not None else 0.0
         return total
 
     def micro_losses(self, x_BS: Tensor, y_BS: Tensor) -> tuple[Tensor, Tensor]:

@@ -76,6 +76,8 @@ class Topology:
     """Replicas of this rank's expert shard (the data-parallel ranks holding the same experts)."""
     tp_mesh: DeviceMesh | None
     """The 1-D tensor-parallel mesh DTensor shards over, when tp > 1."""
+    dp_mesh: DeviceMesh | None = None
+    """The 1-D data-parallel mesh FSDP shards over (edp × ep flattened), when data > 1."""
 
     @property
     def first_stage(self) -> bool:
@@ -107,4 +109,5 @@ def build_topology(world: World, plan: ParallelPlan) -> Topology:
         ep=_axis(mesh, "ep"),
         edp=_axis(mesh, "edp"),
         tp_mesh=mesh["tp"] if plan.tensor > 1 else None,
+        dp_mesh=dp_mesh if plan.data > 1 else None,
     )

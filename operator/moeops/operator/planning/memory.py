@@ -1,7 +1,10 @@
 """Peak memory per GPU of a parallel plan: a first-order estimate to check that a plan fits.
 
-Assumptions (those of the trainer): data parallelism shards parameters, gradients and AdamW state over the whole
-mesh (FSDP2 `fully_shard`, ZeRO-3 style) and all-gathers one block at a time with one block prefetched; tensor
+Assumptions (those of the trainer, checked against it by tests/integration/test_memory_vs_trainer.py): data
+parallelism shards parameters, gradients and AdamW state over the data ranks (FSDP2 `fully_shard`, ZeRO-3 style;
+the shards stay fp32 whatever the compute precision) and all-gathers one block at a time with one block
+prefetched; under expert parallelism the routed experts are split over the EP group instead and replicated over
+the rest of the data ranks (FSDP does not shard them: `moeops.trainer.parallelize`); tensor
 parallelism with sequence parallelism divides activations by the TP degree; flash attention (no s² scores);
 1F1B pipeline schedule, whose first stage holds `pipeline` micro-batches of `layers/pipeline` blocks, i.e. the
 activations of all layers for one micro-batch; activation checkpointing keeps only each block's input.
@@ -17,7 +20,8 @@ from .sizing import model_size
 
 GIB = 1024**3
 WORKSPACE_BYTES = 1 * GIB  # CUDA context, NCCL buffers, allocator slack.
-ADAMW_STATE_BYTES = 4 + 4 + 4  # fp32 master weights, exp_avg, exp_avg_sq.
+MASTER_BYTES = 4 + 4  # fp32 weight and gradient shards (compute precision only in the gathered copies).
+ADAMW_STATE_BYTES = 4 + 4  # fp32 exp_avg, exp_avg_sq.
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,20 @@ def bytes_per_element(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
 
-def estimate_bytes_per_gpu(arch: Architecture, d: Degrees, micro_batch_size: int, precision: str) -> int:
+def model_state_bytes_per_gpu(arch: Architecture, d: Degrees) -> int:
+    """Parameters + gradients + AdamW state one rank holds (AdamW state on the host when offloaded)."""
     size = model_size(arch)
+    state_per_param = MASTER_BYTES + (0 if d.optimizer_offload else ADAMW_STATE_BYTES)
+    if d.expert == 1:  # FSDP shards the experts with their block
+        return int(size.total_params * state_per_param / d.world_size)
+    experts_per_rank = size.expert_params / (d.expert * d.tensor * d.pipeline)
+    return int((size.dense_params / d.world_size + experts_per_rank) * state_per_param)
+
+
+def estimate_bytes_per_gpu(arch: Architecture, d: Degrees, micro_batch_size: int, precision: str) -> int:
     elem = bytes_per_element(precision)
-    # Weights + gradients in compute precision, AdamW state in fp32 (on the host when offloaded).
-    state_per_param = 2 * elem + (0 if d.optimizer_offload else ADAMW_STATE_BYTES)
-    sharded_states = size.total_params * state_per_param / d.world_size
+    size = model_size(arch)
+    sharded_states = model_state_bytes_per_gpu(arch, d)
 
     per_expert = 3 * arch.d_model * arch.ffn_hidden
     block_params = (size.dense_params / arch.layers) + arch.experts * per_expert / d.expert
