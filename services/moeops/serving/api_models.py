@@ -9,7 +9,7 @@ override of the service's policy, and the response's `moeops` object (where the 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
@@ -134,14 +134,23 @@ class Choice(BaseModel):
     finish_reason: Literal["stop", "length"] | None
 
 
-class Completion(BaseModel):
+ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
+
+
+class Answer(BaseModel, Generic[ChoiceT]):
+    """The body of a completion or a chat completion (their choices differ)."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
-    choices: list[Choice]
+    choices: list[ChoiceT]
     usage: Usage | None = None
     moeops: ExitSummary | None = None
+
+
+class Completion(Answer[Choice]):
+    object: Literal["text_completion"] = "text_completion"
 
 
 class ModelCard(BaseModel):

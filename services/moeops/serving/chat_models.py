@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from .api_models import ExitSummary, GenerationFields, Usage
+from .api_models import Answer, GenerationFields
 from .sampling import MAX_TOP_LOGPROBS
 
 Role = Literal["system", "developer", "user", "assistant"]
@@ -75,11 +75,5 @@ class ChatChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(Answer[ChatChoice]):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage | None = None
-    moeops: ExitSummary | None = None

@@ -47,29 +47,35 @@ def _ready(state: ServerState) -> ServedModel:
     return served
 
 
+async def _answer(body: CompletionRequest | ChatCompletionRequest, state: ServerState, request: Request) -> Response:
+    """Plan the request, queue its choices (or ClientError: 429, 503) and answer as JSON or a stream."""
+    served = _ready(state)
+    if isinstance(body, ChatCompletionRequest):
+        p, operation, answer, streamed = (
+            plan_chat(body, served, state.settings.policy),
+            "chat",
+            chat.complete,
+            chat.stream,
+        )
+    else:
+        p, operation = plan_completion(body, served, state.settings.policy), "text_completion"
+        answer, streamed = completions.complete, completions.stream
+    handles = submit(state.engine, served.codec, p)
+    ctx = RunContext(state.settings.request_timeout_s, state.latency, operation, served.name)
+    return streamed(handles, p, served, ctx) if body.stream else await answer(request, handles, p, served, ctx)
+
+
 @router.post("/v1/completions", responses=ERRORS)
 async def create_completion(body: CompletionRequest, state: State, request: Request) -> Response:
     """Completions of `prompt` (greedy, or sampled with temperature), with the service's early exit or the
     request's `early_exit`."""
-    served = _ready(state)
-    p = plan_completion(body, served, state.settings.policy)
-    handles = submit(state.engine, served.codec, p)
-    ctx = RunContext(state.settings.request_timeout_s, state.latency, "text_completion", served.name)
-    if body.stream:
-        return completions.stream(handles, p, served, ctx)
-    return await completions.complete(request, handles, p, served, ctx)
+    return await _answer(body, state, request)
 
 
 @router.post("/v1/chat/completions", responses=ERRORS)
 async def create_chat_completion(body: ChatCompletionRequest, state: State, request: Request) -> Response:
     """The assistant's next message after `messages`, rendered into one prompt by the model's chat template."""
-    served = _ready(state)
-    p = plan_chat(body, served, state.settings.policy)
-    handles = submit(state.engine, served.codec, p)
-    ctx = RunContext(state.settings.request_timeout_s, state.latency, "chat", served.name)
-    if body.stream:
-        return chat.stream(handles, p, served, ctx)
-    return await chat.complete(request, handles, p, served, ctx)
+    return await _answer(body, state, request)
 
 
 def _card(state: ServerState, served: ServedModel) -> ModelCard:
