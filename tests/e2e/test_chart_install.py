@@ -5,11 +5,8 @@ does (kubectl auth can-i with impersonation), and the operator, run under that i
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,14 +14,8 @@ from typing import Any
 import pytest
 import yaml
 from harness import Cluster, OperatorProcess, wait_for
+from helm_release import NEVER_PULLS, Helm, can_i, fresh_namespace, installed
 from manifests import training_job
-
-from missing import missing
-from moeops.devcluster.controlplane import DEFAULT_BIN_DIR
-
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "moeops"
-NEVER_PULLS = "registry.invalid/moeops"  # no kubelet here; elsewhere .invalid never resolves
 
 # What the operator calls (moeops.operator.kube, the handlers, kopf), namespaced: (verb, resource).
 OPERATOR_MAY = [
@@ -62,45 +53,6 @@ OPERATOR_MAY_NOT_CLUSTER = [("delete", "namespaces"), ("list", "namespaces"), ("
                             ("create", "customresourcedefinitions.apiextensions.k8s.io")]  # fmt: skip
 
 
-def helm_binary() -> str:
-    found = shutil.which("helm", path=f"{DEFAULT_BIN_DIR}")
-    if found is None:
-        missing("helm not found: run hack/bootstrap.sh (hack/fetch_kube_clients.py puts it in .cache/bin)")
-    return found
-
-
-class Helm:
-    def __init__(self, kubeconfig: Path) -> None:
-        self.binary = helm_binary()
-        self.kubeconfig = kubeconfig
-
-    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [self.binary, "--kubeconfig", str(self.kubeconfig), *args]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-        if check and result.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)} failed: {result.stdout}\n{result.stderr}")
-        return result
-
-
-@contextmanager
-def installed(cluster: Cluster, namespace: str, values: dict[str, Any]) -> Iterator[tuple[Helm, str]]:
-    """The chart installed as a fresh release in `namespace` with `values` (images that never pull); uninstalled
-    afterwards. (helm, release name)."""
-    helm = Helm(cluster.kubeconfig)
-    name = f"moeops-{uuid.uuid4().hex[:6]}"
-    args = [f"--set-json={k}={json.dumps(v)}" for k, v in {"image.registry": NEVER_PULLS, **values}.items()]
-    try:
-        helm("install", name, str(CHART), "--namespace", namespace, *args, "--timeout", "120s")
-        yield helm, name
-    finally:
-        helm("uninstall", name, "--namespace", namespace, "--timeout", "60s", check=False)
-
-
-def fresh_namespace(cluster: Cluster, name: str, level: str) -> None:
-    labels = {"pod-security.kubernetes.io/enforce": level}
-    cluster.core.create_namespace({"metadata": {"name": name, "labels": labels}})
-
-
 @pytest.fixture
 def release(cluster: Cluster, namespace: str) -> Iterator[tuple[Helm, str, str, str]]:
     """The chart installed in `namespace` (Pod Security `restricted`), the node agent in a `privileged` namespace of
@@ -123,16 +75,6 @@ def release(cluster: Cluster, namespace: str) -> Iterator[tuple[Helm, str, str, 
             yield helm, name, namespace, agent_ns
     finally:
         cluster.core.delete_namespace(agent_ns, _preload_content=False)
-
-
-def can_i(cluster: Cluster, account: str, verb: str, resource: str, namespace: str | None) -> bool:
-    where = ["-n", namespace] if namespace else []
-    resource, _, subresource = resource.partition("/")
-    sub = [f"--subresource={subresource}"] if subresource else []
-    result = cluster.kubectl("auth", "can-i", verb, resource, *sub, f"--as={account}", *where, check=False)
-    answer = result.stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl auth can-i {verb} {resource}: {result.stdout} {result.stderr}"
-    return answer == "yes"
 
 
 def test_install_is_accepted_and_restricted(cluster: Cluster, release: tuple[Helm, str, str, str]) -> None:
@@ -245,12 +187,16 @@ def test_the_operator_runs_under_its_service_account(
 def test_watched_namespaces_and_peering_under_the_service_account(
     cluster: Cluster, operator: OperatorProcess, namespace: str, tmp_path: Path
 ) -> None:
-    """Two replicas watching one namespace: a Role there (not a ClusterRole), kopf's KopfPeering in it, and the
-    operator, peering under its ServiceAccount's token, reconciles a job there without a single refusal."""
+    """Two replicas watching one namespace: a Role there (not a ClusterRole), the release's KopfPeering in it, and
+    the operator, given the chart's MOEOPS_PEERING_NAME and peering under its ServiceAccount's token, keeps its
+    record in that object and reconciles a job there without a single refusal."""
     jobs = f"{namespace}-jobs"
     fresh_namespace(cluster, jobs, "baseline")
     try:
-        with installed(cluster, namespace, {"operator.replicas": 2, "operator.watchNamespaces": [jobs]}) as (_, name):
+        with installed(cluster, namespace, {"operator.replicas": 2, "operator.watchNamespaces": [jobs]}) as (
+            helm,
+            name,
+        ):
             account = f"system:serviceaccount:{namespace}:{name}-operator"
             for verb, resource in [*OPERATOR_MAY, ("patch", "kopfpeerings.kopf.dev")]:
                 assert can_i(cluster, account, verb, resource, jobs), f"operator cannot {verb} {resource} in {jobs}"
@@ -258,12 +204,22 @@ def test_watched_namespaces_and_peering_under_the_service_account(
                 assert not can_i(cluster, account, verb, resource, "default"), f"operator may {verb} {resource}"
             assert can_i(cluster, account, "watch", "namespaces", None)
             assert not can_i(cluster, account, "patch", "clusterkopfpeerings.kopf.dev", None)
-            cluster.kubectl("get", "kopfpeering", "moeops", "-n", jobs)
+            manifest = [o for o in yaml.safe_load_all(helm("get", "manifest", name, "-n", namespace).stdout) if o]
+            (deployment,) = [
+                o for o in manifest if o["kind"] == "Deployment" and o["metadata"]["name"] == f"{name}-operator"
+            ]
+            env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+            peering = env["MOEOPS_PEERING_NAME"]  # one per release (the default, `moeops`, would be shared)
+            assert peering == name
+            cluster.kubectl("get", "kopfpeering", peering, "-n", jobs)
 
             kubeconfig = kubeconfig_for(cluster, namespace, f"{name}-operator", tmp_path / "operator.kubeconfig")
             operator.stop()
             (tmp_path / "log").mkdir()
-            scoped = OperatorProcess(kubeconfig, tmp_path / "log", standalone=False, args=("--namespace", jobs))
+            scoped = OperatorProcess(
+                kubeconfig, tmp_path / "log", standalone=False, args=("--namespace", jobs),
+                env={"MOEOPS_PEERING_NAME": peering},
+            )  # fmt: skip
             try:
                 scoped.start()
                 cluster.kubectl.apply(training_job("chart-peered", jobs))
@@ -271,7 +227,7 @@ def test_watched_namespaces_and_peering_under_the_service_account(
                 wait_for("status set", lambda: cluster.status("moetrainingjobs", jobs, "chart-peered").get("plan"))
 
                 def peering_record() -> dict[str, Any] | None:
-                    got = cluster.kubectl("get", "kopfpeering", "moeops", "-n", jobs, "-o", "json")
+                    got = cluster.kubectl("get", "kopfpeering", peering, "-n", jobs, "-o", "json")
                     return json.loads(got.stdout).get("status") or None
 
                 wait_for("the replica's record in the KopfPeering", peering_record, timeout=30)
