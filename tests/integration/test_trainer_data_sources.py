@@ -1,6 +1,6 @@
 """`moeops train` on a `pvc://` source, as a worker pod reads it: the claim is a folder under the data root
-(MOEOPS_DATA_ROOT here, /data in a pod), the text under a configurable jsonl field, the documents tokenized once
-into a token file every rank of the node memory-maps."""
+(MOEOPS_DATA_ROOT here, /data in a pod), the text under a configurable jsonl field, the tokenizer trained and the
+documents tokenized once per node into files every rank of the node reads."""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ def test_a_pvc_source_trains_like_the_same_files_named_by_path(tmp_path: Path) -
         config = with_text_field(write_config(run_dir, data=ranks, arch=arch, source=source), "body")
         result = train(config, ranks, env=train_env(MOEOPS_DATA_ROOT=str(claims), TMPDIR=str(scratch)))
         assert result.returncode == 0, result.stderr[-3000:]
-        token_files = list((scratch / "moeops-tokens").glob("*.tokens"))
-        assert len(token_files) == 1, token_files  # both ranks of the pvc run share one
+        kinds = (p.name.split(".", 1)[1] for p in (scratch / "moeops-tokens").iterdir())
+        cache = sorted(kind for kind in kinds if kind != "lock")
+        assert cache == ["json", "tokenizer.json", "tokens"], cache  # both ranks of the pvc run share one of each
         runs[name] = losses(run_dir)
     for step, loss in runs["file"].items():  # the same documents, tokens and batches: one scheme or the other
         assert runs["pvc"][step] == pytest.approx(loss, rel=1e-4), (step, runs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ def test_every_accepted_scheme_and_format_builds_a_corpus(
 ) -> None:
     assert fmt in crd_formats()
     monkeypatch.setenv("MOEOPS_DATA_ROOT", str(tmp_path / "claims"))
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the token files
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the token files (gettempdir() caches TMPDIR)
     sources = samples(tmp_path)
     for scheme in crd_schemes():
         assert scheme in sources, f"no sample source for the accepted scheme {scheme}://"

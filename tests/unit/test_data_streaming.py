@@ -16,7 +16,7 @@ import torch
 
 from moeops.data import BpeTokenizer, TextCorpus, iter_documents, load_text_corpus, train_bpe
 from moeops.data.documents import DocumentStats, _text_documents, read_documents, source_path
-from moeops.data.token_store import TOKEN_DTYPE, cached_tokens, corpus_key, write_tokens
+from moeops.data.token_store import TOKEN_DTYPE, cached_tokenizer, cached_tokens, corpus_key, write_tokens
 
 _BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
 
@@ -108,6 +108,26 @@ def test_ranks_that_start_together_tokenize_once(tmp_path: Path, tokenizer: BpeT
     assert len(consumed) == 1 and len(results) == 3 and len({r.tokens for r in results}) == 1
 
 
+def test_the_ranks_of_a_pod_train_the_tokenizer_once_and_hold_the_same_one(tmp_path: Path) -> None:
+    trained: list[int] = []
+
+    def train(rank: int) -> BpeTokenizer:
+        trained.append(rank)
+        return train_bpe(["the cat eats fish.", "the dog eats corn."] * 50, 280)
+
+    results: list[BpeTokenizer] = []
+    threads = [
+        threading.Thread(target=lambda r=r: results.append(cached_tokenizer("bpe", lambda: train(r), tmp_path)))
+        for r in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(trained) == 1 and len(results) == 3
+    assert len({t.to_json() for t in results}) == 1
+
+
 def test_the_key_changes_with_the_files_and_the_tokenizer(tmp_path: Path, tokenizer: BpeTokenizer) -> None:
     path = tmp_path / "a.jsonl"
     path.write_text('{"text": "one"}\n')
@@ -134,4 +154,5 @@ def test_loading_a_corpus_holds_a_chunk_of_documents_not_the_corpus(tmp_path: Pa
     finally:
         tracemalloc.stop()
     assert corpus.document_count == 15_000 and len(corpus.stream) > 500_000
-    assert peak < 2 * 2**20, f"peak {peak / 2**20:.2f} MiB of Python allocations for {path.stat().st_size} bytes of jsonl"
+    size = path.stat().st_size
+    assert peak < 2 * 2**20, f"peak {peak / 2**20:.2f} MiB of Python allocations for {size} bytes of jsonl"

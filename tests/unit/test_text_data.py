@@ -257,10 +257,12 @@ def test_load_text_corpus_trains_or_loads_the_tokenizer(tmp_path: Path) -> None:
     data.mkdir()
     write_jsonl(data / "part-0.jsonl", [{"text": d} for d in DOCS[:100]])
     write_jsonl(data / "part-1.jsonl", [{"text": d} for d in DOCS[100:]])
-    trained = load_text_corpus(uri(data), "jsonl", SEQ_LEN, seed=1, tokenizer_path=None, vocab_size=300)
+    cache = tmp_path / "cache"
+    trained = load_text_corpus(uri(data), "jsonl", SEQ_LEN, 1, tokenizer_path=None, vocab_size=300, cache_dir=cache)
     assert trained.document_count == len(DOCS) and trained.vocab_size <= 300
     trained.tokenizer.save(tmp_path / "tokenizer.json")
-    loaded = load_text_corpus(uri(data), "jsonl", SEQ_LEN, seed=1, tokenizer_path=str(tmp_path / "tokenizer.json"))
+    tokenizer_path = str(tmp_path / "tokenizer.json")
+    loaded = load_text_corpus(uri(data), "jsonl", SEQ_LEN, seed=1, tokenizer_path=tokenizer_path, cache_dir=cache)
     assert all(torch.equal(a, b) for a, b in zip(trained.batch(2, 4), loaded.batch(2, 4), strict=True))
     with pytest.raises(ValueError, match=r"the tokenizer has .* tokens but the model's vocab_size is 270"):
         load_text_corpus(uri(data), "jsonl", SEQ_LEN, 1, str(tmp_path / "tokenizer.json"), vocab_size=270)

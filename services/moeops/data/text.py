@@ -28,7 +28,7 @@ from moeops.api.v1alpha1.data import DATA_MOUNT_ROOT
 from .bpe import BpeTokenizer, check_vocab, train_bpe
 from .documents import iter_documents, source_files, source_path
 from .synthetic import IGNORE_INDEX, stream_seed
-from .token_store import cached_tokens, corpus_key
+from .token_store import cached_tokenizer, cached_tokens, corpus_key, files_key
 
 DEFAULT_TRAINED_VOCAB_SIZE = 4096
 """Size of a tokenizer trained on the corpus when the caller gives no model vocab_size."""
@@ -135,7 +135,12 @@ def load_text_corpus(
     Raises ValueError naming the path for a missing path, an empty corpus, or a format other than text/jsonl."""
     files = source_files(source_path(source, data_root), fmt)
     if tokenizer_path is None:
-        tokenizer = train_bpe(iter_documents(files, fmt, text_field), vocab_size or DEFAULT_TRAINED_VOCAB_SIZE)
+        size = vocab_size or DEFAULT_TRAINED_VOCAB_SIZE
+        tokenizer = cached_tokenizer(
+            files_key(files, fmt, text_field, f"bpe-{size}"),
+            lambda: train_bpe(iter_documents(files, fmt, text_field), size),
+            cache_dir,
+        )
     else:
         tokenizer = BpeTokenizer.load(tokenizer_path)
     if vocab_size is not None:

@@ -3,7 +3,8 @@
 Why a file: the packed token stream of a corpus (moeops.data.text) must be addressable at any window, but a
 rank reads only the windows of its own rows of each batch. Memory-mapped, the stream costs a rank the pages
 of the windows it reads, not the corpus; and tokenizing a chunk of documents at a time bounds the memory of
-building it (the old way held every text, then a Python list of every id: ~40 bytes a token).
+building it (the old way held every text, then a Python list of every id). A tokenizer trained on the corpus is
+kept here the same way, so the ranks of a pod train it once.
 
 A file is named by a key over everything that decides its content (the source files with their sizes and
 modification times, the format, the text field, the whole tokenizer), so a restarted worker, or a second rank
@@ -13,12 +14,13 @@ that start together tokenize once; the file appears under its name only when com
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,15 +53,43 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / CACHE_DIR_NAME
 
 
-def corpus_key(files: Sequence[Path], fmt: str, text_field: str, tokenizer: BpeTokenizer) -> str:
-    """A name for the token file of these files read this way by this tokenizer."""
+def files_key(files: Sequence[Path], fmt: str, text_field: str, *extra: str) -> str:
+    """A name for what these files hold read this way (their sizes and modification times stand for content)."""
     digest = hashlib.sha256()
     for path in files:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    digest.update(f"{fmt}\0{text_field}\0".encode())
-    digest.update(tokenizer.to_json().encode())
+    digest.update("\0".join((fmt, text_field, *extra)).encode())
     return digest.hexdigest()[:32]
+
+
+def corpus_key(files: Sequence[Path], fmt: str, text_field: str, tokenizer: BpeTokenizer) -> str:
+    """A name for the token file of these files read this way by this tokenizer."""
+    return files_key(files, fmt, text_field, tokenizer.to_json())
+
+
+@contextlib.contextmanager
+def _locked(cache_dir: Path, key: str) -> Iterator[None]:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / f"{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        yield
+
+
+def cached_tokenizer(key: str, train: Callable[[], BpeTokenizer], cache_dir: Path | None = None) -> BpeTokenizer:
+    """The tokenizer trained for `key` (files_key of the corpus and the size), trained by `train` only if no rank
+    of this pod has saved one yet: the ranks of a GPU pod train it once, not once each."""
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    path = cache_dir / f"{key}.tokenizer.json"
+    with _locked(cache_dir, key):
+        if path.is_file():
+            return BpeTokenizer.load(path)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        train().save(partial)
+        partial.replace(path)
+        # Read back like the other ranks do: every rank then holds the same tokenizer.json, byte for byte, and names
+        # the same token file (corpus_key hashes it).
+        return BpeTokenizer.load(path)
 
 
 def _chunks(documents: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -100,10 +130,8 @@ def cached_tokens(
     """The token file of `key`, built from `documents` only if no complete one exists yet (see the module
     docstring). `documents` is not read at all when the file is reused."""
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    cache_dir.mkdir(parents=True, exist_ok=True)
     path, meta = cache_dir / f"{key}.tokens", cache_dir / f"{key}.json"
-    with (cache_dir / f"{key}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+    with _locked(cache_dir, key):
         if meta.is_file() and path.is_file():
             found = json.loads(meta.read_text())
             if path.stat().st_size == found["tokens"] * np.dtype(TOKEN_DTYPE).itemsize:
