@@ -145,6 +145,10 @@ class Totals(_Frozen):
     """Some of `cpu_energy_j` is an estimate (sticky: once estimated, the total is in part an estimate)."""
     gpu_estimated_j: NonNegative = 0.0
     """The part of `gpu_energy_j` estimated rather than measured (see `EnergyDelta.gpu_estimated_j`)."""
+    cpu_estimated_j: NonNegative = 0.0
+    """The CPU energy of deltas whose CPU part was an estimate."""
+    facility_energy_j: NonNegative = 0.0
+    """IT energy × PUE, summed per delta: what the grams were computed on (`pue`, `mean_intensity`)."""
     gco2e: NonNegative = 0.0
     gco2e_by_source: dict[str, float] = Field(default_factory=dict)
     """Grams per intensity source ("… (stale)" for stale values): how much of `gco2e` rests on which numbers."""
@@ -152,6 +156,24 @@ class Totals(_Frozen):
     """The latest delta time folded in."""
     intensity: Intensity | None = None
     """The intensity of the last delta applied."""
+
+    @property
+    def estimated_j(self) -> float:
+        """The part of `energy_j` that is an estimate (GPU spans power stood in for, CPU without RAPL)."""
+        return self.gpu_estimated_j + self.cpu_estimated_j
+
+    @property
+    def pue(self) -> float | None:
+        """The energy-weighted PUE the grams used; None without energy (or from totals older than the field)."""
+        return self.facility_energy_j / self.energy_j if self.energy_j > 0 and self.facility_energy_j > 0 else None
+
+    @property
+    def mean_intensity(self) -> float | None:
+        """The energy-weighted mean grid intensity (gCO2e per facility kWh) behind `gco2e`: each delta's intensity
+        weighted by its energy, where the last delta's `intensity` is only the newest one."""
+        if self.facility_energy_j <= 0:
+            return None
+        return self.gco2e / (self.facility_energy_j / J_PER_KWH)
 
     def add(self, delta: EnergyDelta, charge: Charge) -> Totals:
         """These totals with one more delta (a new object: a failure half-way changes nothing)."""
@@ -165,6 +187,8 @@ class Totals(_Frozen):
             cpu_energy_j=self.cpu_energy_j + delta.cpu_energy_j,
             cpu_estimated=self.cpu_estimated or delta.cpu_estimated,
             gpu_estimated_j=self.gpu_estimated_j + delta.gpu_estimated_j,
+            cpu_estimated_j=self.cpu_estimated_j + (delta.cpu_energy_j if delta.cpu_estimated else 0.0),
+            facility_energy_j=self.facility_energy_j + delta.energy_j * charge.pue,
             gco2e=self.gco2e + charge.gco2e,
             gco2e_by_source=by_source,
             last_update=latest,

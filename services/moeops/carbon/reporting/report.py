@@ -1,4 +1,9 @@
-"""`moeops carbon report`: one workload's totals per stage as a table. Pure: totals in, text out.
+"""`moeops carbon report`: one workload's totals per stage as a table or JSON. Pure: totals in, text out.
+
+Per stage and in total: IT energy (GPU, CPU), the share of it that is an estimate (GPU spans that power stood in
+for, CPU without RAPL), the PUE and the energy-weighted mean grid intensity the grams were computed with (every
+delta's intensity weighted by its energy: the last intensity alone says nothing about a day-long job), the grams,
+and the newest intensity with its source.
 
 The totals come from the aggregator's KV bucket (`WorkloadCarbon`, read by `report_cli`) or, for a local run without
 NATS, from a ledger snapshot file (`CarbonLedger.snapshot()`, or the aggregator's checkpoint document that wraps
@@ -9,14 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from moeops.carbon.accounting.intensity import Intensity
 from moeops.carbon.accounting.ledger import J_PER_KWH, LedgerSnapshot, Stage, Totals, WorkloadKind
 from moeops.carbon.accounting.messages import WorkloadCarbon, workload_totals
 
-COLUMNS = ("stage", "energy kWh", "GPU kWh", "CPU kWh", "gCO2e", "intensity used")
+COLUMNS = ("stage", "energy kWh", "GPU kWh", "CPU kWh", "gCO2e", "estimated", "PUE", "mean g/kWh", "last intensity")
 ESTIMATED = " (est.)"
 
 
@@ -42,10 +47,32 @@ class Row:
     cpu_estimated: bool
     gco2e: float
     intensity: str
+    """The newest intensity applied, with its source."""
+    estimated_kwh: float = 0.0
+    pue: float | None = None
+    mean_intensity: float | None = None
+    """Energy-weighted mean gCO2e per facility kWh."""
+
+    @property
+    def estimated_share(self) -> float:
+        return self.estimated_kwh / self.energy_kwh if self.energy_kwh > 0 else 0.0
 
     def cells(self) -> tuple[str, ...]:
         cpu = f"{self.cpu_kwh:.4f}" + (ESTIMATED if self.cpu_estimated else "")
-        return (self.stage, f"{self.energy_kwh:.4f}", f"{self.gpu_kwh:.4f}", cpu, f"{self.gco2e:.2f}", self.intensity)
+        return (
+            self.stage,
+            f"{self.energy_kwh:.4f}",
+            f"{self.gpu_kwh:.4f}",
+            cpu,
+            f"{self.gco2e:.2f}",
+            f"{100 * self.estimated_share:.1f}%",
+            "-" if self.pue is None else f"{self.pue:.2f}",
+            "-" if self.mean_intensity is None else f"{self.mean_intensity:.1f}",
+            self.intensity,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "estimated_share": self.estimated_share}
 
 
 def intensity_label(intensity: Intensity | None) -> str:
@@ -64,12 +91,17 @@ def _row(stage: str, totals: Totals) -> Row:
         cpu_estimated=totals.cpu_estimated,
         gco2e=totals.gco2e,
         intensity=intensity_label(totals.intensity),
+        estimated_kwh=totals.estimated_j / J_PER_KWH,
+        pue=totals.pue,
+        mean_intensity=totals.mean_intensity,
     )
 
 
 def rows(workload: WorkloadCarbon) -> list[Row]:
     """One row per stage that has energy (in the order data, train, inference), then the total."""
-    stages = [_row(stage.value, workload.stages[stage]) for stage in Stage if stage in workload.stages]
+    present = [stage for stage in Stage if stage in workload.stages]
+    stages = [_row(stage.value, workload.stages[stage]) for stage in present]
+    facility_j = math.fsum(workload.stages[stage].facility_energy_j for stage in present)
     total = Row(
         stage="total",
         energy_kwh=workload.energy_j / J_PER_KWH,
@@ -78,6 +110,9 @@ def rows(workload: WorkloadCarbon) -> list[Row]:
         cpu_estimated=any(row.cpu_estimated for row in stages),
         gco2e=workload.gco2e,
         intensity="",
+        estimated_kwh=math.fsum(row.estimated_kwh for row in stages),
+        pue=facility_j / workload.energy_j if workload.energy_j > 0 and facility_j > 0 else None,
+        mean_intensity=workload.gco2e / (facility_j / J_PER_KWH) if facility_j > 0 else None,
     )
     return [*stages, total]
 
@@ -89,3 +124,15 @@ def table(workload: WorkloadCarbon) -> str:
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines]
     title = f"{workload.kind.value} {workload.namespace}/{workload.name}"
     return "\n".join([title, *text]) + "\n"
+
+
+def as_json(workload: WorkloadCarbon) -> dict[str, Any]:
+    """The table as a JSON-ready document: the workload, a row per stage, the total (energies in kWh)."""
+    *stages, total = rows(workload)
+    return {
+        "kind": workload.kind.value,
+        "namespace": workload.namespace,
+        "name": workload.name,
+        "stages": [row.as_json() for row in stages],
+        "total": total.as_json(),
+    }

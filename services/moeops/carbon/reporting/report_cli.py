@@ -31,6 +31,7 @@ def carbon() -> None:
 @click.option("--namespace", "-n", default="default", show_default=True)
 @click.option("--kind", type=click.Choice(KINDS), default=KINDS[0], show_default=True)
 @click.option("--png", type=click.Path(path_type=Path), default=None, help="Also write a bar chart per stage here.")
+@click.option("--json", "as_json_", is_flag=True, help="Print the figures as JSON instead of a table.")
 @click.option(
     "--from-snapshot",
     "snapshot",
@@ -38,10 +39,11 @@ def carbon() -> None:
     default=None,
     help="Read a ledger snapshot (JSON) instead of the KV bucket: a local run, no NATS.",
 )
-def report(name: str, namespace: str, kind: str, png: Path | None, snapshot: Path | None) -> None:
-    """Energy (kWh), GPU and CPU energy, gCO2e and the intensity used, per stage of workload NAME."""
+def report(name: str, namespace: str, kind: str, png: Path | None, as_json_: bool, snapshot: Path | None) -> None:
+    """Energy (kWh), GPU and CPU energy, gCO2e, the estimated share, PUE and the energy-weighted mean intensity,
+    per stage of workload NAME."""
     from moeops.carbon.accounting.ledger import WorkloadKind
-    from moeops.carbon.reporting.report import from_snapshot, table
+    from moeops.carbon.reporting.report import as_json, from_snapshot, table
 
     where = f"{kind} {namespace}/{name}"
     if snapshot is not None:
@@ -53,7 +55,10 @@ def report(name: str, namespace: str, kind: str, png: Path | None, snapshot: Pat
         workload = asyncio.run(_from_bucket(namespace, kind, name))
     if workload is None:
         raise click.ClickException(f"no carbon totals for {where}")
-    click.echo(table(workload), nl=False)
+    if as_json_:
+        click.echo(json.dumps(as_json(workload), indent=2))
+    else:
+        click.echo(table(workload), nl=False)
     if png is not None:
         from moeops.carbon.reporting.report_plot import write_png
 
