@@ -8,6 +8,7 @@ long enough to leave it, queue behind it or outlive a deadline."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -114,3 +115,19 @@ def test_thousands_of_stop_strings_are_refused_at_once(checkpoints: Path) -> Non
         chat = {"model": "long", "messages": [{"role": "user", "content": "a"}], "stop": ["x" * 300]}
         r = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=10.0)
         assert r.status_code == 400 and r.json()["error"]["param"].startswith("stop"), r.text
+
+
+def test_a_body_that_trickles_in_gets_408(checkpoints: Path) -> None:
+    with serving(checkpoints, body_timeout_s=0.5) as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5.0) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n" + b'{"model": ')  # fmt: skip
+            started = time.monotonic()
+            answer = sock.recv(4096).decode()
+            waited = time.monotonic() - started
+            while "}}" not in answer and (more := sock.recv(4096)):  # the body may come in a second segment
+                answer += more.decode()
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert "did not arrive within 0.5 s" in answer and 0.4 < waited < 3.0
+        assert httpx.get(f"{url}/healthz").status_code == 200

@@ -41,10 +41,11 @@ logger = logging.getLogger(__name__)
 
 class BodyLimit:
     """413 for a body over `limit` bytes, before anything parses it: a declared Content-Length is checked first,
-    and a chunked body is counted as it arrives (then replayed to the app)."""
+    and a chunked body is counted as it arrives (then replayed to the app). 408 for a body that has not all
+    arrived within `timeout_s`: a client that trickles its body (slowloris) holds a connection for that long only."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float | None = None) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,17 +57,23 @@ class BodyLimit:
             return
         messages: list[Message] = []
         size = 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            size += len(message.get("body", b""))
-            if size > self.limit:
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    messages.append(message)
+                    if message["type"] != "http.request":
+                        break
+                    size += len(message.get("body", b""))
+                    if size > self.limit:
+                        await self._refuse(scope, receive, send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            why = f"the request body did not arrive within {self.timeout_s:g} s"
+            await error_response(408, why, code="body_timeout")(scope, receive, send)
+            return
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
@@ -142,7 +149,7 @@ def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> Fas
     state = ServerState(settings, latency=LatencyRecorder(telemetry.meter("moeops.serving")))
     app = FastAPI(title="moeops model server", version="v1", lifespan=lifespan_of(load, state))
     app.state.server = state  # the routes' `server_state`
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestTimer)  # OpenTelemetry (no-op unless the process set it up: serve_cli)
     app.state.instruments = register_engine(
         telemetry.meter("moeops.serving"),

@@ -78,6 +78,8 @@ def _fail(message: str) -> None:
               help="Requests waiting for the batch beyond which new ones get 429 with Retry-After")  # fmt: skip
 @click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="A request generating longer than this is cancelled (504)")  # fmt: skip
+@click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="A request body not all arrived after this long gets 408")  # fmt: skip
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
@@ -102,6 +104,7 @@ def serve(
     max_body_bytes: int,
     max_queued: int,
     request_timeout_s: float,
+    body_timeout_s: float,
     threads: int | None,
     log_level: str,
 ) -> None:
@@ -150,6 +153,7 @@ def serve(
         namespace=runtime.namespace if runtime else None,
         max_queued=max_queued,
         request_timeout_s=request_timeout_s,
+        body_timeout_s=body_timeout_s,
     )
     intra_op = choose_threads(threads)
     torch.set_num_threads(intra_op.threads)

@@ -31,6 +31,8 @@ class ServerSettings:
     namespace: str | None = None
     max_queued: int = 256
     """Requests waiting for a place in the batch beyond which a new one is answered 429 with Retry-After."""
+    body_timeout_s: float | None = 30.0
+    """A request body not all arrived after this long is answered 408 (a trickling client holds no socket)."""
     request_timeout_s: float | None = 600.0
     """A request still generating after this long is cancelled (504, or an error event in a stream); None: never."""
 
