@@ -57,12 +57,23 @@ def test_install_upgrade_across_value_sets_and_uninstall(cluster: Cluster, names
     namespace, agent_ns, jobs = namespaces
     agent = {"carbonAgent.enabled": True, "carbonAgent.region": "eu-west-1", "carbonAgent.namespace": agent_ns}
     tls = {"nats.tls.enabled": True, "nats.tls.existingSecret": "nats-tls"}
+    # The opt-in knobs, so that the API server validates what they render (NetworkPolicies, spread, pod labels).
+    knobs = {
+        "networkPolicy.enabled": True,
+        "networkPolicy.apiServer.cidrs": ["127.0.0.1/32"],
+        "networkPolicy.nats.to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nats"}}}],
+        "networkPolicy.healthFrom": [{"podSelector": {"matchLabels": {"app": "prometheus"}}}],
+        "operator.podLabels": {"team": "ml"},
+        "rebalancer.topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+    }
     steps: list[tuple[str, dict[str, Any]]] = [
         ("2 replicas, cluster-wide", {"operator.replicas": 2}),
         ("down to 1 replica", {"operator.replicas": 1}),  # RollingUpdate -> Recreate: what failed under SSA
         ("2 replicas watching a namespace, agent and TLS on",
-         {"operator.replicas": 2, "operator.watchNamespaces": [jobs], **agent, **tls}),
-        ("2 replicas cluster-wide, agent and TLS on", {"operator.replicas": 2, **agent, **tls}),
+         {"operator.replicas": 2, "operator.watchNamespaces": [jobs], **agent, **tls, **knobs}),
+        ("2 replicas cluster-wide, agent and TLS on", {"operator.replicas": 2, **agent, **tls, **knobs}),
         ("1 replica watching a namespace, agent and TLS off",
          {"operator.replicas": 1, "operator.watchNamespaces": [jobs]}),
         ("the defaults", {}),
@@ -115,6 +126,10 @@ def assert_release_matches(
     assert can_i(cluster, account, "create", "jobs.batch", "default") == (not watched), what
     assert can_i(cluster, account, "patch", "kopfpeerings.kopf.dev", jobs) == (replicas > 1 and bool(watched)), what
     assert can_i(cluster, account, "patch", "clusterkopfpeerings.kopf.dev", None) == (replicas > 1 and not watched)
+    policies = {n for kind, _, n in keys(objects) if kind == "NetworkPolicy"}
+    expected_policies = {f"{name}-{c}" for c in ("operator", "rebalancer", "carbon-aggregator", "carbon-agent")}
+    assert policies == (expected_policies if values.get("networkPolicy.enabled") else set()), what
+    assert ("PodDisruptionBudget" in {k for k, _, _ in keys(objects)}) == (replicas > 1), what
     agent_on = bool(values.get("carbonAgent.enabled"))
     assert ("DaemonSet" in {k for k, _, _ in keys(objects)}) == agent_on, what
     if agent_on:
