@@ -7,6 +7,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
 
 from moeops.serving.latency import LatencyRecorder, LocalHistogram
+from moeops.serving.otel import latency_export
 
 
 def test_a_local_histogram_as_prometheus_text() -> None:
@@ -21,7 +22,7 @@ def test_a_local_histogram_as_prometheus_text() -> None:
 
 def test_the_recorder_feeds_opentelemetry_and_prometheus() -> None:
     reader = InMemoryMetricReader()
-    recorder = LatencyRecorder(MeterProvider(metric_readers=[reader]).get_meter("t"))
+    recorder = LatencyRecorder(latency_export(MeterProvider(metric_readers=[reader]).get_meter("t")))
     recorder.first_token(10.0, "chat", "tiny", now=10.25)
     recorder.finished(10.0, 10.25, 5, "chat", "tiny", now=11.25)  # 4 tokens after the first in 1 s
     recorder.finished(20.0, None, 0, "text_completion", "tiny", now=20.5)  # none: no time per token

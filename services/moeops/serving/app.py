@@ -30,7 +30,7 @@ from .engine import Engine
 from .errors import error_response
 from .latency import LatencyRecorder
 from .loader import ServedModel
-from .otel import RequestTimer, register_engine
+from .otel import RequestTimer, latency_export, register_engine
 from .routes import add_error_handlers, router
 from .state import ServerSettings, ServerState
 
@@ -146,13 +146,14 @@ def lifespan_of(load: Callable[[], ServedModel], state: ServerState) -> Callable
 
 def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> FastAPI:
     """The app; `load` (run on a thread at start-up, while /healthz already answers) returns the model to serve."""
-    state = ServerState(settings, latency=LatencyRecorder(telemetry.meter("moeops.serving")))
+    meter = telemetry.meter("moeops.serving")
+    state = ServerState(settings, latency=LatencyRecorder(latency_export(meter)))
     app = FastAPI(title="moeops model server", version="v1", lifespan=lifespan_of(load, state))
     app.state.server = state  # the routes' `server_state`
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     app.add_middleware(RequestTimer)  # OpenTelemetry (no-op unless the process set it up: serve_cli)
     app.state.instruments = register_engine(
-        telemetry.meter("moeops.serving"),
+        meter,
         lambda: (state.engine.stats(), state.served.name) if state.engine and state.served else None,
     )
     add_error_handlers(app)

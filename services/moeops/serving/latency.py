@@ -5,8 +5,9 @@ conventions for generative AI (server metrics), both exported through OpenTeleme
     gen_ai.server.time_per_output_token s   after the first token: (end - first token) / (tokens - 1)
     gen_ai.server.request.duration      s   from arrival to the choice's end (finished, stopped, failed, cancelled)
 
-with the attributes gen_ai.operation.name ("text_completion" or "chat") and gen_ai.request.model. On /metrics they
-are Prometheus histograms named as the OpenTelemetry exporter names them (`gen_ai_server_time_to_first_token_seconds`
+with the attributes gen_ai.operation.name ("text_completion" or "chat") and gen_ai.request.model. Pure: the
+OpenTelemetry histograms are the edge's (otel.py `latency_export`, handed in as `export`). On /metrics they are
+Prometheus histograms named as the OpenTelemetry exporter names them (`gen_ai_server_time_to_first_token_seconds`
 ...), so the dashboard's queries read either source. Measured on the event loop, where tokens arrive once per
 engine round: what a client is sent, not what a kernel took.
 """
@@ -15,9 +16,8 @@ from __future__ import annotations
 
 import bisect
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-from opentelemetry.metrics import Histogram, Meter
 
 TTFT_BOUNDS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 """The semantic conventions' advised buckets for time to first token."""
@@ -25,6 +25,9 @@ TPOT_BOUNDS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15
 """For time per output token (the conventions' advice, with finer steps below 10 ms for small models)."""
 DURATION_BOUNDS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 """The conventions' advised buckets for request duration."""
+
+Export = Callable[[str, float, Mapping[str, str]], None]
+"""Where else a value goes: (instrument name, seconds, attributes)."""
 
 INSTRUMENTS = {
     "gen_ai.server.time_to_first_token": ("Time to generate the first token.", TTFT_BOUNDS),
@@ -67,13 +70,8 @@ def prometheus_name(instrument: str) -> str:
 class LatencyRecorder:
     """The three histograms, per (operation, model); records from the event loop only (no lock)."""
 
-    def __init__(self, meter: Meter | None = None) -> None:
-        self._otel: dict[str, Histogram] = {}
-        if meter is not None:
-            for name, (description, bounds) in INSTRUMENTS.items():
-                self._otel[name] = meter.create_histogram(
-                    name, unit="s", description=description, explicit_bucket_boundaries_advisory=list(bounds)
-                )
+    def __init__(self, export: Export | None = None) -> None:
+        self._export = export
         self._local: dict[tuple[str, str, str], LocalHistogram] = {}
 
     def _record(self, name: str, value: float, operation: str, model: str) -> None:
@@ -81,8 +79,8 @@ class LatencyRecorder:
         if key not in self._local:
             self._local[key] = LocalHistogram(INSTRUMENTS[name][1])
         self._local[key].record(value)
-        if name in self._otel:
-            self._otel[name].record(value, {"gen_ai.operation.name": operation, "gen_ai.request.model": model})
+        if self._export is not None:
+            self._export(name, value, {"gen_ai.operation.name": operation, "gen_ai.request.model": model})
 
     def first_token(self, arrived: float, operation: str, model: str, now: float | None = None) -> None:
         self._record("gen_ai.server.time_to_first_token", (now or time.monotonic()) - arrived, operation, model)

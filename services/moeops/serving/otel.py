@@ -11,6 +11,8 @@ request duration measured by an ASGI middleware around the OpenAI routes:
     moeops.server.in_flight          Gauge, {sequence}  sequences being generated
     moeops.server.queued             Gauge, {request}   requests waiting for a place in the batch
     moeops.server.exit_layer.mean    Gauge, {layer}     mean exit layer over every token so far (early exit)
+    gen_ai.server.*                  Histogram, s       time to first token, per output token, per request
+                                                         (latency.py, recorded as tokens reach the event loop)
 
 The `moeops.model` attribute (the served name) is on the engine's instruments once the model is loaded.
 """
@@ -18,7 +20,7 @@ The `moeops.model` attribute (the served name) is on the engine's instruments on
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
@@ -27,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from moeops import telemetry
 
 from .engine import EngineStats
+from .latency import INSTRUMENTS, Export
 
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
 TIMED_PREFIX = "/v1/"
@@ -63,6 +66,20 @@ def register_engine(meter: Meter, source: StatsSource) -> list[Any]:
         meter.create_observable_gauge(f"{p}.exit_layer.mean", [reading(lambda s: s.mean_exit_layer)],
                                       unit="{layer}", description="Mean layer tokens exited at (early exit)."),
     ]  # fmt: skip
+
+
+def latency_export(meter: Meter) -> Export:
+    """The GenAI latency histograms (latency.py) as OpenTelemetry instruments: what LatencyRecorder exports to."""
+    histograms = {
+        name: meter.create_histogram(name, unit="s", description=description,
+                                     explicit_bucket_boundaries_advisory=list(bounds))
+        for name, (description, bounds) in INSTRUMENTS.items()
+    }  # fmt: skip
+
+    def export(name: str, value: float, attributes: Mapping[str, str]) -> None:
+        histograms[name].record(value, dict(attributes))
+
+    return export
 
 
 def request_duration(meter: Meter) -> Histogram:
