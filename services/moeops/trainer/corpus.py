@@ -7,6 +7,7 @@ holds the two equal (tests/unit/test_data_spec_contract.py)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from moeops.data.synthetic import CharTokenizer, SyntheticCorpus, parse_source
 from moeops.data.text import TextCorpus, load_text_corpus
 
 from .errors import ConfigError
+
+log = logging.getLogger("moeops.trainer")
 
 Corpus = SyntheticCorpus | TextCorpus
 
@@ -46,7 +49,7 @@ def data_root() -> Path:
 def _text(config: TrainingRuntimeConfig) -> TextCorpus:
     data, arch = config.data, config.architecture
     try:
-        return load_text_corpus(
+        corpus = load_text_corpus(
             data.source,
             data.format,
             arch.seq_len,
@@ -58,6 +61,9 @@ def _text(config: TrainingRuntimeConfig) -> TextCorpus:
         )
     except (ValueError, OSError) as exc:
         raise ConfigError(f"data: {exc}") from exc
+    log.info("data %s (%s): %d documents, %d tokens, %d windows of %d, vocabulary %d", data.source, data.format,
+             corpus.document_count, len(corpus.stream), corpus.windows, corpus.seq_len, corpus.vocab_size)  # fmt: skip
+    return corpus
 
 
 READERS: dict[str, Callable[[TrainingRuntimeConfig], Corpus]] = {
