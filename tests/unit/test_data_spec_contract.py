@@ -123,5 +123,8 @@ def test_the_filter_is_refused_until_the_stage_exists() -> None:
     assert data_schema()["properties"]["filter"]["x-kubernetes-validations"][0]["rule"] == "false"
     with pytest.raises(ValidationError, match=r"data\.filter is not supported yet"):
         DataSpec.model_validate({"source": "synthetic://all", "filter": {"enabled": True}})
+    # What jobs stored under the old schema carry (its default): no filter, not an invalid spec.
+    stored = {"enabled": False, "dedup": True, "minQuality": 0.0, "rebalanceDomains": True}
+    assert DataSpec.model_validate({"source": "synthetic://all", "filter": stored}).filter is None
     assert DataSpec(source="synthetic://all").to_wire() == {"source": "synthetic://all", "format": "jsonl",
                                                              "textField": "text"}  # fmt: skip

@@ -132,9 +132,12 @@ class DataSpec(KubeModel):
     @field_validator("filter")
     @classmethod
     def _no_filter(cls, value: DataFilterSpec | None) -> DataFilterSpec | None:
-        if value is not None:
+        """A new spec is refused by the API server if it has a filter at all. A job stored before that carries the
+        old schema's default, `enabled: false`, which asked for nothing: read as no filter, so the operator goes on
+        reconciling it instead of calling it invalid."""
+        if value is not None and value.enabled:
             raise ValueError(FILTER_REFUSED)
-        return value
+        return None
 
     def claim(self) -> str | None:
         """The PersistentVolumeClaim a `pvc://` source reads (the operator mounts it), else None."""
