@@ -5,13 +5,16 @@ with long, self-overlapping stop strings no longer costs the event loop (stop le
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from moeops.data.bpe import train_bpe
 from moeops.data.synthetic import CharTokenizer
 from moeops.serving.assembler import TextAssembler
-from moeops.serving.codec import CharCodec
+from moeops.serving.codec import BpeCodec, CharCodec
 from moeops.serving.stops import StopMatcher, failure_table
 
 
@@ -79,3 +82,60 @@ def test_the_assembler_holds_back_what_may_become_a_stop_string_and_cuts_before_
     assert text.add(tokenizer.encode("=")[0]) == ""
     assert text.add(tokenizer.encode("d")[0]) == "" and text.stopped
     assert text.text == "ab c=x" and text.rest() == ""
+
+
+@dataclass
+class CountingCodec:
+    """The character codec, noting how many ids each decode is given."""
+
+    inner: CharCodec
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def eos(self) -> int:
+        return self.inner.eos
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.inner.encode_prompt(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        self.sizes.append(len(ids))
+        return self.inner.decode(ids)
+
+
+def test_decoding_is_incremental() -> None:
+    """Each token decodes a few ids, not the whole completion (that cost O(length²) on the event loop)."""
+    codec = CountingCodec(CharCodec(CharTokenizer()))
+    text = TextAssembler(codec, [])
+    ids = CharTokenizer().encode("abc123=+" * 250)
+    shown = "".join(text.add(t) for t in ids) + text.rest()
+    assert shown == text.text == "abc123=+" * 250
+    assert max(codec.sizes) <= 2
+
+
+def test_byte_level_bpe_pieces_join_to_the_whole_text() -> None:
+    corpus = ["héllo wörld, 日本語のテキスト", "naïve café — déjà vu", "plain ascii text here"] * 20
+    tokenizer = train_bpe(corpus, 300)
+    codec = BpeCodec(tokenizer)
+    for sample in ("déjà vu 日本語 wörld", "é日x", "テキスト — café"):
+        ids = tokenizer.encode(sample)
+        text = TextAssembler(codec, ["本語"])
+        shown = ""
+        for t in ids:
+            piece = text.add(t)
+            assert "\ufffd" not in piece
+            shown += piece
+            if text.stopped:
+                break
+        shown += text.rest()
+        whole = tokenizer.decode(ids)
+        cut = whole.find("本語")
+        assert shown == (whole if cut < 0 else whole[:cut]), (sample, shown)

@@ -1,6 +1,12 @@
 """A choice's text as its tokens arrive: deltas for streaming that never show a stop string (text that could still
-become one is held back), and the final text cut before the first stop string (stops.py finds them in time
-proportional to the new text)."""
+become one is held back), and the final text cut before the first stop string.
+
+Both steps cost the new text, not the whole text, per token: decoding is incremental (as vLLM's detokenizer does it:
+the text of the tokens since the last emitted piece, read against the piece before them, so a character split
+between byte-level tokens waits for its last byte and a tokenizer that joins tokens with context still agrees), and
+stops.py finds stop strings in time proportional to the new characters. Decoding the whole completion after every
+token cost O(length²) on the event loop: seconds of it for one request of a few thousand tokens.
+"""
 
 from __future__ import annotations
 
@@ -21,23 +27,25 @@ class TextAssembler:
 
     def __post_init__(self) -> None:
         self._matcher = StopMatcher(self.stops)
-        self._fed = ""
+        self._prefix = self._read = 0
+        """ids[_prefix:_read] were decoded last time (the context of the next piece); ids[_read:] are new."""
 
     def add(self, token: int) -> str:
         """The new text that may be shown now; sets `stopped` when a stop string appeared."""
         if token != self.codec.eos:
             self.ids.append(token)
-        full = self.codec.decode(self.ids)
-        if full.endswith("\ufffd"):  # a character cut between byte-level tokens: wait for the rest
+        before = self.codec.decode(self.ids[self._prefix : self._read])
+        after = self.codec.decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):  # no text yet, or a character cut in two
             return ""
-        if not full.startswith(self._fed):  # a tokenizer whose text changed behind us: search it all again
-            self._matcher, self._fed = StopMatcher(self.stops), ""
-        self._matcher.feed(full[len(self._fed) :])
-        self._fed = self.text = full
+        piece = after[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        self.text += piece
+        self._matcher.feed(piece)
         if self._matcher.first_match is not None:
-            self.stopped, self.text = True, full[: self._matcher.first_match]
+            self.stopped, self.text = True, self.text[: self._matcher.first_match]
             return self._emit(len(self.text))
-        return self._emit(len(full) - self._matcher.hold)
+        return self._emit(len(self.text) - self._matcher.hold)
 
     def rest(self) -> str:
         """What is left to show once generation has ended."""
