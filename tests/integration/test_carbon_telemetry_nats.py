@@ -83,7 +83,7 @@ async def test_agent_polls_and_aggregator_totals_reach_the_instruments(nats_serv
                 await task
 
     energy = points(metric_reader, "hw.energy")
-    base = {("hw.id", GPU), ("hw.type", "gpu"), ("k8s.node.name", NODE)}
+    base = {("hw.id", GPU), ("hw.type", "gpu"), ("k8s.node.name", NODE), ("hw.name", "NVIDIA H100 80GB HBM3")}
     on_pod = frozenset(base | {("k8s.namespace.name", NS), ("k8s.pod.name", POD)})
     assert energy == pytest.approx({frozenset(base): IDLE_W * SECONDS, on_pod: (300.0 - IDLE_W) * SECONDS}, rel=0.005)
     [totals] = workload_totals(aggregator.ledger.workloads())

@@ -235,7 +235,7 @@ def test_the_carbon_agent_exports_hardware_metrics(
     assert energy_metric.scope == "moeops.carbon"
     assert (energy_metric.unit, energy_metric.kind) == ("J", "sum")
     assert energy_metric.metric.sum.is_monotonic
-    gpu = {"hw.id": "GPU-otel", "hw.type": "gpu", "k8s.node.name": "node-a"}
+    gpu = {"hw.id": "GPU-otel", "hw.type": "gpu", "k8s.node.name": "node-a", "hw.name": "NVIDIA H100 80GB HBM3"}
     assert [a for a, _ in energy_metric.points()] == [gpu]
     assert (power.unit, power.kind) == ("W", "gauge")
     assert power.points() == [(gpu, pytest.approx(300.0))]

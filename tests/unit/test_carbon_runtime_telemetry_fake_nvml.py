@@ -64,7 +64,7 @@ def points(reader: InMemoryMetricReader, name: str) -> dict[Attrs, float]:
 
 
 def gpu(gpu_id: str, pod: str | None = None, namespace: str = NS) -> Attrs:
-    attrs = {"hw.id": gpu_id, "hw.type": "gpu", "k8s.node.name": NODE}
+    attrs = {"hw.id": gpu_id, "hw.type": "gpu", "k8s.node.name": NODE, "hw.name": "NVIDIA H100 80GB HBM3"}
     if pod is not None:
         attrs |= {"k8s.namespace.name": namespace, "k8s.pod.name": pod}
     return frozenset(attrs.items())

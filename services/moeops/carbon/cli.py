@@ -105,7 +105,7 @@ def nvml_idle_source(
                 continue
             energy_j = max(0.0, total - previous.get(gpu.gpu.uuid, 0.0))
             previous[gpu.gpu.uuid] = total
-            readings.append(GpuReading(gpu.gpu.uuid, energy_j, gpu.energy.last_power_w))
+            readings.append(GpuReading(gpu.gpu.uuid, energy_j, gpu.energy.last_power_w, name=gpu.gpu.name))
             meter = DeltaId(source=f"{node}/{gpu.gpu.uuid}", epoch=0, sequence=0)
             out.append(
                 EnergyDelta(id=meter, node=node, region=region, at=now, key=None, gpu_energy_j=energy_j, cpu_energy_j=0)

@@ -72,7 +72,7 @@ def gpu_readings(
         energy_j = max(total_j - previous_j.get(uuid, 0.0), 0.0)
         previous_j[uuid] = max(total_j, previous_j.get(uuid, 0.0))  # a withdrawn estimate: nothing until made up
         pods = {pod: math.fsum(values) for pod, values in parts.get(uuid, {}).items()}
-        readings.append(GpuReading(uuid, energy_j, gpu.energy.last_power_w, _within(energy_j, pods)))
+        readings.append(GpuReading(uuid, energy_j, gpu.energy.last_power_w, _within(energy_j, pods), gpu.gpu.name))
     return readings
 
 
@@ -86,6 +86,7 @@ class PollTelemetry:
 
     def __call__(self, splits: Mapping[str, Split[Consumer]], pods_by_uid: Mapping[str, PodInfo]) -> None:
         report = self._reader.report()
-        self._telemetry.record_states(self._node, {gpu.gpu.uuid: gpu.state.value for gpu in report})
+        names = {gpu.gpu.uuid: gpu.gpu.name for gpu in report}
+        self._telemetry.record_states(self._node, {gpu.gpu.uuid: gpu.state.value for gpu in report}, names)
         readings = gpu_readings(report, self._previous_j, splits, pods_by_uid)
         self._telemetry.record_poll(self._node, readings)

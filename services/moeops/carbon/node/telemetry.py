@@ -12,8 +12,9 @@ provider set later, even after the instruments were created, gets them.) The tes
 The instruments:
 
     hw.energy                 Counter, J   cumulative GPU energy; attributes hw.id (the GPU's UUID), hw.type="gpu",
-                                            k8s.node.name, and on the energy attributed to a pod k8s.namespace.name
-                                            and k8s.pod.name
+                                            hw.name (the model NVML names, where known: the semconv's recommended
+                                            attribute), k8s.node.name, and on the energy attributed to a pod
+                                            k8s.namespace.name and k8s.pod.name
     hw.power                  Gauge, W     the GPU's latest power draw (hw.id, hw.type, k8s.node.name)
     moeops.carbon.meter.state Gauge, 1     per GPU (hw.id, hw.type, k8s.node.name) and moeops.carbon.meter.state
                                             (metered, degraded, lost): 1 for the GPU's state, 0 for the others
@@ -61,6 +62,7 @@ METER_STATES = ("metered", "degraded", "lost")
 
 HW_ID = "hw.id"
 HW_TYPE = "hw.type"
+HW_NAME = "hw.name"
 GPU = "gpu"
 NODE_NAME = "k8s.node.name"
 NAMESPACE_NAME = "k8s.namespace.name"
@@ -99,6 +101,8 @@ class GpuReading:
     """The latest power reading, if the GPU has one."""
     pods: Mapping[PodRef, float] = field(default_factory=dict)
     """The parts of `energy_j` attributed to pods (the rest is the node's)."""
+    name: str = ""
+    """The GPU's model as NVML names it (`hw.name`); empty where unknown."""
 
     def parts(self) -> dict[PodRef | None, float]:
         """`energy_j` per pod, and the rest under None; ValueError if the figures cannot be a split of it."""
@@ -122,8 +126,8 @@ def carbon_meter() -> Meter:
     return metrics.get_meter(METER_NAME, release)
 
 
-def gpu_attributes(node: str, gpu_id: str, pod: PodRef | None = None) -> Attributes:
-    base = ((HW_ID, gpu_id), (HW_TYPE, GPU), (NODE_NAME, node))
+def gpu_attributes(node: str, gpu_id: str, pod: PodRef | None = None, *, name: str = "") -> Attributes:
+    base = ((HW_ID, gpu_id), (HW_TYPE, GPU), (NODE_NAME, node), *(((HW_NAME, name),) if name else ()))
     return base if pod is None else (*base, (NAMESPACE_NAME, pod.namespace), (POD_NAME, pod.name))
 
 
@@ -172,20 +176,22 @@ class CarbonTelemetry:
         with self._lock:
             for reading, parts in checked:
                 for pod, energy_j in parts.items():
-                    key = gpu_attributes(node, reading.gpu_id, pod)
+                    key = gpu_attributes(node, reading.gpu_id, pod, name=reading.name)
                     self._energy_j[key] = self._energy_j.get(key, 0.0) + energy_j
                     if pod is not None and energy_j > 0:
                         self._pod_seen[key] = now
                 if reading.power_w is not None and math.isfinite(reading.power_w):
-                    self._power_w[gpu_attributes(node, reading.gpu_id)] = reading.power_w
+                    self._power_w[gpu_attributes(node, reading.gpu_id, name=reading.name)] = reading.power_w
             self._expire_pods(now)
 
-    def record_states(self, node: str, states: Mapping[str, str]) -> None:
-        """Each GPU's metering state (GPU UUID → one of `METER_STATES`), as of the poll just made."""
+    def record_states(self, node: str, states: Mapping[str, str], names: Mapping[str, str] | None = None) -> None:
+        """Each GPU's metering state (GPU UUID → one of `METER_STATES`), as of the poll just made; `names`: GPU
+        UUID → `hw.name`."""
         with self._lock:
             for gpu_id, state in states.items():
+                name = (names or {}).get(gpu_id, "")
                 for candidate in METER_STATES:
-                    attributes = (*gpu_attributes(node, gpu_id), (METER_STATE, candidate))
+                    attributes = (*gpu_attributes(node, gpu_id, name=name), (METER_STATE, candidate))
                     self._states[attributes] = 1.0 if candidate == state else 0.0
 
     def _expire_pods(self, now: float) -> None:
