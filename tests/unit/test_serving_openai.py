@@ -158,3 +158,29 @@ def test_logit_bias_and_penalties(model_and_client: tuple[Transformer, openai.Op
     out = client.completions.create(model="tiny", prompt="1+1=", max_tokens=6, logit_bias={forced: 100},
                                     frequency_penalty=2.0, presence_penalty=2.0)  # fmt: skip
     assert out.choices[0].text == "777777"  # a bias of 100 outweighs penalties of at most 2 + 2 × 5
+
+
+def test_streams_of_several_choices(model_and_client: tuple[Transformer, openai.OpenAI]) -> None:
+    model, client = model_and_client
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "copy:abc|"}]
+    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, n=3, stream=True,
+                                            stream_options={"include_usage": True})  # fmt: skip
+    texts: dict[int, str] = {}
+    reasons: dict[int, str | None] = {}
+    chunks = list(stream)
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            reasons[choice.index] = choice.finish_reason or reasons.get(choice.index)
+    greedy = greedy_text(model, "copy:abc|", 6)
+    assert texts == {0: greedy, 1: greedy, 2: greedy} and all(reasons.values())
+    usage, ids = chunks[-1].usage, CODEC.encode_prompt("copy:abc|")
+    generated = len(list(generate(model, ids, 6, eos=CODEC.eos)))
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (len(ids), 3 * generated)
+    completions = list(client.completions.create(model="tiny", prompt=["1+1=", "copy:ab|"], max_tokens=5,
+                                                 stream=True))  # fmt: skip
+    by_index: dict[int, str] = {}
+    for piece in completions:
+        for c in piece.choices:
+            by_index[c.index] = by_index.get(c.index, "") + c.text
+    assert by_index == {0: greedy_text(model, "1+1=", 5), 1: greedy_text(model, "copy:ab|", 5)}
