@@ -14,11 +14,13 @@ if [[ ! -x "$venv/bin/python" ]]; then
   "$python" -m venv "$venv"
 fi
 stamp="$venv/.moeops-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# The images' lock (images/constraints.txt, hack/lock_images.py) pins the dev venv too: tests run the versions
+# the images ship.
+want=$(cat pyproject.toml images/constraints.txt | sha256sum | cut -d' ' -f1)
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "bootstrap: installing moeops and its dev dependencies"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e ".[dev]"
+  "$venv/bin/python" -m pip install --quiet -e ".[dev]" --constraint images/constraints.txt
   echo "$want" >"$stamp"
 fi
 
