@@ -98,15 +98,17 @@ def test_a_counter_reading_a_little_back_is_jitter_not_a_reset_fake_nvml(tmp_pat
 
 
 def test_a_driver_reload_with_a_five_second_outage_is_a_reported_gap_estimated_from_power_fake_nvml(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Before: the counter restarted from 0 during the outage and the 2.5 s before the reset (1.5 kJ at 600 W) were
     lost, with no gap in the report."""
     trace = Trace.steady(600.0)
     gpu = FakeGpu(G_TRAIN, trace, resets_at_s=(12.5,))
     outage = [Fault(call, 10.0, 15.0, fake_nvml.NVML_ERROR_UNKNOWN) for call in (COUNTER_CALL, POWER_CALL)]
-    _, source, deltas, states = replay(tmp_path, gpu, 30.0, outage, watch=12.0)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _, source, deltas, states = replay(tmp_path, gpu, 30.0, outage, watch=12.0)
     report = source._reader.report()[0].energy
+    assert [r.getMessage() for r in caplog.records if "not measured" in r.getMessage()]  # every gap is logged
     assert report.counter_resets == 1 and report.gaps == 1
     assert 5.0 <= report.gap_s <= 7.5  # the outage, to the first good read after it (backoff: within 3.2 s)
     assert total(deltas) == pytest.approx(trace.energy_j(30.0), rel=0.005)

@@ -174,6 +174,22 @@ def test_each_gpus_meter_state_is_a_metric_and_a_lost_gpu_shows_lost(wired: Any,
     assert len(states) == 2 * 3  # every state of every GPU, 0 but for the current one
 
 
+def test_a_gpu_outage_with_a_counter_reset_is_exported_as_its_gap_and_estimate(wired: Any, tmp_path: Path) -> None:
+    telemetry, reader = wired
+    fake_gpus = [FakeGpu(G_FREE, Trace.steady(80.0)), FakeGpu(G_TRAIN, Trace.steady(250.0), resets_at_s=(8.0,))]
+    outage = [Fault(call, 5.0, 12.0, fake_nvml.NVML_ERROR_GPU_IS_LOST, gpu=1)
+              for call in ("nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetPowerUsage")]  # fmt: skip
+    source, nvml = node_source(tmp_path, fake_gpus, telemetry)
+    nvml.faults = outage
+    run_agent(source, nvml, tmp_path, 20.0)
+    gaps = {dict(attrs)["hw.id"]: value for attrs, value in points(reader, "moeops.carbon.meter.gap").items()}
+    estimated = {dict(a)["hw.id"]: v for a, v in points(reader, "moeops.carbon.meter.estimated").items()}
+    assert gaps[G_FREE] == 0.0 and estimated[G_FREE] == 0.0
+    assert 7.0 <= gaps[G_TRAIN] <= 12.0  # the outage, to the first read after it (backoff)
+    # Power stood in from 5 s to the first read after the outage; what the counter counted since its reset is measured.
+    assert 250.0 * 2.5 <= estimated[G_TRAIN] <= 250.0 * gaps[G_TRAIN]
+
+
 def test_cgroup_fallback_without_the_pod_list_charges_unresolved_pods(wired: Any, tmp_path: Path) -> None:
     telemetry, reader = wired
     fake_gpus = [FakeGpu(G_TRAIN, Trace.steady(250.0), sm_percent={PIDS["c"]: 90.0})]

@@ -296,11 +296,24 @@ class NvmlReader:
                 power_unsupported=device.health[POWER].unsupported,
                 counter_given_up=device.health[COUNTER].given_up,
             )
+            gaps_before, gap_s_before, estimated_before = (
+                device.meter.gaps,
+                device.meter.gap_s,
+                device.meter.estimated_j,
+            )
             delta_j = device.meter.add(sample)
+            if device.meter.gaps > gaps_before:
+                self._log_gap(device, device.meter.gap_s - gap_s_before, device.meter.estimated_j - estimated_before)
             if device.mig is not None and delta_j is not None:
                 device.mig.add(delta_j, (mig_weights or {}).get(device.info.uuid, {}))
         power_w = {d.info.uuid: w for d in self._devices if (w := d.meter.last_power_w) is not None}
         return self._interval.observe(power_w)
+
+    def _log_gap(self, device: _Device, gap_s: float, estimated_j: float) -> None:
+        """Every span the energy of a GPU was not measured over (a counter reset, an outage, a given-up counter)."""
+        logger.warning("GPU %d (%s): %.3g s not measured (counter reset or NVML outage), %.4g J estimated from power "
+                       "(%d gaps so far)", device.info.index, device.info.uuid, gap_s, estimated_j,
+                       device.meter.gaps)  # fmt: skip
 
     def remaining_s(self) -> float:
         """Seconds until the next poll is due."""

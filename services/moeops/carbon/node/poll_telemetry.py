@@ -27,7 +27,7 @@ from moeops.carbon.meter.attribution import UNRESOLVED_NAMESPACE, PodInfo, Split
 from moeops.carbon.meter.energy import IDLE
 from moeops.carbon.meter.nvml_reader import GpuEnergy, NvmlReader
 from moeops.carbon.node.node_source import Consumer
-from moeops.carbon.node.telemetry import CarbonTelemetry, GpuReading, PodRef
+from moeops.carbon.node.telemetry import CarbonTelemetry, GpuReading, MeterHealth, PodRef
 from moeops.carbon.podresources.devices import ContainerRef
 
 
@@ -86,7 +86,9 @@ class PollTelemetry:
 
     def __call__(self, splits: Mapping[str, Split[Consumer]], pods_by_uid: Mapping[str, PodInfo]) -> None:
         report = self._reader.report()
-        names = {gpu.gpu.uuid: gpu.gpu.name for gpu in report}
-        self._telemetry.record_states(self._node, {gpu.gpu.uuid: gpu.state.value for gpu in report}, names)
+        self._telemetry.record_states(self._node, [
+            MeterHealth(gpu.gpu.uuid, gpu.state.value, gpu.energy.gap_s, gpu.energy.estimated_j, gpu.gpu.name)
+            for gpu in report
+        ])  # fmt: skip
         readings = gpu_readings(report, self._previous_j, splits, pods_by_uid)
         self._telemetry.record_poll(self._node, readings)

@@ -19,6 +19,9 @@ The instruments:
     moeops.carbon.meter.state Gauge, 1     per GPU (hw.id, hw.type, k8s.node.name) and moeops.carbon.meter.state
                                             (metered, degraded, lost): 1 for the GPU's state, 0 for the others
                                             (`read_health.MeterState`: a given-up NVML reading shows here)
+    moeops.carbon.meter.gap   Counter, s   per GPU: time its energy was not measured (resets, outages, given-up
+                                            counter), cumulative
+    moeops.carbon.meter.estimated Counter, J per GPU: the part of hw.energy estimated over those gaps
     moeops.carbon.emissions   Counter, g   cumulative gCO2e per workload, stage and intensity source:
                                             k8s.namespace.name, moeops.workload.kind, moeops.workload.name,
                                             moeops.stage, moeops.carbon.accounting.intensity.source
@@ -59,6 +62,8 @@ HW_POWER = "hw.power"
 EMISSIONS = "moeops.carbon.emissions"
 METER_STATE = "moeops.carbon.meter.state"
 METER_STATES = ("metered", "degraded", "lost")
+METER_GAP = "moeops.carbon.meter.gap"
+METER_ESTIMATED = "moeops.carbon.meter.estimated"
 
 HW_ID = "hw.id"
 HW_TYPE = "hw.type"
@@ -117,6 +122,17 @@ class GpuReading:
         return parts
 
 
+@dataclass(frozen=True)
+class MeterHealth:
+    """One GPU's metering as of a poll: its state (one of `METER_STATES`) and its gaps so far (cumulative)."""
+
+    gpu_id: str
+    state: str
+    gap_s: float = 0.0
+    estimated_j: float = 0.0
+    name: str = ""
+
+
 def carbon_meter() -> Meter:
     """The carbon meter of the process's global MeterProvider (the API's no-op until the process configures one)."""
     try:
@@ -155,6 +171,8 @@ class CarbonTelemetry:
         self._power_w: dict[Attributes, float] = {}
         self._grams: dict[Attributes, float] = {}
         self._states: dict[Attributes, float] = {}
+        self._gap_s: dict[Attributes, float] = {}
+        self._estimated_j: dict[Attributes, float] = {}
         meter.create_observable_counter(
             HW_ENERGY, [self._observe(self._energy_j)], unit="J", description="Energy consumed by the component."
         )
@@ -163,6 +181,12 @@ class CarbonTelemetry:
         )
         meter.create_observable_gauge(
             METER_STATE, [self._observe(self._states)], unit="1", description="The GPU's metering state (1: current)."
+        )
+        meter.create_observable_counter(
+            METER_GAP, [self._observe(self._gap_s)], unit="s", description="Time the GPU's energy was not measured."
+        )
+        meter.create_observable_counter(
+            METER_ESTIMATED, [self._observe(self._estimated_j)], unit="J", description="GPU energy estimated over gaps."
         )
         meter.create_observable_counter(
             EMISSIONS, [self._observe(self._grams)], unit="g", description="Emissions charged, grams CO2e."
@@ -184,15 +208,15 @@ class CarbonTelemetry:
                     self._power_w[gpu_attributes(node, reading.gpu_id, name=reading.name)] = reading.power_w
             self._expire_pods(now)
 
-    def record_states(self, node: str, states: Mapping[str, str], names: Mapping[str, str] | None = None) -> None:
-        """Each GPU's metering state (GPU UUID → one of `METER_STATES`), as of the poll just made; `names`: GPU
-        UUID → `hw.name`."""
+    def record_states(self, node: str, states: Iterable[MeterHealth]) -> None:
+        """Each GPU's metering state, and its gaps so far, as of the poll just made."""
         with self._lock:
-            for gpu_id, state in states.items():
-                name = (names or {}).get(gpu_id, "")
+            for health in states:
+                gpu = gpu_attributes(node, health.gpu_id, name=health.name)
                 for candidate in METER_STATES:
-                    attributes = (*gpu_attributes(node, gpu_id, name=name), (METER_STATE, candidate))
-                    self._states[attributes] = 1.0 if candidate == state else 0.0
+                    self._states[(*gpu, (METER_STATE, candidate))] = 1.0 if candidate == health.state else 0.0
+                self._gap_s[gpu] = max(health.gap_s, 0.0)
+                self._estimated_j[gpu] = max(health.estimated_j, 0.0)
 
     def _expire_pods(self, now: float) -> None:
         # Pods come and go, a node's GPUs stay: without this the series of every pod a node ever ran would be
