@@ -74,6 +74,10 @@ class RebalanceStatus(KubeModel):
     ranks_reporting: int | None = Field(default=None, ge=0, description="Ranks whose metrics reached the rebalancer.")
     last_step: int | None = Field(default=None, ge=0, description="Newest step the rebalancer has seen.")
     last_update: datetime | None = Field(default=None, description="When the rebalancer measured these figures.")
+    refused_epoch: int | None = Field(
+        default=None, ge=0, description="The newest plan the workers refused a part of; unset when they refused none."
+    )
+    refusal: str | None = Field(default=None, description="Why the workers refused it (the trainer's words).")
 
 
 class MoETrainingJobStatus(KubeModel):

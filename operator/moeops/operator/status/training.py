@@ -199,6 +199,8 @@ def rebalance_status(report: RebalanceReport) -> dict[str, Any]:
         ranks_reporting=report.ranks_reporting,
         last_step=report.last_step,
         last_update=datetime.fromtimestamp(report.measured_at_unix_s, tz=UTC),
+        refused_epoch=report.refused_epoch,
+        refusal=report.refusal,
     ).to_wire()
 
 
