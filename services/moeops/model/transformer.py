@@ -136,6 +136,15 @@ class ModelOutput:
     """Each block's output (B, S, D), when asked for: the inputs of early-exit heads."""
 
 
+def init_std(name: str, dims: int, layers: int) -> float | None:
+    """The initial standard deviation of parameter `name` (truncated normal), None for norms (they keep their
+    ones). The trainer initialises its shards with it too (moeops.trainer.init_weights)."""
+    if dims < 2:
+        return None
+    is_output = name.endswith(("wo.weight", "w2.weight", "w2_EDF"))
+    return 0.02 / math.sqrt(2 * layers) if is_output else 0.02
+
+
 class Transformer(nn.Module):
     rope_SF2: Tensor
 
@@ -150,13 +159,10 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 style: N(0, 0.02), output projections scaled down by depth."""
-        std, out_std = 0.02, 0.02 / math.sqrt(2 * self.arch.layers)
+        """GPT-2 style: N(0, 0.02), output projections scaled down by depth (`init_std`)."""
         for name, p in self.named_parameters():
-            if p.dim() < 2:
-                continue  # norms keep their ones
-            is_output = name.endswith(("wo.weight", "w2.weight", "w2_EDF"))
-            nn.init.trunc_normal_(p, std=out_std if is_output else std)
+            if (std := init_std(name, p.dim(), self.arch.layers)) is not None:
+                nn.init.trunc_normal_(p, std=std)
 
     def forward(self, tokens_BS: Tensor, *, return_hidden: bool = False) -> ModelOutput:
         x_BSD = self.embedding(tokens_BS)

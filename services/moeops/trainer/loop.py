@@ -36,6 +36,7 @@ from .expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_expert
 from .expert_placement import move_experts
 from .faults import delay_sequences
 from .grads import clip_grad_norm, sharded_params, sync_sharded_grads
+from .init_weights import materialise
 from .metrics import MetricsSink, StepMetrics
 from .parallelize import parallelize
 from .plans import PlanChanges, StageLayers, TrainerShape, even_shares, first_row, splits_layers
@@ -141,25 +142,26 @@ class Trainer:
             self.step = checkpoint.load(found[1], self.model, self.optimizer, world, self.sharding)
 
     def _build(self, stage_layers: StageLayers) -> None:
-        """This rank's part of the model (pipeline stage, expert and tensor shards, FSDP2), its step runner and
-        optimizer, from the seed's initial weights (a checkpoint load follows when resuming)."""
+        """This rank's part of the model (pipeline stage, expert and tensor shards, FSDP2: built on the meta
+        device, allocated once sharded), its step runner and optimizer, from the seed's initial weights (a
+        checkpoint load follows when resuming)."""
         config, world, topo = self.config, self.world, self.topo
         training, plan, arch, micro = config.training, config.plan, config.architecture, self.micro
         self.stage_layers = stage_layers
         start, stop = stage_layers[topo.pp.rank]
-        torch.manual_seed(training.seed)  # the same full model on every rank, then each keeps its part
-        full = Transformer(arch)
-        self.model = TransformerStage(full, range(start, stop), first=topo.first_stage, last=topo.last_stage).to(
-            world.device
-        )
-        if self.sequence_delay_s > 0:
-            delay_sequences(self.model, self.sequence_delay_s)
+        torch.manual_seed(training.seed)
+        with torch.device("meta"):  # no storage: this rank allocates only what it holds (init_weights.py)
+            full = Transformer(arch)
+        self.model = TransformerStage(full, range(start, stop), first=topo.first_stage, last=topo.last_stage)
         self.model.set_loss_weights(training.aux_loss_coef / micro, training.z_loss_coef / micro)
         self.sharding: ExpertStateSharding | None = None
         if topo.ep.active:
             shard_experts(self.model, topo.ep, self.config.rebalance.expert_spare_slots)
             self.sharding = ExpertStateSharding(self.model, topo.ep)
         gathers = parallelize(self.model, topo, plan)  # TP → activation checkpointing → FSDP2
+        materialise(self.model, arch, training.seed, world.device, topo.ep.rank if topo.ep.active else None)
+        if self.sequence_delay_s > 0:
+            delay_sequences(self.model, self.sequence_delay_s)
         self.sharded = sharded_params(self.model, topo)
         precision = training.precision
         autocast = functools.partial(autocast_for, precision, world.device)
