@@ -145,17 +145,37 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """The first problem of a request body the schema refuses, and the field it is about (None: the body)."""
+    """The first problem of a request body the schema refuses, and the field it is about (None: the body).
+
+    A field that takes one of several types (`stop`: a string or a list of them) fails once per type; the problem
+    named is the one of the type the client sent (a list's, for a list), and pydantic's tags for the types
+    ("constrained-str", "list[int]") are left out of the field's path."""
     errors = list(exc.errors())
     if not errors:
         return "invalid request body", None
-    first = errors[0]
-    if first.get("type") == "json_invalid":
+    if errors[0].get("type") == "json_invalid":
+        first = errors[0]
         return f"malformed JSON body: {first.get('ctx', {}).get('error', first.get('msg'))}", None
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    body = exc.body if isinstance(exc.body, dict) else {}
+    first = next((e for e in errors if _of_the_sent_type(e.get("loc", ()), body)), errors[0])
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _type_tag(p)]
     where = ".".join(loc) or "body"
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return f"{where}: {first.get('msg', 'invalid')}{more}", where
+
+
+def _type_tag(part: object) -> bool:
+    """pydantic's name of a union member in an error's path: no field of ours has brackets, dashes or these names."""
+    return isinstance(part, str) and ("[" in part or "-" in part or part in ("str", "int", "float", "bool"))
+
+
+def _of_the_sent_type(loc: tuple[int | str, ...], body: dict[str, Any]) -> bool:
+    parts = [p for p in loc if p != "body"]
+    tags = [p for p in parts if _type_tag(p)]
+    if not parts or not tags:
+        return True
+    sent_list = isinstance(body.get(str(parts[0])), list)
+    return str(tags[0]).startswith("list[") == sent_list
 
 
 def prometheus_text(state: ServerState) -> str:
