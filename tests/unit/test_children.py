@@ -157,7 +157,12 @@ def test_workers_get_the_bus_whenever_the_operator_has_one() -> None:
 
 def test_carbon_reaches_the_workers_config_without_a_pue() -> None:
     config = json.loads(build(job_spec(carbon={"enabled": False, "region": "DE"}))["ConfigMap"]["data"]["config.json"])
-    assert config["carbon"] == {"enabled": False, "region": "DE"}  # the launcher's meter reads `enabled`
+    gate_defaults = {"hysteresis": 20.0, "minDwellSeconds": 1800, "onFeedLoss": "run"}
+    assert config["carbon"] == {
+        "enabled": False,
+        "region": "DE",
+        **gate_defaults,
+    }  # the launcher's meter reads `enabled`
     with pytest.raises(ValueError, match="pue"):  # the data centre's, set on the aggregator: not a job field
         job_spec(carbon={"pue": 1.2})
 
