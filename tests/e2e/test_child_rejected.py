@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from admission_policy import in_force, refusing
 from harness import Cluster, OperatorProcess, wait_for
 from manifests import merge, training_job
 from test_training_lifecycle import PLURAL, wait_condition
@@ -22,57 +23,10 @@ NAME = "refused"
 POLICY_MESSAGE = "the cluster's policy refuses this worker Job"
 
 
-def policy(namespace: str) -> list[dict[str, Any]]:
-    name = f"refuse-{namespace}"
-    rule = {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]}
-    label = "'moeops.dev/training-job'"
-    expression = (f"!has(object.metadata.labels) || !({label} in object.metadata.labels)"
-                  f" || object.metadata.labels[{label}] != '{NAME}'")  # fmt: skip
-    return [
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [rule]},
-                "validations": [{"expression": expression, "message": POLICY_MESSAGE, "reason": "Invalid"}],
-            },
-        },
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": name},
-            "spec": {
-                "policyName": name,
-                "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
-            },
-        },
-    ]
-
-
-def probe_job(namespace: str) -> dict[str, Any]:
-    container = {"name": "c", "image": "busybox"}
-    template = {"spec": {"restartPolicy": "Never", "containers": [container]}}
-    meta = {"name": "probe", "namespace": namespace, "labels": {"moeops.dev/training-job": NAME}}
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"template": template}}
-
-
 @pytest.fixture
 def refusing_policy(cluster: Cluster, namespace: str) -> Iterator[list[dict[str, Any]]]:
-    objects = policy(namespace)
-    for obj in objects:
-        cluster.kubectl.apply(obj)
-
-    def in_force() -> bool:
-        result = cluster.kubectl.apply(probe_job(namespace), "--dry-run=server", check=False)
-        return result.returncode != 0 and POLICY_MESSAGE in result.stderr
-
-    wait_for("the admission policy in force", in_force, timeout=30)
-    yield objects
-    for obj in objects:
-        cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found", check=False)
+    with refusing(cluster, namespace, "jobs", NAME, POLICY_MESSAGE) as objects:
+        yield objects
 
 
 def rejected_events(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
@@ -105,8 +59,7 @@ def test_a_refused_worker_job_is_a_condition_and_one_warning(
     # The policy lifted, the next edit goes through and clears the condition.
     for obj in refusing_policy:
         cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"])
-    wait_for("the policy lifted", lambda: cluster.kubectl.apply(probe_job(namespace), "--dry-run=server",
-                                                               check=False).returncode == 0)  # fmt: skip
+    wait_for("the policy lifted", lambda: not in_force(cluster, namespace, "jobs", NAME, POLICY_MESSAGE))
     cluster.kubectl.apply(merge(manifest, {"spec": {"runPolicy": {"backoffLimit": 3}}}))
     wait_for("the worker Job", lambda: cluster.read("Job", namespace, NAME))
     cleared = wait_condition(cluster, namespace, NAME, "ChildRejected", status="False")

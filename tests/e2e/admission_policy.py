@@ -1,0 +1,78 @@
+"""A ValidatingAdmissionPolicy that refuses one training job's objects of one kind, as a cluster's policy engine
+would: what the CRD cannot see, for the tests of what the operator shows when a child (or a pod) is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from harness import Cluster, wait_for
+
+LABEL = "moeops.dev/training-job"
+
+
+def policy(namespace: str, resource: str, job: str, message: str) -> list[dict[str, Any]]:
+    """The policy and its binding: CREATE of `resource` (batch/v1 jobs or v1 pods) labelled for `job` is refused."""
+    name = f"refuse-{resource}-{namespace}"
+    group, version = ("batch", "v1") if resource == "jobs" else ("", "v1")
+    rule = {"apiGroups": [group], "apiVersions": [version], "operations": ["CREATE"], "resources": [resource]}
+    key = f"'{LABEL}'"
+    expression = (f"!has(object.metadata.labels) || !({key} in object.metadata.labels)"
+                  f" || object.metadata.labels[{key}] != '{job}'")  # fmt: skip
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [rule]},
+                "validations": [{"expression": expression, "message": message, "reason": "Invalid"}],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}},
+            },
+        },
+    ]
+
+
+def probe(namespace: str, resource: str, job: str) -> dict[str, Any]:
+    """An object the policy refuses once it is in force (applied with --dry-run=server)."""
+    # Restricted Pod Security (the test namespaces enforce it) would refuse a plain pod before the policy is asked.
+    secure = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    container = {"name": "c", "image": "busybox", "securityContext": secure}
+    pod = {"securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+           "containers": [container]}  # fmt: skip
+    meta = {"name": "probe", "namespace": namespace, "labels": {LABEL: job}}
+    if resource == "pods":
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod}
+    template = {"spec": {"restartPolicy": "Never", **pod}}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": {"template": template}}
+
+
+def in_force(cluster: Cluster, namespace: str, resource: str, job: str, message: str) -> bool:
+    result = cluster.kubectl.apply(probe(namespace, resource, job), "--dry-run=server", check=False)
+    return result.returncode != 0 and message in result.stderr
+
+
+@contextmanager
+def refusing(cluster: Cluster, namespace: str, resource: str, job: str, message: str) -> Iterator[list[dict[str, Any]]]:
+    """The policy in force for the duration (the API server takes a moment to load it); removed after."""
+    objects = policy(namespace, resource, job, message)
+    for obj in objects:
+        cluster.kubectl.apply(obj)
+    try:
+        wait_for("the admission policy in force", lambda: in_force(cluster, namespace, resource, job, message),
+                 timeout=30)  # fmt: skip
+        yield objects
+    finally:
+        for obj in objects:
+            cluster.kubectl("delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found", check=False)
