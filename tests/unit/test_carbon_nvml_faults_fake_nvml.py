@@ -116,9 +116,10 @@ def test_a_driver_reload_with_a_five_second_outage_is_a_reported_gap_estimated_f
     assert estimated(deltas) == pytest.approx(1500.0, abs=600.0 * 1.0)
     assert estimated(deltas) == pytest.approx(report.estimated_j, rel=1e-9)
     assert states[12.0] is MeterState.DEGRADED and states[29.0] is MeterState.METERED
-    # The outage's energy arrives in one commit, whose idle share is one interval's: the job gets the rest of it.
+    # The outage's energy arrives in one commit; its idle share is the idle power over the time it covers (the whole
+    # outage), not over that commit's second: the job gets its draw above idle.
     train = math.fsum(d.gpu_energy_j for d in deltas if d.key == TRAIN_SMALL)
-    assert (600.0 - IDLE_W) * 30.0 <= train <= (600.0 - IDLE_W) * 30.0 + IDLE_W * 7.5
+    assert train == pytest.approx((600.0 - IDLE_W) * 30.0, rel=0.005)
 
 
 def test_a_gpu_lost_for_thirty_seconds_is_given_up_reported_lost_and_measured_again_fake_nvml(

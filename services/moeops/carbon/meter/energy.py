@@ -83,6 +83,9 @@ class EnergyReport:
     rejected_deltas: int = 0
     """Counter deltas above `max_power_w` × elapsed time, replaced by the power integral or dropped."""
     last_power_w: float | None = None
+    covered_s: float = 0.0
+    """The time `energy_j` covers, from the first reading: it stops while a counter read fails and jumps when the
+    counter catches up, so energy per covered time is a power whatever the outages (idle power × it is idle)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,7 @@ class GpuEnergyMeter:
     """Energy booked by power while the counter is given up (in `energy_j`, `estimated_j`)."""
     _stand_in_gap_s: float = field(default=0.0, init=False)
     _stand_in_from_s: float = field(default=0.0, init=False)
+    _first_s: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._counter = CounterAccumulator(self.limits.max_power_w)
@@ -198,6 +202,8 @@ class GpuEnergyMeter:
         is negative only where a returning counter withdraws a stand-in estimate that was too high."""
         self.counter_unsupported |= sample.counter_unsupported
         self.power_unsupported |= sample.power_unsupported
+        if self._first_s is None and (sample.counter_mj is not None or sample.power_mw is not None):
+            self._first_s = sample.t_s
         known_w = self.last_power_w
         power_before = (self._power.total_j, self._power.last_t_s)
         step = self._power.add(sample.t_s, sample.power_mw / 1000.0) if sample.power_mw is not None else None
@@ -324,7 +330,21 @@ class GpuEnergyMeter:
             counter_jitter=self._counter.jitter,
             rejected_deltas=self.rejected_deltas,
             last_power_w=self.last_power_w,
+            covered_s=self.covered_s,
         )
+
+    @property
+    def covered_s(self) -> float:
+        """See `EnergyReport.covered_s`: up to the counter's baseline, the stand-in's end, or the last power reading."""
+        if self._first_s is None:
+            return 0.0
+        if self._standing_in:
+            until_s: float | None = self._stand_in_from_s
+        elif self._counter.last_t_s is not None:
+            until_s = self._counter.last_t_s
+        else:
+            until_s = self._power.last_t_s
+        return max((until_s or self._first_s) - self._first_s, 0.0)
 
 
 IDLE = "idle"

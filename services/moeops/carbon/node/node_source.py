@@ -170,9 +170,9 @@ class NodeSource:
         self._idle: dict[str, IdlePower] = {}
         self._gpu_total_j: dict[str, float] = {}
         self._gpu_estimated_j: dict[str, float] = {}
+        self._gpu_covered_s: dict[str, float] = {}
         self.meter_states: dict[str, MeterState] = {}
         self._meter = DeltaId(source=f"{settings.node}/{METER}", epoch=0, sequence=0)  # the spool stamps the ids
-        self._last_s: float | None = None
         self.fallback_polls = 0  # polls attributed through cgroups: the kubelet's map was unavailable
 
     def sample(self) -> None:
@@ -182,30 +182,28 @@ class NodeSource:
     def __call__(self) -> list[EnergyDelta]:
         self.sample()
         now_s = self._clock()
-        dt_s = 0.0 if self._last_s is None else max(now_s - self._last_s, 0.0)
-        self._last_s = now_s
-        intervals, mig_j, gpus = self._gpu_intervals(dt_s)
+        intervals, mig_j, gpus = self._gpu_intervals()
         self._guard("pods", lambda: self._refresh_pods(now_s, force=False), None)
         holders = self._holders(now_s)
         sm_by_device, owner, found = self._activity(now_s, intervals, holders)
         assigned: Mapping[str, Sequence[Consumer]] = holders if holders is not None else found
         gpu = split_node(intervals, assigned, sm_by_device, owner)
-        for uuid, (energy_j, busy_mig) in gpus.items():  # learned after the split: this interval used the old figure
+        for uuid, (energy_j, covered_s, busy_mig) in gpus.items():  # after the split: this call used the old figure
             idle = not busy_mig and not assigned.get(uuid) and not sm_by_device.get(uuid)
-            self._idle.setdefault(uuid, IdlePower()).add(energy_j, dt_s, idle=idle)
+            self._idle.setdefault(uuid, IdlePower()).add(energy_j, covered_s, idle=idle)
         self._guard("telemetry", partial(self._on_split, gpu.devices, self._pods.by_uid), None)
         gpu_j = self._by_key(gpu.consumers_j, math.fsum([gpu.idle_j, gpu.unowned_j, mig_j]))
         estimated_j = math.fsum(self._estimated_since_last())
         cpu_j, estimated = self._cpu_split(now_s)
         return self._deltas(gpu_j, cpu_j, estimated, estimated_j)
 
-    def _gpu_intervals(self, dt_s: float) -> tuple[list[GpuInterval], float, dict[str, tuple[float, bool]]]:
+    def _gpu_intervals(self) -> tuple[list[GpuInterval], float, dict[str, tuple[float, float, bool]]]:
         """Each GPU's interval (idle power learned or configured), a MIG parent's busy instances' instead
         (`mig.mig_intervals`); the MIG parents' energy of no instance (the node's); and per GPU its energy and
-        whether a MIG instance was busy (for `IdlePower`)."""
+        the time it covers and whether a MIG instance was busy (for `IdlePower`)."""
         intervals: list[GpuInterval] = []
         mig_j = 0.0
-        gpus: dict[str, tuple[float, bool]] = {}
+        gpus: dict[str, tuple[float, float, bool]] = {}
         for gpu in self._reader.report():
             uuid = gpu.gpu.uuid
             self.meter_states[uuid] = gpu.state
@@ -216,17 +214,22 @@ class NodeSource:
             # total passes the last one again: the deltas' sum stays the meter's.
             energy_j = max(total_j - self._gpu_total_j.get(uuid, 0.0), 0.0)
             self._gpu_total_j[uuid] = max(total_j, self._gpu_total_j.get(uuid, 0.0))
+            # The time this energy covers, not the wall time since the last call: energy a counter catches up after
+            # an outage covers the outage, and its idle share is the idle power over all of it.
+            covered_s = max(gpu.energy.covered_s - self._gpu_covered_s.get(uuid, 0.0), 0.0)
+            self._gpu_covered_s[uuid] = max(gpu.energy.covered_s, self._gpu_covered_s.get(uuid, 0.0))
+            interval_s = covered_s
             idle_w = self.settings.gpu_idle_power_w
             if idle_w is None:
                 idle_w = self._idle.setdefault(uuid, IdlePower()).power_w() or 0.0
             if gpu.gpu.mig_enabled:
-                instances, node_j = mig_intervals(self._mig_deltas.delta(uuid, gpu.mig_j), dt_s, idle_w)
+                instances, node_j = mig_intervals(self._mig_deltas.delta(uuid, gpu.mig_j), interval_s, idle_w)
                 intervals += instances
                 mig_j += node_j
-                gpus[uuid] = (energy_j, bool(instances))
+                gpus[uuid] = (energy_j, interval_s, bool(instances))
             else:
-                intervals.append(GpuInterval(uuid, energy_j, dt_s, idle_w))
-                gpus[uuid] = (energy_j, False)
+                intervals.append(GpuInterval(uuid, energy_j, interval_s, idle_w))
+                gpus[uuid] = (energy_j, interval_s, False)
         return intervals, mig_j, gpus
 
     def _estimated_since_last(self) -> list[float]:
