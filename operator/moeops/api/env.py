@@ -50,6 +50,13 @@ NATS_TLS_CA = "MOEOPS_NATS_TLS_CA"  # path of the CA bundle that signed the serv
 NATS_TLS_CERT = "MOEOPS_NATS_TLS_CERT"  # path of a client certificate (mutual TLS), with NATS_TLS_KEY
 NATS_TLS_KEY = "MOEOPS_NATS_TLS_KEY"
 
+# Health endpoints (/healthz, /readyz) of the long-running services (the rebalancer, the carbon aggregator and
+# agent: `moeops.bus.health`): bind address (default loopback; the chart sets the pod IP), port (default 0: any
+# free one, logged) and how long a main loop may make no progress before /healthz fails (default per service).
+HEALTH_ADDR = "MOEOPS_HEALTH_ADDR"
+HEALTH_PORT = "MOEOPS_HEALTH_PORT"
+HEALTH_STALE_S = "MOEOPS_HEALTH_STALE_S"
+
 # Set by the operator on every server pod of an InferenceService (and POD_NAME, NATS_URL, NATS_TOKEN above when
 # the operator has a bus: the server reports its load for the autoscaler, `moeops.serving.load_reporter`).
 SERVING_CONFIG = "MOEOPS_SERVING_CONFIG"

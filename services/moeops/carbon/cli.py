@@ -18,6 +18,8 @@ Settings come from the environment (NATS: MOEOPS_NATS_*, see `moeops.bus.connect
     MOEOPS_CARBON_CGROUP_ROOT   the cgroup v2 tree holding the pods' `kubepods` cgroups (default: the cgroup2 mount
                                 of /proc/self/mountinfo, /sys/fs/cgroup or, on a hybrid host, /sys/fs/cgroup/unified)
     MOEOPS_CARBON_WATTS_PER_CPU the CPU estimate's watts per logical CPU where RAPL is not readable (default 5)
+    MOEOPS_HEALTH_ADDR, MOEOPS_HEALTH_PORT, MOEOPS_HEALTH_STALE_S  (or --health-addr, --health-port,
+                                --health-stale-s) /healthz and /readyz of either: `moeops.bus.health`
 
 The agent attributes energy to pods (`node_source.NodeSource`): the kubelet's device map, or, while its socket is
 absent or silent, the GPU processes' cgroups (the agent's pod needs hostPID); pod labels from `list pods` on this
@@ -48,9 +50,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+from nats.aio.client import Client
+
 from moeops import telemetry as otel
 from moeops.api import env
 from moeops.bus.connection import BusConfigError, ConnectionOptions
+from moeops.bus.health import HealthSettings, add_health_arguments, health_settings
+from moeops.bus.health_server import HealthServer, jetstream_reachable, nats_connected, started
 from moeops.bus.subjects import CARBON_BUCKET, CARBON_STREAM
 from moeops.carbon.accounting.aggregator import CarbonAggregator
 from moeops.carbon.accounting.intensity import default_static_table
@@ -206,18 +212,36 @@ def _setting(environ: Mapping[str, str], name: str, default: str | None = None) 
     return value
 
 
-def _serve(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+def _serve(run: Callable[[asyncio.Event], Awaitable[None]], health: HealthServer) -> None:
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run(stop)
+        async with health:
+            await run(stop)
 
     asyncio.run(serve())
 
 
-def run_agent(environ: Mapping[str, str]) -> None:
+def agent_health(agent: NodeAgent, settings: HealthSettings) -> HealthServer:
+    """/readyz: the sender connected; /healthz: the poller polls (and the event loop is not blocked by a read)."""
+    return HealthServer(settings, "carbon agent", [agent.heartbeat], [nats_connected(lambda: agent.client)])
+
+
+def aggregator_health(aggregator: CarbonAggregator, settings: HealthSettings) -> HealthServer:
+    """/readyz: connected, the consumer in place, the stream and the bucket answer; /healthz: the main loop goes
+    round."""
+
+    def client() -> Client | None:
+        return aggregator.client
+
+    return HealthServer(settings, "carbon aggregator", [aggregator.heartbeat], [
+        nats_connected(client), started(aggregator.ready, "carbon consumer"),
+        jetstream_reachable(client, streams=[CARBON_STREAM], buckets=[CARBON_BUCKET])])  # fmt: skip
+
+
+def run_agent(environ: Mapping[str, str], health: HealthSettings | None = None) -> None:
     node = _setting(environ, env.NODE_NAME)
     region = _setting(environ, CARBON_REGION)
     settings = AgentSettings(poll_interval_s=float(_setting(environ, CARBON_POLL_S, "1")))
@@ -233,7 +257,8 @@ def run_agent(environ: Mapping[str, str]) -> None:
             kubelet = stack.enter_context(PodResourcesClient(socket))
             logger.info("carbon agent on %s: %d GPU(s)", node, len(reader.gpus))
             source = attributed_source(reader, kubelet, environ, node, region, CarbonTelemetry(carbon_meter()))
-        _serve(NodeAgent(source, spool, options, settings).run)
+        agent = NodeAgent(source, spool, options, settings)
+        _serve(agent.run, agent_health(agent, health or HealthSettings.from_env(environ)))
 
 
 def make_aggregator(environ: Mapping[str, str], telemetry: CarbonTelemetry | None = None) -> CarbonAggregator:
@@ -244,24 +269,28 @@ def make_aggregator(environ: Mapping[str, str], telemetry: CarbonTelemetry | Non
     return CarbonAggregator(options, default_static_table(), pue=pue, on_totals=telemetry.record_totals)
 
 
-def run_aggregator(environ: Mapping[str, str]) -> None:
+def run_aggregator(environ: Mapping[str, str], health: HealthSettings | None = None) -> None:
     aggregator = make_aggregator(environ)
     logger.info("carbon aggregator: stream %s → ledger (PUE %s) → bucket %s", CARBON_STREAM, aggregator.ledger.pue,
                 CARBON_BUCKET)  # fmt: skip
-    _serve(aggregator.run)
+    _serve(aggregator.run, aggregator_health(aggregator, health or HealthSettings.from_env(environ)))
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    values = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description="moeops carbon accounting")
     parser.add_argument("command", choices=("agent", "aggregator"))
     parser.add_argument("--log-level", default="INFO")
+    try:
+        add_health_arguments(parser, values)
+    except ValueError as exc:
+        parser.error(str(exc))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    values = os.environ if environ is None else environ
     # OpenTelemetry (when OTEL_EXPORTER_OTLP_ENDPOINT is set), before the instruments are made on the global meter.
     otel_setup = otel.setup(f"carbon-{args.command}", environ=values)
     try:
-        (run_agent if args.command == "agent" else run_aggregator)(values)
+        (run_agent if args.command == "agent" else run_aggregator)(values, health_settings(args))
     except NvmlUnavailable as exc:
         print(f"moeops carbon agent: NVML is not available on this machine: {exc}", file=sys.stderr)
         raise SystemExit(EX_UNAVAILABLE) from None

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
 from moeops import telemetry
 from moeops.bus.connection import ConnectionOptions
+from moeops.bus.health import HealthSettings, add_health_arguments, health_settings
+from moeops.bus.health_server import HealthServer, nats_connected, started
 
 from .edge import RebalancerService
 from .jobs import JobSettings
@@ -35,7 +38,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help="least steps between the newest reported step and a plan's")  # fmt: skip
     every.add_argument("--min-samples", type=int, default=5, help="steps every rank reports before a plan")
     parser.add_argument("--log-level", default="INFO")
+    try:
+        add_health_arguments(parser, os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
     args = parser.parse_args(argv)
+    try:
+        health_settings(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     named = [args.namespace, args.job, args.global_batch]
     if any(value is not None for value in named) and not all(value is not None for value in named):
         parser.error("one job needs all of --namespace, --job and --global-batch")
@@ -61,21 +72,30 @@ def settings_from_args(args: argparse.Namespace) -> list[JobSettings]:
     ]
 
 
+def service_health(service: RebalancerService, settings: HealthSettings) -> HealthServer:
+    """/readyz: connected to NATS, the consumer in place; /healthz: the main loop goes round."""
+    ready = [nats_connected(lambda: service.client), started(service.ready, "metrics consumer")]
+    return HealthServer(settings, "rebalancer", [service.heartbeat], ready)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Runs the service until SIGINT/SIGTERM; NATS settings from MOEOPS_NATS_*."""
+    """Runs the service until SIGINT/SIGTERM; NATS settings from MOEOPS_NATS_*, health endpoints' from
+    MOEOPS_HEALTH_* or the flags."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     otel = telemetry.setup("rebalancer")  # OpenTelemetry, when OTEL_EXPORTER_OTLP_ENDPOINT is set
     service = RebalancerService(ConnectionOptions.from_env(name="moeops-rebalancer"), settings_from_args(args),
                                 min_samples=args.min_samples, apply_margin_steps=args.apply_margin_steps)  # fmt: skip
     register(telemetry.meter("moeops.rebalancer"), service.counters)
+    health = service_health(service, health_settings(args))
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await service.run(stop)
+        async with health:
+            await service.run(stop)
 
     try:
         asyncio.run(serve())

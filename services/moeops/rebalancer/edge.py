@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from moeops.bus.buckets import ensure_jobs_bucket, ensure_reports_bucket, job_description, put_report
 from moeops.bus.connection import ConnectionOptions, connect
+from moeops.bus.health import Heartbeat
 from moeops.bus.messages import BadMessage, RebalancePlan
 from moeops.bus.plan_ack_store import ensure_plan_acks_bucket, latest_ack
 from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan, put_plan
@@ -131,6 +132,11 @@ class RebalancerService:
         self.ingest = Ingest(self.jobs, self.counters, self.discover, self.undescribed, observe)
         self.ready = asyncio.Event()
         """Set once connected, with the stream, bucket and consumer in place and the stored plans read."""
+        self.client: Client | None = None
+        """The NATS client while `run` runs (the health server reads its state)."""
+        self.heartbeat = Heartbeat("rebalancer's main loop", fetch_timeout_s)
+        """Beaten every round of the main loop, which goes round at least every `fetch_timeout_s` (also while
+        NATS is away) when nothing blocks it: see `moeops.bus.health`."""
 
     @property
     def bad_messages(self) -> Counter[str]:
@@ -141,7 +147,7 @@ class RebalancerService:
         return self.jobs[(namespace, job)].previous
 
     async def run(self, stop: asyncio.Event) -> None:
-        client = await connect(self.options)
+        self.client = client = await connect(self.options)
         consumer: MetricsConsumer | None = None
         try:
             js = client.jetstream()
@@ -160,6 +166,7 @@ class RebalancerService:
             pending = _Round()
             planned_at = -math.inf
             while not stop.is_set():
+                self.heartbeat.beat()
                 due = planned_at + self.plan_interval_s - time.monotonic()
                 wait = min(self.fetch_timeout_s, max(0.0, due)) if pending.last else self.fetch_timeout_s
                 messages = await consumer.next_batch(self.batch, stop, wait)

@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -42,6 +43,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from moeops.bus.connection import ConnectionOptions, connect
+from moeops.bus.health import Heartbeat
 from moeops.bus.messages import BadMessage
 from moeops.bus.streams import StreamRetention
 from moeops.bus.subjects import CARBON_ENERGY_ROOT, CARBON_STREAM
@@ -118,13 +120,17 @@ class CarbonAggregator:
         self.counters = AggregatorCounters()
         self.ready = asyncio.Event()
         """Set once the checkpoint is restored and the consumer is in place."""
+        self.client: Client | None = None
+        """The NATS client while `run` runs (the health server reads its state)."""
+        self.heartbeat = Heartbeat("carbon aggregator's main loop", self.settings.fetch_timeout_s)
+        """Beaten every fetch and every retry of the consumer's setup (both go round while NATS is away)."""
         self._settle: list[tuple[Msg, bool]] = []
         """Messages to ack (False) or terminate (True) after the next checkpoint."""
         self._touched: set[WorkloadKey] = set()
         self._dirty = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        client = await connect(self._options)
+        self.client = client = await connect(self._options)
         try:
             js = client.jetstream()
             await ensure_carbon_stream(js, self._retention)
@@ -133,6 +139,7 @@ class CarbonAggregator:
             subscription = await self._subscribe(js, stop)
             self.ready.set()
             while not stop.is_set() and subscription is not None:
+                self.heartbeat.beat()
                 in_order = self._apply(await self._fetch(subscription))
                 await self._commit(kv)
                 if not in_order:
@@ -160,6 +167,7 @@ class CarbonAggregator:
     async def _subscribe(self, js: JetStreamContext, stop: asyncio.Event) -> JetStreamContext.PullSubscription | None:
         """A new consumer delivering from the sequence after `applied_sequence`; None if stopped meanwhile."""
         while not stop.is_set():
+            self.heartbeat.beat()
             try:
                 info = await js.stream_info(CARBON_STREAM)
                 if info.state.first_seq > self.applied_sequence + 1:  # retention removed what we had not read

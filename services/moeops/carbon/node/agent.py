@@ -52,6 +52,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 from pydantic import ValidationError
 
 from moeops.bus.connection import ConnectionOptions, backoff_delay, connect
+from moeops.bus.health import Heartbeat
 from moeops.bus.loop_thread import cancel_until_done
 from moeops.bus.subjects import MSG_ID_HEADER
 from moeops.carbon.accounting.ledger import EnergyDelta
@@ -139,6 +140,13 @@ class NodeAgent:
         """Set while the sender has nothing left to send."""
         self._client: Client | None = None
         self._rng = random.Random()
+        self.heartbeat = Heartbeat("carbon agent's poller", self.settings.poll_interval_s)
+        """Beaten every poll (the poller never awaits NATS): see `moeops.bus.health`."""
+
+    @property
+    def client(self) -> Client | None:
+        """The sender's NATS client once it connected (the health server reads its state)."""
+        return self._client
 
     def poll_once(self, *, commit: bool = False) -> int:
         """One poll: a sample, or when a commit is due (or `commit`) the source's deltas into the spool; how many
@@ -174,6 +182,7 @@ class NodeAgent:
         sender = asyncio.create_task(self._send_forever())
         try:
             while not stop.is_set():
+                self.heartbeat.beat()
                 self.poll_once()
                 if sender.done():  # it only ends by failing (bad credentials, a bug): let the pod restart
                     sender.result()
