@@ -157,8 +157,10 @@ class MigDeltas:
     def delta(self, parent: str, totals_j: Mapping[str, float]) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, total_j in totals_j.items():
-            out[name] = max(total_j - self._totals.get((parent, name), 0.0), 0.0)
-            self._totals[(parent, name)] = total_j
+            previous_j = self._totals.get((parent, name), 0.0)
+            out[name] = max(total_j - previous_j, 0.0)
+            # A total that fell (a returning counter withdrew a too-high estimate) books nothing until it is made up.
+            self._totals[(parent, name)] = max(total_j, previous_j)
         return out
 
 
