@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from trainer_runs import TINY, losses, train_env, write_config
 
 from moeops.api.v1alpha1.trainingjob import RebalanceSpec
+from moeops.checkpoint.layout import step_dir
+from moeops.checkpoint.weights import load_model_weights
+from moeops.model import Transformer
 
 pytestmark = pytest.mark.slow  # torchrun launches
 
@@ -51,6 +55,7 @@ LAYOUTS = {
 }
 SINGLE = (1, 1, 1, 1)
 SPARE_LAYOUTS = ["EP4", "TP2xEP2"]
+SPARE = {"rebalance": RebalanceSpec(expert_spare_slots=2)}
 AUX = {"aux": 0.05, "micro_batch_size": 2}
 
 
@@ -81,15 +86,22 @@ RUNS = {
         Run("single", SINGLE),
         *(Run(name, degrees) for name, degrees in LAYOUTS.items()),
         Run("PP2xDP2-ac", LAYOUTS["PP2xDP2"], {"activation_checkpointing": True}),
-        *(
-            Run(f"{name}-spare", LAYOUTS[name], {"rebalance": RebalanceSpec(expert_spare_slots=2)})
-            for name in SPARE_LAYOUTS
-        ),
+        *(Run(f"{name}-spare", LAYOUTS[name], SPARE) for name in SPARE_LAYOUTS),
         Run("single-aux", SINGLE, AUX),
         Run("PP2-aux", LAYOUTS["PP2"], AUX),
         # In this order in the launch: 2 steps as PP2×TP2, then the rest as DP2×EP2 from that checkpoint.
         Run("reshard-first", LAYOUTS["PP2xTP2"], max_steps=2, shared="reshard"),
         Run("reshard-rest", LAYOUTS["DP2xEP2"], shared="reshard"),
+        # The other way: expert-parallel checkpoints (each rank's own expert rows, replicas left out, the same
+        # chunks offered by both expert-data replicas; with tensor-parallel expert columns) resumed without EP.
+        *(
+            run
+            for first, rest in (("DP2xEP2", "PP2xTP2"), ("TP2xEP2", "DP4"))
+            for run in (
+                Run(f"{first}-save", LAYOUTS[first], SPARE, max_steps=2, shared=f"from-{first}"),
+                Run(f"{first}-resumed", LAYOUTS[rest], shared=f"from-{first}"),
+            )
+        ),
     ]
 }
 
@@ -193,3 +205,19 @@ def test_a_checkpoint_resumes_in_another_layout(launches: Launches, single_proce
     ]
     assert steps == list(range(1, STEPS + 1)), steps  # the second half went on from step 2, it did not start over
     _assert_follows(both, single_process)
+
+
+@pytest.mark.parametrize("first", ["DP2xEP2", "TP2xEP2"])
+def test_an_expert_parallel_checkpoint_resumes_without_expert_parallelism(
+    launches: Launches, first: str, single_process: dict[int, float]
+) -> None:
+    """Saved without gathering the experts (expert_parallel.ExpertStateSharding.for_save); read back whole by
+    a process alone (what serving does), the weights are the single-process run's at the same step."""
+    _assert_follows(launches.losses(f"{first}-resumed"), single_process)
+    saved_model, single_model = Transformer(ARCH), Transformer(ARCH)
+    load_model_weights(step_dir(launches.root / f"from-{first}" / "ckpt", 2), saved_model)
+    load_model_weights(step_dir(launches.root / "single" / "ckpt", 2), single_model)
+    for (name, saved), (_, alone) in zip(
+        saved_model.state_dict().items(), single_model.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(saved, alone, rtol=0, atol=1e-5, msg=name)

@@ -90,12 +90,21 @@ def _check(ep: Axis) -> None:
             getattr(moe.experts, name).detach(), weights[name][new.experts_on(ep.rank)], rtol=0, atol=0
         )
 
-    # Checkpoint round trip: gathered in expert-id order, then every slot filled from its expert.
-    sharding = ExpertStateSharding(model, ep)
+    # Checkpoint round trip: saved as each rank's own rows of the expert-id ordered tensor (each expert once,
+    # from its first slot, no gather), then every slot filled from its expert.
+    sharding = ExpertStateSharding(model, ep, ep)
     model_sd = {f"moe.experts.{n}": getattr(moe.experts, n).detach().clone() for n in EXPERT_PARAMS}
-    sharding.gather(model_sd, {})
+    sharding.for_save(model_sd, {})
     for name in EXPERT_PARAMS:
-        torch.testing.assert_close(model_sd[f"moe.experts.{name}"], weights[name], rtol=0, atol=0)
+        saved = model_sd[f"moe.experts.{name}"]
+        assert saved.size() == weights[name].shape
+        chunks = saved.metadata().shards_metadata
+        rows = sorted(r for c in chunks for r in range(c.shard_offsets[0], c.shard_offsets[0] + c.shard_sizes[0]))
+        assert rows == list(range(EXPERTS)), rows  # every expert once: spare-slot replicas left out
+        for shard in saved.local_shards():
+            first, count = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
+            torch.testing.assert_close(shard.tensor, weights[name][first : first + count], rtol=0, atol=0)
+    model_sd = {f"moe.experts.{n}": getattr(moe.experts, n).detach().clone() for n in EXPERT_PARAMS}
     sharding.full_placeholders(model_sd, {})
     assert model_sd["moe.experts.w1_EFD"].shape[0] == EXPERTS
     for name in EXPERT_PARAMS:

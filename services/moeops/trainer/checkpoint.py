@@ -49,9 +49,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Sharding(Protocol):
-    """Turns rank-local shards into full tensors for saving and back after loading (expert parallelism)."""
+    """Describes rank-local shards as pieces of full tensors for saving, and keeps a rank's part after loading
+    (expert parallelism: expert_parallel.ExpertStateSharding)."""
 
-    def gather(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
+    def for_save(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
 
     def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
 
@@ -76,7 +77,7 @@ def save(
     barrier(world)
     model_state, optim_state = get_state_dict(model, optimizer)
     if sharding is not None:
-        sharding.gather(model_state, optim_state)
+        sharding.for_save(model_state, optim_state)
     dcp_save({MODEL_KEY: model_state, OPTIMIZER_KEY: optim_state}, checkpoint_id=tmp)
     torch.save({"rng": _rng_state(), "step": step}, rank_state_file(tmp, world.rank))
     barrier(world)

@@ -11,6 +11,7 @@ ignores them and `grads.sync_sharded_grads` reduces them over their replicas ins
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,11 +19,16 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor.api import ShardedTensor
+from torch.distributed._shard.sharded_tensor.metadata import ShardedTensorMetadata, TensorProperties
+from torch.distributed._shard.sharded_tensor.shard import Shard
 from torch.distributed.tensor import DTensor
 
 from moeops.model.moe import GroupedExperts, MoE
 
 from .expert_placement import EXPERT_PARAMS, OPTIM_KEYS, Placement, gather_blocks, rows_by_slot, slot_counts
+from .tensor_parallel import held_part, local
 from .topology import Axis
 
 
@@ -106,13 +112,17 @@ def _map_local(t: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
 
 
 class ExpertStateSharding:
-    """Checkpoints hold full expert tensors in expert-id order (gathered over the EP group), so a checkpoint
-    restores at any expert degree, any placement and any number of spare slots: gather before saving (one
-    replica per expert), load into full-size placeholders, then keep the rows of this rank's slots."""
+    """Checkpoints hold expert tensors in expert-id order at their full size, so a checkpoint restores at any
+    expert degree, any placement and any number of spare slots. Saving writes each rank's own rows where they
+    are, no gather: the rows of its slots that hold their expert's first replica (spare-slot copies are left
+    out), as chunks of a ShardedTensor of the full shape (DTensor cannot describe rows at arbitrary expert ids).
+    DCP writes each chunk once (expert-data replicas offer the same ones). Loading still reads full-size
+    placeholders, then keeps the rows of this rank's slots."""
 
-    def __init__(self, model: nn.Module, ep: Axis) -> None:
+    def __init__(self, model: nn.Module, ep: Axis, plane: Axis) -> None:
+        """`plane`: the ranks that together hold one copy of every expert (the EP group × the tensor group)."""
         self.layers = moe_layers(model)
-        self.ep = ep
+        self.ep, self.plane = ep, plane
 
     def placement(self, moe: MoE) -> Placement:
         assert isinstance(moe.dispatcher, ExpertDispatcher), "shard_experts installs the dispatcher first"
@@ -136,15 +146,45 @@ class ExpertStateSharding:
                 found += [(state, key, placement) for key in OPTIM_KEYS if key in state]
         return found
 
-    def gather(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
-        def by_expert(t: Tensor, placement: Placement) -> Tensor:
-            parts = [torch.empty_like(t) for _ in range(self.ep.size)]
-            dist.all_gather(parts, t.contiguous(), group=self.ep.group)
-            # slot order → expert-id order, from each expert's first replica (replicas are identical)
-            return torch.cat(parts)[placement.slot_of_expert.to(t.device)]
+    def _runs(self, placement: Placement) -> list[tuple[int, int, int]]:
+        """(first slot, first expert, rows) of this rank's primary slots, consecutive experts merged."""
+        runs: list[list[int]] = []
+        primary = placement.primary(self.ep.rank).tolist()
+        for slot, (first, expert) in enumerate(zip(primary, placement.experts_on(self.ep.rank).tolist(), strict=True)):
+            if not first:
+                continue
+            if runs and runs[-1][0] + runs[-1][2] == slot and runs[-1][1] + runs[-1][2] == expert:
+                runs[-1][2] += 1
+            else:
+                runs.append([slot, expert, 1])
+        return [(slot, expert, rows) for slot, expert, rows in runs]
 
-        for container, key, placement in self._tensors(model_sd, optim_sd):
-            container[key] = _map_local(container[key], functools.partial(by_expert, placement=placement))
+    def for_save(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
+        """Replace every expert tensor by a ShardedTensor of its full shape over this rank's primary rows."""
+        found = self._tensors(model_sd, optim_sd)
+        mine: list[list[tuple[Tensor, list[int], list[int]]]] = []
+        for container, key, placement in found:
+            t = container[key]
+            rows = local(t)
+            _, offset = held_part(t)
+            mine.append([(rows[slot : slot + n], [expert, *offset[1:]], [n, *rows.shape[1:]])
+                         for slot, expert, n in self._runs(placement)])  # fmt: skip
+        # ShardedTensor checks that the chunks tile the tensor: every rank of the plane needs everyone's list.
+        described = [[(offsets, sizes) for _, offsets, sizes in pieces] for pieces in mine]
+        everyone: list[Any] = [None] * self.plane.size
+        dist.all_gather_object(everyone, (dist.get_rank(), str(local(found[0][0][found[0][1]]).device), described),
+                               group=self.plane.group)  # fmt: skip
+        for i, ((container, key, placement), pieces) in enumerate(zip(found, mine, strict=True)):
+            t = container[key]
+            chunks = [ShardMetadata(offsets, sizes, f"rank:{rank}/{device}")
+                      for rank, device, lists in everyone for offsets, sizes in lists[i]]  # fmt: skip
+            here = f"rank:{dist.get_rank()}/{local(t).device}"
+            shards = [Shard(view, ShardMetadata(offsets, sizes, here)) for view, offsets, sizes in pieces]
+            full = torch.Size([placement.experts, *t.shape[1:]])
+            metadata = ShardedTensorMetadata(chunks, full, TensorProperties(dtype=t.dtype))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*deprecating ShardedTensor", category=FutureWarning)
+                container[key] = ShardedTensor._init_from_local_shards_and_global_metadata(shards, metadata)
 
     def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
         def full(t: Tensor, experts: int) -> Tensor:

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.model.moe import Router
@@ -26,7 +24,7 @@ from moeops.model.transformer import init_std, rope_cache
 from .expert_parallel import expert_layers
 from .expert_placement import EXPERT_PARAMS
 from .stage import TransformerStage
-from .tensor_parallel import local
+from .tensor_parallel import held_part, local
 
 _MIX = 0x9E3779B97F4A7C15  # the golden-ratio constant: spreads (seed, name, row) over the 64-bit seed space
 
@@ -37,18 +35,10 @@ def row_seed(seed: int, name: str, row: int) -> int:
     return mixed % (2**63 - 1)
 
 
-def _held(p: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The shape and global offset of the part of `p` this rank holds."""
-    if isinstance(p, DTensor):
-        shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
-        return tuple(shape), tuple(offset)
-    return tuple(p.shape), (0,) * p.dim()
-
-
 def fill(p: Tensor, name: str, std: float, seed: int, rows: Sequence[int] | None = None) -> None:
     """Fill this rank's part of `p` (global rows `rows`, default: its dim-0 range) with its layout-free values."""
     target = local(p)
-    shape, offset = _held(p)
+    shape, offset = held_part(p)
     if rows is None:
         rows = range(offset[0], offset[0] + shape[0])
     columns = tuple(slice(start, start + size) for start, size in zip(offset[1:], shape[1:], strict=True))

@@ -157,7 +157,7 @@ class Trainer:
         self.sharding: ExpertStateSharding | None = None
         if topo.ep.active:
             shard_experts(self.model, topo.ep, self.config.rebalance.expert_spare_slots)
-            self.sharding = ExpertStateSharding(self.model, topo.ep)
+            self.sharding = ExpertStateSharding(self.model, topo.ep, topo.expert_plane)
         gathers = parallelize(self.model, topo, plan)  # TP → activation checkpointing → FSDP2
         materialise(self.model, arch, training.seed, world.device, topo.ep.rank if topo.ep.active else None)
         if self.sequence_delay_s > 0:

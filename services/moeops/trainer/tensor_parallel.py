@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
 from moeops.model.moe import GroupedExperts, SwiGLU
@@ -101,6 +102,14 @@ def apply_tensor_parallel(stage: nn.Module, mesh: DeviceMesh) -> None:
 
 def tensor_sharded(param: Tensor) -> bool:
     return isinstance(param, DTensor)
+
+
+def held_part(t: Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shape and global offset of the part of `t` this rank holds (all of it unless it is a DTensor)."""
+    if isinstance(t, DTensor):
+        shape, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+        return tuple(shape), tuple(offset)
+    return tuple(t.shape), (0,) * t.dim()
 
 
 def local(t: Tensor) -> Tensor:

@@ -78,6 +78,8 @@ class Topology:
     """The 1-D tensor-parallel mesh DTensor shards over, when tp > 1."""
     dp_mesh: DeviceMesh | None = None
     """The 1-D data-parallel mesh FSDP shards over (edp × ep flattened), when data > 1."""
+    expert_plane: Axis = SOLO
+    """The EP group × the tensor group: together its ranks hold one copy of every routed expert."""
 
     @property
     def first_stage(self) -> bool:
@@ -102,6 +104,9 @@ def build_topology(world: World, plan: ParallelPlan) -> Topology:
     )
     dp_mesh = mesh["edp", "ep"]._flatten("dp")
     dp = Axis(plan.data, dp_mesh.get_local_rank(), dp_mesh.get_group() if plan.data > 1 else None)
+    plane_mesh = mesh["ep", "tp"]._flatten("ep_tp")
+    plane_size = plan.expert * plan.tensor
+    plane = Axis(plane_size, plane_mesh.get_local_rank(), plane_mesh.get_group() if plane_size > 1 else None)
     return Topology(
         pp=_axis(mesh, "pp"),
         dp=dp,
@@ -110,4 +115,5 @@ def build_topology(world: World, plan: ParallelPlan) -> Topology:
         edp=_axis(mesh, "edp"),
         tp_mesh=mesh["tp"] if plan.tensor > 1 else None,
         dp_mesh=dp_mesh if plan.data > 1 else None,
+        expert_plane=plane,
     )
