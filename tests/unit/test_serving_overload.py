@@ -23,6 +23,7 @@ from moeops.serving.app import ServerSettings, create_app
 from moeops.serving.early_exit import NEVER_EXIT
 from moeops.serving.engine import Engine
 from moeops.serving.loader import CheckpointRef, load_served
+from moeops.serving.sampling import Sampler
 from serving_server import live_server, write_run
 
 LONG = Architecture(layers=2, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=16, vocab_size=64, seq_len=4096)
@@ -131,3 +132,20 @@ def test_a_body_that_trickles_in_gets_408(checkpoints: Path) -> None:
         assert answer.startswith("HTTP/1.1 408"), answer
         assert "did not arrive within 0.5 s" in answer and 0.4 < waited < 3.0
         assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_a_sampling_fault_fails_its_request_not_the_worker_injected(
+    checkpoints: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Sampler, logits: object, argmax: int) -> object:
+        raise RuntimeError("injected: invalid multinomial distribution")
+
+    with serving(checkpoints) as (url, _):
+        body = {**LONG_REQUEST, "max_tokens": 4}
+        tiny = httpx.post(f"{url}/v1/completions", json={**body, "temperature": 1e-300}, timeout=10.0)
+        assert tiny.status_code == 200, tiny.text  # nearly 0: the argmax, not a NaN softmax
+        monkeypatch.setattr(Sampler, "choose", broken)
+        r = httpx.post(f"{url}/v1/completions", json={**body, "temperature": 1.0}, timeout=10.0)
+        assert r.status_code == 503 and "sampling failed: injected" in r.json()["error"]["message"], r.text
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        assert httpx.post(f"{url}/v1/completions", json=body, timeout=10.0).status_code == 200  # greedy: no sampler

@@ -353,10 +353,17 @@ class Engine:
             if seq.handle.cancelled:
                 events.setdefault(seq.handle.loop, []).append((seq.handle, Failed(CANCELLED)))
         for seq, decoded in zip(live, self._step(live), strict=True):
-            handle, request, out = seq.handle, seq.handle.request, seq.choose(decoded)
+            handle, request = seq.handle, seq.handle.request
+            mine = events.setdefault(handle.loop, [])
+            try:
+                out = seq.choose(decoded)
+            except (ValueError, RuntimeError) as exc:  # this request's sampling, not the worker: fail it alone
+                logger.exception("sampling failed")
+                mine.append((handle, Failed(f"sampling failed: {exc}")))
+                done += 1
+                continue
             seq.generated += 1
             tokens, exit_sum = tokens + 1, exit_sum + out.exit_layer
-            mine = events.setdefault(handle.loop, [])
             mine.append((handle, out))
             if out.token == request.eos or seq.generated >= request.max_tokens:
                 mine.append((handle, Finished("stop" if out.token == request.eos else "length")))

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound for chat (completions: 5)
+MIN_TEMPERATURE = 1e-4
+"""Below it a draw is the argmax (logits / 1e-300 overflow to inf, and a softmax of those is NaN)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Sampler:
         logits = logits.detach().float().reshape(-1).cpu()
         adjusted = self._adjusted(logits) if p.adjusts else logits
         greedy = int(adjusted.argmax()) if p.adjusts else argmax  # the decoder's argmax, unless adjusted
-        token = greedy if p.greedy else self._draw(adjusted)
+        token = greedy if p.temperature < MIN_TEMPERATURE else self._draw(adjusted)
         self.counts[token] = self.counts.get(token, 0) + 1
         if p.logprobs is None:
             return Choice(token)
