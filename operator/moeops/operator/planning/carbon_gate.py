@@ -114,7 +114,9 @@ def describe(reading: Intensity) -> str:
 def _idle(paused: bool, reason: str, message: str, active_reason: str, active_message: str) -> GateDecision:
     """The gate does not decide on the grid: a pause of its own is dropped (the job runs unless the user holds it)."""
     action = Action.RESUME if paused else Action.KEEP
-    return GateDecision(action, False, reason, message, False, active_reason, active_message)
+    # IntensityStale says nothing here (no feed was needed or none could be asked): False, with the gate's reason.
+    return GateDecision(action, False, reason, message, False, active_reason, active_message, False, "GateInactive",
+                        active_message)  # fmt: skip
 
 
 def _stale(reading: Reading) -> tuple[str, str] | None:
