@@ -98,7 +98,7 @@ valid_bodies = st.fixed_dictionaries(
     optional={
         "max_tokens": st.integers(1, 34),
         "stream": st.booleans(),
-        "temperature": st.sampled_from([0, 0.0, None, 0.7, 2.0]),
+        "temperature": st.sampled_from([0, 0.0, None, 0.7, 2.0, 1e-300, 5e-324]) | st.floats(0.0, 2.0),
         "top_p": st.floats(0.05, 1.0),
         "top_k": st.integers(-1, 70),
         "seed": st.integers(-(2**63), 2**64),
