@@ -15,6 +15,11 @@ experts and head run as one (B, D) batch, attention per row over each sequence's
 cache keeps one length for its rows, and the sequences of a round have different lengths). A sequence that may exit
 early runs `decode.decode_step` alone, since it leaves at its own layer: for those the batching is of scheduling,
 not of matrix products. Prompts are prefilled one by one as they join.
+
+The decoder gives each sequence its argmax and the logits it came from; a request that samples (or wants
+log-probabilities, a logit bias or penalties) has its own `sampling.Sampler` choose from those logits, on this
+thread. A request that is cancelled (a stop string, its deadline, its client gone) is dropped at the next round
+and told so with Failed("cancelled"), which ends whatever still waits on it; a full queue is QueueFull (429).
 """
 
 from __future__ import annotations

@@ -108,7 +108,8 @@ def serve(
     threads: int | None,
     log_level: str,
 ) -> None:
-    """Serve a trained checkpoint: OpenAI-compatible /v1/completions and /v1/models, /healthz, /readyz, /metrics."""
+    """Serve a trained checkpoint: OpenAI-compatible /v1/completions, /v1/chat/completions and /v1/models,
+    /healthz, /readyz, /metrics."""
     import torch
     import uvicorn
 
