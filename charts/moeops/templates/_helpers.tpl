@@ -273,3 +273,27 @@ each watched namespace). Each one is a call of moeops.operator.kube, the handler
 {{- $port := regexFind "[0-9]+$" (regexFind ":[0-9]+$" $url.host) -}}
 {{- if $port }}{{ $port }}{{ else if eq $url.scheme "https" }}443{{ else }}80{{ end -}}
 {{- end -}}
+
+{{/* The health endpoints of a bus service (rebalancer, carbon aggregator, carbon agent; `moeops.bus.health`):
+bound to the pod IP, where the kubelet probes (the service's default is loopback). Called with its values. */}}
+{{- define "moeops.healthEnv" -}}
+- name: MOEOPS_HEALTH_ADDR
+  valueFrom:
+    fieldRef: {fieldPath: status.podIP}
+- name: MOEOPS_HEALTH_PORT
+  value: {{ .healthPort | quote }}
+{{- end -}}
+
+{{/* Its port and probes: /healthz restarts a hung process, /readyz reports one cut off from NATS. */}}
+{{- define "moeops.healthProbes" -}}
+ports:
+  - name: health
+    containerPort: {{ .healthPort }}
+    protocol: TCP
+livenessProbe:
+  httpGet: {path: /healthz, port: health}
+  {{- toYaml .livenessProbe | nindent 2 }}
+readinessProbe:
+  httpGet: {path: /readyz, port: health}
+  {{- toYaml .readinessProbe | nindent 2 }}
+{{- end -}}
