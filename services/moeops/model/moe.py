@@ -86,7 +86,10 @@ class Router(nn.Module):
 
     def forward(self, x_TD: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Returns (scores_TE, probs_TE, both fp32; gates_TK, experts_TK)."""
-        scores_TE = F.linear(x_TD.float(), self.gate.weight.float())
+        # fp32 whatever autocast does: under bf16 autocast F.linear would cast the fp32 inputs back to bf16, and
+        # the expert choice of near-ties would flip with rounding.
+        with torch.autocast(x_TD.device.type, enabled=False):
+            scores_TE = F.linear(x_TD.float(), self.gate.weight.float())
         probs_TE = scores_TE.softmax(dim=-1)
         _, experts_TK = torch.topk(probs_TE + self.selection_bias_E, self.top_k, dim=-1)
         gates_TK = probs_TE.gather(-1, experts_TK)
