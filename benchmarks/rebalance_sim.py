@@ -187,10 +187,10 @@ class Ours(Policy):
         c = self.config
         if rank_load is None:
             rank_load = rank_loads(self.holds, self.expert_tokens).sum(axis=0)
-        speeds = np.minimum(*(
+        speeds = np.minimum.reduce([self.speeds, *(  # only slowdowns forecast, as `LoadSnapshot.throughput`
             forecast(self.speeds, self.speed_trend, self.trend_damping, ahead, self.speed_abs_error)
             for ahead in self.hysteresis.forecast_steps
-        ))  # fmt: skip
+        )])  # fmt: skip
         sequences, shares_started = self.layout.sequences, time.perf_counter()
         if self.group_shares:  # a GPU's expert seconds per sequence its EP group takes, at its forecast speed
             per_sequence = np.tile(rank_load, c.groups) * (c.expert_s / c.layers / c.global_batch) / speeds
