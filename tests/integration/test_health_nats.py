@@ -23,7 +23,7 @@ from moeops.api import env
 from moeops.carbon import cli as carbon_cli
 from moeops.devcluster.nats_server import NatsServer
 
-pytestmark = [pytest.mark.nats, pytest.mark.slow]  # three Python processes and a NATS restart: ~35 s
+pytestmark = [pytest.mark.nats, pytest.mark.slow]  # three Python processes and a NATS restart: ~15 s
 
 
 def free_port() -> int:

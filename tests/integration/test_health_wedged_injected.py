@@ -32,7 +32,7 @@ from moeops.rebalancer import cli as rebalancer_cli
 from moeops.rebalancer.consumer import MetricsConsumer
 from moeops.rebalancer.edge import RebalancerService
 
-pytestmark = [pytest.mark.nats, pytest.mark.slow]  # a nats-server and a service per test: ~15-25 s each
+pytestmark = pytest.mark.nats  # a nats-server and a service per test: 3-5 s each
 
 STALE_S = 1.0
 """The liveness limit in these tests (production: a minute or more)."""
