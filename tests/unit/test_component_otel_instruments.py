@@ -46,6 +46,8 @@ def test_rebalancer_counters(meter_and_reader: tuple[Any, InMemoryMetricReader])
     counters.plans_published = 1
     counters.plan_conflicts = 1
     counters.verdicts["published"] += 1
+    counters.plans_refused = 2
+    counters.plans_judged["missed"] += 1
     got = points(reader)
     assert got[("moeops.rebalancer.messages.received", "{message}")] == [({}, 7)]
     assert got[("moeops.rebalancer.messages.ingested", "{message}")] == [({"moeops.ingest.result": "accepted"}, 5)]
@@ -53,6 +55,8 @@ def test_rebalancer_counters(meter_and_reader: tuple[Any, InMemoryMetricReader])
     assert got[("moeops.rebalancer.plans.published", "{plan}")] == [({}, 1)]
     assert sorted(v for _, v in got[("moeops.rebalancer.plans.failed", "{plan}")]) == [0, 1]
     assert got[("moeops.rebalancer.rounds", "{round}")] == [({"moeops.verdict": "published"}, 1)]
+    assert got[("moeops.rebalancer.plans.refused", "{plan}")] == [({}, 2)]
+    assert got[("moeops.rebalancer.plans.judged", "{plan}")] == [({"moeops.plan.outcome": "missed"}, 1)]
 
 
 def test_server_engine_instruments(meter_and_reader: tuple[Any, InMemoryMetricReader]) -> None:

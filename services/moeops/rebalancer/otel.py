@@ -65,4 +65,9 @@ def register(meter: Meter, counters: Counters) -> list[ObservableCounter]:
                                         description="Plans not written: another planner's won, or the bus was away."),
         meter.create_observable_counter(f"{prefix}.rounds", [_by(lambda: counters.verdicts, "moeops.verdict")],
                                         unit="{round}", description="Planning rounds, by verdict."),
+        meter.create_observable_counter(f"{prefix}.plans.refused", [_total(lambda: counters.plans_refused)],
+                                        unit="{plan}", description="Plans the workers refused a part of."),
+        meter.create_observable_counter(f"{prefix}.plans.judged",
+                                        [_by(lambda: counters.plans_judged, "moeops.plan.outcome")], unit="{plan}",
+                                        description="Plans judged on the step time they delivered: paid or missed."),
     ]  # fmt: skip
