@@ -262,9 +262,10 @@ each watched namespace). Each one is a call of moeops.operator.kube, the handler
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, create, patch]
+# create: the operator's own events; list: a worker Job's FailedCreate, when its pods cannot be created (WorkersBlocked).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end -}}
 
 {{/* The port of otel.endpoint (its scheme's default when it names none): what the NetworkPolicy lets out. */}}
