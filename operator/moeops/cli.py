@@ -1,4 +1,4 @@
-"""`moeops`: the command line of the platform (operator, CRDs, train, serve, export, carbon reports).
+"""`moeops`: the command line of the platform (operator, CRDs, train, serve, export, carbon reports, data filter).
 
 The local platform for development is not here: it works only from a checkout (`python -m moeops.devcluster`)."""
 
@@ -155,6 +155,49 @@ def crds(output_dir: Path, check: bool) -> None:
         return
     for path in crdgen.write(output_dir):
         click.echo(f"wrote {path}")
+
+
+@main.group()
+def data() -> None:
+    """Training data tools."""
+
+
+@data.command("filter")
+@click.option(
+    "--input",
+    "source",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="A .jsonl file, or a folder: every .jsonl below it.",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where the filtered part-*.jsonl shards and report.json go.",
+)
+@click.option("--tasks", type=click.IntRange(min=1), default=2, show_default=True, help="Processes per stage.")
+@click.option("--work", type=click.Path(path_type=Path), default=None, help="Work folder (default <output>/.work).")
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--shingle", type=click.IntRange(min=1), default=5, show_default=True, help="Words per shingle.")
+@click.option("--bands", type=click.IntRange(min=1), default=14, show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=8, show_default=True, help="MinHash values per band.")
+def data_filter(
+    source: Path, output: Path, tasks: int, work: Path | None, text_field: str, shingle: int, bands: int, rows: int
+) -> None:
+    """Level 1 of the data filter: drop exact and near duplicates (MinHash-LSH), stage by stage, N processes each."""
+    from moeops.datafilter.local import filter_corpus
+
+    try:
+        report = filter_corpus(source, output, tasks, work, progress=click.echo, text_field=text_field,
+                               shingle=shingle, bands=bands, rows=rows)  # fmt: skip
+    except (ValueError, RuntimeError) as err:
+        raise click.ClickException(str(err)) from err
+    dedup = report["level1"]["dedup"]
+    click.echo(
+        f"{report['input']['documents']} documents: kept {dedup['kept']}, removed {dedup['exact']} exact and"
+        f" {dedup['near']} near duplicates; report: {output / 'report.json'}"
+    )
 
 
 main.add_command(carbon)

@@ -1,0 +1,59 @@
+"""The plan every task of a filter run reads (work/config.json): inputs, their byte ranges per task, the MinHash
+parameters, where the shards go. Written once before the first stage (by `moeops data filter` locally; by the
+operator for the Indexed Jobs), so that every task of every stage agrees on it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .minhash import MinHashParams
+from .ranges import FileRange, split_ranges
+
+CONFIG_FILE = "config.json"
+STAGES = ("signatures", "buckets", "clusters", "filter")
+
+
+class FilterConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    inputs: list[str] = Field(min_length=1)
+    """The jsonl files, in reading order (their sizes fixed when the plan was made)."""
+    sizes: list[int]
+    tasks: int = Field(ge=1)
+    output: str
+    text_field: str = "text"
+    shingle: int = Field(default=5, ge=1)
+    bands: int = Field(default=14, ge=1)
+    rows: int = Field(default=8, ge=1)
+    seed: int = 1
+    examples: int = Field(default=5, ge=0)
+    """Removed documents the report shows per reason."""
+    ranges: list[list[FileRange]] = Field(default_factory=list)
+
+    def params(self) -> MinHashParams:
+        return MinHashParams(shingle=self.shingle, bands=self.bands, rows=self.rows, seed=self.seed)
+
+    def stage_tasks(self, stage: str) -> int:
+        """Tasks of a stage: one for clusters (a union-find over all pairs), else `tasks`."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+        return 1 if stage == "clusters" else self.tasks
+
+    def band_names(self) -> list[str]:
+        """What the buckets stage groups by: the exact hash, then each band."""
+        return ["exact", *(f"band-{band:03d}" for band in range(self.bands))]
+
+
+def plan(inputs: list[str], sizes: list[int], tasks: int, output: str, **options: object) -> FilterConfig:
+    if len(inputs) != len(sizes):
+        raise ValueError("one size per input file")
+    return FilterConfig.model_validate(
+        {
+            "inputs": inputs,
+            "sizes": sizes,
+            "tasks": tasks,
+            "output": output,
+            **options,
+            "ranges": split_ranges(sizes, tasks),
+        }
+    )

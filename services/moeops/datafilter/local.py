@@ -1,0 +1,63 @@
+"""`moeops data filter`: the stages run on this machine, N processes per stage, over the same work-folder layout
+the operator's Indexed Jobs use. Each task is `python -m moeops.datafilter <work> <stage> <task>`, as in a pod."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import STAGES, plan
+from .stages import load_config, write_config, write_report
+
+
+def input_files(path: Path) -> list[Path]:
+    """A .jsonl file, or every .jsonl below a folder (sorted, hidden ones skipped); ValueError if none."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ValueError(f"input {path} does not exist")
+    files = sorted(
+        p for p in path.rglob("*.jsonl")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )  # fmt: skip
+    if not files:
+        raise ValueError(f"input folder {path} holds no .jsonl files")
+    return files
+
+
+def run_tasks(work: Path, stage: str, tasks: int) -> None:
+    """Run a stage's tasks as processes at once; RuntimeError naming the tasks that failed."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "moeops.datafilter", str(work), stage, str(task)])
+        for task in range(tasks)
+    ]
+    failed = [task for task, proc in enumerate(procs) if proc.wait() != 0]
+    if failed:
+        raise RuntimeError(f"stage {stage}: tasks {failed} failed (their errors are above)")
+
+
+def filter_corpus(
+    source: Path,
+    output: Path,
+    tasks: int,
+    work: Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Plan, run the four stages, write <output>/report.json; the report. `options`: FilterConfig's fields."""
+    files = input_files(source)
+    work = work or output / ".work"
+    config = plan([str(f.resolve()) for f in files], [f.stat().st_size for f in files], tasks,
+                  str(output.resolve()), **options)  # fmt: skip
+    write_config(work, config)
+    timings: dict[str, float] = {}
+    for stage in STAGES:
+        started = time.perf_counter()
+        run_tasks(work, stage, load_config(work).stage_tasks(stage))
+        timings[stage] = round(time.perf_counter() - started, 3)
+        progress(f"{stage}: {timings[stage]:.2f} s")
+    return write_report(work, timings)

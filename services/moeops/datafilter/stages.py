@@ -1,0 +1,213 @@
+"""The four stages of level 1 as functions of (work folder, task): what an Indexed Job's pod or a local process
+runs. Every stage reads only files earlier stages wrote and writes its own, named by stage and task (each file
+written whole, then renamed into place, so a task that dies leaves no half file behind):
+
+    work/config.json                         the plan (moeops.datafilter.config)
+    work/signatures/task-<i>.<band>.npy      (key, doc) sorted, per band and for `exact`; task-<i>.docs.npy
+                                             (file, byte offset) per ordinal; task-<i>.stats.json
+    work/buckets/<band>.pairs.npy            (doc, doc) candidate pairs of the bands task k owns (b mod N = k)
+    work/clusters/task-<i>.remove.npy        (ordinal, reason, duplicate_of) of task i's documents; stats.json
+    work/filter/task-<i>.stats.json          counts and examples; the survivors: <output>/part-<i>.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .buckets import bucket_pairs, doc_ids, sort_keys, split_id
+from .clusters import REASONS, removals
+from .config import CONFIG_FILE, FilterConfig
+from .minhash import band_keys, permutation_coefficients, shingle_hashes, signatures
+from .normalise import exact_hash, normalise
+from .reader import ReadStats, parse_text, read_shard
+
+BATCH = 512
+"""Documents signed per numpy batch: amortises the per-call cost, bounded memory (minhash._MAX_CELLS)."""
+SNIPPET = 300
+
+
+def load_config(work: Path) -> FilterConfig:
+    return FilterConfig.model_validate_json((work / CONFIG_FILE).read_text())
+
+
+def write_config(work: Path, config: FilterConfig) -> None:
+    _write_bytes(work / CONFIG_FILE, config.model_dump_json(indent=1).encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def _write_array(path: Path, array: NDArray[Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as out:
+        np.save(out, array)
+    partial.replace(path)
+
+
+def _write_json(path: Path, data: object) -> None:
+    _write_bytes(path, json.dumps(data, indent=1).encode())
+
+
+def _task_file(stage: str, task: int, suffix: str) -> str:
+    return f"{stage}/task-{task:05d}.{suffix}"
+
+
+def run_signatures(work: Path, task: int) -> None:
+    config = load_config(work)
+    params = config.params()
+    a, b = permutation_coefficients(params)
+    stats = ReadStats()
+    exact: list[int] = []
+    where: list[tuple[int, int]] = []
+    keys: list[NDArray[np.uint64]] = []
+    batch: list[NDArray[np.uint64]] = []
+    for line in read_shard(config, task, stats):
+        text = normalise(line.text)
+        exact.append(exact_hash(text))
+        where.append((line.file, line.offset))
+        batch.append(shingle_hashes(text, params.shingle))
+        if len(batch) == BATCH:
+            keys.append(band_keys(signatures(batch, a, b), params))
+            batch = []
+    if batch:
+        keys.append(band_keys(signatures(batch, a, b), params))
+    docs = doc_ids(task, len(exact))
+    band_columns = np.concatenate(keys) if keys else np.empty((0, params.bands), dtype=np.uint64)
+    columns = [np.array(exact, dtype=np.uint64), *band_columns.T]
+    for name, column in zip(config.band_names(), columns, strict=True):
+        _write_array(work / _task_file("signatures", task, f"{name}.npy"), np.stack(sort_keys(column, docs), axis=1))
+    _write_array(work / _task_file("signatures", task, "docs.npy"), np.array(where, dtype=np.uint64).reshape(-1, 2))
+    _write_json(work / _task_file("signatures", task, "stats.json"), stats.__dict__)
+
+
+def run_buckets(work: Path, task: int) -> None:
+    config = load_config(work)
+    for band, name in enumerate(config.band_names()):
+        if band % config.tasks != task:
+            continue
+        parts = [np.load(work / _task_file("signatures", t, f"{name}.npy")) for t in range(config.tasks)]
+        merged = np.concatenate(parts)
+        _write_array(work / "buckets" / f"{name}.pairs.npy", bucket_pairs(merged[:, 0].copy(), merged[:, 1].copy()))
+
+
+def run_clusters(work: Path, task: int = 0) -> None:
+    config = load_config(work)
+    names = config.band_names()
+    exact_pairs = np.load(work / "buckets" / f"{names[0]}.pairs.npy")
+    near = [np.load(work / "buckets" / f"{name}.pairs.npy") for name in names[1:]]
+    near_pairs = np.concatenate(near) if near else np.empty((0, 2), dtype=np.uint64)
+    removed: list[list[list[int]]] = [[] for _ in range(config.tasks)]
+    for removal in removals(exact_pairs, near_pairs):
+        source, ordinal = split_id(removal.doc)
+        removed[source].append([ordinal, removal.reason, removal.duplicate_of])
+    for source, rows in enumerate(removed):
+        _write_array(
+            work / _task_file("clusters", source, "remove.npy"), np.array(rows, dtype=np.uint64).reshape(-1, 3)
+        )
+    _write_json(
+        work / "clusters" / "stats.json",
+        {"exact_pairs": len(exact_pairs), "near_pairs": len(near_pairs), "removed": sum(map(len, removed))},
+    )
+
+
+def _location(config: FilterConfig, work: Path, doc: int) -> tuple[str, int]:
+    source, ordinal = split_id(doc)
+    file, offset = np.load(work / _task_file("signatures", source, "docs.npy"), mmap_mode="r")[ordinal].tolist()
+    return config.inputs[file], offset
+
+
+def _example(config: FilterConfig, work: Path, text: str, path: str, offset: int, duplicate_of: int) -> dict[str, Any]:
+    kept_path, kept_offset = _location(config, work, duplicate_of)
+    with Path(kept_path).open("rb") as kept:
+        kept.seek(kept_offset)
+        kept_text = parse_text(kept.readline(), config.text_field)
+    return {
+        "document": f"{path}@{offset}",
+        "text": text[:SNIPPET],
+        "duplicate_of": f"{kept_path}@{kept_offset}",
+        "duplicate_of_text": kept_text[:SNIPPET],
+    }
+
+
+def run_filter(work: Path, task: int) -> None:
+    config = load_config(work)
+    remove = np.load(work / _task_file("clusters", task, "remove.npy"))
+    by_ordinal = {int(row[0]): (int(row[1]), int(row[2])) for row in remove}
+    counts = {"documents": 0, "kept": 0, **dict.fromkeys(REASONS.values(), 0)}
+    examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in REASONS.values()}
+    stats = ReadStats()
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    shard = output / f"part-{task:05d}.jsonl"
+    partial = shard.with_name(f".{shard.name}.partial")
+    with partial.open("wb") as out:
+        for ordinal, line in enumerate(read_shard(config, task, stats)):
+            counts["documents"] += 1
+            if ordinal not in by_ordinal:
+                counts["kept"] += 1
+                out.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
+                continue
+            reason_code, duplicate_of = by_ordinal[ordinal]
+            reason = REASONS[reason_code]
+            counts[reason] += 1
+            if len(examples[reason]) < config.examples:
+                path = config.inputs[line.file]
+                examples[reason].append(_example(config, work, line.text, path, line.offset, duplicate_of))
+    partial.replace(shard)
+    if counts["documents"] != counts["kept"] + sum(counts[r] for r in REASONS.values()):
+        raise RuntimeError(f"task {task}: a document was neither kept nor removed with a reason: {counts}")
+    _write_json(
+        work / _task_file("filter", task, "stats.json"),
+        {"counts": counts, "examples": examples, "read": stats.__dict__, "shard": str(shard)},
+    )
+
+
+STAGE_FUNCTIONS = {
+    "signatures": run_signatures,
+    "buckets": run_buckets,
+    "clusters": run_clusters,
+    "filter": run_filter,
+}
+
+
+def run_stage(work: Path, stage: str, task: int) -> None:
+    config = load_config(work)
+    if not 0 <= task < config.stage_tasks(stage):
+        raise ValueError(f"stage {stage} has tasks 0..{config.stage_tasks(stage) - 1}, got {task}")
+    STAGE_FUNCTIONS[stage](work, task)
+
+
+def write_report(work: Path, timings_s: dict[str, float] | None = None) -> dict[str, Any]:
+    """Merge the filter tasks' counts and examples into <output>/report.json (and return it)."""
+    config = load_config(work)
+    tasks = [json.loads((work / _task_file("filter", t, "stats.json")).read_text()) for t in range(config.tasks)]
+    counts = {key: sum(t["counts"][key] for t in tasks) for key in tasks[0]["counts"]}
+    examples = {
+        reason: [e for t in tasks for e in t["examples"][reason]][: config.examples] for reason in REASONS.values()
+    }
+    malformed = [m for t in tasks for m in t["read"]["malformed_examples"]][: config.examples]
+    report = {
+        "input": {"files": config.inputs, "bytes": sum(config.sizes), "documents": counts["documents"],
+                  "malformed_lines": sum(t["read"]["malformed"] for t in tasks), "malformed_examples": malformed},
+        "level1": {"dedup": {"exact": counts["exact"], "near": counts["near"], "kept": counts["kept"],
+                             "examples": examples},
+                   "minhash": {"shingle": config.shingle, "bands": config.bands, "rows": config.rows,
+                               "threshold": round(config.params().threshold(), 3)}},
+        "kept": counts["kept"],
+        "shards": [t["shard"] for t in tasks],
+        "tasks": config.tasks,
+        "clusters": json.loads((work / "clusters" / "stats.json").read_text()),
+        "stage_seconds": timings_s or {},
+    }  # fmt: skip
+    _write_json(Path(config.output) / "report.json", report)
+    return report
