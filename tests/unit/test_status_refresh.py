@@ -87,3 +87,19 @@ def test_a_finished_jobs_progress_is_read_once_more_and_never_lowered_fake_bus()
     assert reader.reads == 2
     ctx.forget(set())  # the job is gone: its state goes too
     assert ctx.final_progress_read == set()
+
+
+def test_only_the_highest_priority_live_replica_leads() -> None:
+    from datetime import UTC, datetime
+
+    from moeops.operator.status.refresh import leads_peers
+
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    me = {"priority": 50, "lifetime": 60, "lastseen": "2026-03-01T11:59:50+00:00"}
+    higher = {"priority": 90, "lifetime": 60, "lastseen": "2026-03-01T11:59:30+00:00"}
+    assert leads_peers({"me": me}, 50, at)
+    assert not leads_peers({"me": me, "other": higher}, 50, at)
+    lapsed = {**higher, "lastseen": "2026-03-01T11:58:00+00:00"}  # its record expired: it is gone
+    assert leads_peers({"me": me, "other": lapsed}, 50, at)
+    assert leads_peers({"me": me, "other": {**higher, "priority": 10}}, 50, at)
+    assert leads_peers({}, 50, at)  # no peering object: standalone in effect

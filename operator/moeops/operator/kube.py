@@ -231,6 +231,23 @@ class Kube:
             if exc.status not in (404, 409):
                 raise _error(exc, f"delete {plural} {namespace}/{name}") from exc
 
+    def get_peering(self, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """kopf's peering object (ClusterKopfPeering, or KopfPeering in `namespace`), or None."""
+        try:
+            if namespace is None:
+                response = self._custom.get_cluster_custom_object(
+                    "kopf.dev", "v1", "clusterkopfpeerings", name, _preload_content=False
+                )
+            else:
+                response = self._custom.get_namespaced_custom_object(
+                    "kopf.dev", "v1", namespace, "kopfpeerings", name, _preload_content=False
+                )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _error(exc, f"read peering {name}") from exc
+        return _json(response)
+
     # Events -------------------------------------------------------------------------------------------
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:

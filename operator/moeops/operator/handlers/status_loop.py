@@ -30,9 +30,9 @@ from moeops.api.v1alpha1 import inferenceservice, trainingjob
 from ..config import OperatorConfig
 from ..kube import ApiError
 from ..status import StatusUpdate
-from ..status.refresh import Schedule, changed_fields, merged
+from ..status.refresh import Schedule, changed_fields, leads_peers, merged
 from .autoscale import autoscale_fields
-from .common import CONFLICT_RETRIES, config_of, kube_of, write_status
+from .common import CONFLICT_RETRIES, config_of, kube_of, now, write_status
 from .observe import traced
 from .serving import SERVING
 from .status_sources import (
@@ -117,7 +117,18 @@ async def run_pass(ctx: Context, due: list[str], indexes: Mapping[str, Index]) -
     ctx.forget(live)
 
 
-async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index]) -> None:
+async def leading(ctx: Context, settings: kopf.OperatorSettings) -> bool:
+    """Whether this replica acts (standalone, or the highest priority of its live peers). kopf pauses the others'
+    handlers when a peer of higher priority is alive, not this loop: a paused replica would act on a stale index."""
+    peering = settings.peering
+    if peering.standalone:
+        return True
+    namespace = ctx.cfg.namespaces[0] if peering.namespaced and ctx.cfg.namespaces else None
+    found = await asyncio.to_thread(ctx.kube.get_peering, peering.name, namespace)
+    return leads_peers((found or {}).get("status") or {}, peering.priority, now())
+
+
+async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index], settings: kopf.OperatorSettings) -> None:
     cfg = OperatorConfig.from_env(os.environ)  # as `setup.configure` reads it
     ctx: Context | None = None
     intervals = {"progress": cfg.progress_interval_s, "rebalance": REBALANCE_INTERVAL_S, "carbon": CARBON_INTERVAL_S,
@@ -131,6 +142,8 @@ async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index]) -> None:
         if ctx is None:
             continue  # not started yet (without a bus, the bus's sources return nothing)
         try:
+            if not await leading(ctx, settings):
+                continue  # another replica acts
             await run_pass(ctx, due, indexes)
         except Exception:  # never let one bad pass end the loop: the next one may do better
             logger.exception("a status refresh pass failed")
@@ -140,12 +153,13 @@ async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index]) -> None:
 @kopf.on.startup()  # type: ignore[arg-type]
 async def start_status_loop(
     memo: kopf.Memo,
+    settings: kopf.OperatorSettings,
     training_jobs_by_name: kopf.Index[Any, Any],
     inference_services_by_name: kopf.Index[Any, Any],
     **_: Any,
 ) -> None:
     indexes = {TRAINING: training_jobs_by_name, SERVING_PLURAL: inference_services_by_name}
-    memo[TASK] = asyncio.create_task(status_loop(memo, indexes), name="moeops status loop")
+    memo[TASK] = asyncio.create_task(status_loop(memo, indexes, settings), name="moeops status loop")
 
 
 @kopf.on.cleanup()

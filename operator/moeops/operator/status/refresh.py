@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -52,3 +53,16 @@ def merged(patches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for patch in patches:
         out.update(patch)
     return out
+
+
+def leads_peers(peers: Mapping[str, Mapping[str, Any]], own_priority: int, now: datetime) -> bool:
+    """Whether this replica is the one that acts, from a kopf peering object's status (peer id → priority, lifetime,
+    lastseen): no live peer has a higher priority. kopf pauses the handlers of the others, but not this loop, so it
+    asks the same question itself. (A peer of the same priority is taken for this replica: priorities are drawn at
+    random from 2**31.)"""
+    for peer in peers.values():
+        lastseen = datetime.fromisoformat(str(peer.get("lastseen")).replace("Z", "+00:00"))
+        alive = now < lastseen + timedelta(seconds=float(peer.get("lifetime") or 0))
+        if alive and int(peer.get("priority") or 0) > own_priority:
+            return False
+    return True
