@@ -1,0 +1,91 @@
+"""The filter's stages run in this process over a real work folder: what the shards hold, what the report says."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from moeops.datafilter.config import STAGES, plan
+from moeops.datafilter.reader import ReadStats, read_shard
+from moeops.datafilter.stages import load_config, run_stage, write_config, write_report
+
+
+def _text(rng: random.Random, words: int = 120) -> str:
+    return " ".join(f"w{rng.randrange(3000)}" for _ in range(words))
+
+
+def _corpus(folder: Path) -> dict[str, str]:
+    """Two files: 40 distinct documents, 6 exact copies (re-cased, re-spaced), 6 near copies (2 words of 120
+    changed), a malformed line and a blank one. Returns id -> kind."""
+    rng = random.Random(7)
+    originals = [_text(rng) for _ in range(40)]
+    kinds: dict[str, str] = {}
+    records = []
+    for i, text in enumerate(originals):
+        records.append({"id": f"o{i}", "text": text, "meta": i})
+        kinds[f"o{i}"] = "original"
+    for i in range(6):
+        records.append({"id": f"e{i}", "text": "  " + originals[i].upper().replace(" ", "\n ")})
+        kinds[f"e{i}"] = "exact"
+        words = originals[10 + i].split()
+        words[30] = words[90] = "changed"
+        records.append({"id": f"n{i}", "text": " ".join(words)})
+        kinds[f"n{i}"] = "near"
+    folder.mkdir()
+    lines = [json.dumps(r) for r in records]
+    (folder / "a.jsonl").write_text("\n".join(lines[:30]) + "\n{broken\n\n")
+    (folder / "b.jsonl").write_text("\n".join(lines[30:]))  # no newline at the end
+    return kinds
+
+
+def _run(tmp_path: Path, tasks: int) -> tuple[dict, list[dict]]:
+    _corpus(tmp_path / "in")
+    files = sorted((tmp_path / "in").glob("*.jsonl"))
+    config = plan([str(f) for f in files], [f.stat().st_size for f in files], tasks, str(tmp_path / "out"))
+    work = tmp_path / "work"
+    write_config(work, config)
+    for stage in STAGES:
+        for task in range(config.stage_tasks(stage)):
+            run_stage(work, stage, task)
+    report = write_report(work)
+    kept = [json.loads(line) for shard in report["shards"] for line in Path(shard).read_text().splitlines()]
+    return report, kept
+
+
+@pytest.mark.parametrize("tasks", [1, 3, 7])
+def test_every_line_is_read_by_exactly_one_task(tmp_path, tasks):
+    _corpus(tmp_path / "in")
+    files = sorted((tmp_path / "in").glob("*.jsonl"))
+    config = plan([str(f) for f in files], [f.stat().st_size for f in files], tasks, str(tmp_path / "out"))
+    stats = ReadStats()
+    ids = [json.loads(line.raw)["id"] for task in range(tasks) for line in read_shard(config, task, stats)]
+    assert len(ids) == len(set(ids)) == 52
+    assert stats.malformed == 1 and stats.documents == 52
+
+
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_level1_removes_the_injected_copies_and_keeps_the_originals(tmp_path, tasks):
+    report, kept = _run(tmp_path, tasks)
+    assert sorted(r["id"] for r in kept) == sorted(f"o{i}" for i in range(40))
+    assert [r["meta"] for r in kept] == list(range(40))  # whole records, in reading order
+    dedup = report["level1"]["dedup"]
+    assert (dedup["exact"], dedup["near"], dedup["kept"]) == (6, 6, 40)
+    assert report["input"]["documents"] == 52 and report["input"]["malformed_lines"] == 1
+    example = dedup["examples"]["near"][0]
+    assert "changed" in example["text"] and "changed" not in example["duplicate_of_text"]
+    assert example["duplicate_of"].rsplit("@", 1)[0] in report["input"]["files"]
+
+
+def test_a_stage_refuses_a_task_it_does_not_have(tmp_path):
+    _corpus(tmp_path / "in")
+    files = sorted((tmp_path / "in").glob("*.jsonl"))
+    work = tmp_path / "work"
+    write_config(work, plan([str(f) for f in files], [f.stat().st_size for f in files], 2, str(tmp_path / "o")))
+    assert load_config(work).stage_tasks("clusters") == 1
+    with pytest.raises(ValueError, match=r"tasks 0\.\.0"):
+        run_stage(work, "clusters", 1)
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_stage(work, "dedupe", 0)
