@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from harness import Cluster, OperatorProcess, wait_for
 from manifests import merge, training_job
-from test_training_lifecycle import PLURAL, wait_condition, wait_pods, wait_state
+from test_training_lifecycle import PLURAL, wait_condition, wait_state
+from test_training_recovery import apply_and_run
 
 from moeops.devcluster import FakeKubelet
 
@@ -32,12 +33,9 @@ def test_an_edited_deadline_reaches_the_running_job(
 def test_a_raised_backoff_limit_counts_at_the_next_failure(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
 ) -> None:
-    manifest = training_job("budget", namespace, {"runPolicy": {"backoffLimit": 0}})
-    cluster.kubectl.apply(manifest)
-    workers = wait_pods(cluster, namespace, "budget", 2)
-    for pod in workers:
-        kubelet.run(pod)
-    wait_state(cluster, namespace, "budget", "Running")
+    spec = {"runPolicy": {"backoffLimit": 0}}
+    manifest = training_job("budget", namespace, spec)
+    _, workers = apply_and_run(cluster, kubelet, namespace, "budget", spec)
 
     cluster.kubectl.apply(merge(manifest, {"spec": {"runPolicy": {"backoffLimit": 1}}}))
     wait_for("the edit observed", lambda: cluster.status(PLURAL, namespace, "budget").get("observedGeneration") == 2)
@@ -50,12 +48,10 @@ def test_a_raised_backoff_limit_counts_at_the_next_failure(
 def test_an_edited_ttl_reschedules_the_deletion(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
 ) -> None:
-    manifest = training_job("kept", namespace, {"runPolicy": {"ttlSecondsAfterFinished": 3600}})
-    cluster.kubectl.apply(manifest)
-    workers = wait_pods(cluster, namespace, "kept", 2)
+    spec = {"runPolicy": {"ttlSecondsAfterFinished": 3600}}
+    manifest = training_job("kept", namespace, spec)
+    _, workers = apply_and_run(cluster, kubelet, namespace, "kept", spec)
     for pod in workers:
-        kubelet.run(pod)
-    for pod in wait_pods(cluster, namespace, "kept", 2, phase="Running"):
         kubelet.finish(pod, exit_code=0)
     wait_state(cluster, namespace, "kept", "Succeeded")
 
