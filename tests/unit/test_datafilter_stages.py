@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ def _corpus(folder: Path) -> dict[str, str]:
     return kinds
 
 
-def _run(tmp_path: Path, tasks: int) -> tuple[dict, list[dict]]:
+def _run(tmp_path: Path, tasks: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     _corpus(tmp_path / "in")
     files = sorted((tmp_path / "in").glob("*.jsonl"))
     config = plan([str(f) for f in files], [f.stat().st_size for f in files], tasks, str(tmp_path / "out"))
