@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 from typing import Any
 
 import kopf
@@ -17,6 +18,7 @@ from moeops.bus.connection import ConnectionOptions
 from ..config import OperatorConfig
 from ..grid_intensity import GridIntensity
 from ..kube import Kube
+from ..naming import OPERATOR_NAME
 from ..reports import ReportReader
 
 PEERING_NAME = "moeops"
@@ -55,8 +57,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     settings.persistence.finalizer = "moeops.dev/finalizer"
-    # Events come from our status transitions; kopf's own per-handler chatter stays in the logs.
+    # Events come from our status transitions (posted by Kube.post_event); kopf's own per-handler chatter stays in the
+    # logs, and what it still posts (a handler's failure) names the operator as its source too, not `kopf`.
     settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = OPERATOR_NAME
+    settings.posting.reporting_instance = socket.gethostname()
     settings.execution.max_workers = cfg.max_workers
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
