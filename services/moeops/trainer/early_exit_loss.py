@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from moeops.api.v1alpha1.early_exit_loss import EarlyExitLossSpec
 
 from .errors import ConfigError
-from .parallelize import GatherClock
+from .parallelize import CollectiveClock
 from .runners import AutocastFactory, LocalRunner, _cross_entropy_sum
 from .stage import TransformerStage
 from .topology import Topology
@@ -75,7 +75,7 @@ class ExitLossRunner(LocalRunner):
         autocast: AutocastFactory,
         spec: EarlyExitLossSpec,
         layers: int,
-        gathers: GatherClock | None = None,
+        gathers: CollectiveClock | None = None,
     ) -> None:
         super().__init__(stage, topo, micro, autocast, gathers)
         if stage.norm is None or stage.head is None:

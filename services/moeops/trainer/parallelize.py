@@ -15,12 +15,17 @@ The planner counts them that way (`planning/memory.py`); sharding them over edp 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
+
+# FSDP2's interfaces for custom collectives are public methods on FSDPModule, their argument types not yet exported.
+from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
 
 from moeops.api.v1alpha1.runtime import ParallelPlan
 
@@ -31,25 +36,64 @@ from .tensor_parallel import apply_tensor_parallel
 from .topology import Topology
 
 
-class GatherClock:
-    """Seconds spent in FSDP's pre-forward all-gathers: a rank that arrives early waits there for a slower
-    one, and that wait is not its own compute (the rebalancer compares ranks by compute time)."""
+class CollectiveClock:
+    """Seconds this rank spends in FSDP's collectives: every all-gather (forward and backward) and reduce-scatter.
+
+    A rank that arrives early at a collective waits there for the slower ones, and that wait is not its own compute:
+    the rebalancer compares ranks by compute time, so a wait counted as compute makes the rank with less data look
+    slow, and it is then given even less (seen live: shares drifting from [32, 32] to [63, 1] between two equal
+    ranks). FSDP2 lets us supply the collectives (`set_custom_all_gather`, `set_custom_reduce_scatter`): ours are
+    torch's defaults, timed. They run synchronously on the host here (FSDP2 asks for no async op on CPU, and the
+    reduce-scatter is always issued without one), so the time includes the wait. On CUDA the host only enqueues NCCL
+    work, so this clock sees launch time, not device-side waits.
+    """
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._started = 0.0
 
-    def attach(self, modules: Iterable[nn.Module]) -> None:
-        # FSDP's own pre-forward hook is prepended: ours prepended after it runs before it, ours appended after.
-        for module in modules:
-            module.register_forward_pre_hook(self._start, prepend=True)
-            module.register_forward_pre_hook(self._stop)
+    def attach(self, units: Iterable[FSDPModule]) -> None:
+        for unit in units:
+            unit.set_custom_all_gather(_TimedAllGather(self))
+            unit.set_custom_reduce_scatter(_TimedReduceScatter(self))
 
-    def _start(self, *_: Any) -> None:
-        self._started = time.perf_counter()
 
-    def _stop(self, *_: Any) -> None:
-        self.seconds += time.perf_counter() - self._started
+class _TimedAllGather(AllGather):
+    def __init__(self, clock: CollectiveClock) -> None:
+        self._clock = clock
+
+    def allocate(self, size: Sequence[int | torch.SymInt], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(
+        self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup, async_op: bool = False
+    ) -> dist.Work | None:
+        started = time.perf_counter()
+        try:
+            return dist.all_gather_into_tensor(output_tensor, input_tensor, group=group, async_op=async_op)
+        finally:
+            self._clock.seconds += time.perf_counter() - started
+
+
+class _TimedReduceScatter(ReduceScatter):
+    def __init__(self, clock: CollectiveClock) -> None:
+        self._clock = clock
+
+    def allocate(self, size: Sequence[int | torch.SymInt], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        return torch.empty(*size, dtype=dtype, device=device)
+
+    def __call__(
+        self,
+        output_tensor: torch.Tensor,
+        input_tensor: torch.Tensor,
+        group: dist.ProcessGroup,
+        op: Any,
+        async_op: bool = False,
+    ) -> dist.Work | None:
+        started = time.perf_counter()
+        try:
+            return dist.reduce_scatter_tensor(output_tensor, input_tensor, op=op, group=group, async_op=async_op)
+        finally:
+            self._clock.seconds += time.perf_counter() - started
 
 
 def routed_expert_params(model: nn.Module) -> set[nn.Parameter]:
@@ -65,8 +109,8 @@ def apply_fsdp(model: TransformerStage, mesh: DeviceMesh, ignored: set[nn.Parame
     return units
 
 
-def parallelize(model: TransformerStage, topo: Topology, plan: ParallelPlan) -> GatherClock | None:
-    """Shard `model` in place; returns the clock of its all-gathers when FSDP runs (data degree > 1)."""
+def parallelize(model: TransformerStage, topo: Topology, plan: ParallelPlan) -> CollectiveClock | None:
+    """Shard `model` in place; returns the clock of its collectives when FSDP runs (data degree > 1)."""
     if topo.tp_mesh is not None:
         apply_tensor_parallel(model, topo.tp_mesh)
     model.activation_checkpointing = plan.activation_checkpointing
@@ -74,6 +118,6 @@ def parallelize(model: TransformerStage, topo: Topology, plan: ParallelPlan) -> 
         return None
     experts = routed_expert_params(model) if topo.ep.active else set()
     units = apply_fsdp(model, topo.dp_mesh, experts)
-    clock = GatherClock()
-    clock.attach(unit for unit in units if isinstance(unit, nn.Module))
+    clock = CollectiveClock()
+    clock.attach(units)
     return clock

@@ -21,7 +21,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
 from .errors import ConfigError
-from .parallelize import GatherClock
+from .parallelize import CollectiveClock
 from .topology import Topology
 
 FORWARD_SHARE_OF_WORK = 3.0
@@ -59,9 +59,9 @@ class LocalRunner:
     """All layers on this rank: gradient accumulation over micro-batches (FSDP reduces on the last one)."""
 
     def __init__(
-        self, module: nn.Module, topo: Topology, micro: int, autocast: AutocastFactory, gathers: GatherClock | None
+        self, module: nn.Module, topo: Topology, micro: int, autocast: AutocastFactory, gathers: CollectiveClock | None
     ) -> None:
-        """`gathers`: FSDP's all-gather clock (parallelize.py), None without data parallelism."""
+        """`gathers`: FSDP's collective clock (parallelize.py), None without data parallelism."""
         self.module, self.topo, self.micro, self.autocast = module, topo, micro, autocast
         self.gathers = gathers
         self.wait_seconds = 0.0
@@ -77,8 +77,9 @@ class LocalRunner:
             ce, objective = self.micro_losses(x_BS, y_BS)
             (objective / answers * self.topo.dp.size).backward()  # type: ignore[no-untyped-call]
             total += ce.detach()
-        # Waiting for slower ranks shows in the forward all-gathers (a rank that arrives early blocks there);
-        # the rebalancer must not count it as this rank's compute, or every rank looks as slow as the straggler.
+        # Waiting for slower ranks shows in FSDP's collectives (a rank that arrives early blocks in an all-gather or
+        # the reduce-scatter); the rebalancer must not count it as this rank's compute, or every rank looks as slow
+        # as the straggler and the one with the least data slowest of all.
         self.wait_seconds = self.gathers.seconds - gathered_before if self.gathers is not None else 0.0
         return total
 
