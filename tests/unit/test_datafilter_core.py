@@ -11,9 +11,17 @@ from hypothesis import strategies as st
 
 from moeops.datafilter.buckets import bucket_pairs, doc_id, doc_ids, split_id
 from moeops.datafilter.clusters import EXACT, NEAR, UnionFind, removals, unique_pairs
-from moeops.datafilter.minhash import MinHashParams, band_keys, permutation_coefficients, shingle_hashes, signatures
+from moeops.datafilter.minhash import (
+    MinHashParams,
+    band_keys,
+    permutation_coefficients,
+    shingle_hashes,
+    signatures,
+    signatures_of,
+)
 from moeops.datafilter.normalise import exact_hash, normalise
 from moeops.datafilter.ranges import split_ranges
+from moeops.datafilter.shingles import batch_shingles, word_hashes
 
 
 def test_normalise_folds_width_case_and_spaces():
@@ -37,6 +45,23 @@ def test_short_documents_are_one_shingle_and_shingles_are_distinct():
     assert (shingle_hashes("x y z w", 2) < 2**32).all()
 
 
+def test_word_hashes_depend_on_the_word_only():
+    hashes, ends = word_hashes(b"ab cd ab abc b a")
+    assert hashes[0] == hashes[2] and len(set(hashes.tolist())) == 5
+    assert ends.tolist() == [2, 5, 8, 12, 14, 16]
+
+
+def test_a_batch_shingles_each_document_as_alone():
+    docs = ["a b c d e f", "a b", "x y z a b c d e f a", "é ü 日本 語 テキスト"]
+    hashes, starts = batch_shingles(docs, 3)
+    assert starts.tolist() == [0, 4, 5, 13]
+    runs = np.split(hashes, starts[1:])
+    for doc, run in zip(docs, runs, strict=True):
+        assert (run == shingle_hashes(doc, 3)).all()
+    assert set(runs[0].tolist()) < set(runs[2].tolist())  # "a b c" .. "d e f" are in both
+    assert len(runs[1]) == 1  # shorter than one n-gram
+
+
 def _jaccard(a: str, b: str, n: int) -> float:
     grams_a = {tuple(a.split()[i : i + n]) for i in range(len(a.split()) - n + 1)}
     grams_b = {tuple(b.split()[i : i + n]) for i in range(len(b.split()) - n + 1)}
@@ -52,7 +77,7 @@ def test_signature_agreement_estimates_jaccard():
     for position in rng.sample(range(400), 40):
         edited[position] = "edit"
     one, two = " ".join(base), " ".join(edited)
-    sig = signatures([shingle_hashes(one, 3), shingle_hashes(two, 3)], a_coef, b_coef)
+    sig = signatures(*batch_shingles([one, two], 3), a_coef, b_coef)
     estimate = float((sig[0] == sig[1]).mean())
     assert abs(estimate - _jaccard(one, two, 3)) < 0.1
 
@@ -63,10 +88,10 @@ def test_batched_signatures_equal_one_at_a_time_and_long_documents_are_chunked(m
     params = MinHashParams()
     a_coef, b_coef = permutation_coefficients(params)
     docs = [shingle_hashes(" ".join(f"w{i * j}" for i in range(n)), 5) for j, n in enumerate([3, 50, 700, 9], 1)]
-    together = signatures(docs, a_coef, b_coef)
-    apart = np.concatenate([signatures([d], a_coef, b_coef) for d in docs])
+    together = signatures_of(docs, a_coef, b_coef)
+    apart = np.concatenate([signatures_of([d], a_coef, b_coef) for d in docs])
     monkeypatch.setattr(minhash, "_MAX_CELLS", 200 * params.permutations)  # the 700-word document is chunked
-    chunked = signatures(docs, a_coef, b_coef)
+    chunked = signatures_of(docs, a_coef, b_coef)
     assert (together == apart).all() and (together == chunked).all()
 
 

@@ -19,7 +19,7 @@ def _text(rng: random.Random, words: int = 120) -> str:
 
 
 def _corpus(folder: Path) -> dict[str, str]:
-    """Two files: 40 distinct documents, 6 exact copies (re-cased, re-spaced), 6 near copies (2 words of 120
+    """Two files: 40 distinct documents, 6 exact copies (re-cased, re-spaced), 6 near copies (1 word of 120
     changed), a malformed line and a blank one. Returns id -> kind."""
     rng = random.Random(7)
     originals = [_text(rng) for _ in range(40)]
@@ -32,7 +32,7 @@ def _corpus(folder: Path) -> dict[str, str]:
         records.append({"id": f"e{i}", "text": "  " + originals[i].upper().replace(" ", "\n ")})
         kinds[f"e{i}"] = "exact"
         words = originals[10 + i].split()
-        words[30] = words[90] = "changed"
+        words[10] = "changed"  # inside the report snippet
         records.append({"id": f"n{i}", "text": " ".join(words)})
         kinds[f"n{i}"] = "near"
     folder.mkdir()

@@ -13,6 +13,7 @@ written whole, then renamed into place, so a task that dies leaves no half file 
 from __future__ import annotations
 
 import json
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from numpy.typing import NDArray
 from .buckets import bucket_pairs, doc_ids, sort_keys, split_id
 from .clusters import REASONS, removals
 from .config import CONFIG_FILE, FilterConfig
-from .minhash import band_keys, permutation_coefficients, shingle_hashes, signatures
+from .minhash import band_keys, permutation_coefficients, signatures
 from .normalise import exact_hash, normalise
 from .reader import ReadStats, parse_text, read_shard
+from .shingles import batch_shingles
 
-BATCH = 512
-"""Documents signed per numpy batch: amortises the per-call cost, bounded memory (minhash._MAX_CELLS)."""
+BATCH_BYTES = 1 << 16
+"""Text shingled and signed per numpy batch: enough documents to amortise numpy's per-call cost, few enough that
+the batch's arrays (about 40 bytes per byte of text) stay a few MiB."""
 SNIPPET = 300
 
 
@@ -67,26 +70,31 @@ def run_signatures(work: Path, task: int) -> None:
     params = config.params()
     a, b = permutation_coefficients(params)
     stats = ReadStats()
-    exact: list[int] = []
-    where: list[tuple[int, int]] = []
+    # array('Q'): 8 bytes a document, where a list of ints costs 40.
+    exact = array("Q")
+    where = array("Q")
     keys: list[NDArray[np.uint64]] = []
-    batch: list[NDArray[np.uint64]] = []
+    batch: list[str] = []
+    batch_bytes = 0
     for line in read_shard(config, task, stats):
         text = normalise(line.text)
         exact.append(exact_hash(text))
-        where.append((line.file, line.offset))
-        batch.append(shingle_hashes(text, params.shingle))
-        if len(batch) == BATCH:
-            keys.append(band_keys(signatures(batch, a, b), params))
-            batch = []
+        where.extend((line.file, line.offset))
+        batch.append(text)
+        batch_bytes += len(line.raw)
+        if batch_bytes >= BATCH_BYTES:
+            keys.append(band_keys(signatures(*batch_shingles(batch, params.shingle), a, b), params))
+            batch, batch_bytes = [], 0
     if batch:
-        keys.append(band_keys(signatures(batch, a, b), params))
+        keys.append(band_keys(signatures(*batch_shingles(batch, params.shingle), a, b), params))
     docs = doc_ids(task, len(exact))
     band_columns = np.concatenate(keys) if keys else np.empty((0, params.bands), dtype=np.uint64)
-    columns = [np.array(exact, dtype=np.uint64), *band_columns.T]
+    columns = [np.frombuffer(exact, dtype=np.uint64), *band_columns.T]
     for name, column in zip(config.band_names(), columns, strict=True):
         _write_array(work / _task_file("signatures", task, f"{name}.npy"), np.stack(sort_keys(column, docs), axis=1))
-    _write_array(work / _task_file("signatures", task, "docs.npy"), np.array(where, dtype=np.uint64).reshape(-1, 2))
+    _write_array(
+        work / _task_file("signatures", task, "docs.npy"), np.frombuffer(where, dtype=np.uint64).reshape(-1, 2)
+    )
     _write_json(work / _task_file("signatures", task, "stats.json"), stats.__dict__)
 
 
