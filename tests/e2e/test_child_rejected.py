@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from admission_policy import in_force, refusing
 from harness import Cluster, OperatorProcess, wait_for
-from manifests import merge, training_job
+from manifests import inference_service, merge, training_job
 from test_training_lifecycle import PLURAL, wait_condition
 
 from moeops.operator.naming import OPERATOR_NAME
@@ -69,3 +69,17 @@ def test_a_refused_worker_job_is_a_condition_and_one_warning(
     on_the_job = [e for e in cluster.events(namespace, NAME) if e["involvedObject"]["kind"] == "MoETrainingJob"]
     assert {e["source"].get("component") for e in on_the_job} == {OPERATOR_NAME}, json.dumps(on_the_job)[:2000]
     assert {"ChildRejected", "ChildrenCreated"} <= {e["reason"] for e in on_the_job}
+
+
+def test_a_refused_server_deployment_is_a_condition_and_a_warning_on_the_inference_service(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    message = "the cluster's policy refuses this model server"
+    with refusing(cluster, namespace, "deployments", "guarded", message, label="moeops.dev/inference-service"):
+        cluster.kubectl.apply(inference_service("guarded", namespace))
+        condition = wait_for("ChildRejected", lambda: (c := cluster.condition("inferenceservices", namespace,
+                             "guarded", "ChildRejected")) and c["status"] == "True" and c)  # fmt: skip
+    assert message in condition["message"] and f"create Deployment {namespace}/guarded" in condition["message"]
+    events = [e for e in cluster.events(namespace, "guarded") if e["involvedObject"]["kind"] == "InferenceService"]
+    (event,) = [e for e in events if e["reason"] == "ChildRejected"]
+    assert event["type"] == "Warning" and event["source"]["component"] == OPERATOR_NAME
