@@ -182,21 +182,39 @@ def data() -> None:
 @click.option("--shingle", type=click.IntRange(min=1), default=5, show_default=True, help="Words per shingle.")
 @click.option("--bands", type=click.IntRange(min=1), default=14, show_default=True)
 @click.option("--rows", type=click.IntRange(min=1), default=8, show_default=True, help="MinHash values per band.")
+@click.option(
+    "--reference",
+    type=click.Path(path_type=Path, exists=True),
+    default=None,
+    help="Trusted text (a .jsonl file or folder) for the quality model.",
+)
+@click.option(
+    "--max-perplexity",
+    type=click.FloatRange(min=1.0, min_open=True),
+    default=None,
+    help="With --reference: drop documents whose byte n-gram perplexity exceeds this.",
+)
 def data_filter(
-    source: Path, output: Path, tasks: int, work: Path | None, text_field: str, shingle: int, bands: int, rows: int
-) -> None:
-    """Level 1 of the data filter: drop exact and near duplicates (MinHash-LSH), stage by stage, N processes each."""
+    source: Path, output: Path, tasks: int, work: Path | None, text_field: str, shingle: int, bands: int, rows: int,
+    reference: Path | None, max_perplexity: float | None,
+) -> None:  # fmt: skip
+    """Level 1 of the data filter: drop exact and near duplicates (MinHash-LSH) and, with a reference, documents
+    of low quality (perplexity), stage by stage, N processes each."""
     from moeops.datafilter.local import filter_corpus
 
+    if (reference is None) != (max_perplexity is None):
+        raise click.UsageError("--reference and --max-perplexity go together")
     try:
         report = filter_corpus(source, output, tasks, work, progress=click.echo, text_field=text_field,
-                               shingle=shingle, bands=bands, rows=rows)  # fmt: skip
+                               shingle=shingle, bands=bands, rows=rows, reference=reference,
+                               max_perplexity=max_perplexity)  # fmt: skip
     except (ValueError, RuntimeError) as err:
         raise click.ClickException(str(err)) from err
-    dedup = report["level1"]["dedup"]
+    level1 = report["level1"]
+    quality = f", {level1['quality']['removed']} of low quality" if level1["quality"] else ""
     click.echo(
-        f"{report['input']['documents']} documents: kept {dedup['kept']}, removed {dedup['exact']} exact and"
-        f" {dedup['near']} near duplicates; report: {output / 'report.json'}"
+        f"{report['input']['documents']} documents: kept {report['kept']}, removed {level1['dedup']['exact']} exact"
+        f" and {level1['dedup']['near']} near duplicates{quality}; report: {output / 'report.json'}"
     )
 
 

@@ -20,6 +20,7 @@ from moeops.datafilter.minhash import (
     signatures_of,
 )
 from moeops.datafilter.normalise import exact_hash, normalise
+from moeops.datafilter.quality import ByteNgramModel
 from moeops.datafilter.ranges import split_ranges
 from moeops.datafilter.shingles import batch_shingles, word_hashes
 
@@ -175,3 +176,16 @@ def test_byte_ranges_cover_every_byte_once(sizes, tasks):
             for byte in range(offsets[part.file] + part.start, offsets[part.file] + part.end):
                 covered[byte] += 1
     assert all(count == 1 for count in covered)
+
+
+def test_the_quality_model_scores_text_like_its_reference_low_and_garbage_high():
+    rng = random.Random(5)
+    sentences = ["the cat sat on the mat", "a dog ran in the park", "we read the book at home", "it is a fine day"]
+    reference = [" ".join(rng.choice(sentences) for _ in range(20)) for _ in range(50)]
+    model = ByteNgramModel.train(reference, order=4)
+    prose = model.perplexity("the dog sat in the park and we read a fine book")
+    garbage = model.perplexity("".join(rng.choice("qxzjv#@%$0123456789") for _ in range(60)))
+    assert prose < 15 and garbage > 150  # unseen contexts score about 256 (uniform over bytes)
+    assert model.perplexity("ab") == 1.0  # shorter than the order: nothing to score
+    with pytest.raises(ValueError, match="no text"):
+        ByteNgramModel.train(["abc"], order=4)

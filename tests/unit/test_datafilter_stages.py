@@ -73,7 +73,8 @@ def test_level1_removes_the_injected_copies_and_keeps_the_originals(tmp_path, ta
     assert sorted(r["id"] for r in kept) == sorted(f"o{i}" for i in range(40))
     assert [r["meta"] for r in kept] == list(range(40))  # whole records, in reading order
     dedup = report["level1"]["dedup"]
-    assert (dedup["exact"], dedup["near"], dedup["kept"]) == (6, 6, 40)
+    assert (dedup["exact"], dedup["near"], report["kept"]) == (6, 6, 40)
+    assert report["level1"]["quality"] is None
     assert report["input"]["documents"] == 52 and report["input"]["malformed_lines"] == 1
     example = dedup["examples"]["near"][0]
     assert "changed" in example["text"] and "changed" not in example["duplicate_of_text"]
@@ -90,3 +91,48 @@ def test_a_stage_refuses_a_task_it_does_not_have(tmp_path):
         run_stage(work, "clusters", 1)
     with pytest.raises(ValueError, match="unknown stage"):
         run_stage(work, "dedupe", 0)
+
+
+def test_the_quality_stage_drops_what_is_unlike_the_reference(tmp_path):
+    rng = random.Random(2)
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "dog",
+        "ran",
+        "in",
+        "park",
+        "we",
+        "read",
+        "book",
+        "at",
+        "home",
+        "it",
+        "is",
+        "fine",
+        "day",
+        "and",
+        "then",
+    ]
+    prose = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(12)]  # distinct: no near dups
+    noise = ["".join(rng.choice("qxzjv#@%$&*") for _ in range(200)) for _ in range(3)]
+    sentences = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(40)]
+    corpus, reference = tmp_path / "corpus.jsonl", tmp_path / "reference.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in [*prose[:6], *noise, *prose[6:]]))
+    reference.write_text("".join(json.dumps({"text": sentence}) + "\n" for sentence in sentences))
+    config = plan([str(corpus)], [corpus.stat().st_size], 2, str(tmp_path / "out"), reference=[str(reference)],
+                  max_perplexity=30.0)  # fmt: skip
+    work = tmp_path / "work"
+    write_config(work, config)
+    for stage in STAGES:
+        for task in range(config.stage_tasks(stage)):
+            run_stage(work, stage, task)
+    report = write_report(work)
+    kept = [json.loads(line)["text"] for shard in report["shards"] for line in Path(shard).read_text().splitlines()]
+    assert kept == prose
+    quality = report["level1"]["quality"]
+    assert quality["removed"] == 3 and all(e["perplexity"] > 30 for e in quality["examples"])

@@ -10,7 +10,9 @@ from .minhash import MinHashParams
 from .ranges import FileRange, split_ranges
 
 CONFIG_FILE = "config.json"
-STAGES = ("signatures", "buckets", "clusters", "filter")
+STAGES = ("signatures", "buckets", "clusters", "reference", "filter")
+SINGLE_TASK_STAGES = ("clusters", "reference")
+"""A union-find over all pairs; training the quality model on the reference (nothing to do without one)."""
 
 
 class FilterConfig(BaseModel):
@@ -26,6 +28,11 @@ class FilterConfig(BaseModel):
     bands: int = Field(default=14, ge=1)
     rows: int = Field(default=8, ge=1)
     seed: int = 1
+    reference: list[str] = Field(default_factory=list)
+    """Trusted jsonl files for the quality model; none: no quality filter."""
+    max_perplexity: float | None = Field(default=None, gt=1.0)
+    """Documents whose perplexity under the reference's byte n-gram model exceeds this are dropped."""
+    lm_order: int = Field(default=4, ge=2)
     examples: int = Field(default=5, ge=0)
     """Removed documents the report shows per reason."""
     ranges: list[list[FileRange]] = Field(default_factory=list)
@@ -34,10 +41,13 @@ class FilterConfig(BaseModel):
         return MinHashParams(shingle=self.shingle, bands=self.bands, rows=self.rows, seed=self.seed)
 
     def stage_tasks(self, stage: str) -> int:
-        """Tasks of a stage: one for clusters (a union-find over all pairs), else `tasks`."""
+        """Tasks of a stage: one for SINGLE_TASK_STAGES, else `tasks`."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-        return 1 if stage == "clusters" else self.tasks
+        return 1 if stage in SINGLE_TASK_STAGES else self.tasks
+
+    def quality_filter(self) -> bool:
+        return bool(self.reference) and self.max_perplexity is not None
 
     def band_names(self) -> list[str]:
         """What the buckets stage groups by: the exact hash, then each band."""

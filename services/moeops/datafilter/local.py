@@ -46,16 +46,22 @@ def filter_corpus(
     tasks: int,
     work: Path | None = None,
     progress: Callable[[str], None] = lambda _: None,
+    reference: Path | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Plan, run the four stages, write <output>/report.json; the report. `options`: FilterConfig's fields."""
+    """Plan, run the stages, write <output>/report.json; the report. `reference`: a jsonl file or folder of trusted
+    text for the quality model; `options`: FilterConfig's other fields."""
     files = input_files(source)
+    if reference is not None:
+        options["reference"] = [str(f.resolve()) for f in input_files(reference)]
     work = work or output / ".work"
     config = plan([str(f.resolve()) for f in files], [f.stat().st_size for f in files], tasks,
                   str(output.resolve()), **options)  # fmt: skip
     write_config(work, config)
     timings: dict[str, float] = {}
     for stage in STAGES:
+        if stage == "reference" and not config.quality_filter():
+            continue
         started = time.perf_counter()
         run_tasks(work, stage, load_config(work).stage_tasks(stage))
         timings[stage] = round(time.perf_counter() - started, 3)

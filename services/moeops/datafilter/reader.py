@@ -81,3 +81,16 @@ def read_shard(config: FilterConfig, task: int, stats: ReadStats) -> Iterator[Li
             if text.strip():
                 stats.documents += 1
                 yield Line(part.file, offset, raw, text)
+
+
+def read_texts(paths: list[str], text_field: str) -> Iterator[str]:
+    """The texts of whole jsonl files (a reference corpus); malformed and blank lines are skipped."""
+    for name in paths:
+        with Path(name).open("rb") as lines:
+            for raw in lines:
+                try:
+                    text = parse_text(raw, text_field) if raw.strip() else ""
+                except ValueError:
+                    continue
+                if text.strip():
+                    yield text

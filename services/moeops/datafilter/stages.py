@@ -7,6 +7,7 @@ written whole, then renamed into place, so a task that dies leaves no half file 
                                              (file, byte offset) per ordinal; task-<i>.stats.json
     work/buckets/<band>.pairs.npy            (doc, doc) candidate pairs of the bands task k owns (b mod N = k)
     work/clusters/task-<i>.remove.npy        (ordinal, reason, duplicate_of) of task i's documents; stats.json
+    work/reference/model.npz                 the quality model, when a reference and max_perplexity are set
     work/filter/task-<i>.stats.json          counts and examples; the survivors: <output>/part-<i>.jsonl
 """
 
@@ -25,13 +26,16 @@ from .clusters import REASONS, removals
 from .config import CONFIG_FILE, FilterConfig
 from .minhash import band_keys, permutation_coefficients, signatures
 from .normalise import exact_hash, normalise
-from .reader import ReadStats, parse_text, read_shard
+from .quality import ByteNgramModel
+from .reader import ReadStats, parse_text, read_shard, read_texts
 from .shingles import batch_shingles
 
 BATCH_BYTES = 1 << 16
 """Text shingled and signed per numpy batch: enough documents to amortise numpy's per-call cost, few enough that
 the batch's arrays (about 40 bytes per byte of text) stay a few MiB."""
 SNIPPET = 300
+LEVEL1_REASONS = (*REASONS.values(), "quality")
+MODEL_FILE = "reference/model.npz"
 
 
 def load_config(work: Path) -> FilterConfig:
@@ -128,6 +132,25 @@ def run_clusters(work: Path, task: int = 0) -> None:
     )
 
 
+def run_reference(work: Path, task: int = 0) -> None:
+    config = load_config(work)
+    if not config.quality_filter():
+        return
+    texts = (normalise(text) for text in read_texts(config.reference, config.text_field))
+    model = ByteNgramModel.train(texts, config.lm_order)
+    path = work / MODEL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as out:
+        np.savez(out, grams=model.grams, contexts=model.contexts, order=model.order)
+    partial.replace(path)
+
+
+def _load_model(work: Path) -> ByteNgramModel:
+    with np.load(work / MODEL_FILE) as saved:
+        return ByteNgramModel(int(saved["order"]), saved["grams"], saved["contexts"])
+
+
 def _location(config: FilterConfig, work: Path, doc: int) -> tuple[str, int]:
     source, ordinal = split_id(doc)
     file, offset = np.load(work / _task_file("signatures", source, "docs.npy"), mmap_mode="r")[ordinal].tolist()
@@ -151,8 +174,9 @@ def run_filter(work: Path, task: int) -> None:
     config = load_config(work)
     remove = np.load(work / _task_file("clusters", task, "remove.npy"))
     by_ordinal = {int(row[0]): (int(row[1]), int(row[2])) for row in remove}
-    counts = {"documents": 0, "kept": 0, **dict.fromkeys(REASONS.values(), 0)}
-    examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in REASONS.values()}
+    counts = {"documents": 0, "kept": 0, **dict.fromkeys(LEVEL1_REASONS, 0)}
+    examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in LEVEL1_REASONS}
+    model = _load_model(work) if config.quality_filter() else None
     stats = ReadStats()
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -161,6 +185,15 @@ def run_filter(work: Path, task: int) -> None:
     with partial.open("wb") as out:
         for ordinal, line in enumerate(read_shard(config, task, stats)):
             counts["documents"] += 1
+            if ordinal not in by_ordinal and model is not None and config.max_perplexity is not None:
+                perplexity = model.perplexity(normalise(line.text))
+                if perplexity > config.max_perplexity:
+                    counts["quality"] += 1
+                    if len(examples["quality"]) < config.examples:
+                        where = f"{config.inputs[line.file]}@{line.offset}"
+                        examples["quality"].append({"document": where, "text": line.text[:SNIPPET],
+                                                    "perplexity": round(perplexity, 2)})  # fmt: skip
+                    continue
             if ordinal not in by_ordinal:
                 counts["kept"] += 1
                 out.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
@@ -172,7 +205,7 @@ def run_filter(work: Path, task: int) -> None:
                 path = config.inputs[line.file]
                 examples[reason].append(_example(config, work, line.text, path, line.offset, duplicate_of))
     partial.replace(shard)
-    if counts["documents"] != counts["kept"] + sum(counts[r] for r in REASONS.values()):
+    if counts["documents"] != counts["kept"] + sum(counts[r] for r in LEVEL1_REASONS):
         raise RuntimeError(f"task {task}: a document was neither kept nor removed with a reason: {counts}")
     _write_json(
         work / _task_file("filter", task, "stats.json"),
@@ -184,6 +217,7 @@ STAGE_FUNCTIONS = {
     "signatures": run_signatures,
     "buckets": run_buckets,
     "clusters": run_clusters,
+    "reference": run_reference,
     "filter": run_filter,
 }
 
@@ -201,14 +235,17 @@ def write_report(work: Path, timings_s: dict[str, float] | None = None) -> dict[
     tasks = [json.loads((work / _task_file("filter", t, "stats.json")).read_text()) for t in range(config.tasks)]
     counts = {key: sum(t["counts"][key] for t in tasks) for key in tasks[0]["counts"]}
     examples = {
-        reason: [e for t in tasks for e in t["examples"][reason]][: config.examples] for reason in REASONS.values()
+        reason: [e for t in tasks for e in t["examples"][reason]][: config.examples] for reason in LEVEL1_REASONS
     }
     malformed = [m for t in tasks for m in t["read"]["malformed_examples"]][: config.examples]
     report = {
         "input": {"files": config.inputs, "bytes": sum(config.sizes), "documents": counts["documents"],
                   "malformed_lines": sum(t["read"]["malformed"] for t in tasks), "malformed_examples": malformed},
-        "level1": {"dedup": {"exact": counts["exact"], "near": counts["near"], "kept": counts["kept"],
-                             "examples": examples},
+        "level1": {"dedup": {"exact": counts["exact"], "near": counts["near"],
+                             "examples": {r: examples[r] for r in REASONS.values()}},
+                   "quality": {"removed": counts["quality"], "max_perplexity": config.max_perplexity,
+                               "reference": config.reference, "order": config.lm_order,
+                               "examples": examples["quality"]} if config.quality_filter() else None,
                    "minhash": {"shingle": config.shingle, "bands": config.bands, "rows": config.rows,
                                "threshold": round(config.params().threshold(), 3)}},
         "kept": counts["kept"],
