@@ -37,3 +37,11 @@ def test_data_filter_cli_names_a_folder_without_jsonl(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["data", "filter", "--input", str(tmp_path / "empty"), "--output", str(tmp_path)])
     assert result.exit_code == 1 and "holds no .jsonl files" in result.output
+
+
+def test_data_filter_cli_wants_reference_and_threshold_together(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "x"}\n')
+    args = ["data", "filter", "--input", str(corpus), "--output", str(tmp_path / "o"), "--reference", str(corpus)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--reference and --max-perplexity go together" in result.output
