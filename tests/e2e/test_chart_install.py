@@ -29,6 +29,7 @@ OPERATOR_MAY = [
     *((verb, "deployments.apps") for verb in ("get", "list", "watch", "create", "patch")),
     *((verb, resource) for verb in ("get", "create", "patch") for resource in ("configmaps", "services")),
     ("create", "events"),
+    ("list", "events"),
 ]
 OPERATOR_MAY_CLUSTER = [("list", "customresourcedefinitions.apiextensions.k8s.io"),
                         ("watch", "customresourcedefinitions.apiextensions.k8s.io")]  # fmt: skip
