@@ -143,5 +143,6 @@ def test_data_shares_re_plan_between_the_expert_re_plans() -> None:
 
 def test_the_data_interval_cannot_exceed_the_interval() -> None:
     assert Hysteresis(0.05, 10, data_interval_steps=50).data_interval == 10
-    assert Hysteresis(0.05, 10).data_interval == 10
-    assert Hysteresis(0.05, 10, data_interval_steps=1).forecast_window(1) == (5.0, 5.0)
+    assert Hysteresis(0.05, 10).data_interval == 2  # unset: policy.DEFAULT_DATA_INTERVAL_STEPS
+    assert Hysteresis(0.05, 1).data_interval == 1
+    assert Hysteresis(0.05, 10, data_interval_steps=1).forecast_window(1) == (2.0, 2.0)  # the default margin

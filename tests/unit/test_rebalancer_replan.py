@@ -79,8 +79,12 @@ def test_the_epoch_follows_the_previous_plan_and_its_layout_is_carried_over() ->
 
 def test_no_plan_inside_the_interval() -> None:
     snap = snapshot([1.0, 1.0, 0.6, 1.0], steps=10)  # newest step 9
-    assert plan_for(snap, last_applied_step=0) is None  # 9 steps since the switch < 20
-    assert plan_for(snap, last_applied_step=-11) is not None  # 20 steps since: allowed
+    every_20 = Hysteresis(min_gain=0.05, interval_steps=20, apply_margin_steps=5, data_interval_steps=20)
+    assert plan_for(snap, every_20, last_applied_step=0) is None  # 9 steps since the switch < 20
+    assert plan_for(snap, every_20, last_applied_step=-11) is not None  # 20 steps since: allowed
+    # Unset, the data shares alone may be re-planned 2 steps after the last switch (DEFAULT_DATA_INTERVAL_STEPS).
+    assert plan_for(snap, last_applied_step=8) is None
+    assert plan_for(snap, last_applied_step=7) is not None
 
 
 def test_no_plan_below_the_minimum_gain() -> None:

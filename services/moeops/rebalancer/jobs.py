@@ -156,6 +156,7 @@ class JobState:
         self.outcomes.planned(Expected(plan.epoch, parts, plan.predicted_gain, self.round_step_seconds,
                                        plan.apply_at_step))  # fmt: skip
         self.previous, self.revision = plan, revision
+        self.aggregator.restart_levels(plan.apply_at_step)  # the speeds measured before it ran another split
         self.published[plan.epoch] = plan
         for epoch in sorted(self.published)[:-PUBLISHED_KEPT]:
             del self.published[epoch]

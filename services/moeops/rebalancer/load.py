@@ -239,6 +239,10 @@ class _RankState:
     trend: float = 0.0
     error: float = 0.0
     abs_error: float = 0.0
+    tokens: int = 0
+    """Tokens of the rank's newest step: its data share, which a plan changes."""
+    since: int = -1
+    """The step the rank's level and trend start from (its first, or the first under the current plan)."""
 
 
 @dataclass
@@ -253,6 +257,7 @@ class LoadAggregator:
     _expert_tokens: list[list[float]] = field(default_factory=list)
     _expert_step: int = -1
     _max_step: int = -1
+    _restart_step: int = -1
     _counts: dict[Ingested, int] = field(default_factory=lambda: dict.fromkeys(Ingested, 0))
 
     def __post_init__(self) -> None:
@@ -311,7 +316,22 @@ class LoadAggregator:
         seconds = compute_seconds if compute_seconds > 0 else step_seconds
         rate = tokens / seconds
         if state is None:
-            self._ranks[rank] = _RankState(step, rate, seconds, step_seconds, measured_at_unix_s)
+            self._ranks[rank] = _RankState(step, rate, seconds, step_seconds, measured_at_unix_s, tokens=tokens,
+                                           since=step)  # fmt: skip
+        elif tokens != state.tokens or state.since < self._restart_step <= step:
+            # A plan applied (`restart_levels`), or the rank's share changed: tokens/s is no speed where part of the
+            # time does not scale with the rank's own tokens (an EP rank's experts serve its whole group, whose
+            # total and placement a plan changes), so the rates measured before are not comparable; smoothing
+            # across the switch made the next plan predict gains that did not come, and the trend fitted to the
+            # jump took one rank's rate below zero (benchmarks/rebalance_product_sim.py). Restart the rank's level
+            # and trend from this step; its noise carries over, scaled to the new rate.
+            state.since = step
+            state.abs_error = state.abs_error * rate / state.tokens_per_second if state.tokens_per_second > 0 else 0.0
+            state.tokens_per_second, state.trend, state.error, state.tokens = rate, 0.0, 0.0, tokens
+            state.last_step, state.measured_at = step, measured_at_unix_s
+            state.compute_seconds = seconds
+            state.step_seconds += self.smoothing * (step_seconds - state.step_seconds)
+            state.samples += 1
         else:
             smoothing = self.smoothing
             state.last_step, state.measured_at = step, measured_at_unix_s
@@ -332,6 +352,11 @@ class LoadAggregator:
         if tokens_per_expert:
             self._fold_expert_counts(step, tokens_per_expert)
         return outcome
+
+    def restart_levels(self, from_step: int) -> None:
+        """From `from_step` on the ranks run another split or placement (a plan applies there): each rank's speed
+        level and trend restart from its first step at or after it."""
+        self._restart_step = max(self._restart_step, from_step)
 
     def _fold_expert_counts(self, step: int, tokens_per_expert: list[list[int]]) -> None:
         # The trainer all-reduces the counts, so every rank reports the same global counts for a step: fold each

@@ -265,6 +265,11 @@ def replan_outcome(
 
     scale = settings.min_gain_scale
     paying = {part: gain for part, gain in gains.items() if gain > hysteresis.min_gain * scale.get(part, 1.0)}
+    planned_before = current_shares is not None and list(current_shares) != even_split(global_batch, data)
+    if "experts" in paying and "data" in gains and planned_before:
+        # The shares that run were split for the placement that moves away (a rank with a hot expert got fewer
+        # sequences): kept, they made an expert plan that paid on its own cost utilization in the simulator.
+        paying["data"] = gains["data"]
     combined = 1.0 - math.prod(1.0 - gain for gain in paying.values())
     verdict = hysteresis.verdict(
         current_step=snapshot.max_step,
