@@ -30,7 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     one.add_argument("--layers", type=int, default=1, help="model layers (one pipeline stage until re-planned)")
     one.add_argument("--min-gain", type=float, default=0.05)
     one.add_argument("--interval-steps", type=int, default=50)
-    one.add_argument("--data-interval-steps", type=int, default=None, help="data-share-only re-plans (default: above)")
+    one.add_argument("--data-interval-steps", type=int, default=None,
+                     help="data-share-only re-plans (default: 2, at most --interval-steps)")  # fmt: skip
     one.add_argument("--disabled", action="store_true", help="consume metrics but never publish a plan")
     one.add_argument("--max-sequences-per-rank", type=int, default=None)
     every = parser.add_argument_group("every job (those that describe themselves take the rest from their spec)")

@@ -238,7 +238,7 @@ class RebalanceSpec(KubeModel):
         le=1_000_000,
         description="Steps between re-plans of the data shares alone (nothing moves but the split of the batch,"
         " so they can follow stragglers closely); expert placement and pipeline stages still wait intervalSteps."
-        " Default: intervalSteps.",
+        " Default: 2 (at most intervalSteps).",
     )
     min_gain: float = Field(
         default=0.05, ge=0.0, le=1.0, description="Minimum predicted step-time gain before a plan is applied."
