@@ -1,27 +1,29 @@
-"""Carbon-aware training: a timer per gated MoETrainingJob reads the grid, asks the pure gate, and pauses or resumes.
+"""Carbon-aware training: the operator's status loop reads the grid for every gated MoETrainingJob, asks the pure
+gate, and pauses or resumes.
 
 A job is gated when it has `spec.carbon.maxIntensity` (or is still paused by the gate: removing the threshold must
-let it run). Every MOEOPS_CARBON_GATE_INTERVAL_S (30 s by default; read when the handlers are imported, as kopf
-fixes a timer's interval then) the timer reads the intensity of `spec.carbon.region` (`GridIntensity`: the
-configured series, then the static table), and `planning.carbon_gate.decide_gate` decides (a yearly average or a
-stale value is no live reading: `IntensityStale`, and the job runs unless `onFeedLoss: pause`; the dwell since the
-gate's last action is read from the `CarbonPaused` condition). A pause or resume is one
-conditional status write, after the children are brought in line with it: the worker Job is suspended exactly as
-for `runPolicy.suspend` (the pods get SIGTERM and checkpoint), or unsuspended (the new pods resume from the
-checkpoint). While paused, every tick re-applies the suspension, so a reconcile that raced with the pause and
-unsuspended the Job is corrected within one interval.
+let it run). Every MOEOPS_CARBON_GATE_INTERVAL_S (30 s by default) the loop (`status_loop.py`, source
+`carbon_gate`) reads the intensity of `spec.carbon.region` (`GridIntensity`: the configured series, then the static
+table), and `planning.carbon_gate.decide_gate` decides (a yearly average or a stale value is no live reading:
+`IntensityStale`, and the job runs unless `onFeedLoss: pause`; the dwell since the gate's last action is read from
+the `CarbonPaused` condition). A pause or resume is one conditional status write, after the children are brought in
+line with it: the worker Job is suspended exactly as for `runPolicy.suspend` (the pods get SIGTERM and checkpoint),
+or unsuspended (the new pods resume from the checkpoint). While paused, every pass re-applies the suspension, so a
+reconcile that raced with the pause and unsuspended the Job is corrected within one interval.
+
+Not a kopf timer: kopf puts its finalizer on every object a timer runs for, even behind a `when=` filter (kopf issue
+#1074), so deleting a gated job hung while the operator was down.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import kopf
 from pydantic import ValidationError
 
-from moeops.api.v1alpha1.trainingjob import PLURAL, MoETrainingJobSpec
+from moeops.api.v1alpha1.trainingjob import MoETrainingJobSpec
 
 from ..config import OperatorConfig
 from ..grid_intensity import GridIntensity
@@ -29,16 +31,14 @@ from ..kube import Kube
 from ..planning.carbon_gate import Action, GateMemory, decide_gate, is_carbon_paused
 from ..status import StatusUpdate, is_finished
 from ..status.carbon_gate import gate_status, merge_events
-from .common import api_errors_to_kopf, config_of, kube_of, now, with_fresh_owner
-from .observe import traced
-from .training import TRAINING, reconcile
+from .common import now
+from .status_sources import Context, Fields
+from .training import reconcile
 from .typed import spec_of
 
-GATE_INTERVAL_S = OperatorConfig.from_env(os.environ).carbon_gate_interval_s
 
-
-def gated(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    """Jobs the timer runs for: those with a threshold, and those the gate still holds."""
+def gated(spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    """Jobs the gate runs for: those with a threshold, and those the gate still holds."""
     return (spec.get("carbon") or {}).get("maxIntensity") is not None or is_carbon_paused(dict(status))
 
 
@@ -69,14 +69,8 @@ def gate_update(kube: Kube, cfg: OperatorConfig, grid: GridIntensity, owner: Map
     return StatusUpdate(update.patch, merge_events(gate.events, update.events))
 
 
-@kopf.timer(*TRAINING, interval=GATE_INTERVAL_S, initial_delay=GATE_INTERVAL_S, when=gated)
-@traced()
-@api_errors_to_kopf
-def carbon_gate(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    if is_finished(body.get("status") or {}):
-        return
-    kube, cfg = kube_of(memo), config_of(memo)
-    grid: GridIntensity = memo["grid_intensity"]
-    meta = body["metadata"]
-    compute = lambda owner: gate_update(kube, cfg, grid, owner)  # noqa: E731
-    with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], compute, cached=body)
+async def gate_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
+    """The status loop's source: the gate's update for a gated job (no read, no write for the others)."""
+    if ctx.grid is None or not gated(body.get("spec") or {}, body.get("status") or {}):
+        return None
+    return await asyncio.to_thread(gate_update, ctx.kube, ctx.cfg, ctx.grid, body)

@@ -1,4 +1,5 @@
-"""One operator-level loop copies the bus into `.status` (progress, rebalance, carbon) and runs the autoscaler.
+"""One operator-level loop copies the bus into `.status` (progress, rebalance, carbon), runs the carbon gate and the
+autoscaler.
 
 Not kopf timers: kopf puts its finalizer on every object a timer or daemon runs for (kopf issue #1074; a `when=`
 filter only narrows which objects get it), so `kubectl delete` of any MoETrainingJob or InferenceService hung while
@@ -30,8 +31,9 @@ from moeops.api.v1alpha1 import inferenceservice, trainingjob
 from ..config import OperatorConfig
 from ..kube import ApiError
 from ..status import StatusUpdate
-from ..status.refresh import Schedule, changed_fields, leads_peers, merged
+from ..status.refresh import Schedule, changed_fields, leads_peers, merged, with_status
 from .autoscale import autoscale_fields
+from .carbon_gate import gate_fields
 from .common import CONFLICT_RETRIES, config_of, kube_of, now, write_status
 from .observe import traced
 from .serving import SERVING
@@ -53,7 +55,8 @@ TASK = "status_loop"
 """The memo key of the loop's asyncio task."""
 TRAINING, SERVING_PLURAL = trainingjob.PLURAL, inferenceservice.PLURAL
 SOURCES: dict[str, dict[str, SourceFn]] = {
-    # source: {plural: how it reads one object}
+    # source: {plural: how it reads one object}; in this order, each seeing the status the previous ones leave
+    "carbon_gate": {TRAINING: gate_fields},  # first: a job it pauses is not looked at for blocked workers
     "progress": {TRAINING: progress_fields},
     "rebalance": {TRAINING: rebalance_fields},
     "workers": {TRAINING: workers_fields},
@@ -61,6 +64,8 @@ SOURCES: dict[str, dict[str, SourceFn]] = {
     "autoscale": {SERVING_PLURAL: autoscale_fields},
 }
 Index = Mapping[Any, Any]
+CONFIGURED = ("kube", "config", "reports", "grid_intensity")
+"""What `setup.configure` puts in the memo for the loop (it runs in a thread, so the loop waits for all of them)."""
 
 
 @kopf.index(*SERVING)
@@ -79,12 +84,19 @@ def active_objects(index: Index) -> Iterator[Mapping[str, Any]]:
 
 @traced()
 async def refresh_status(*, ctx: Context, plural: str, body: Mapping[str, Any], sources: list[SourceFn]) -> None:
-    """The due sources of one object, and one status write for what changed (a span per object and pass). The
-    write is conditional on the resourceVersion read; on a conflict the object is read again and the sources run
-    again on it (a condition list computed from an older status must not overwrite a newer one)."""
+    """The due sources of one object, and one status write for what changed (a span per object and pass). Each
+    source sees the status as the previous ones leave it: two that change `conditions` (the carbon gate, blocked
+    workers) then both land. The write is conditional on the resourceVersion read; on a conflict the object is read
+    again and the sources run again on it (a condition list computed from an older status must not overwrite a
+    newer one)."""
     meta = body["metadata"]
     for _ in range(CONFLICT_RETRIES):
-        updates = [update for source in sources if (update := await source(ctx, body)) is not None]
+        updates: list[StatusUpdate] = []
+        seen = body
+        for source in sources:
+            if (update := await source(ctx, seen)) is not None:
+                updates.append(update)
+                seen = with_status(seen, update.patch)
         patch = changed_fields(merged(u.patch for u in updates), body.get("status") or {})
         if not patch:
             return
@@ -104,7 +116,7 @@ async def refresh_status(*, ctx: Context, plural: str, body: Mapping[str, Any], 
 async def run_pass(ctx: Context, due: list[str], indexes: Mapping[str, Index]) -> None:
     live: set[str] = set()
     for plural, index in indexes.items():
-        sources = [SOURCES[name][plural] for name in due if plural in SOURCES[name]]
+        sources = [SOURCES[name][plural] for name in SOURCES if name in due and plural in SOURCES[name]]
         for body in active_objects(index):
             live.add(str(body["metadata"].get("uid") or ""))
             if not sources:
@@ -132,13 +144,14 @@ async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index], settings: k
     cfg = OperatorConfig.from_env(os.environ)  # as `setup.configure` reads it
     ctx: Context | None = None
     intervals = {"progress": cfg.progress_interval_s, "rebalance": REBALANCE_INTERVAL_S, "carbon": CARBON_INTERVAL_S,
-                 "autoscale": cfg.autoscale_interval_s, "workers": WORKERS_INTERVAL_S}  # fmt: skip
+                 "autoscale": cfg.autoscale_interval_s, "workers": WORKERS_INTERVAL_S,
+                 "carbon_gate": cfg.carbon_gate_interval_s}  # fmt: skip
     schedule = Schedule(intervals, started_at=time.monotonic())
     while True:
         await asyncio.sleep(schedule.sleep_s(time.monotonic()))
         due = schedule.due(time.monotonic())
-        if ctx is None and "kube" in memo:  # filled by the startup handler `setup.configure`
-            ctx = Context(reader=memo.get("reports"), kube=kube_of(memo), cfg=config_of(memo))
+        if ctx is None and all(key in memo for key in CONFIGURED):  # filled by the startup handler `setup.configure`
+            ctx = Context(memo.get("reports"), kube_of(memo), config_of(memo), grid=memo.get("grid_intensity"))
         if ctx is None:
             continue  # not started yet (without a bus, the bus's sources return nothing)
         try:

@@ -39,6 +39,7 @@ from moeops.bus.buckets import ensure_progress_bucket, latest_progress
 from moeops.carbon.accounting.store import ensure_carbon_bucket, workload_carbon
 
 from ..config import OperatorConfig
+from ..grid_intensity import GridIntensity
 from ..kube import Kube
 from ..naming import RESTART_ATTEMPT_LABEL, TRAINING_JOB_LABEL, worker_job_name
 from ..planning.autoscale import State
@@ -73,6 +74,8 @@ class Context:
     reader: ReportReader | None
     kube: Kube
     cfg: OperatorConfig
+    grid: GridIntensity | None = None
+    """The carbon gate's intensity source (`carbon_gate.py`)."""
     final_progress_read: set[str] = field(default_factory=set)
     """Finished jobs whose progress was read once more (and is read no more)."""
     autoscale_states: dict[str, State] = field(default_factory=dict)

@@ -55,6 +55,12 @@ def merged(patches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def with_status(body: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The object as it would read after a merge patch of its status's top-level fields (each source's patch holds
+    whole fields: a condition list, a progress block)."""
+    return {**body, "status": {**(body.get("status") or {}), **patch}}
+
+
 def leads_peers(peers: Mapping[str, Mapping[str, Any]], own_priority: int, now: datetime) -> bool:
     """Whether this replica is the one that acts, from a kopf peering object's status (peer id → priority, lifetime,
     lastseen): no live peer has a higher priority. kopf pauses the handlers of the others, but not this loop, so it
