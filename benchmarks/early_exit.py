@@ -60,8 +60,8 @@ from moeops.data.synthetic import (
     prompt_ids,
 )
 from moeops.model import Transformer
-from moeops.serving.decode import generate
-from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy
+from moeops.serving.decoding.decode import generate
+from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy
 from moeops.trainer.distributed import World
 from moeops.trainer.loop import Trainer
 from moeops.trainer.metrics import NullSink

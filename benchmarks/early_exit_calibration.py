@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from torch import Tensor
 
 from moeops.model import Transformer
-from moeops.serving.decode import EOS, ExitStats, generate
-from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy
+from moeops.serving.decoding.decode import EOS, ExitStats, generate
+from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 """0.05 … 0.95; 1.0 (never exit) is always the starting point."""

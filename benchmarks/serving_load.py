@@ -9,7 +9,7 @@ streamed as server-sent events; --no-stream: whole JSON answers, no TTFT), and t
 engine round (from /metrics). The baseline is the same server with maxBatchSize 1 (no batching), run in the same
 invocation; configurations alternate per concurrency level:
 
-  batched           continuous batching, and a round's full-depth sequences in one pass (serving/batched.py);
+  batched           continuous batching, and a round's full-depth sequences in one pass (serving/decoding/batched.py);
   scheduling-only   continuous batching, each sequence its own decode_step (what early-exiting sequences get);
   unbatched         maxBatchSize 1: one request at a time, first come first served.
 

@@ -16,7 +16,7 @@
 # `all` here would expose every GPU of the node to a pod that asked for none.
 #
 # No C compiler in the final stage: `moeops train` and `moeops serve` run eager PyTorch. torch.compile
-# (Inductor/Triton, moeops.serving.export.compile_for_serving) compiles C at run time and needs gcc; an image for
+# (Inductor/Triton, moeops.serving.exporting.export.compile_for_serving) compiles C at run time and needs gcc; an image for
 # that would add it on top of this one.
 #
 # Build from the repository root (images/README.md):

@@ -13,7 +13,7 @@ import click
 
 from moeops.api import env
 from moeops.carbon.reporting.report_cli import carbon
-from moeops.serving.export_cli import export
+from moeops.serving.exporting.export_cli import export
 from moeops.serving.serve_cli import serve
 
 if TYPE_CHECKING:

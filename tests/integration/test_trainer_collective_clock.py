@@ -58,7 +58,7 @@ def _worker(rank: int, port: int, results: dict[int, tuple[float, float]]) -> No
 
 def test_the_rank_with_less_data_shows_less_compute_and_its_wait_as_collective_time() -> None:
     results: dict[int, tuple[float, float]] = mp.Manager().dict()  # type: ignore[assignment]
-    mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(_free_port(), results), nprocs=2, join=True)  # type: ignore[attr-defined]
     (light_elapsed, light_waited), (heavy_elapsed, heavy_waited) = results[0], results[1]
     light_compute, heavy_compute = light_elapsed - light_waited, heavy_elapsed - heavy_waited
     # In lockstep both ranks take about as long per step; the light one spends most of it waiting.

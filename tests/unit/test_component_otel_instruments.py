@@ -13,7 +13,7 @@ from moeops import telemetry
 from moeops.rebalancer import otel as rebalancer_otel
 from moeops.rebalancer.ingest import Counters
 from moeops.serving import otel as serving_otel
-from moeops.serving.engine import EngineStats
+from moeops.serving.decoding.engine import EngineStats
 from moeops.trainer import otel as trainer_otel
 from moeops.trainer.metrics import StepMetrics
 

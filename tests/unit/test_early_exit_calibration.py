@@ -12,7 +12,7 @@ import torch
 
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.model import Transformer
-from moeops.serving.early_exit import ExitPolicy
+from moeops.serving.decoding.early_exit import ExitPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 

@@ -19,13 +19,13 @@ import pytest
 from moeops.api import env
 from moeops.data.synthetic import CharTokenizer
 from moeops.model import Transformer
-from moeops.serving.api_models import Completion
-from moeops.serving.app import ServerSettings, create_app
-from moeops.serving.codec import CharCodec
-from moeops.serving.decode import generate
-from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy
-from moeops.serving.engine import Engine
+from moeops.serving.decoding.codec import CharCodec
+from moeops.serving.decoding.decode import generate
+from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy
+from moeops.serving.decoding.engine import Engine
 from moeops.serving.loader import CheckpointRef, ServedModel, load_served
+from moeops.serving.openai.api_models import Completion
+from moeops.serving.openai.app import ServerSettings, create_app
 from serving_server import TINY, live_server, write_run
 
 CODEC = CharCodec(CharTokenizer())

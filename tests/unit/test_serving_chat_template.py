@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from moeops.serving.chat_models import ChatCompletionRequest
 from moeops.serving.chat_template import CHAT_TEMPLATE_FILE, ROLE_LINES, ChatTemplate
-from moeops.serving.early_exit import NEVER_EXIT
-from moeops.serving.errors import ClientError
+from moeops.serving.decoding.early_exit import NEVER_EXIT
 from moeops.serving.loader import CheckpointRef, ModelLoadError, load_served
-from moeops.serving.plans import plan_chat
+from moeops.serving.openai.chat_models import ChatCompletionRequest
+from moeops.serving.openai.errors import ClientError
+from moeops.serving.openai.plans import plan_chat
 from serving_server import write_run
 
 MESSAGES = [{"role": "system", "content": "sum"}, {"role": "user", "content": [{"type": "text", "text": "1+1="}]}]

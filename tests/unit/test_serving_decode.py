@@ -12,8 +12,8 @@ from moeops.api.v1alpha1.presets import Architecture
 from moeops.data.synthetic import greedy_generate
 from moeops.model import Transformer
 from moeops.model.transformer import Block
-from moeops.serving.decode import DecodedToken, ExitStats, decode_step, generate
-from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy, confidence, softmax_max, top2_margin
+from moeops.serving.decoding.decode import DecodedToken, ExitStats, decode_step, generate
+from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy, confidence, softmax_max, top2_margin
 
 ARCH = Architecture(layers=4, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=32, vocab_size=24, seq_len=48)
 EOS = 2

@@ -10,10 +10,10 @@ import torch
 
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.model import Transformer
-from moeops.serving.batched import decode_rows
-from moeops.serving.decode import DecodedToken, generate
-from moeops.serving.early_exit import NEVER_EXIT, ExitPolicy
-from moeops.serving.engine import Engine, Failed, Finished, GenerationRequest
+from moeops.serving.decoding.batched import decode_rows
+from moeops.serving.decoding.decode import DecodedToken, generate
+from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy
+from moeops.serving.decoding.engine import Engine, Failed, Finished, GenerationRequest
 
 ARCH = Architecture(layers=3, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=32, vocab_size=24, seq_len=48)
 PROMPTS = [[1, 5, 6, 7, 3], [1, 9, 3], [1, 10, 11, 12, 13, 14, 15, 16, 3], [7], [1, 4, 4, 4, 4, 3]]

@@ -11,14 +11,14 @@ import torch
 
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.model import MoE, Transformer
-from moeops.serving.export import (
+from moeops.serving.exporting.export import (
     export_onnx,
     export_program,
     load_program,
     program_meta,
     save_program,
 )
-from moeops.serving.static_moe import StaticMoE, static_copy
+from moeops.serving.exporting.static_moe import StaticMoE, static_copy
 
 TINY = Architecture(layers=2, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=16, shared_experts=1,
                     vocab_size=64, seq_len=16)  # fmt: skip

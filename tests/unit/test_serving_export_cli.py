@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.local import local_config
 from moeops.model import Transformer
-from moeops.serving.export import load_program
-from moeops.serving.export_cli import export
+from moeops.serving.exporting.export import load_program
+from moeops.serving.exporting.export_cli import export
 from moeops.trainer import checkpoint
 from moeops.trainer.distributed import World
 

@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from moeops.data.synthetic import ALPHABET
-from moeops.serving.app import ServerSettings, create_app
-from moeops.serving.early_exit import NEVER_EXIT
+from moeops.serving.decoding.early_exit import NEVER_EXIT
 from moeops.serving.loader import CheckpointRef, load_served
+from moeops.serving.openai.app import ServerSettings, create_app
 from serving_server import live_server, write_run
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

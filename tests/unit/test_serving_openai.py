@@ -15,11 +15,11 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from moeops.data.synthetic import CharTokenizer
 from moeops.model import Transformer
-from moeops.serving.app import ServerSettings, create_app
-from moeops.serving.codec import CharCodec
-from moeops.serving.decode import generate
-from moeops.serving.early_exit import NEVER_EXIT
+from moeops.serving.decoding.codec import CharCodec
+from moeops.serving.decoding.decode import generate
+from moeops.serving.decoding.early_exit import NEVER_EXIT
 from moeops.serving.loader import CheckpointRef, load_served
+from moeops.serving.openai.app import ServerSettings, create_app
 from serving_server import live_server, write_run
 
 CODEC = CharCodec(CharTokenizer())

@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from moeops.api.v1alpha1.presets import Architecture
-from moeops.serving.app import ServerSettings, create_app
-from moeops.serving.early_exit import NEVER_EXIT
-from moeops.serving.engine import Engine
+from moeops.serving.decoding.early_exit import NEVER_EXIT
+from moeops.serving.decoding.engine import Engine
+from moeops.serving.decoding.sampling import Sampler
 from moeops.serving.loader import CheckpointRef, load_served
-from moeops.serving.sampling import Sampler
+from moeops.serving.openai.app import ServerSettings, create_app
 from serving_server import live_server, write_run
 
 LONG = Architecture(layers=2, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=16, vocab_size=64, seq_len=4096)

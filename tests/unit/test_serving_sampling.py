@@ -1,4 +1,4 @@
-"""Choosing tokens from logits (serving/sampling.py): greedy, top-k and top-p cuts, temperature, a seed that
+"""Choosing tokens from logits (serving/decoding/sampling.py): greedy, top-k and top-p cuts, temperature, a seed that
 reproduces the draws, the adjustments (logit bias, presence and frequency penalties) and log-probabilities."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from moeops.serving.sampling import Sampler, SamplingParams
+from moeops.serving.decoding.sampling import Sampler, SamplingParams
 
 LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
 

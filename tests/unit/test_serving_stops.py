@@ -1,6 +1,6 @@
-"""Stop strings as text arrives (serving/stops.py, assembler.py): the same first match and the same text held back
-as a search of the whole text, and work that grows with the text and the stop strings' total length — one request
-with long, self-overlapping stop strings no longer costs the event loop (stop length)² per token."""
+"""Stop strings as text arrives (serving/decoding/stops.py, assembler.py): the same first match and the same text
+held back as a search of the whole text, and work that grows with the text and the stop strings' total length — one
+request with long, self-overlapping stop strings no longer costs the event loop (stop length)² per token."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from moeops.data.bpe import train_bpe
 from moeops.data.synthetic import CharTokenizer
-from moeops.serving.assembler import TextAssembler
-from moeops.serving.codec import BpeCodec, CharCodec
-from moeops.serving.stops import StopMatcher, failure_table
+from moeops.serving.decoding.assembler import TextAssembler
+from moeops.serving.decoding.codec import BpeCodec, CharCodec
+from moeops.serving.decoding.stops import StopMatcher, failure_table
 
 
 def naive(text: str, stops: list[str]) -> tuple[int | None, int]:

@@ -6,7 +6,7 @@ of it every token; here a step writes its positions in place and attention reads
 Every row of the batch shares one length (one sequence, or prompts of equal length decoded in lockstep): a
 ragged batch would need per-row lengths and padding masks, which this cache does not keep. Every layer is
 filled to the same length too: early exit writes the skipped layers' entries from the exiting hidden state
-(CALM's state propagation, serving/decode.py), so a later token never attends to a hole.
+(CALM's state propagation, serving/decoding/decode.py), so a later token never attends to a hole.
 """
 
 from __future__ import annotations

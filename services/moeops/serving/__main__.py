@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .serve_cli import serve
+from moeops.serving.serve_cli import serve
 
 if __name__ == "__main__":
     serve(prog_name="python -m moeops.serving")

@@ -16,9 +16,8 @@ from moeops.api.v1alpha1.presets import Architecture
 from moeops.checkpoint.layout import CheckpointError, find_run_config, read_architecture, resolve_checkpoint
 from moeops.checkpoint.weights import load_model
 from moeops.model import Transformer
-
-from .chat_template import CONTENT_ONLY, ROLE_LINES, ChatTemplate, load_chat_template
-from .codec import CharCodec, Codec, codec_for
+from moeops.serving.chat_template import CONTENT_ONLY, ROLE_LINES, ChatTemplate, load_chat_template
+from moeops.serving.decoding.codec import CharCodec, Codec, codec_for
 
 
 class ModelLoadError(ValueError):

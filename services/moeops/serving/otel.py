@@ -27,9 +27,8 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moeops import telemetry
-
-from .engine import EngineStats
-from .latency import INSTRUMENTS, Export
+from moeops.serving.decoding.engine import EngineStats
+from moeops.serving.latency import INSTRUMENTS, Export
 
 DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0, 60.0)
 TIMED_PREFIX = "/v1/"

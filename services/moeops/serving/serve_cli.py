@@ -114,11 +114,10 @@ def serve(
     import uvicorn
 
     from moeops.checkpoint.layout import read_meta
-
-    from .app import ServerSettings, create_app
-    from .early_exit import ExitPolicy
-    from .loader import CheckpointRef, ModelLoadError, load_served
-    from .threads import choose_threads
+    from moeops.serving.decoding.early_exit import ExitPolicy
+    from moeops.serving.loader import CheckpointRef, ModelLoadError, load_served
+    from moeops.serving.openai.app import ServerSettings, create_app
+    from moeops.serving.threads import choose_threads
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runtime = _runtime_config(config)

@@ -1,5 +1,5 @@
 """LayerSkip's early-exit loss: the shared head (final norm + LM head) trained on earlier layers' hidden states,
-so that serving can stop a token at the first confident layer (moeops.serving.decode).
+so that serving can stop a token at the first confident layer (moeops.serving.decoding.decode).
 
 Objective per micro-batch, on the same normalisation as the final cross-entropy (runners.py):
 

@@ -25,14 +25,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moeops import telemetry
-
-from .engine import Engine
-from .errors import error_response
-from .latency import LatencyRecorder
-from .loader import ServedModel
-from .otel import RequestTimer, latency_export, register_engine
-from .routes import add_error_handlers, router
-from .state import ServerSettings, ServerState
+from moeops.serving.decoding.engine import Engine
+from moeops.serving.latency import LatencyRecorder
+from moeops.serving.loader import ServedModel
+from moeops.serving.openai.errors import error_response
+from moeops.serving.openai.routes import add_error_handlers, router
+from moeops.serving.openai.state import ServerSettings, ServerState
+from moeops.serving.otel import RequestTimer, latency_export, register_engine
 
 __all__ = ["BodyLimit", "ServerSettings", "ServerState", "create_app"]
 
@@ -86,7 +85,7 @@ class BodyLimit:
 
 
 def _load_sample(engine: Engine) -> Any:
-    from .load_reporter import LoadSample
+    from moeops.serving.load_reporter import LoadSample
 
     s = engine.stats()
     return LoadSample(s.in_flight, s.queued, s.tokens_per_second, s.requests_per_second)
@@ -119,7 +118,7 @@ def lifespan_of(load: Callable[[], ServedModel], state: ServerState) -> Callable
         loading = asyncio.create_task(start(), name="load-model")
         reporter = None
         if settings.service and settings.namespace:
-            from .load_reporter import LoadReporter
+            from moeops.serving.load_reporter import LoadReporter
 
             reporter = state.reporter = LoadReporter.from_environment(
                 settings.service,
@@ -162,6 +161,6 @@ def create_app(load: Callable[[], ServedModel], settings: ServerSettings) -> Fas
 
 
 def _idle_sample() -> Any:
-    from .load_reporter import LoadSample
+    from moeops.serving.load_reporter import LoadSample
 
     return LoadSample(0)

@@ -13,7 +13,7 @@ only on T:
 An unselected expert gets an exact zero weight, so the output equals the eager dropless output up to fp32
 summation order. The cost is E/K times the routed experts' FLOPs and E·T·F activations (for moe-debug, E=4, K=2:
 2x; for 8 experts top-2: 4x); it is always dropless (a capacity factor is a training device). See
-`moeops.serving.export` for why this formulation rather than per-token weight gathers.
+`moeops.serving.exporting.export` for why this formulation rather than per-token weight gathers.
 """
 
 from __future__ import annotations

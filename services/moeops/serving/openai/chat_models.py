@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from .api_models import Answer, GenerationFields
-from .sampling import MAX_TOP_LOGPROBS
+from moeops.serving.decoding.sampling import MAX_TOP_LOGPROBS
+from moeops.serving.openai.api_models import Answer, GenerationFields
 
 Role = Literal["system", "developer", "user", "assistant"]
 

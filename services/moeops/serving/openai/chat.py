@@ -10,14 +10,21 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .chat_models import AssistantMessage, ChatChoice, ChatCompletion, ChoiceLogprobs, TokenLogprob, TopLogprob
-from .codec import Codec
-from .decode import DecodedToken
-from .engine import Handle
-from .generation import Progress, RunContext
-from .loader import ServedModel
-from .plans import Plan
-from .responding import Chunk, collected, exits, new_id, sse, usage, usage_chunks
+from moeops.serving.decoding.codec import Codec
+from moeops.serving.decoding.decode import DecodedToken
+from moeops.serving.decoding.engine import Handle
+from moeops.serving.loader import ServedModel
+from moeops.serving.openai.chat_models import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChoiceLogprobs,
+    TokenLogprob,
+    TopLogprob,
+)
+from moeops.serving.openai.generation import Progress, RunContext
+from moeops.serving.openai.plans import Plan
+from moeops.serving.openai.responding import Chunk, collected, exits, new_id, sse, usage, usage_chunks
 
 
 def _top(codec: Codec, token: int, logprob: float) -> TopLogprob:

@@ -16,14 +16,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from . import chat, completions
-from .api_models import CompletionRequest, ErrorBody, ModelCard, ModelList
-from .chat_models import ChatCompletionRequest
-from .errors import ClientError, error_response
-from .generation import RunContext, submit
-from .loader import ServedModel
-from .plans import plan_chat, plan_completion
-from .state import ServerState
+from moeops.serving.loader import ServedModel
+from moeops.serving.openai import chat, completions
+from moeops.serving.openai.api_models import CompletionRequest, ErrorBody, ModelCard, ModelList
+from moeops.serving.openai.chat_models import ChatCompletionRequest
+from moeops.serving.openai.errors import ClientError, error_response
+from moeops.serving.openai.generation import RunContext, submit
+from moeops.serving.openai.plans import plan_chat, plan_completion
+from moeops.serving.openai.state import ServerState
 
 logger = logging.getLogger(__name__)
 

@@ -5,14 +5,14 @@ and sequence dimensions dynamic (torch.export.Dim; the sequence at most the arch
 the rotary cache) or fixed, one by one.
 
 Dynamic to static graph. The eager MoE layer cannot be traced as it is: its dispatch sorts the T·K token→expert
-assignments and runs each expert on its own rows, so the rows per expert are *data* (bincount's output size, the
-split sizes, a host sync on the counts) and torch.export stops on a data-dependent shape. The exporter therefore
-traces a copy of the model whose MoE layers are `StaticMoE` (moeops.serving.static_moe): the same router (scores,
-top-k, renormalised gates, selection bias), then every expert on every token as batched matmuls over the stacked
-expert weights, combined with a (T, E) weight matrix that holds the K gates and exact zeros elsewhere. Its shapes
-depend only on T, so one graph serves every batch and sequence length, in torch.export and ONNX (MatMul, TopK,
-ScatterElements: no Loop/If). The copy shares the parameters: the model being exported keeps its eager, trainable
-MoE layers, and training numerics are untouched.
+assignments and runs each expert on its own rows, so the rows per expert are *data* (bincount's output size, the split
+sizes, a host sync on the counts) and torch.export stops on a data-dependent shape. The exporter therefore traces a copy
+of the model whose MoE layers are `StaticMoE` (moeops.serving.exporting.static_moe): the same router (scores, top-k,
+renormalised gates, selection bias), then every expert on every token as batched matmuls over the stacked expert
+weights, combined with a (T, E) weight matrix that holds the K gates and exact zeros elsewhere. Its shapes depend only
+on T, so one graph serves every batch and sequence length, in torch.export and ONNX (MatMul, TopK, ScatterElements: no
+Loop/If). The copy shares the parameters: the model being exported keeps its eager, trainable MoE layers, and training
+numerics are untouched.
 
 The trade-off. The dense masked formulation costs E/K times the routed experts' FLOPs and E·T·F activations:
 2x for moe-debug (4 experts, top-2), 4x for 8 experts top-2. Measured per layer on 2 busy CPU cores (best of
@@ -41,8 +41,7 @@ from torch import Tensor, nn
 from torch.export import Dim, ExportedProgram
 
 from moeops.model import Transformer
-
-from .static_moe import static_copy
+from moeops.serving.exporting.static_moe import static_copy
 
 META_FILE = "moeops.json"
 """Inside a .pt2: the architecture and the exported dimensions, so a server needs nothing else."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .codec import Codec
-from .stops import StopMatcher
+from moeops.serving.decoding.codec import Codec
+from moeops.serving.decoding.stops import StopMatcher
 
 
 @dataclass

@@ -11,13 +11,13 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import Request
 
-from .api_models import ExitSummary, Usage
-from .codec import Codec
-from .early_exit import ExitPolicy
-from .engine import Handle
-from .errors import error_event, error_response
-from .generation import ChoiceRun, DeadlineExceeded, Progress, RunContext, cancel_all, collect, run
-from .plans import Plan
+from moeops.serving.decoding.codec import Codec
+from moeops.serving.decoding.early_exit import ExitPolicy
+from moeops.serving.decoding.engine import Handle
+from moeops.serving.openai.api_models import ExitSummary, Usage
+from moeops.serving.openai.errors import error_event, error_response
+from moeops.serving.openai.generation import ChoiceRun, DeadlineExceeded, Progress, RunContext, cancel_all, collect, run
+from moeops.serving.openai.plans import Plan
 
 Chunk = dict[str, Any]
 

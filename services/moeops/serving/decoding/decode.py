@@ -23,8 +23,7 @@ from torch import Tensor
 from moeops.data.synthetic import CharTokenizer
 from moeops.model import Transformer
 from moeops.model.kv_cache import KVCache
-
-from .early_exit import NEVER_EXIT, ExitPolicy, confidence
+from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy, confidence
 
 EOS = CharTokenizer.EOS
 

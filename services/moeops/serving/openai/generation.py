@@ -15,13 +15,13 @@ from dataclasses import dataclass, field, replace
 
 from starlette.requests import Request
 
-from .assembler import TextAssembler
-from .codec import Codec
-from .decode import DecodedToken
-from .engine import Engine, EngineUnavailable, Event, Failed, Finished, Handle, QueueFull
-from .errors import ClientError
-from .latency import LatencyRecorder
-from .plans import Plan
+from moeops.serving.decoding.assembler import TextAssembler
+from moeops.serving.decoding.codec import Codec
+from moeops.serving.decoding.decode import DecodedToken
+from moeops.serving.decoding.engine import Engine, EngineUnavailable, Event, Failed, Finished, Handle, QueueFull
+from moeops.serving.latency import LatencyRecorder
+from moeops.serving.openai.errors import ClientError
+from moeops.serving.openai.plans import Plan
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,10 @@ import torch
 
 from moeops.model import Transformer
 from moeops.model.kv_cache import KVCache
-
-from .batched import decode_rows
-from .decode import DecodedToken, decode_step
-from .early_exit import ExitPolicy
-from .sampling import GREEDY, Sampler, SamplingParams
+from moeops.serving.decoding.batched import decode_rows
+from moeops.serving.decoding.decode import DecodedToken, decode_step
+from moeops.serving.decoding.early_exit import ExitPolicy
+from moeops.serving.decoding.sampling import GREEDY, Sampler, SamplingParams
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,7 @@ from torch import Tensor
 from moeops.model import Transformer
 from moeops.model.kv_cache import KVCache
 from moeops.model.transformer import Block, apply_rope
-
-from .decode import DecodedToken
+from moeops.serving.decoding.decode import DecodedToken
 
 
 def _rows(w: torch.nn.Module, x_BD: Tensor, head_dim: int) -> Tensor:

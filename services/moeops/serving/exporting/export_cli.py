@@ -48,7 +48,7 @@ def export(
     opset: int | None,
     check: bool,
 ) -> None:
-    """Export a trained checkpoint for serving (static-shape MoE dispatch; see moeops.serving.export)."""
+    """Export a trained checkpoint for serving (static-shape MoE dispatch; see moeops.serving.exporting.export)."""
     from moeops.checkpoint.layout import CheckpointError, find_run_config, read_architecture, resolve_checkpoint
 
     try:
@@ -60,7 +60,7 @@ def export(
         raise click.BadParameter(f"{seq} exceeds the model's seqLen ({arch.seq_len})", param_hint="--seq")
 
     from moeops.checkpoint.weights import load_model
-    from moeops.serving import export as ex
+    from moeops.serving.exporting import export as ex
 
     try:
         model = load_model(step_dir, arch)
@@ -93,7 +93,7 @@ def export(
 def _max_error(model: Transformer, fmt: str, out: Path, tokens_BS: torch.Tensor) -> float:
     import torch
 
-    from moeops.serving import export as ex
+    from moeops.serving.exporting import export as ex
 
     with torch.no_grad():
         eager = model(tokens_BS).logits_BSV

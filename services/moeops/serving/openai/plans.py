@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .api_models import MAX_CHOICES, CompletionRequest, GenerationFields
-from .chat_models import ChatCompletionRequest
-from .early_exit import ExitPolicy
-from .engine import GenerationRequest
-from .errors import ClientError
-from .loader import ServedModel
-from .sampling import SamplingParams
+from moeops.serving.decoding.early_exit import ExitPolicy
+from moeops.serving.decoding.engine import GenerationRequest
+from moeops.serving.decoding.sampling import SamplingParams
+from moeops.serving.loader import ServedModel
+from moeops.serving.openai.api_models import MAX_CHOICES, CompletionRequest, GenerationFields
+from moeops.serving.openai.chat_models import ChatCompletionRequest
+from moeops.serving.openai.errors import ClientError
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from fastapi.responses import JSONResponse
 
-from .api_models import ErrorBody, ErrorDetail
+from moeops.serving.openai.api_models import ErrorBody, ErrorDetail
 
 
 class ClientError(Exception):

@@ -6,13 +6,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .early_exit import ExitPolicy
-from .engine import Engine
-from .latency import LatencyRecorder
-from .loader import ServedModel
+from moeops.serving.decoding.early_exit import ExitPolicy
+from moeops.serving.decoding.engine import Engine
+from moeops.serving.latency import LatencyRecorder
+from moeops.serving.loader import ServedModel
 
 if TYPE_CHECKING:
-    from .load_reporter import LoadReporter
+    from moeops.serving.load_reporter import LoadReporter
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 
