@@ -9,13 +9,11 @@ part (`plan_data_shares`): a rank cut with one keeps a lower tokens/s after it r
 
 from __future__ import annotations
 
-from bus_records import worker_metrics
 from moeops.api.v1alpha1.trainingjob import RebalanceSpec
-from moeops.bus.messages import RebalancePlan
-from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.rebalancer.jobs import JobSettings, JobState
 from moeops.rebalancer.load import LoadAggregator
 from moeops.rebalancer.policy import Hysteresis
+from rebalancer_runs import follow_plans
 
 SLOWS_AT, RECOVERS_AT, STEPS = 10, 40, 90
 SECONDS_PER_SEQUENCE = 0.1
@@ -27,24 +25,9 @@ def _speed(rank: int, step: int) -> float:
 
 
 def _run() -> list[tuple[int, list[int]]]:
-    """Four data-parallel ranks following the service's plans; (step, shares) of each plan as it applies."""
+    """Four data-parallel ranks following the service's plans at the CRD's defaults."""
     state = JobState.of(JobSettings("ns", "j", 32, Hysteresis.from_spec(RebalanceSpec())))
-    shares, pending, applied = [8, 8, 8, 8], list[RebalancePlan](), []
-    for step in range(STEPS):
-        for plan in [plan for plan in pending if plan.apply_at_step <= step]:
-            pending.remove(plan)
-            shares = sequences_from_fractions(plan.data_shares, 32)
-            applied.append((step, shares))
-        compute = [(SECONDS_PER_SEQUENCE * n) / _speed(rank, step) for rank, n in enumerate(shares)]
-        for rank, seconds in enumerate(compute):
-            state.aggregator.ingest(worker_metrics(rank, step, job="j", world_size=4, tokens=100 * shares[rank],
-                                                   step_seconds=max(compute), compute_seconds=seconds,
-                                                   comm_seconds=max(compute) - seconds))  # fmt: skip
-        outcome = state.next_outcome(float(step))
-        if outcome.plan is not None:
-            state.adopt(outcome.plan, outcome.plan.epoch + 1, full=outcome.full, parts=outcome.parts)
-            pending.append(outcome.plan)
-    return applied
+    return follow_plans(state, _speed, STEPS, seconds_per_sequence=SECONDS_PER_SEQUENCE)
 
 
 def test_a_slowed_rank_is_cut_and_gets_its_share_back_within_a_few_steps_without_flip_flop() -> None:
