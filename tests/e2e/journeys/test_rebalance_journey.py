@@ -20,8 +20,8 @@ DELAY_S_PER_SEQUENCE = 0.5
 """Rank 1 sleeps 8 × 0.5 = 4 s more per step on its even share: far more than the compute of a step, which swings
 by seconds when other work crowds the machine's cores (and grows on rank 0 with the share it takes over)."""
 STEPS = 32
-"""The plan switches at about step 11 (5 steps reported by every rank, then a 5-step margin): 20 steps after it."""
-MIN_BEFORE, MIN_AFTER = 8, 15
+"""The plan switches at about step 8 (5 steps reported by every rank, a round, then the 2-step margin): 20 after it."""
+MIN_BEFORE, MIN_AFTER = 5, 15
 
 
 @pytest.mark.timeout(1200)
@@ -33,8 +33,9 @@ def test_a_slowed_rank_gets_less_data_and_the_step_time_falls(
     job["spec"]["workers"]["env"] = [
         {"name": "MOEOPS_FAULT_SEQUENCE_DELAY", "value": f"{SLOWED_RANK}:{DELAY_S_PER_SEQUENCE}"}
     ]
-    # One plan in this run: the next could only come intervalSteps after it.
-    job["spec"]["rebalance"] = {"enabled": True, "intervalSteps": STEPS, "minGain": 0.05}
+    # One plan in this run: the next could only come intervalSteps after it (data shares too: their own default
+    # interval is 2 steps).
+    job["spec"]["rebalance"] = {"enabled": True, "intervalSteps": STEPS, "dataIntervalSteps": STEPS, "minGain": 0.05}
     apply_with_claim(journey_cluster, ns, job)
     final = wait_done(platform, journey_cluster, ns, name, timeout=600)
     assert final["state"] == "Succeeded", final
