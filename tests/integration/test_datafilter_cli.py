@@ -45,3 +45,10 @@ def test_data_filter_cli_wants_reference_and_threshold_together(tmp_path):
     args = ["data", "filter", "--input", str(corpus), "--output", str(tmp_path / "o"), "--reference", str(corpus)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "--reference and --max-perplexity go together" in result.output
+
+
+def test_data_filter_cli_never_writes_over_its_input(tmp_path):
+    (tmp_path / "part-00000.jsonl").write_text('{"text": "x"}\n')
+    result = CliRunner().invoke(main, ["data", "filter", "--input", str(tmp_path), "--output", str(tmp_path)])
+    assert result.exit_code == 1 and "holds input files" in result.output
+    assert (tmp_path / "part-00000.jsonl").exists()

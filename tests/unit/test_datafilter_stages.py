@@ -136,3 +136,19 @@ def test_the_quality_stage_drops_what_is_unlike_the_reference(tmp_path):
     assert kept == prose
     quality = report["level1"]["quality"]
     assert quality["removed"] == 3 and all(e["perplexity"] > 30 for e in quality["examples"])
+
+
+def test_a_new_run_clears_the_last_runs_shards_and_never_empties_a_foreign_folder(tmp_path):
+    from moeops.datafilter.local import clear_previous_run
+
+    output, work = tmp_path / "out", tmp_path / "out" / ".work"
+    (work / "signatures").mkdir(parents=True)
+    (work / "config.json").write_text("{}")
+    for name in ("part-00000.jsonl", "part-00003.jsonl", "report.json"):
+        (output / name).write_text("x")
+    clear_previous_run(output, work)
+    assert sorted(p.name for p in output.iterdir()) == [".work", "report.json"] and not any(work.iterdir())
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds other files"):
+        clear_previous_run(output, work)
+    assert (output / "notes.txt").exists()

@@ -3,6 +3,7 @@ the operator's Indexed Jobs use. Each task is `python -m moeops.datafilter <work
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import STAGES, plan
+from .config import CONFIG_FILE, STAGES, plan
 from .stages import load_config, write_config, write_report
 
 
@@ -27,6 +28,26 @@ def input_files(path: Path) -> list[Path]:
     if not files:
         raise ValueError(f"input folder {path} holds no .jsonl files")
     return files
+
+
+def clear_previous_run(output: Path, work: Path) -> None:
+    """Remove what an earlier run left in `output` and `work` (shards of more tasks would otherwise stay beside
+    the new ones); ValueError if `output` holds anything else: it is not ours to empty."""
+    if output.is_dir():
+        foreign = [
+            p.name for p in output.iterdir()
+            if not (p.name in ("report.json", ".work") or (p.name.startswith("part-") and p.suffix == ".jsonl"))
+        ]  # fmt: skip
+        if foreign:
+            raise ValueError(f"output folder {output} holds other files ({', '.join(sorted(foreign)[:3])}, ...)")
+        for shard in output.glob("part-*.jsonl"):
+            shard.unlink()
+    for stage in (*STAGES, CONFIG_FILE):
+        path = work / stage
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def run_tasks(work: Path, stage: str, tasks: int) -> None:
@@ -55,6 +76,9 @@ def filter_corpus(
     if reference is not None:
         options["reference"] = [str(f.resolve()) for f in input_files(reference)]
     work = work or output / ".work"
+    if any(f.resolve().is_relative_to(output.resolve()) for f in files):
+        raise ValueError(f"the output folder {output} holds input files: write the filtered corpus elsewhere")
+    clear_previous_run(output, work)
     config = plan([str(f.resolve()) for f in files], [f.stat().st_size for f in files], tasks,
                   str(output.resolve()), **options)  # fmt: skip
     write_config(work, config)
