@@ -22,7 +22,7 @@ import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
-from datasketch import MinHash, MinHashLSH  # type: ignore[import-untyped]
+from datasketch import MinHash, MinHashLSH
 
 from moeops.datafilter.config import STAGES, plan
 from moeops.datafilter.local import filter_corpus
