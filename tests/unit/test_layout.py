@@ -19,6 +19,6 @@ def test_operator_folder_never_shadows_the_stdlib_module() -> None:
 
 def test_moeops_is_one_namespace_over_both_source_roots() -> None:
     portions = {Path(p).parent.name for p in moeops.__path__}
-    assert portions == {"operator", "services"}
+    assert portions == {"operator", "services", "devtools"}  # devtools/: the local platform, editable installs only
     assert importlib.import_module("moeops.api").__name__ == "moeops.api"
     assert importlib.import_module("moeops.devcluster").__name__ == "moeops.devcluster"
