@@ -48,6 +48,12 @@ def grouped_mm_supported(dtype: torch.dtype, *dims: int) -> bool:
     return all(d % per_16_bytes == 0 for d in dims)
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a matmul on `x` computes in here: autocast's when it is on for x's device, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward makes the incoming gradient contiguous: grouped_mm's backward rejects
     the expanded (stride-0) gradients that e.g. a sum produces."""
@@ -125,11 +131,15 @@ class GroupedExperts(nn.Module):
         w1_EFD, w2_EDF, w3_EFD = (_local(w) for w in (self.w1_EFD, self.w2_EDF, self.w3_EFD))
         hidden, dim = w1_EFD.shape[1:]
         if self._grouped_here(x_AD, hidden, dim):
-            return self._grouped(x_AD, torch.cumsum(counts_E, dim=0), w1_EFD, w2_EDF, w3_EFD)
+            # grouped_mm has no autocast rule: it would run in the inputs' dtype (fp32 weights under bf16
+            # autocast) or fail on a mix. Cast both to autocast's dtype, as the looped path's matmuls are.
+            dtype = compute_dtype(x_AD)
+            w1, w2, w3 = (w.to(dtype) for w in (w1_EFD, w2_EDF, w3_EFD))
+            return self._grouped(x_AD.to(dtype), torch.cumsum(counts_E, dim=0), w1, w2, w3)
         return self._looped(x_AD, counts_E, w1_EFD, w2_EDF, w3_EFD)
 
     def _grouped_here(self, x_AD: Tensor, hidden: int, dim: int) -> bool:
-        if self.kernel == "loop" or not grouped_mm_supported(x_AD.dtype, hidden, dim):
+        if self.kernel == "loop" or not grouped_mm_supported(compute_dtype(x_AD), hidden, dim):
             return False
         # auto: grouped on accelerators (no per-expert host sync or launch). On CPU grouped_mm is itself a
         # loop of GEMMs, and the per-expert loop over contiguous slices measured 1.03-1.31x faster at d=512,
