@@ -7,7 +7,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from harness import Cluster, OperatorProcess, wait_for
 from manifests import training_job
 from test_training_lifecycle import PLURAL, event_reasons, pods, wait_condition, wait_pods, wait_state
@@ -200,13 +199,6 @@ def job_failed(job: dict[str, Any] | None) -> bool:
     return any(c["type"] == "Failed" and c["status"] == "True" for c in conds)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "failed once in the clean-clone CI of stop 14 (attempt label 0, not 1) after the status-loo"
-        "p change; under investigation"
-    ),
-)
 def test_a_failure_while_the_operator_is_down_is_restarted_once_when_it_is_back(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str
 ) -> None:

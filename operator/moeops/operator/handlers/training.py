@@ -154,6 +154,17 @@ def report_invalid_spec(body: kopf.Body, memo: kopf.Memo, message: str, **_: Any
     with_fresh_owner(kube_of(memo), PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
 
 
+def current_job(kube: Kube, namespace: str, name: str) -> tuple[Mapping[str, Any], MoETrainingJobSpec] | None:
+    """The job and its spec as the API server holds them now; None when there is nothing to reconcile."""
+    body = kube.get_custom(PLURAL, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp") or is_finished(body.get("status") or {}):
+        return None
+    try:
+        return body, spec_of(MoETrainingJobSpec, body)
+    except ValidationError:
+        return None
+
+
 @kopf.on.resume(*TRAINING)
 @kopf.on.create(*TRAINING)
 @kopf.on.update(*TRAINING)
@@ -165,15 +176,24 @@ def reconcile_training_job(body: kopf.Body, spec: MoETrainingJobSpec, memo: kopf
         return  # finished jobs keep their outcome; children are never recreated.
     kube = kube_of(memo)
     meta = body["metadata"]
+    owner: Mapping[str, Any] = body
+    if "observedGeneration" in (body.get("status") or {}):
+        # Reconciled before: kopf's body may predate a restart that the worker Job's handler has just recorded and
+        # acted on (after an operator restart, resume runs beside the Jobs' first events). Children built from it
+        # would belong to the previous attempt: a worker Job labelled with it, a Service selecting its gone pods.
+        fresh = current_job(kube, meta["namespace"], meta["name"])
+        if fresh is None:
+            return  # gone, being deleted, finished, or an invalid spec (its own update event reports it)
+        owner, spec = fresh
     try:
-        status_of = reconcile_spec(kube, config_of(memo), body, spec)
+        status_of = reconcile_spec(kube, config_of(memo), owner, spec)
     except NotOwned as exc:  # the other object may go: look again later
-        with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], rejected(body, "ChildNameConflict", str(exc)))
+        with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], rejected(owner, "ChildNameConflict", str(exc)))
         raise kopf.TemporaryError(str(exc), delay=60) from exc
     except ChildRefused as exc:  # refused again until the spec changes: no retry, the next edit reconciles
-        with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], rejected(body, "ChildRejected", str(exc)))
+        with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], rejected(owner, "ChildRejected", str(exc)))
         return
-    with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=body)
+    with_fresh_owner(kube, PLURAL, meta["namespace"], meta["name"], status_of, cached=owner)
 
 
 @kopf.index(*TRAINING)
@@ -214,7 +234,12 @@ def worker_job_changed(
             if is_finished(status):
                 return None  # a finished job's children are never recreated.
             logger.info("worker Job deleted while the training job is active: creating attempt %d", restarts(status))
-            return reconcile(kube, cfg, owner)(owner)
+            try:
+                return reconcile(kube, cfg, owner)(owner)
+            except ChildRefused as exc:  # the next attempt's Job refused (a policy, a quota): on the job, not a log
+                return rejected(owner, "ChildRejected", str(exc))(owner)
+            except NotOwned as exc:  # its name taken meanwhile by an object of someone else's
+                return rejected(owner, "ChildNameConflict", str(exc))(owner)
         # A finished job still takes the Job's final counts (they may land after the terminal condition).
         try:
             spec = spec_of(MoETrainingJobSpec, owner)
