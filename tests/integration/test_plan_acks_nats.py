@@ -7,30 +7,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import nats
 import pytest
 import torch
+from plan_acks_bus import jetstream, newest_ack, put_plan_at, wait_for_ack
 from polling import eventually, wait_until
-from test_rebalancer_nats import (
-    BATCH,
-    JOB,
-    NAMESPACE,
-    WORLD,
-    jetstream,
-    make_service,
-    publish_steps,
-    running,
-    stored_plan,
-)
+from test_rebalancer_nats import BATCH, JOB, NAMESPACE, WORLD, make_service, publish_steps, running, stored_plan
 
 from moeops.bus.buckets import ensure_reports_bucket, latest_report
 from moeops.bus.connection import ConnectionOptions
 from moeops.bus.messages import RebalancePlan
-from moeops.bus.plan_ack_store import ensure_plan_acks_bucket, latest_ack, put_ack
+from moeops.bus.plan_ack_store import ensure_plan_acks_bucket, put_ack
 from moeops.bus.plan_acks import STARTED, AckOutcome, PlanAck, RunningParts
 from moeops.bus.plan_shares import sequences_from_fractions
 from moeops.bus.plan_watch import PlanWatcher
-from moeops.bus.streams import ensure_plans_bucket, put_plan
 from moeops.devcluster.nats_server import NatsServer
 from moeops.trainer.distributed import World
 from moeops.trainer.plans import TrainerShape
@@ -50,32 +39,10 @@ def _plan(epoch: int, shares: list[float], **fields: object) -> RebalancePlan:
     return RebalancePlan.model_validate(values | fields)
 
 
-async def _put_plan(url: str, plan: RebalancePlan) -> None:
-    client = await nats.connect(url, connect_timeout=2)
-    try:
-        await put_plan(await ensure_plans_bucket(client.jetstream()), plan)
-    finally:
-        await client.close()
-
-
-async def _ack(url: str) -> PlanAck | None:
-    client = await nats.connect(url, connect_timeout=2)
-    try:
-        return await latest_ack(await ensure_plan_acks_bucket(client.jetstream()), NAMESPACE, JOB)
-    finally:
-        await client.close()
-
-
 def _stored_ack(url: str, epoch: int) -> PlanAck:
-    found: list[PlanAck | None] = [None]
-
-    def stored() -> bool:
-        found[0] = asyncio.run(_ack(url))
-        return found[0] is not None and found[0].epoch >= epoch
-
-    wait_until(stored, f"rank 0's acknowledgement of plan {epoch}", timeout_s=20)
-    assert found[0] is not None
-    return found[0]
+    return wait_for_ack(
+        url, NAMESPACE, JOB, lambda ack: ack.epoch >= epoch, f"rank 0's acknowledgement of plan {epoch}"
+    )
 
 
 def test_rank_0_acknowledges_a_refused_plan_and_an_applied_one(nats_server: NatsServer) -> None:
@@ -85,7 +52,7 @@ def test_rank_0_acknowledges_a_refused_plan_and_an_applied_one(nats_server: Nats
     try:
         # Epoch 0: an expert placement for a job without expert parallelism, and shares for 3 of its 4 ranks.
         refused = _plan(0, [0.5, 0.25, 0.25], expert_placement=[[[0], [0], [0], [0]]] * 4)
-        asyncio.run(_put_plan(nats_server.url, refused))
+        asyncio.run(put_plan_at(nats_server.url, refused))
         wait_until(lambda: watcher.newest() is not None, "the plan read by rank 0", timeout_s=20)
         follower.agree(False, lambda: SHAPE)
         assert follower.pending is None  # nothing of it applies
@@ -94,10 +61,12 @@ def test_rank_0_acknowledges_a_refused_plan_and_an_applied_one(nats_server: Nats
         assert len(ack.refused) == 2 and "3 ranks" in ack.refused[0] and "expert parallelism" in ack.refused[1]
 
         # Epoch 1: shares it can apply, at step 4: acknowledged once applied, with the epoch its shares run from.
-        asyncio.run(_put_plan(nats_server.url, _plan(1, [0.375, 0.25, 0.25, 0.125])))
+        asyncio.run(put_plan_at(nats_server.url, _plan(1, [0.375, 0.25, 0.25, 0.125])))
         wait_until(lambda: (watcher.newest() or refused).epoch == 1, "the second plan read", timeout_s=20)
         follower.agree(False, lambda: SHAPE)
-        assert follower.due(3) is None and asyncio.run(_ack(nats_server.url)) == ack  # not yet applied
+        assert (
+            follower.due(3) is None and asyncio.run(newest_ack(nats_server.url, NAMESPACE, JOB)) == ack
+        )  # not yet applied
         changes = follower.due(4)
         assert changes is not None and changes.shares == (12, 8, 8, 4)
         applied = _stored_ack(nats_server.url, 1)

@@ -10,9 +10,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import nats
 import pytest
 from nats.js import JetStreamContext
+from plan_acks_bus import jetstream
 from polling import eventually
 
 import bus_records
@@ -21,7 +21,7 @@ from moeops.bus.connection import ConnectionOptions
 from moeops.bus.jobs import JobDescription
 from moeops.bus.messages import BadMessageReason, RebalancePlan, WorkerMetrics, encode
 from moeops.bus.plan_shares import sequences_from_fractions
-from moeops.bus.streams import ensure_metrics_stream, ensure_plans_bucket, latest_plan
+from moeops.bus.streams import ensure_plans_bucket, latest_plan
 from moeops.bus.subjects import METRICS_STREAM, MSG_ID_HEADER, metrics_filter, metrics_subject
 from moeops.devcluster.nats_server import NatsServer
 from moeops.rebalancer.edge import RebalancerService
@@ -48,18 +48,6 @@ async def publish_steps(js: JetStreamContext, steps: range, speeds: list[float])
         for rank, speed in enumerate(speeds):
             message = worker_metrics(rank, step, speed)
             await js.publish(message.subject, encode(message), headers={MSG_ID_HEADER: message.msg_id})
-
-
-@asynccontextmanager
-async def jetstream(url: str) -> AsyncIterator[JetStreamContext]:
-    client = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=3)
-    try:
-        js = client.jetstream()
-        await ensure_metrics_stream(js)
-        await ensure_plans_bucket(js)
-        yield js
-    finally:
-        await client.close()
 
 
 @asynccontextmanager

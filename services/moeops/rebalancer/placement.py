@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from .experts import place_experts
 from .packing import pack, replicate
+from .relabel import held_slots, keep_in_place, nonzero_3d
 
 Floats = NDArray[np.float64]
 Bools = NDArray[np.bool_]
@@ -50,16 +51,9 @@ def replicas_of(holds: Bools) -> list[list[list[int]]]:
     """The bus form of `holds`: per layer, per expert, its ranks ascending."""
     layers, _, experts = holds.shape
     by_expert = holds.transpose(0, 2, 1)
-    ranks = iter(_nonzero(by_expert)[2].tolist())
+    ranks = iter(nonzero_3d(by_expert)[2].tolist())
     flat = [list(islice(ranks, count)) for count in by_expert.sum(axis=2).ravel().tolist()]
     return [flat[layer * experts : (layer + 1) * experts] for layer in range(layers)]
-
-
-def _nonzero(array: Bools) -> tuple[Ints, ...]:
-    """`np.nonzero` of a 3-D array (a view too), in the same order: numpy's own is several times slower there than
-    the flat search, a third of a planning round at 10,240 GPUs before this."""
-    found: tuple[Ints, ...] = np.unravel_index(np.flatnonzero(array), array.shape)
-    return found
 
 
 def rank_loads(holds: Bools, loads: Floats) -> Floats:
@@ -74,65 +68,6 @@ def received(current: Bools, proposed: Bools) -> Ints:
     """(layers, ranks): experts each rank must receive to go from `current` to `proposed`."""
     result: Ints = (proposed & ~current).sum(axis=2, dtype=np.int64)
     return result
-
-
-def _overlap(holds: Bools, current: Bools) -> Ints:
-    """(layers, new rank, old rank): experts a rank of `holds` shares with a rank of `current`. A join of the
-    two placements' (layer, expert) holders (a few per expert), counted with one bincount: no dense product."""
-    layers, ranks, experts = holds.shape
-    new_layer, new_expert, new_rank = _nonzero(holds.transpose(0, 2, 1))  # sorted by (layer, expert)
-    old_count = current.sum(axis=1).ravel()  # per (layer, expert)
-    old_rank = _nonzero(current.transpose(0, 2, 1))[2]
-    old_start = np.cumsum(old_count) - old_count
-    group = new_layer * experts + new_expert
-    pairs = old_count[group]  # per new holder, the old holders of its expert
-    which = np.repeat(np.arange(len(group)), pairs)
-    within = np.arange(int(pairs.sum())) - np.repeat(np.cumsum(pairs) - pairs, pairs)
-    flat = (new_layer[which] * ranks + new_rank[which]) * ranks + old_rank[old_start[group[which]] + within]
-    overlap: Ints = np.bincount(flat, minlength=layers * ranks * ranks).reshape(layers, ranks, ranks)
-    return overlap
-
-
-def _keep_in_place(holds: Bools, current: Bools) -> Bools:
-    """`experts.keep_in_place` with one block, every layer at once, with the same result.
-
-    The sequential greedy takes pairs (new rank, old rank) by overlap, largest first, ties to the lower
-    new_rank · ranks + old_rank, skipping pairs whose new or old rank is taken. A pair that comes first among the
-    remaining pairs of both its row and its column is taken by it whatever happens before, so each round takes
-    all such pairs at once (a few rounds instead of one a rank)."""
-    layers, ranks, _ = holds.shape
-    overlap = _overlap(holds, current)
-    key = np.arange(ranks * ranks, dtype=np.int64).reshape(ranks, ranks)
-    score = np.where(overlap > 0, overlap * ranks * ranks - key, -1).astype(np.int32)  # unique, > 0 if shared
-    label = np.full((layers, ranks), -1, dtype=np.int64)
-    rows = np.arange(layers)[:, None]
-    columns = np.arange(ranks)[None, :]
-    at = np.arange(layers)  # the layers with pairs left to take
-    while len(at):
-        part = score[at]
-        best_old = np.argmax(part, axis=2)  # (layers, new rank)
-        best_new = np.argmax(part, axis=1)  # (layers, old rank)
-        taken = (np.take_along_axis(part, best_old[:, :, None], axis=2)[:, :, 0] > 0) & (
-            np.take_along_axis(best_new, best_old, axis=1) == columns
-        )
-        layer_index, new_rank = np.nonzero(taken)
-        old_rank = best_old[layer_index, new_rank]
-        layer_index = at[layer_index]
-        label[layer_index, new_rank] = old_rank
-        score[layer_index, new_rank, :] = -1
-        score[layer_index, :, old_rank] = -1
-        at = at[taken.any(axis=1)]
-    # The rest in order: unlabelled new ranks ascending onto the free old ranks ascending.
-    used = np.zeros((layers, ranks), dtype=bool)
-    labelled = label >= 0
-    used[np.nonzero(labelled)[0], label[labelled]] = True
-    unlabelled_first = np.argsort(labelled, axis=1, kind="stable")
-    free_first = np.argsort(used, axis=1, kind="stable")
-    fill = columns < (~labelled).sum(axis=1, keepdims=True)
-    label[np.broadcast_to(rows, fill.shape)[fill], unlabelled_first[fill]] = free_first[fill]
-    relabelled = np.empty_like(holds)
-    relabelled[rows, label] = holds
-    return relabelled
 
 
 def place_layers(
@@ -150,7 +85,7 @@ def place_layers(
         return np.zeros((0, ep_ranks, experts), dtype=bool)
     holds, stuck = pack(loads, replicate(loads, slots, ep_ranks), ep_ranks)
     if current is not None:
-        holds = _keep_in_place(holds, current)
+        holds = keep_in_place(holds, current)
     for layer in np.flatnonzero(stuck).tolist():
         now = replicas_of(current[layer : layer + 1])[0] if current is not None else None
         placed = place_experts(loads[layer].tolist(), ep_ranks, redundant_slots=redundant_slots, current=now)
@@ -189,18 +124,6 @@ def choose_layers(
     return chosen
 
 
-def _slots(holds: Bools) -> Ints:
-    """(layers, ranks, most experts a rank holds): each rank's experts ascending, padded with `experts`."""
-    layers, ranks, experts = holds.shape
-    layer, rank, expert = _nonzero(holds)
-    group = layer * ranks + rank
-    sizes = np.bincount(group, minlength=layers * ranks)
-    position = np.arange(len(group)) - (np.cumsum(sizes) - sizes)[group]
-    slots = np.full((layers, ranks, int(sizes.max(initial=1))), experts, dtype=np.int64)
-    slots[layer, rank, position] = expert
-    return slots
-
-
 def repair_layers(
     expert_loads: Floats, current: Bools, *, max_swaps: int = 32, min_improvement: float = 0.0, partners: int = 8
 ) -> Bools:
@@ -218,7 +141,7 @@ def repair_layers(
         return holds
     copies = np.maximum(holds.sum(axis=1), 1)
     weight = np.concatenate([loads / copies, np.zeros((layers, 1))], axis=1)  # the last column: a free slot
-    slots = _slots(holds)
+    slots = held_slots(holds)
     per_rank = slots.shape[2]
     holds = np.concatenate([holds, np.zeros((layers, ranks, 1), dtype=bool)], axis=2)  # a free slot holds nothing
     live = np.ones(layers, dtype=bool)
