@@ -9,37 +9,10 @@ from typing import Any
 
 import pytest
 
+from datafilter_corpus import corpus as _corpus
 from moeops.datafilter.config import STAGES, plan
 from moeops.datafilter.reader import ReadStats, read_shard
 from moeops.datafilter.stages import load_config, run_stage, write_config, write_report
-
-
-def _text(rng: random.Random, words: int = 120) -> str:
-    return " ".join(f"w{rng.randrange(3000)}" for _ in range(words))
-
-
-def _corpus(folder: Path) -> dict[str, str]:
-    """Two files: 40 distinct documents, 6 exact copies (re-cased, re-spaced), 6 near copies (1 word of 120
-    changed), a malformed line and a blank one. Returns id -> kind."""
-    rng = random.Random(7)
-    originals = [_text(rng) for _ in range(40)]
-    kinds: dict[str, str] = {}
-    records = []
-    for i, text in enumerate(originals):
-        records.append({"id": f"o{i}", "text": text, "meta": i})
-        kinds[f"o{i}"] = "original"
-    for i in range(6):
-        records.append({"id": f"e{i}", "text": "  " + originals[i].upper().replace(" ", "\n ")})
-        kinds[f"e{i}"] = "exact"
-        words = originals[10 + i].split()
-        words[10] = "changed"  # inside the report snippet
-        records.append({"id": f"n{i}", "text": " ".join(words)})
-        kinds[f"n{i}"] = "near"
-    folder.mkdir()
-    lines = [json.dumps(r) for r in records]
-    (folder / "a.jsonl").write_text("\n".join(lines[:30]) + "\n{broken\n\n")
-    (folder / "b.jsonl").write_text("\n".join(lines[30:]))  # no newline at the end
-    return kinds
 
 
 def _run(tmp_path: Path, tasks: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
