@@ -4,7 +4,6 @@ The local platform for development is not here: it works only from a checkout (`
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -81,7 +80,7 @@ def train(
     """Train: torch's elastic launcher starts the worker processes (extra args go to each worker).
 
     A local run (--job, or --nproc) meters its energy and writes a carbon ledger snapshot beside the config."""
-    from moeops.trainer.launch import launch
+    from moeops.trainer.launch import is_local, launch
 
     if (config is None) == (job is None):
         raise click.UsageError("give exactly one of --config and --job")
@@ -99,7 +98,7 @@ def train(
         click.echo(f"resolved {job} for {nproc or 1} local rank(s): {resolved.plan} -> {config}", err=True)
         worker_args = ("--progress", *worker_args)
     assert config is not None
-    local = nproc is not None or env.NNODES not in os.environ  # in a pod, the node agent meters the run
+    local = is_local(nproc)  # in a pod, the node agent meters the run
     meter = None if no_carbon or not local else _carbon_meter(config, nproc or 1, carbon_region, carbon_pue)
     try:
         code = launch(config, nproc, list(worker_args))

@@ -23,7 +23,7 @@ from moeops.trainer.distributed import init_world, shutdown
 from moeops.trainer.loop import Trainer
 from moeops.trainer.metrics import NullSink
 from moeops.trainer.model_state import model_state_bytes
-from moeops.trainer.worker import load_config
+from moeops.trainer.preflight import load_config
 
 
 def measure(config: Path, checkpoint_dir: Path) -> list[dict[str, int]]:

@@ -105,6 +105,8 @@ def test_bad_configs_fail_fast_with_exit_78(
     result = train(write_config(tmp_path, **plan), nproc)
     assert result.returncode == 78, (case, result.stderr[-2000:])
     assert message in result.stderr
+    # Refused once by the launcher, before torchrun started any worker (each worker would say it again).
+    assert result.stderr.count("configuration error") == 1, result.stderr[-2000:]
 
 
 def test_an_unreadable_config_is_a_configuration_error(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from moeops.model.transformer import Transformer
 from moeops.trainer.distributed import World
 from moeops.trainer.loop import Trainer
 from moeops.trainer.metrics import NullSink
-from moeops.trainer.worker import load_config
+from moeops.trainer.preflight import load_config
 
 pytestmark = pytest.mark.slow  # two trainers built and stepped (~10-40 s on a busy machine)
 

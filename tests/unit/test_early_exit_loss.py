@@ -17,10 +17,11 @@ from moeops.api.v1alpha1.presets import Architecture
 from moeops.api.v1alpha1.runtime import CheckpointConfig, ParallelPlan, TrainingRuntimeConfig, WorldSpec
 from moeops.api.v1alpha1.trainingjob import DataSpec, RebalanceSpec, TrainingSpec
 from moeops.trainer.distributed import World
-from moeops.trainer.early_exit_loss import ExitLossRunner, check_early_exit, exit_scales
+from moeops.trainer.early_exit_loss import ExitLossRunner, exit_scales
 from moeops.trainer.errors import ConfigError
 from moeops.trainer.loop import Trainer
 from moeops.trainer.metrics import NullSink
+from moeops.trainer.preflight import check_early_exit
 from moeops.trainer.runners import LocalRunner
 
 ARCH = Architecture(layers=3, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=32, vocab_size=64, seq_len=48)

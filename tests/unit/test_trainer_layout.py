@@ -8,9 +8,9 @@ from moeops.api.v1alpha1.presets import Architecture
 from moeops.api.v1alpha1.runtime import ParallelPlan
 from moeops.model import Transformer
 from moeops.trainer.errors import ConfigError
+from moeops.trainer.preflight import check_plan
 from moeops.trainer.runners import micro_batches
 from moeops.trainer.stage import TransformerStage, split_layers
-from moeops.trainer.topology import check_plan
 
 ARCH = Architecture(layers=5, d_model=32, heads=4, experts=4, top_k=2, ffn_hidden=32, vocab_size=64, seq_len=16)
 

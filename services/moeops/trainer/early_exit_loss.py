@@ -46,21 +46,6 @@ def scaled_exit_ce(
     return total
 
 
-def check_early_exit(spec: EarlyExitLossSpec, layers: int, pipeline: int) -> None:
-    """The trainer's refusal of what the CRD's CEL rules refuse (a runtime config is not validated by them)."""
-    if spec.loss_weight == 0:
-        return
-    if pipeline > 1:
-        raise ConfigError(
-            "training.earlyExit needs every layer's hidden state on one rank: it is not supported with pipeline"
-            f" parallelism (the plan has {pipeline} stages); set training.earlyExit.lossWeight to 0 or pipeline to 1"
-        )
-    if spec.min_layer >= layers:
-        raise ConfigError(
-            f"training.earlyExit.minLayer ({spec.min_layer}) must be less than the model's layers ({layers})"
-        )
-
-
 class ExitLossRunner(LocalRunner):
     """LocalRunner's gradient accumulation with the exit losses added to each micro-batch's objective. Block
     outputs are taken by forward hooks (the stage's forward returns the logits only), inside the forward

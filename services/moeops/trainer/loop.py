@@ -30,7 +30,7 @@ from moeops.model.moe import MoE
 from . import checkpoint, otel
 from .corpus import build_corpus, save_run_config, save_tokenizer
 from .distributed import World, all_reduce_sum
-from .early_exit_loss import ExitLossRunner, check_early_exit
+from .early_exit_loss import ExitLossRunner
 from .errors import ConfigError
 from .expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_experts
 from .expert_placement import move_experts
@@ -40,11 +40,12 @@ from .init_weights import materialise
 from .metrics import MetricsSink, StepMetrics
 from .parallelize import parallelize
 from .plans import PlanChanges, StageLayers, TrainerShape, even_shares, first_row, splits_layers
+from .preflight import check_config
 from .rebalance import PlanFollower, PlanSource
 from .runners import LocalRunner, PipelineRunner, StepRunner, micro_batches
 from .schedule import lr_at
 from .stage import TransformerStage, split_layers
-from .topology import all_reduce, build_topology, check_plan
+from .topology import all_reduce, build_topology
 
 ADAM_BETAS = (0.9, 0.95)
 log = logging.getLogger("moeops.trainer")
@@ -103,19 +104,7 @@ class Trainer:
         self.config, self.world, self.sink, self.checkpoint_root = config, world, sink, checkpoint_root
         self.sequence_delay_s = sequence_delay_s
         training, plan, arch = config.training, config.plan, config.architecture
-        check_plan(plan, arch, world.world_size)
-        check_early_exit(training.early_exit, arch.layers, plan.pipeline)
-        spare = config.rebalance.expert_spare_slots
-        if spare > arch.experts - arch.experts // plan.expert:
-            raise ConfigError(
-                f"rebalance.expertSpareSlots ({spare}) must be at most the experts per layer held by other EP ranks"
-                f" ({arch.experts} - {arch.experts}/{plan.expert}): a spare slot holds another rank's expert"
-            )
-        if training.global_batch_size % plan.data:
-            raise ConfigError(
-                f"training.globalBatchSize ({training.global_batch_size}) must be divisible by the"
-                f" data-parallel degree ({plan.data})"
-            )
+        check_config(config, world.world_size)
         self.shares = even_shares(training.global_batch_size, plan.data)
         """Sequences of the global batch per data-parallel rank; rebalance plans change them."""
         self.micro = micro_batches(training.micro_batch_size, self.shares[0], plan.pipeline)
@@ -164,6 +153,9 @@ class Trainer:
         if topo.ep.active:
             shard_experts(self.model, topo.ep, self.config.rebalance.expert_spare_slots)
             self.sharding = ExpertStateSharding(self.model, topo.ep, topo.expert_plane)
+        if training.aux_loss_coef > 0 and topo.dp.active:  # the balancing loss sees the global batch's load
+            for moe in self.moe_layers.values():
+                moe.count_reducer = functools.partial(all_reduce, axis=topo.dp)
         gathers = parallelize(self.model, topo, plan)  # TP → activation checkpointing → FSDP2
         materialise(self.model, arch, training.seed, world.device, topo.ep.rank if topo.ep.active else None)
         if self.sequence_delay_s > 0:

@@ -15,31 +15,9 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from moeops.api.v1alpha1.presets import Architecture
 from moeops.api.v1alpha1.runtime import ParallelPlan
 
 from .distributed import World
-from .errors import ConfigError
-
-
-def check_plan(plan: ParallelPlan, arch: Architecture, world_size: int) -> None:
-    """Refuse, with the numbers, a plan this model or this number of processes cannot run."""
-    product = plan.data * plan.tensor * plan.pipeline
-    if product != world_size:
-        raise ConfigError(
-            f"plan data×tensor×pipeline = {plan.data}×{plan.tensor}×{plan.pipeline} = {product}, "
-            f"but {world_size} processes were started"
-        )
-    if plan.data % plan.expert or arch.experts % plan.expert:
-        raise ConfigError(
-            f"expert degree {plan.expert} must divide the experts per layer ({arch.experts}) and the"
-            f" data-parallel degree ({plan.data})"
-        )
-    if plan.pipeline > arch.layers:
-        raise ConfigError(f"pipeline degree {plan.pipeline} exceeds the model's layers ({arch.layers})")
-    for what, size in (("heads", arch.heads), ("ffnHidden", arch.ffn_hidden)):
-        if size % plan.tensor:
-            raise ConfigError(f"tensor degree {plan.tensor} must divide architecture.{what} ({size})")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from moeops import telemetry
 from moeops.api import env
 from moeops.api.v1alpha1.runtime import TrainingRuntimeConfig
@@ -31,18 +29,9 @@ from .faults import SEQUENCE_DELAY_ENV, sequence_delay_for
 from .loop import Trainer, evaluate
 from .metrics import BackgroundSink, FanOut, JsonlSink, MetricsSink, NullSink, ProgressSink
 from .otel import StepGauges
+from .preflight import load_config
 
 log = logging.getLogger("moeops.trainer")
-
-
-def load_config(path: Path) -> TrainingRuntimeConfig:
-    try:
-        return TrainingRuntimeConfig.model_validate_json(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config {path}: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid config {path}: {problems}") from exc
 
 
 def _sink(
@@ -186,8 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = run(args)
     except ConfigError as exc:
-        print(f"moeops train: configuration error: {exc}", file=sys.stderr, flush=True)
-        code = exc.exit_code
+        code = exc.report()
     finally:
         shutdown()
         otel.shutdown()
