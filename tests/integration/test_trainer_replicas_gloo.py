@@ -1,12 +1,13 @@
 """Replicated experts on two gloo processes, one MoE layer's experts alone: the dispatcher splits a replicated
 expert's rows over its replicas and the outputs and the summed gradients match the unsharded experts; moving to
-another replicated placement copies every slot from a holder of its expert; a checkpoint gathers one replica per
-expert and loads every slot from its expert."""
+another replicated placement copies every slot from a holder of its expert; a checkpoint saves one replica per
+expert without gathering and loads, into another placement, only each rank's slots, every slot from its expert."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
+from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from moeops.model.moe import GroupedExperts, MoE
 from moeops.trainer.expert_parallel import ExpertDispatcher, ExpertStateSharding, shard_experts
@@ -40,16 +43,16 @@ def _rows(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(ROWS, DIM, generator=generator), torch.bincount(experts_A, minlength=EXPERTS)
 
 
-def _worker(rank: int, port: int) -> None:
+def _worker(rank: int, port: int, folder: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        _check(Axis(size=2, rank=rank, group=dist.group.WORLD))
+        _check(Axis(size=2, rank=rank, group=dist.group.WORLD), folder)
     finally:
         dist.destroy_process_group()
 
 
-def _check(ep: Axis) -> None:
+def _check(ep: Axis, folder: Path) -> None:
     torch.manual_seed(0)
     full = GroupedExperts(DIM, HIDDEN, EXPERTS)
     for name in EXPERT_PARAMS:
@@ -104,14 +107,19 @@ def _check(ep: Axis) -> None:
         for shard in saved.local_shards():
             first, count = shard.metadata.shard_offsets[0], shard.metadata.shard_sizes[0]
             torch.testing.assert_close(shard.tensor, weights[name][first : first + count], rtol=0, atol=0)
-    model_sd = {f"moe.experts.{n}": getattr(moe.experts, n).detach().clone() for n in EXPERT_PARAMS}
-    sharding.full_placeholders(model_sd, {})
-    assert model_sd["moe.experts.w1_EFD"].shape[0] == EXPERTS
-    for name in EXPERT_PARAMS:
-        model_sd[f"moe.experts.{name}"] = weights[name].clone()
+    dcp_save(model_sd, checkpoint_id=folder)
+
+    # Loaded into another placement (the starting one: slots 0 1 2 | 2 3 0): DCP reads only this rank's slots,
+    # straight into buffers of their size (no full-size placeholder), every slot from its expert's rows.
+    dispatcher.placement = other = Placement.contiguous(EXPERTS, 2, 1)
+    model_sd = {f"moe.experts.{n}": torch.zeros_like(getattr(moe.experts, n)) for n in EXPERT_PARAMS}
+    sharding.local_placeholders(model_sd, {})
+    assert all(model_sd[f"moe.experts.{n}"].shape[0] == other.per_rank < EXPERTS for n in EXPERT_PARAMS)
+    dcp_load(model_sd, checkpoint_id=folder)
     sharding.keep_local(model_sd, {})
     for name in EXPERT_PARAMS:
-        torch.testing.assert_close(model_sd[f"moe.experts.{name}"], getattr(moe.experts, name).detach(), rtol=0, atol=0)
+        expected = weights[name][other.experts_on(ep.rank)]
+        torch.testing.assert_close(model_sd[f"moe.experts.{name}"], expected, rtol=0, atol=0)
 
 
 def _gathered(moe: MoE, ep: Axis) -> dict[str, Any]:
@@ -130,5 +138,5 @@ def _gathered(moe: MoE, ep: Axis) -> dict[str, Any]:
     return found
 
 
-def test_replicated_experts_on_two_processes() -> None:
-    mp.spawn(_worker, args=(_free_port(),), nprocs=2, join=True)  # type: ignore[attr-defined]
+def test_replicated_experts_on_two_processes(tmp_path: Path) -> None:
+    mp.spawn(_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)  # type: ignore[attr-defined]

@@ -49,12 +49,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Sharding(Protocol):
-    """Describes rank-local shards as pieces of full tensors for saving, and keeps a rank's part after loading
-    (expert parallelism: expert_parallel.ExpertStateSharding)."""
+    """Describes rank-local shards as pieces of full tensors for saving, and as buffers of the rank's part only
+    for loading (expert parallelism: expert_parallel.ExpertStateSharding)."""
 
     def for_save(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
 
-    def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
+    def local_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
 
     def keep_local(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None: ...
 
@@ -101,7 +101,7 @@ def load(
     """Restore model, optimizer and (same world size) RNG state; returns the completed step."""
     model_state, optim_state = get_state_dict(model, optimizer)
     if sharding is not None:
-        sharding.full_placeholders(model_state, optim_state)
+        sharding.local_placeholders(model_state, optim_state)
     # Only the per-parameter optimizer state: the param groups on disk list one rank's parameters, which match
     # this rank's only when the layout is the same (a pipeline split moves layers between ranks), and their
     # hyperparameters come from the config anyway (the learning rate is set every step).

@@ -10,9 +10,7 @@ ignores them and `grads.sync_sharded_grads` reduces them over their replicas ins
 
 from __future__ import annotations
 
-import functools
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -103,26 +101,20 @@ def expert_layers(model: nn.Module) -> list[tuple[GroupedExperts, ExpertDispatch
     return found
 
 
-def _map_local(t: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-    """Apply `fn` to the rank-local tensor; a tensor-parallel DTensor keeps its mesh and placements (expert
-    rows are never split by tensor parallelism, only their hidden units)."""
-    if isinstance(t, DTensor):
-        return DTensor.from_local(fn(t.to_local()), t.device_mesh, t.placements, run_check=False)
-    return fn(t)
-
-
 class ExpertStateSharding:
     """Checkpoints hold expert tensors in expert-id order at their full size, so a checkpoint restores at any
     expert degree, any placement and any number of spare slots. Saving writes each rank's own rows where they
     are, no gather: the rows of its slots that hold their expert's first replica (spare-slot copies are left
     out), as chunks of a ShardedTensor of the full shape (DTensor cannot describe rows at arbitrary expert ids).
-    DCP writes each chunk once (expert-data replicas offer the same ones). Loading still reads full-size
-    placeholders, then keeps the rows of this rank's slots."""
+    DCP writes each chunk once (expert-data replicas offer the same ones). Loading reads the rows of this rank's
+    slots only, straight into buffers of their size (`local_placeholders`)."""
 
     def __init__(self, model: nn.Module, ep: Axis, plane: Axis) -> None:
         """`plane`: the ranks that together hold one copy of every expert (the EP group × the tensor group)."""
         self.layers = moe_layers(model)
         self.ep, self.plane = ep, plane
+        self._loading: list[Tensor] = []
+        """The tensors that local_placeholders stood buffers in for, in _tensors' order."""
 
     def placement(self, moe: MoE) -> Placement:
         assert isinstance(moe.dispatcher, ExpertDispatcher), "shard_experts installs the dispatcher first"
@@ -186,17 +178,30 @@ class ExpertStateSharding:
                 warnings.filterwarnings("ignore", message=".*deprecating ShardedTensor", category=FutureWarning)
                 container[key] = ShardedTensor._init_from_local_shards_and_global_metadata(shards, metadata)
 
-    def full_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
-        def full(t: Tensor, experts: int) -> Tensor:
-            return t.new_empty((experts, *t.shape[1:]))
-
+    def local_placeholders(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
+        """Replace every expert tensor by a buffer of this rank's slots only (replicas too), each slot a chunk at
+        its expert's row of the full tensor (DCP's CheckpointableTensor fields: a plain tensor that names where
+        its rows sit in the global one). DCP reads only those rows: no rank allocates the full expert tensor."""
+        self._loading = []
         for container, key, placement in self._tensors(model_sd, optim_sd):
-            container[key] = _map_local(container[key], functools.partial(full, experts=placement.experts))
+            t = container[key]
+            rows, (_, offset) = local(t), held_part(t)
+            experts = placement.experts_on(self.ep.rank).tolist()
+            buffer = container[key] = torch.empty_like(rows)
+            buffer.global_shape = (placement.experts, *t.shape[1:])  # type: ignore[attr-defined]
+            buffer.global_offsets = tuple((e, *offset[1:]) for e in experts)  # type: ignore[attr-defined]
+            buffer.local_offsets = tuple((slot, *(0,) * (rows.dim() - 1)) for slot in range(len(experts)))  # type: ignore[attr-defined]
+            buffer.local_sizes = ((1, *rows.shape[1:]),) * len(experts)  # type: ignore[attr-defined]
+            self._loading.append(t)
 
     def keep_local(self, model_sd: dict[str, Any], optim_sd: dict[str, Any]) -> None:
-        def rows_of(t: Tensor, rows: Tensor) -> Tensor:
-            return t[rows.to(t.device)].clone()
-
-        for container, key, placement in self._tensors(model_sd, optim_sd):
-            mine = placement.experts_on(self.ep.rank)  # every slot from its expert, replicas too
-            container[key] = _map_local(container[key], functools.partial(rows_of, rows=mine))
+        """The loaded buffers in place of the tensors they stood for (a tensor-parallel DTensor keeps its mesh)."""
+        found = self._tensors(model_sd, optim_sd)
+        for (container, key, _), original in zip(found, self._loading, strict=True):
+            loaded = container[key].detach()  # without the chunk fields
+            container[key] = (
+                DTensor.from_local(loaded, original.device_mesh, original.placements, run_check=False)
+                if isinstance(original, DTensor)
+                else loaded
+            )
+        self._loading = []
