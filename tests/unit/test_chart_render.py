@@ -92,6 +92,7 @@ def test_operator_rbac_is_what_it_calls(helm: str) -> None:
         ("moeops.dev", "inferenceservices/finalizers"): ["update"],
         ("batch", "jobs"): ["create", "delete", "get", "list", "patch", "watch"],  # delete: a group restart
         ("", "pods"): ["list"],  # which worker failed
+        ("", "persistentvolumeclaims"): ["get"],  # the checkpoint claim's existence and access modes
         ("apps", "deployments"): ["create", "get", "list", "patch", "watch"],
         ("", "configmaps"): ["create", "get", "patch"],
         ("", "services"): ["create", "get", "patch"],

@@ -256,6 +256,10 @@ each watched namespace). Each one is a call of moeops.operator.kube, the handler
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# get: whether a job's checkpoint claim exists and is ReadWriteMany for workers on several nodes (CheckpointStorageBlocked).
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]

@@ -79,6 +79,7 @@ class _Kind:
 _KINDS: dict[tuple[str, str], _Kind] = {
     ("v1", "ConfigMap"): _Kind(kubernetes.client.CoreV1Api, "namespaced_config_map"),
     ("v1", "Service"): _Kind(kubernetes.client.CoreV1Api, "namespaced_service"),
+    ("v1", "PersistentVolumeClaim"): _Kind(kubernetes.client.CoreV1Api, "namespaced_persistent_volume_claim"),
     ("batch/v1", "Job"): _Kind(kubernetes.client.BatchV1Api, "namespaced_job"),
     ("apps/v1", "Deployment"): _Kind(kubernetes.client.AppsV1Api, "namespaced_deployment"),
 }

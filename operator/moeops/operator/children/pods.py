@@ -46,11 +46,24 @@ def storage_volume(name: str, location: VolumeLocation, *, read_only: bool) -> d
     return {"name": name, "emptyDir": {}}
 
 
-def scratch_volumes() -> list[dict[str, Any]]:
-    """Writable /tmp (the root filesystem is read-only) and a RAM-backed /dev/shm for torch's IPC."""
+SHM_FLOOR_BYTES = 1 << 30
+"""/dev/shm for a small model (or a model server): torch's IPC tensors and NCCL's intra-node buffers fit in 1 GiB."""
+
+
+def shm_size_limit(model_bytes: int = 0) -> str:
+    """The size limit of a RAM-backed /dev/shm: room for one copy of the model's weights (`model_bytes`: what ranks
+    of a node hand each other through shared memory is at most that: a staged checkpoint, expert weights moving
+    between local ranks), and at least SHM_FLOOR_BYTES. Without a limit a tmpfs can grow to half the node's RAM,
+    all of it charged to the pod's memory: a runaway writer gets the pod OOM-killed instead of an ENOSPC."""
+    mib = (max(SHM_FLOOR_BYTES, model_bytes) + (1 << 20) - 1) >> 20
+    return f"{mib >> 10}Gi" if mib % 1024 == 0 else f"{mib}Mi"  # the API server's canonical form: no false drift
+
+
+def scratch_volumes(shm_limit: str | None = None) -> list[dict[str, Any]]:
+    """Writable /tmp (the root filesystem is read-only) and a RAM-backed /dev/shm for torch's IPC, bounded."""
     return [
         {"name": "tmp", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_limit or shm_size_limit()}},
     ]
 
 

@@ -26,6 +26,7 @@ from ..naming import (
     workers_service_name,
 )
 from ..planning import Plan
+from ..planning.sizing import model_size
 from . import pods
 from .child import Child
 
@@ -147,7 +148,13 @@ def _data_storage(spec: MoETrainingJobSpec) -> tuple[list[dict[str, Any]], list[
     return [volume], [{"name": "data", "mountPath": pvc_mount_path(claim), "readOnly": True}]
 
 
-def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, attempt: int) -> dict[str, Any]:
+WEIGHT_BYTES = 2
+"""Bytes per parameter of the weights ranks share on a node (bf16, the trainer's compute dtype on GPUs)."""
+
+
+def _pod_template(
+    owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, attempt: int, shm_limit: str | None
+) -> dict[str, Any]:
     workers, sched = spec.workers, spec.scheduling
     labels = worker_labels(owner, attempt)
     if sched.gang:
@@ -174,12 +181,13 @@ def _pod_template(owner: Owner, spec: MoETrainingJobSpec, cfg: OperatorConfig, a
         "subdomain": workers_service_name(owner.name),
         "terminationGracePeriodSeconds": cfg.worker_grace_seconds,
         "securityContext": pods.POD_SECURITY_CONTEXT,
+        "automountServiceAccountToken": False,  # the trainer never calls the API server: no token to steal
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": config_map_name(owner.name)}},
             pods.storage_volume("checkpoints", spec.checkpoint.storage, read_only=False),
             *data_volumes,
-            *pods.scratch_volumes(),
+            *pods.scratch_volumes(shm_limit),
         ],
     }
     optional = {
@@ -211,13 +219,15 @@ def worker_job(
     carbon_paused: bool = False,
     attempt: int = 0,
     deadline_left_s: int | None = None,
+    arch: Architecture | None = None,
 ) -> Child:
     """The Indexed Job of one restart attempt. `deadline_left_s` replaces `activeDeadlineSeconds` for a later
-    attempt (what is left of it: restarts do not extend the deadline)."""
+    attempt (what is left of it: restarts do not extend the deadline). `arch` sizes /dev/shm (None: the floor)."""
     labels = training_labels(owner.name)
     if spec.scheduling.queue_name:
         labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
     suspend = desired_suspend(spec, carbon_paused=carbon_paused)
+    shm_limit = pods.shm_size_limit(model_size(arch).total_params * WEIGHT_BYTES) if arch else None
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": spec.workers.replicas,
@@ -240,7 +250,7 @@ def worker_job(
                 },
             ]
         },
-        "template": _pod_template(owner, spec, cfg, attempt),
+        "template": _pod_template(owner, spec, cfg, attempt, shm_limit),
     }
     deadline = deadline_left_s if deadline_left_s is not None else spec.run_policy.active_deadline_seconds
     if deadline:
@@ -279,5 +289,7 @@ def training_children(
     `attempt` is the group restart the worker Job belongs to (`.status.restarts`).
     """
     config = runtime_config(owner, spec, arch, plan, cfg)
-    job = worker_job(owner, spec, cfg, carbon_paused=carbon_paused, attempt=attempt, deadline_left_s=deadline_left_s)
+    job = worker_job(
+        owner, spec, cfg, carbon_paused=carbon_paused, attempt=attempt, deadline_left_s=deadline_left_s, arch=arch
+    )
     return [config_map(owner, config), workers_service(owner, cfg, attempt=attempt), job]

@@ -46,6 +46,7 @@ from .status_sources import (
     carbon_fields,
     progress_fields,
     rebalance_fields,
+    storage_fields,
     workers_fields,
 )
 
@@ -60,6 +61,7 @@ SOURCES: dict[str, dict[str, SourceFn]] = {
     "progress": {TRAINING: progress_fields},
     "rebalance": {TRAINING: rebalance_fields},
     "workers": {TRAINING: workers_fields},
+    "storage": {TRAINING: storage_fields},
     "carbon": {TRAINING: carbon_fields, SERVING_PLURAL: carbon_fields},
     "autoscale": {SERVING_PLURAL: autoscale_fields},
 }
@@ -144,7 +146,7 @@ async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index], settings: k
     cfg = OperatorConfig.from_env(os.environ)  # as `setup.configure` reads it
     ctx: Context | None = None
     intervals = {"progress": cfg.progress_interval_s, "rebalance": REBALANCE_INTERVAL_S, "carbon": CARBON_INTERVAL_S,
-                 "autoscale": cfg.autoscale_interval_s, "workers": WORKERS_INTERVAL_S,
+                 "autoscale": cfg.autoscale_interval_s, "workers": WORKERS_INTERVAL_S, "storage": WORKERS_INTERVAL_S,
                  "carbon_gate": cfg.carbon_gate_interval_s}  # fmt: skip
     schedule = Schedule(intervals, started_at=time.monotonic())
     while True:

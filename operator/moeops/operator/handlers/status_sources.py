@@ -14,6 +14,9 @@ patches those that differ, once per object). The figures' mapping is pure (`stat
   (`status/blocked.py`: unschedulable pods, image and container-config errors, the Job's FailedCreate), read only
   for a job whose workers are not all ready BLOCKED_AFTER_S after it was created (a list of its pods; of the Job's
   events when it has no pod), or that is shown blocked (to clear it).
+- storage (MoETrainingJob, every 10 s): whether the checkpoint claim (`spec.checkpoint.storage.claimName`) exists,
+  has its volume, and is ReadWriteMany when the workers run on several nodes (`status/storage.py`); read only for a
+  job that names a claim and is not Running yet (or is shown blocked, to clear it): a running job has mounted it.
 - carbon (both kinds, every 30 s): the carbon aggregator's totals (`workload.<namespace>.<kind>.<name>` in the
   `moeops-carbon` bucket); not with `spec.carbon.enabled: false`, nor for a job finished more than SETTLE_S ago (the
   last deltas of its pods reach the ledger within seconds of the pods ending).
@@ -49,6 +52,8 @@ from ..status.blocked import CONDITION as BLOCKED
 from ..status.blocked import blocked_status, job_problem, pod_problem
 from ..status.carbon import carbon_reported, carbon_status
 from ..status.progress import checkpoint_status, progress_status
+from ..status.storage import CONDITION as STORAGE_BLOCKED
+from ..status.storage import claim_problem, storage_status
 from .common import now
 from .observe import JOBS
 
@@ -207,3 +212,19 @@ async def workers_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
         problem = job_problem(events)
     generation = int(body["metadata"].get("generation") or 0)
     return blocked_status(status, problem, generation=generation, now=at)
+
+
+async def storage_fields(ctx: Context, body: Mapping[str, Any]) -> Fields:
+    namespace, _, _ = _names(body)
+    status = body.get("status") or {}
+    spec = body.get("spec") or {}
+    claim_name = ((spec.get("checkpoint") or {}).get("storage") or {}).get("claimName")
+    conditions = list(status.get("conditions") or [])
+    shown = any(c.get("type") == STORAGE_BLOCKED and c.get("status") == "True" for c in conditions)
+    if not claim_name or is_finished(status) or (status.get("state") == "Running" and not shown):
+        return None
+    claim = await asyncio.to_thread(ctx.kube.get, "v1", "PersistentVolumeClaim", namespace, claim_name)
+    workers = int((spec.get("workers") or {}).get("replicas") or 1)
+    problem = claim_problem(claim_name, claim, workers=workers)
+    generation = int(body["metadata"].get("generation") or 0)
+    return storage_status(status, problem, generation=generation, now=now())

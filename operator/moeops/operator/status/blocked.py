@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from .conditions import Event, StatusUpdate, set_condition
+from .conditions import StatusUpdate, problem_status
 
 CONDITION = "WorkersBlocked"
 WAITING_REASONS = (
@@ -59,15 +59,6 @@ def blocked_status(
 ) -> StatusUpdate | None:
     """`WorkersBlocked` True with the problem (a Warning event when it is new), False once it is gone; None when
     the status already says so (or never said anything: no condition is added for a job that was never blocked)."""
-    conditions: list[dict[str, Any]] = list(previous.get("conditions") or [])
-    was = next((c for c in conditions if c.get("type") == CONDITION), None)
-    if problem is None:
-        if was is None or was.get("status") != "True":
-            return None
-        cleared = set_condition(conditions, CONDITION, False, "WorkersStarting", "", now=now, generation=generation)
-        return StatusUpdate({"conditions": cleared})
-    reason, message = problem
-    if was is not None and was.get("status") == "True" and was.get("message") == message:
-        return None
-    blocked = set_condition(conditions, CONDITION, True, reason, message, now=now, generation=generation)
-    return StatusUpdate({"conditions": blocked}, [Event("Warning", reason, message)])
+    return problem_status(
+        previous, CONDITION, problem, cleared_reason="WorkersStarting", generation=generation, now=now
+    )

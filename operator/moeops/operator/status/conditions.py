@@ -84,3 +84,29 @@ def transitions(
         for c in after
         if c["type"] in event_types and c["status"] == "True" and not is_true(before, c["type"])
     ]
+
+
+def problem_status(
+    previous: Mapping[str, Any],
+    type_: str,
+    problem: tuple[str, str] | None,
+    *,
+    cleared_reason: str,
+    generation: int,
+    now: datetime,
+) -> StatusUpdate | None:
+    """A problem condition (`type_` True while something is wrong): True with the problem's (reason, message) and a
+    Warning event when it is new, False with `cleared_reason` once it is gone; None when the status already says so
+    (or never said anything: no condition is added for what was never a problem)."""
+    conditions: list[dict[str, Any]] = list(previous.get("conditions") or [])
+    was = next((c for c in conditions if c.get("type") == type_), None)
+    if problem is None:
+        if was is None or was.get("status") != "True":
+            return None
+        cleared = set_condition(conditions, type_, False, cleared_reason, "", now=now, generation=generation)
+        return StatusUpdate({"conditions": cleared})
+    reason, message = problem
+    if was is not None and was.get("status") == "True" and was.get("message") == message:
+        return None
+    shown = set_condition(conditions, type_, True, reason, message, now=now, generation=generation)
+    return StatusUpdate({"conditions": shown}, [Event("Warning", reason, message)])
