@@ -1,4 +1,4 @@
-"""`spec.data` on a real API server: every source scheme, format and filter option the trainer cannot do yet is
+"""`spec.data` on a real API server: every source scheme, format and filter setting the runtime cannot do is
 refused at apply with a message naming the field (not at pod start with exit 78), what it reads is accepted, and
 a `pvc://` source's claim reaches the worker pods read-only."""
 
@@ -21,9 +21,12 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
      ['spec.data.format: Unsupported value: "parquet"', 'supported values: "jsonl", "text"']),
     ("tokens format", {"source": "pvc://corpus/v3", "format": "tokens"},
      ['spec.data.format: Unsupported value: "tokens"']),
-    ("the filter stage", {"filter": {"enabled": True, "minQuality": 0.4}},
-     ["spec.data.filter", "data.filter is not supported yet"]),
-    ("an empty filter", {"filter": {}}, ["spec.data.filter", "data.filter is not supported yet"]),
+    ("a filter on the synthetic corpus", {"filter": {}},
+     ["spec.data", "the filter stage reads jsonl from a PersistentVolumeClaim"]),
+    ("a filter on text files", {"source": "pvc://corpus/v3", "format": "text", "filter": {"tasks": 2}},
+     ["spec.data", "the filter stage reads jsonl from a PersistentVolumeClaim"]),
+    ("a reference without its threshold", {"source": "pvc://corpus/v3", "filter": {"reference": "/trusted"}},
+     ["spec.data.filter", "reference and maxPerplexity go together"]),
     ("a claim that is no DNS name", {"source": "pvc://Corpus_1/v3"},
      ["spec.data.source", "a pvc source is pvc://<claim>/<path>"]),
     ("a file URI with a host", {"source": "file://data/corpus"}, ["spec.data.source", "three slashes"]),

@@ -119,11 +119,18 @@ def test_a_format_the_trainer_cannot_read_is_refused(fmt: str) -> None:
         DataSpec(source="file:///data", format=fmt)
 
 
-def test_the_filter_is_refused_until_the_stage_exists() -> None:
-    assert data_schema()["properties"]["filter"]["x-kubernetes-validations"][0]["rule"] == "false"
-    with pytest.raises(ValidationError, match=r"data\.filter is not supported yet"):
-        DataSpec.model_validate({"source": "synthetic://all", "filter": {"enabled": True}})
-    # What jobs stored under the old schema carry (its default): no filter, not an invalid spec.
+def test_the_filter_needs_a_jsonl_source_on_a_claim_and_its_options_the_pipeline_takes() -> None:
+    rules = {r["rule"] for r in data_schema()["x-kubernetes-validations"]}
+    assert any("has(self.filter)" in rule and "pvc://" in rule for rule in rules)
+    for source, fmt in (("synthetic://all", "jsonl"), ("file:///srv/c", "jsonl"), ("pvc://c/v3", "text")):
+        with pytest.raises(ValidationError, match="the filter stage reads jsonl from a PersistentVolumeClaim"):
+            DataSpec.model_validate({"source": source, "format": fmt, "filter": {}})
+    with pytest.raises(ValidationError, match="reference and maxPerplexity go together"):
+        DataSpec.model_validate({"source": "pvc://c/v3", "filter": {"reference": "/trusted"}})
+    spec = DataSpec.model_validate({"source": "pvc://c/v3/", "filter": {"tasks": 4, "reference": "/trusted",
+                                                                        "maxPerplexity": 40}})  # fmt: skip
+    assert spec.filter is not None and spec.filter.tasks == 4 and spec.filtered_source() == "pvc://c/v3.filtered"
+    # What jobs stored under the first schema carry (its default): no filter, not an invalid spec.
     stored = {"enabled": False, "dedup": True, "minQuality": 0.0, "rebalanceDomains": True}
     assert DataSpec.model_validate({"source": "synthetic://all", "filter": stored}).filter is None
     assert DataSpec(source="synthetic://all").to_wire() == {"source": "synthetic://all", "format": "jsonl",

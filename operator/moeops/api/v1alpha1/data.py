@@ -3,8 +3,8 @@
 The schema accepts only what the runtime reads today, so a spec the trainer would refuse at pod start (exit 78)
 is refused at apply instead, with a message naming the field. A test ties the accepted sets to the trainer's
 readers (tests/unit/test_data_spec_contract.py): a scheme or format added here without a reader fails it.
-Object stores (s3://, gs://), hf:// and the parquet/tokens formats come back when a reader exists for them;
-`filter` when the filter stage exists (docs/architecture.md, "The data filter stage").
+Object stores (s3://, gs://), hf:// and the parquet/tokens formats come back when a reader exists for them.
+`filter` runs the data filter's level 1 as a stage before training (docs/architecture.md, "The data filter stage").
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import posixpath
 import re
 from typing import Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from .common import ABSOLUTE_PATH_PATTERN, NO_PARENT_SEGMENTS_RULE, KubeModel, cel, reject_parent_segments
 
@@ -61,25 +61,70 @@ _SOURCE_RULES = [
 ]
 
 
-class DataFilterSpec(KubeModel):
-    """The three-level data filter run before training (hash dedup + quality, domain mix, authenticity).
-    Not implemented yet: the schema refuses `data.filter` (see DataSpec)."""
+FILTER_OUTPUT_SUFFIX = ".filtered"
+"""The filtered corpus goes next to the data: `pvc://c/v3` is filtered into `pvc://c/v3.filtered` (shards and
+report.json), and the workers train on that."""
 
-    enabled: bool = Field(default=False, description="Run the filter stage before training.")
-    dedup: bool = Field(default=True, description="Level 1: drop exact and near duplicates by hashing.")
-    min_quality: float = Field(default=0.0, ge=0.0, le=1.0, description="Level 1: minimum quality score kept.")
-    rebalance_domains: bool = Field(default=True, description="Level 2: re-balance the domain mix (TF-IDF).")
-    adversarial_validation: bool = Field(default=False, description="Level 3: drop inauthentic samples.")
-
-
-FILTER_REFUSED = (
-    "data.filter is not supported yet: the filter stage does not exist in this version (issue 21); remove"
-    " spec.data.filter"
+FILTER_NEEDS = (
+    "data.filter: the filter stage reads jsonl from a PersistentVolumeClaim and writes the filtered shards next to"
+    " it: use a pvc://<claim>/<path> source with format jsonl"
 )
+QUALITY_PAIR = "data.filter: reference and maxPerplexity go together (the quality model and its threshold)"
+
+
+class DataFilterSpec(KubeModel):
+    """The data filter run before training, as its own Indexed Job over the corpus (moeops.datafilter.pipeline):
+    level 1 (exact and MinHash near-duplicate removal; with a reference, a perplexity threshold under a byte
+    n-gram model trained on it). The workers then train on the filtered shards."""
+
+    enabled: bool = Field(default=True, description="Run the filter stage before training (false: as if unset).")
+    tasks: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Parallel pods of the filter Job (they run at once and wait for each other between stages).",
+    )
+    reference: str | None = Field(
+        default=None,
+        min_length=2,
+        max_length=1024,
+        pattern=ABSOLUTE_PATH_PATTERN,
+        description="Trusted text (a .jsonl file or folder) on the source's claim, as a path inside the claim: the"
+        " quality model is trained on it. With maxPerplexity.",
+        json_schema_extra={"x-kubernetes-validations": [NO_PARENT_SEGMENTS_RULE]},
+    )
+    max_perplexity: float | None = Field(
+        default=None,
+        gt=1.0,
+        description="Documents whose perplexity under the reference's model exceeds this are dropped. With reference.",
+    )
+
+    _no_parent_segments = field_validator("reference")(reject_parent_segments)
+
+    @model_validator(mode="after")
+    def _quality_pair(self) -> DataFilterSpec:
+        if (self.reference is None) != (self.max_perplexity is None):
+            raise ValueError(QUALITY_PAIR)
+        return self
+
+
+_QUALITY_PAIR_RULE = cel("has(self.reference) == has(self.maxPerplexity)", QUALITY_PAIR)
 
 
 class DataSpec(KubeModel):
     """Where the training tokens come from."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.filter) || (has(self.filter.enabled) && !self.filter.enabled)"
+                    " || (self.source.startsWith('pvc://') && self.format == 'jsonl')",
+                    FILTER_NEEDS,
+                ),
+            ]
+        }
+    )
 
     source: str = Field(
         min_length=1,
@@ -98,8 +143,9 @@ class DataSpec(KubeModel):
     )
     filter: DataFilterSpec | None = Field(
         default=None,
-        description="The data-filter stage. Not supported yet: a spec that sets it is refused.",
-        json_schema_extra={"x-kubernetes-validations": [cel("false", FILTER_REFUSED)]},
+        description="The data filter, run as its own Indexed Job before the workers start (state Filtering); the"
+        " workers then train on `<source>.filtered`. Needs a pvc:// source in the jsonl format.",
+        json_schema_extra={"x-kubernetes-validations": [_QUALITY_PAIR_RULE]},
     )
     tokenizer: str | None = Field(
         default=None,
@@ -129,15 +175,24 @@ class DataSpec(KubeModel):
             raise ValueError(_SOURCE_RULES[3]["message"])
         return source
 
-    @field_validator("filter")
+    @field_validator("filter", mode="before")
     @classmethod
-    def _no_filter(cls, value: DataFilterSpec | None) -> DataFilterSpec | None:
-        """A new spec is refused by the API server if it has a filter at all. A job stored before that carries the
-        old schema's default, `enabled: false`, which asked for nothing: read as no filter, so the operator goes on
-        reconciling it instead of calling it invalid."""
-        if value is not None and value.enabled:
-            raise ValueError(FILTER_REFUSED)
-        return None
+    def _disabled_filter(cls, value: object) -> object:
+        """`enabled: false` asks for nothing: read as no filter. Jobs stored under the first schema carry its
+        default, `enabled: false` with fields since removed (minQuality, ...): no filter either, not an invalid spec."""
+        if isinstance(value, dict) and value.get("enabled") is False:
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _filter_needs_a_claim(self) -> DataSpec:
+        if self.filter is not None and (self.claim() is None or self.format != "jsonl"):
+            raise ValueError(FILTER_NEEDS)
+        return self
+
+    def filtered_source(self) -> str:
+        """Where the filter writes and the workers then read: `<source>.filtered` (a pvc:// source)."""
+        return self.source.rstrip("/") + FILTER_OUTPUT_SUFFIX
 
     def claim(self) -> str | None:
         """The PersistentVolumeClaim a `pvc://` source reads (the operator mounts it), else None."""

@@ -10,7 +10,7 @@ from pydantic import Field
 from .carbon import CarbonStatus
 from .common import Conditions, KubeModel
 
-State = Literal["Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+State = Literal["Pending", "Filtering", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 CONDITION_TYPES = ("Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 
@@ -80,6 +80,28 @@ class RebalanceStatus(KubeModel):
     refusal: str | None = Field(default=None, description="Why the workers refused it (the trainer's words).")
 
 
+class FilterCounts(KubeModel):
+    """Documents of the corpus by what the filter did with them, per level."""
+
+    documents: int = Field(ge=0, description="Documents read.")
+    kept: int = Field(ge=0, description="Documents in the filtered shards.")
+    exact: int = Field(default=0, ge=0, description="Level 1: exact duplicates removed.")
+    near: int = Field(default=0, ge=0, description="Level 1: near duplicates (MinHash-LSH) removed.")
+    quality: int = Field(default=0, ge=0, description="Level 1: removed above the reference's perplexity threshold.")
+    malformed: int = Field(default=0, ge=0, description="Lines that were no jsonl record with the text field.")
+
+
+class FilterStatus(KubeModel):
+    """The data filter stage (spec.data.filter): its Job's progress, then its counts."""
+
+    state: Literal["Running", "Succeeded", "Failed"] = Field(description="The filter Job's outcome so far.")
+    tasks: int = Field(ge=1, description="Pods of the filter Job.")
+    succeeded: int = Field(default=0, ge=0, description="Pods that finished.")
+    output: str = Field(description="Where the filtered shards and report.json are: what the workers train on.")
+    counts: FilterCounts | None = Field(default=None, description="Set when the filter has succeeded.")
+    message: str | None = Field(default=None, description="Why it failed.")
+
+
 class MoETrainingJobStatus(KubeModel):
     """Observed state of a MoETrainingJob."""
 
@@ -98,6 +120,9 @@ class MoETrainingJobStatus(KubeModel):
         ge=0,
         description="Restarts counted against runPolicy.backoffLimit: those after a disruption (preemption,"
         " eviction) are not.",
+    )
+    filter: FilterStatus | None = Field(
+        default=None, description="The data filter stage, when spec.data.filter is set."
     )
     progress: Progress | None = Field(default=None, description="Training progress.")
     checkpoint: CheckpointStatus | None = Field(default=None, description="Newest checkpoint.")
