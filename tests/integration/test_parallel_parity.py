@@ -4,8 +4,9 @@ single-process run within 1e-4 (relative), on CPU with gloo, at world sizes 2 an
 Why 1e-4 and not bit-exact: the layouts sum the same terms in different orders (all-reduces, split
 matmuls, micro-batches), and Adam turns ~1e-7 gradient differences into visible but tiny loss differences.
 A wrong gradient scale, a missed reduction or a mis-sharded weight shows up as 1e-2 or worse by step 2.
-The balancing (aux) loss is off here because it is a per-batch statistic: its value depends on how a batch is
-cut; `test_balancing_loss_through_the_pipeline` checks it with the same micro-batches on both sides.
+The balancing (aux) loss is off in most runs because it is a per-batch statistic: its value depends on how a batch
+is cut into micro-batches; `test_balancing_loss_through_the_pipeline` checks it with the same micro-batches on
+both sides, `test_the_balancing_loss_counts_the_global_batch` across data ranks.
 
 The runs of a world size share one torchrun launch (parity_launch.py), started by the first test that needs one
 of them: a launch is ~10 s of start-up, a run here ~1 s of training. `moeops train` itself (one launch per run)
@@ -89,6 +90,10 @@ RUNS = {
         *(Run(f"{name}-spare", LAYOUTS[name], SPARE) for name in SPARE_LAYOUTS),
         Run("single-aux", SINGLE, AUX),
         Run("PP2-aux", LAYOUTS["PP2"], AUX),
+        # One micro-batch per rank: the balancing loss of the global batch's counts (summed over the data ranks)
+        # averaged over the ranks is the single process's loss on the whole batch, and so are its gradients.
+        Run("single-aux-whole", SINGLE, {"aux": 0.05}),
+        *(Run(f"{name}-aux", LAYOUTS[name], {"aux": 0.05}) for name in ("DP2", "EP2")),
         # In this order in the launch: 2 steps as PP2×TP2, then the rest as DP2×EP2 from that checkpoint.
         Run("reshard-first", LAYOUTS["PP2xTP2"], max_steps=2, shared="reshard"),
         Run("reshard-rest", LAYOUTS["DP2xEP2"], shared="reshard"),
@@ -102,6 +107,10 @@ RUNS = {
                 Run(f"{first}-resumed", LAYOUTS[rest], shared=f"from-{first}"),
             )
         ),
+        # Into expert parallelism with tensor-parallel expert columns and a spare slot: each rank reads only its
+        # slots' rows and columns (ExpertStateSharding.local_placeholders), one expert per rank when saved.
+        Run("EP4-save", LAYOUTS["EP4"], max_steps=2, shared="from-EP4"),
+        Run("EP4-resumed", LAYOUTS["TP2xEP2"], {"rebalance": RebalanceSpec(expert_spare_slots=1)}, shared="from-EP4"),
     ]
 }
 
@@ -196,6 +205,13 @@ def test_balancing_loss_through_the_pipeline(launches: Launches) -> None:
     _assert_follows(launches.losses("PP2-aux"), launches.losses("single-aux"))
 
 
+@pytest.mark.parametrize("layout", ["DP2", "EP2"])
+def test_the_balancing_loss_counts_the_global_batch(launches: Launches, layout: str) -> None:
+    """Megatron's global-batch balancing: each rank's loss takes the expert counts of every data rank's tokens
+    (moe.MoE.count_reducer); with a rank's own counts the data-parallel run would drift from the whole batch's."""
+    _assert_follows(launches.losses(f"{layout}-aux"), launches.losses("single-aux-whole"))
+
+
 def test_a_checkpoint_resumes_in_another_layout(launches: Launches, single_process: dict[int, float]) -> None:
     """Checkpoints are layout-free: 2 steps as PP2×TP2, then the rest as DP2×EP2 from that checkpoint."""
     both = launches.losses("reshard-rest")  # the halves share a folder: its metrics hold both
@@ -205,6 +221,14 @@ def test_a_checkpoint_resumes_in_another_layout(launches: Launches, single_proce
     ]
     assert steps == list(range(1, STEPS + 1)), steps  # the second half went on from step 2, it did not start over
     _assert_follows(both, single_process)
+
+
+def test_an_expert_parallel_checkpoint_resumes_in_another_expert_layout(
+    launches: Launches, single_process: dict[int, float]
+) -> None:
+    """EP4 (one expert per rank) for 2 steps, then TP2×EP2 with a spare slot (3 slots per rank, half of each
+    expert's hidden units) from that checkpoint, each rank loading only the rows and columns it holds."""
+    _assert_follows(launches.losses("EP4-resumed"), single_process)
 
 
 @pytest.mark.parametrize("first", ["DP2xEP2", "TP2xEP2"])

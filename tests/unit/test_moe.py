@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from moeops.api.v1alpha1 import PRESETS, Architecture
 from moeops.model import MoE, Transformer
-from moeops.model.moe import grouped_mm_supported
+from moeops.model.moe import balancing_loss, grouped_mm_supported
 from moeops.operator.planning import model_size
 
 D, HIDDEN, E, K, T = 16, 32, 4, 2, 50
@@ -91,9 +91,9 @@ def test_bias_update_moves_load_toward_the_mean() -> None:
 
 def test_balancing_losses_and_counts() -> None:
     moe = make_moe()
-    torch.nn.init.zeros_(moe.router.gate.weight)  # uniform probabilities: the Switch loss is exactly 1
+    torch.nn.init.zeros_(moe.router.gate.weight)  # uniform probabilities: the Switch loss is exactly K (HF's scale)
     out = moe(torch.randn(T, D))
-    assert out.aux_loss.item() == pytest.approx(1.0)
+    assert out.aux_loss.item() == pytest.approx(K)
     assert out.z_loss.item() == pytest.approx(torch.log(torch.tensor(float(E))).item() ** 2)
     assert int(out.tokens_per_expert_E.sum()) == T * K and not out.tokens_per_expert_E.requires_grad
 
@@ -161,3 +161,36 @@ def test_auto_kernel_loops_on_cpu_and_groups_elsewhere() -> None:
     assert experts._grouped_here(x_AD, HIDDEN, D)
     experts.kernel = "auto"
     assert experts._grouped_here(torch.empty(8, D, device="meta"), HIDDEN, D)
+
+
+def _hf_load_balancing_loss(scores_TE: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Hugging Face's `load_balancing_loss_func` (Mixtral, Qwen-MoE), one layer, no padding mask, re-derived here."""
+    probs_TE = scores_TE.softmax(dim=-1)
+    _, selected_TK = torch.topk(probs_TE, top_k, dim=-1)
+    mask_TKE = F.one_hot(selected_TK, probs_TE.shape[-1]).float()
+    return probs_TE.shape[-1] * torch.sum(mask_TKE.mean(dim=0) * probs_TE.mean(dim=0).unsqueeze(0))
+
+
+def test_the_balancing_loss_is_hugging_faces_so_its_coefficient_carries_over() -> None:
+    """No division by top-k: a router_aux_loss_coef copied from a Hugging Face config weighs the same here."""
+    moe = make_moe()
+    torch.nn.init.normal_(moe.router.gate.weight, std=0.5)
+    x_TD = torch.randn(T, D)
+    scores_TE, _, _, _ = moe.router(x_TD)
+    out = moe(x_TD)
+    torch.testing.assert_close(out.aux_loss, _hf_load_balancing_loss(scores_TE, K))
+
+
+def test_the_balancing_loss_takes_the_counts_the_reducer_gives() -> None:
+    """Data parallelism installs a sum over the data ranks: the loss then weighs this rank's probabilities by the
+    global batch's load; the gradient still flows through this rank's probabilities only."""
+    moe = make_moe()
+    torch.nn.init.normal_(moe.router.gate.weight, std=0.5)
+    x_TD, other_E = torch.randn(T, D), torch.tensor([0.0, 0.0, 0.0, float(T * K)])  # another rank sent all to 3
+    mine = moe(x_TD)
+    moe.count_reducer = lambda counts_E: counts_E + other_E
+    both = moe(x_TD)
+    _, probs_TE, _, _ = moe.router(x_TD)
+    expected = balancing_loss(mine.tokens_per_expert_E.float() + other_E, probs_TE, K)
+    torch.testing.assert_close(both.aux_loss, expected)
+    assert not torch.allclose(both.aux_loss, mine.aux_loss)

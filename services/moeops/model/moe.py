@@ -11,7 +11,8 @@ MoE.forward, step by step:
      on the ranks that own the experts;
   4. combine: the expert outputs back in (token, k) order through the inverse permutation, then each token's
      gate-weighted sum as one batched matmul, gates_T1K · y_TKD (no scatter-add); add the shared experts;
-  5. balance: Switch/GShard auxiliary loss and router z-loss (returned), per-expert token counts (kept).
+  5. balance: Switch/GShard auxiliary loss (`balancing_loss`) and router z-loss (returned), per-expert token counts
+     (kept).
 Dropless by default; an optional capacity factor keeps at most `capacity` assignments per expert (earliest tokens
 first), and its combine scales the kept rows by their gates and scatter-adds them (index_add_) to their tokens:
 a dropped assignment passes through the residual connection only.
@@ -51,6 +52,8 @@ def grouped_mm_supported(dtype: torch.dtype, *dims: int) -> bool:
 def compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype a matmul on `x` computes in here: autocast's when it is on for x's device, else x's own."""
     device = x.device.type
+    if not torch.amp.is_autocast_available(device):  # e.g. meta: no autocast there
+        return x.dtype
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
@@ -189,11 +192,24 @@ class SwiGLU(nn.Module):
 class MoEOutput:
     out_TD: Tensor
     aux_loss: Tensor
-    """Switch/GShard load-balancing loss: E · Σ_e (fraction of assignments to e) · (mean probability of e)."""
+    """Switch/GShard load-balancing loss, normalised as Hugging Face's (`balancing_loss`)."""
     z_loss: Tensor
     """Router z-loss: mean over tokens of logsumexp(scores)²."""
     tokens_per_expert_E: Tensor
     """Assignments per expert this step (before any capacity drop), detached."""
+
+
+def balancing_loss(counts_E: Tensor, probs_TE: Tensor, top_k: int) -> Tensor:
+    """Switch/GShard load-balancing loss with Hugging Face's normalisation (Mixtral's and Qwen-MoE's
+    `load_balancing_loss_func`): E · Σ_e f_e · P_e, where f_e = assignments to e per token (counts / tokens, *not*
+    divided by top-k: the f_e sum to K) and P_e the mean router probability of e over these tokens. It is K at a
+    perfectly balanced router, and a `router_aux_loss_coef` copied from a Hugging Face config means the same here.
+    (Megatron divides by top-k: its coefficient is K times this one's.) `counts_E` may be the global batch's
+    (summed over data ranks) while `probs_TE` is this rank's tokens: averaged over ranks, that is the loss of the
+    whole batch, and its gradient, which flows through the probabilities only."""
+    tokens = counts_E.sum() / top_k
+    fraction_E = counts_E / tokens.clamp(min=1.0)
+    return counts_E.shape[0] * torch.sum(fraction_E * probs_TE.mean(dim=0))
 
 
 class MoE(nn.Module):
@@ -216,9 +232,11 @@ class MoE(nn.Module):
         # Expert parallelism installs a callable that runs the sorted rows on the experts' owning ranks;
         # None runs them here. (The trainer owns distribution; the model only offers the seam.)
         self.dispatcher: Callable[[Tensor, Tensor, GroupedExperts], Tensor] | None = None
+        # Data parallelism installs a sum of the counts over the data ranks, so that the balancing loss sees
+        # the global batch's expert load (as Megatron's); None: this batch's counts alone.
+        self.count_reducer: Callable[[Tensor], Tensor] | None = None
 
     def forward(self, x_TD: Tensor) -> MoEOutput:
-        T = x_TD.shape[0]
         E, K = self.router.experts, self.top_k
         scores_TE, probs_TE, gates_TK, experts_TK = self.router(x_TD)
 
@@ -232,8 +250,8 @@ class MoE(nn.Module):
         if self.shared is not None:
             out_TD = out_TD + self.shared(x_TD)
 
-        fraction_E = counts_E.float() / (T * K)
-        aux_loss = E * torch.sum(fraction_E * probs_TE.mean(dim=0))
+        load_E = counts_E.float() if self.count_reducer is None else self.count_reducer(counts_E.float())
+        aux_loss = balancing_loss(load_E, probs_TE, K)
         z_loss = torch.logsumexp(scores_TE, dim=-1).square().mean()
         return MoEOutput(out_TD, aux_loss, z_loss, counts_E.detach())
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moeops.model.moe import MoE, MoEOutput
+from moeops.model.moe import MoE, MoEOutput, balancing_loss
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
@@ -47,7 +47,7 @@ class StaticMoE(MoE):
         self.losses = losses
 
     def forward(self, x_TD: Tensor) -> MoEOutput:
-        T, E = x_TD.shape[0], self.router.experts
+        E = self.router.experts
         scores_TE, probs_TE, gates_TK, experts_TK = self.router(x_TD)
         weights_TE = torch.zeros_like(probs_TE).scatter(1, experts_TK, gates_TK)
         out_TD = self._all_experts(x_TD, weights_TE)
@@ -58,8 +58,7 @@ class StaticMoE(MoE):
             return MoEOutput(out_TD, zero, zero, experts_TK.new_zeros(E))
         # Counts without bincount (whose output size is data-dependent): a one-hot sum over tokens.
         counts_E = torch.zeros_like(probs_TE).scatter(1, experts_TK, 1.0).sum(dim=0)
-        fraction_E = counts_E / (T * self.top_k)
-        aux_loss = E * torch.sum(fraction_E * probs_TE.mean(dim=0))
+        aux_loss = balancing_loss(counts_E, probs_TE, self.top_k)
         z_loss = torch.logsumexp(scores_TE, dim=-1).square().mean()
         return MoEOutput(out_TD, aux_loss, z_loss, counts_E.to(torch.int64).detach())
 
