@@ -4,9 +4,10 @@ Per generated token: the input token runs through the layers one by one; after e
 shared exit head (final norm + LM head) scores l's hidden state, and when the rule's confidence reaches the
 threshold the token leaves with that head's argmax. The layers it skipped still need its keys and values,
 or every later token would attend to a hole: as in CALM, they are computed from the exiting hidden state
-(each skipped layer's attention norm and K/V projections on it: two small matmuls per layer instead of the
-whole block, MoE included). The prompt runs through every layer (a prefill), except its last token, which is
-the first decoding step: so every generated token, the first included, has an exit decision.
+(each skipped layer's attention norm and K/V projections on it, instead of the whole block, MoE included),
+all skipped layers in one matmul (moeops.model.early_exit_kv). The prompt runs through every layer (a
+prefill), except its last token, which is the first decoding step: so every generated token, the first
+included, has an exit decision.
 
 One sequence per call: tokens of one batch would exit at different layers, and a batched decoder then either
 waits for the deepest (no saving) or regroups rows per layer; neither is here yet.
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from moeops.data.synthetic import CharTokenizer
 from moeops.model import Transformer
+from moeops.model.early_exit_kv import skipped_layers_kv
 from moeops.model.kv_cache import KVCache
 from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy, confidence
 
@@ -57,7 +59,7 @@ def decode_step(model: Transformer, token: int, cache: KVCache, policy: ExitPoli
             logits = model.exit_logits(hidden)[0, -1]
             score = float(confidence(logits, policy.rule))
             if score >= policy.threshold:
-                model.propagate_kv(hidden, range(layer, layers), cache, start)
+                skipped_layers_kv(model).fill(hidden, layer, cache, start)
                 cache.advance(1)
                 return DecodedToken(int(logits.argmax()), layer, score, logits)
     cache.advance(1)
