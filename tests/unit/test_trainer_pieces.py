@@ -84,3 +84,22 @@ def test_a_worker_killed_by_a_signal_gives_its_pod_128_plus_the_signal() -> None
 
     assert exit_code_of(-9) == 137 and exit_code_of(-15) == 143
     assert exit_code_of(3) == 3 and exit_code_of(0) == 1
+
+
+def test_progress_rate_counts_training_steps_only_and_eta_this_runs_steps_after_a_resume() -> None:
+    """A run resumed at step 100 of 200 after 60 s of set-up: 1 s steps of 1,000 tokens and a 3 s checkpoint
+    save after step 110 give 1,000 tok/s (not diluted by set-up or the save) and an ETA from this run's 10
+    steps and 13 s (1.3 s a step, saves included) for the 90 steps left, not from 110 steps in 13 s."""
+    import io
+
+    from moeops.trainer.metrics import ProgressSink, StepMetrics
+
+    now = [60.0]
+    stream = io.StringIO()
+    sink = ProgressSink(total_steps=200, stream=stream, every=10, clock=lambda: now[0])
+    for step in range(101, 111):
+        now[0] += 1.0 + (3.0 if step == 110 else 0.0)  # the save before step 110's record arrives
+        sink.publish(StepMetrics(step, 0, 2.0, 0.0, 1000, 1.0, 1.0, 0.0, 0.001))
+    line = stream.getvalue().splitlines()[-1]
+    assert line.startswith("step 110/200") and "1,000 tok/s/rank" in line, line
+    assert line.endswith("eta 117s"), line  # 90 steps x 1.3 s

@@ -7,6 +7,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
@@ -90,25 +91,35 @@ class BackgroundSink:
 
 
 class ProgressSink:
-    """A one-line progress bar on a terminal (a line every `every` steps otherwise), for rank 0."""
+    """A one-line progress bar on a terminal (a line every `every` steps otherwise), for rank 0. Honest after a
+    set-up or a resume: the rate counts the training steps' own time only (not start-up, the tokenizer, a
+    checkpoint load), and the ETA extrapolates from this run's steps (wall time since its first step began,
+    checkpoint saves included), not from the steps a previous run did."""
 
     WIDTH = 30
 
-    def __init__(self, total_steps: int, stream: TextIO, every: int = 20) -> None:
-        self._total, self._stream, self._every = total_steps, stream, every
+    def __init__(
+        self, total_steps: int, stream: TextIO, every: int = 20, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._total, self._stream, self._every, self._clock = total_steps, stream, every, clock
         self._tty = stream.isatty()
-        self._started = time.monotonic()
-        self._tokens = 0
+        self._tokens, self._step_seconds = 0, 0.0
+        self._first: tuple[int, float] | None = None
+        """(step, when it began) of this run's first step."""
 
     def publish(self, record: StepMetrics) -> None:
+        now = self._clock()
+        if self._first is None:
+            self._first = (record.step, now - record.step_seconds)
         self._tokens += record.tokens
+        self._step_seconds += record.step_seconds
         if not self._tty and record.step % self._every and record.step != self._total:
             return
-        done = record.step / max(1, self._total)
-        elapsed = time.monotonic() - self._started
-        rate = self._tokens / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / done - elapsed if done > 0 else 0.0
-        bar = "=" * int(done * self.WIDTH)
+        first_step, began = self._first
+        steps_here = record.step - first_step + 1
+        rate = self._tokens / self._step_seconds if self._step_seconds > 0 else 0.0
+        eta = (now - began) / steps_here * max(0, self._total - record.step)
+        bar = "=" * int(record.step / max(1, self._total) * self.WIDTH)
         line = (f"step {record.step}/{self._total} [{bar:<{self.WIDTH}}] loss {record.loss:.3f}"
                 f" {rate:,.0f} tok/s/rank eta {eta:.0f}s")  # fmt: skip
         self._stream.write(("\r" + line) if self._tty else line + "\n")
