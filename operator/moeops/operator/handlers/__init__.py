@@ -3,6 +3,6 @@
 Importing this package registers every handler with kopf's default registry.
 """
 
-from . import autoscale, serving, setup, status_loop, training
+from . import autoscale, data_filter, serving, setup, status_loop, training
 
-__all__ = ["autoscale", "serving", "setup", "status_loop", "training"]
+__all__ = ["autoscale", "data_filter", "serving", "setup", "status_loop", "training"]

@@ -45,6 +45,7 @@ from .common import (
     validation_message,
     with_fresh_owner,
 )
+from .data_filter_gate import data_filter_gate
 from .observe import JOBS, traced
 from .typed import spec_of, typed_spec
 
@@ -113,6 +114,10 @@ def reconcile_spec(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any], spe
     attempt = restarts(status)  # a Job is created for the current attempt only (planning/recovery.py)
     deadline = spec.run_policy.active_deadline_seconds
     deadline_left = remaining_deadline_s(deadline, status.get("startTime"), now()) if attempt else None
+    gate = data_filter_gate(kube, cfg, body, spec, likely_new=likely_new)  # spec.data.filter: filter first
+    if gate.waiting is not None:
+        return gate.waiting
+    spec = gate.spec  # the workers read the filtered shards
     children = training_children(
         owner_ref, spec, arch, plan, cfg, carbon_paused=carbon_paused, attempt=attempt, deadline_left_s=deadline_left
     )
@@ -130,7 +135,7 @@ def reconcile_spec(kube: Kube, cfg: OperatorConfig, body: Mapping[str, Any], spe
             update.patch["progress"] = {"step": 0, "totalSteps": spec.training.steps, "percent": 0}
         return update
 
-    return status_of
+    return gate.wrap(status_of, generation)
 
 
 def rejected(body: Mapping[str, Any], reason: str, message: str) -> StatusFn:
