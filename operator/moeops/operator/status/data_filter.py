@@ -82,8 +82,10 @@ def filtering_update(
     events: list[Event] = []
     if previous.get("state") != state:
         events.append(Event("Warning", "FilterFailed", message) if failed else Event("Normal", "Filtering", message))
-    if failed:
-        patch["completionTime"] = timestamp(now)
+    if failed:  # finished: the workers never start, a TTL applies
+        patch["conditions"] = set_condition(conditions, "Failed", True, "FilterFailed", message, now=now,
+                                            generation=generation)  # fmt: skip
+        patch["completionTime"] = previous.get("completionTime") or timestamp(now)
     return StatusUpdate(patch, events)
 
 
