@@ -154,3 +154,15 @@ def test_damaged_records_are_bad_messages_with_a_reason(record: bytes, reason: B
 def test_what_the_layout_cannot_hold_is_refused_when_packing() -> None:
     with pytest.raises(ValueError, match="16 bits"):
         encode_metrics(worker_metrics(tokens_per_expert=[[1] * 70_000]))
+
+
+def test_per_layer_times_travel_as_json_and_the_record_without_them_stays_compact() -> None:
+    timed = worker_metrics(layer_compute_seconds=[0.25, 0.0, 0.5])
+    data = encode_metrics(timed)
+    assert not metrics_wire.is_record(data) and data == encode(timed)  # the record has no room for them
+    assert decode(timed.subject, data) == timed
+    plain = worker_metrics()
+    assert metrics_wire.is_record(encode_metrics(plain)) and decode(plain.subject, encode_metrics(plain)) == plain
+    assert decode(plain.subject, encode_metrics(plain)).layer_compute_seconds == []
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        worker_metrics(layer_compute_seconds=[-1.0])

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from bus_records import worker_metrics
+from moeops.bus.messages import encode_metrics
 from moeops.bus.plan_acks import AckOutcome, PlanAck, RunningParts
+from moeops.rebalancer.ingest import Counters, Ingest
 from moeops.rebalancer.jobs import JobSettings, JobState
 from moeops.rebalancer.layout import JobLayout
 from moeops.rebalancer.outcomes import SETTLE_STEPS, Expected, PlanOutcomes
@@ -23,8 +25,13 @@ def _stage_seconds(split: tuple[tuple[int, int], ...]) -> list[float]:
     return [sum(LAYER_SECONDS[start:stop]) + STAGE_FIXED_SECONDS for start, stop in split]
 
 
-def _run(state: JobState, steps: int = 150) -> tuple[list[tuple[tuple[int, int], ...]], list[float]]:
-    """Two ranks (one per stage) following the service's plans; returns the splits run and the step times."""
+def _run(
+    state: JobState, steps: int = 150, *, layer_times: bool = False
+) -> tuple[list[tuple[tuple[int, int], ...]], list[float]]:
+    """Two ranks (one per stage) following the service's plans; returns the splits run and the step times. With
+    `layer_times`, each rank also reports its layers' times (WorkerMetrics.layer_compute_seconds), through the
+    service's ingest of the bytes a worker sends."""
+    ingest = Ingest({state.settings.key: state}, Counters())
     split: tuple[tuple[int, int], ...] = ((0, 4), (4, 9))
     pending = None
     splits, step_times = [split], []
@@ -47,17 +54,19 @@ def _run(state: JobState, steps: int = 150) -> tuple[list[tuple[tuple[int, int],
         stages = _stage_seconds(split)
         step_times.append(max(stages))
         for rank, seconds in enumerate(stages):
-            state.aggregator.ingest(
-                worker_metrics(
-                    rank,
-                    step,
-                    job="j",
-                    world_size=2,
-                    step_seconds=max(stages),
-                    compute_seconds=seconds,
-                    comm_seconds=max(stages) - seconds,
-                )
+            start, stop = split[rank]
+            mine = [value if start <= layer < stop else 0.0 for layer, value in enumerate(LAYER_SECONDS)]
+            message = worker_metrics(
+                rank,
+                step,
+                job="j",
+                world_size=2,
+                step_seconds=max(stages),
+                compute_seconds=seconds,
+                comm_seconds=max(stages) - seconds,
+                layer_compute_seconds=mine if layer_times else [],
             )
+            assert ingest.one(message.subject, encode_metrics(message)) == state.settings.key
         outcome = state.next_outcome(float(step))
         if outcome.plan is not None:
             state.adopt(outcome.plan, outcome.plan.epoch + 1, full=outcome.full, parts=outcome.parts)
@@ -86,6 +95,15 @@ def test_without_the_loop_the_stage_split_flip_flops() -> None:
     assert len(splits) - 1 >= 10  # a re-split every ~10 steps: the heavy layer back and forth
     assert set(splits[1:]) == {((0, 5), (5, 9)), ((0, 4), (4, 9))}
     assert min(step_times) == pytest.approx(1.1) and max(step_times) == pytest.approx(1.1)  # for nothing
+
+
+def test_with_measured_layer_times_the_split_that_does_not_pay_is_never_planned() -> None:
+    # The loop off as above: the estimate alone decides. Spread by the measured layer times (each stage's 0.4 s
+    # outside its layers in proportion), the heavy layer's stage is already the best split.
+    state = _job(max_misses=0)
+    splits, step_times = _run(state, layer_times=True)
+    assert splits == [((0, 4), (4, 9))] and max(step_times) == pytest.approx(1.1)
+    assert state.layer_costs.seconds == pytest.approx(LAYER_SECONDS)
 
 
 def test_a_stage_split_that_does_not_pay_backs_off() -> None:

@@ -84,6 +84,11 @@ class WorkerMetrics(BusMessage):
     max_memory_bytes: NonNegativeInt = 0
     measured_at_unix_s: FiniteFloat
     """Wall-clock time the worker handed the record over (Unix seconds); the rebalancer measures lag from it."""
+    layer_compute_seconds: list[Seconds] = Field(default_factory=list)
+    """Per layer of the model, the compute seconds this rank spent in it this step (0 for the layers other
+    pipeline stages run); [] when not measured. The rebalancer splits pipeline stages by these measured costs
+    instead of spreading each stage's time evenly over its layers. Additive (schema 1): the compact record has no
+    room for it, so a message that carries it is sent as JSON (`encode_metrics`)."""
 
     @model_validator(mode="after")
     def _rank_in_world(self) -> Self:
@@ -111,6 +116,8 @@ class WorkerMetrics(BusMessage):
             tokens_per_expert=record.tokens_per_expert if record.rank == COUNTS_RANK else [],
             max_memory_bytes=record.max_memory_bytes,
             measured_at_unix_s=measured_at_unix_s,
+            # Not in the StepRecord protocol: a trainer that does not measure per-layer times need not have it.
+            layer_compute_seconds=list(getattr(record, "layer_compute_seconds", ())),
         )
 
     @property
@@ -211,7 +218,10 @@ def encode(message: Message) -> bytes:
 
 
 def encode_metrics(message: WorkerMetrics) -> bytes:
-    """How workers publish their metrics: the compact record of `metrics_wire` (`decode` takes JSON as well)."""
+    """How workers publish their metrics: the compact record of `metrics_wire` (`decode` takes JSON as well), or
+    JSON for a message with per-layer times (the record does not hold them; one rank per stage sends them)."""
+    if message.layer_compute_seconds:
+        return encode(message)
     return metrics_wire.pack(message.__dict__)
 
 

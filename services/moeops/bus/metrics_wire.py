@@ -143,6 +143,7 @@ def read_fields(data: bytes) -> dict[str, Any]:
         "tokens_per_expert": counts,
         "max_memory_bytes": memory,
         "measured_at_unix_s": measured,
+        "layer_compute_seconds": [],  # never in a record: a message with them is JSON (messages.encode_metrics)
     }
 
 

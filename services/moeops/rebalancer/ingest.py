@@ -124,7 +124,10 @@ class Ingest:
         return self.accept(state, decoded)
 
     def accept(self, state: JobState, metrics: WorkerMetrics) -> JobKey | None:
-        return self._took(state, state.aggregator.ingest(metrics))
+        outcome = state.aggregator.ingest(metrics)
+        if metrics.layer_compute_seconds and outcome is _ACCEPTED:
+            state.layer_costs.fold(metrics.layer_compute_seconds)
+        return self._took(state, outcome)
 
     def _took(self, state: JobState, outcome: Ingested) -> JobKey | None:
         self.counters.ingested[outcome.value] += 1

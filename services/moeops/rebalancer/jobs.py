@@ -8,6 +8,7 @@ the trainer refused keeps the setting it ran before, and the next plan starts fr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -22,6 +23,7 @@ from .load import DEFAULT_SMOOTHING, LoadAggregator
 from .outcomes import Expected, PlanOutcomes
 from .policy import DEFAULT_APPLY_MARGIN_STEPS, Hysteresis, with_lead_time
 from .replan import ReplanOutcome, ReplanSettings, replan_outcome
+from .stages import LayerCosts
 
 JobKey = tuple[str, str]
 """(namespace, job)."""
@@ -85,7 +87,12 @@ class JobSettings:
             ),
         )
 
-    def replan_settings(self, hysteresis: Hysteresis, min_gain_scale: dict[str, float] | None = None) -> ReplanSettings:
+    def replan_settings(
+        self,
+        hysteresis: Hysteresis,
+        min_gain_scale: dict[str, float] | None = None,
+        layer_costs: Sequence[float] = (),
+    ) -> ReplanSettings:
         """The planner's knobs for one round, under `hysteresis` (the job's, adjusted for the round's lead time)
         and the closed loop's per-part back-off."""
         return ReplanSettings(
@@ -98,6 +105,7 @@ class JobSettings:
             min_samples=self.min_samples,
             layout=self.layout,
             min_gain_scale=min_gain_scale or {},
+            layer_costs=tuple(layer_costs),
         )
 
 
@@ -123,6 +131,8 @@ class JobState:
     """The newest acknowledgement that refused a part (the report shows it)."""
     outcomes: PlanOutcomes = field(default_factory=PlanOutcomes)
     """The closed loop: the plan being judged, and the parts backed off."""
+    layer_costs: LayerCosts = field(default_factory=LayerCosts)
+    """Per layer, the measured compute seconds (for stage splits), from the messages that carry them."""
     round_step_seconds: float = 0.0
     """The mean smoothed step time of the last round (what its plan's gain is measured against)."""
 
@@ -141,7 +151,9 @@ class JobState:
         previous, current_shares = self.belief()
         return replan_outcome(
             snapshot,
-            settings.replan_settings(with_lead_time(settings.hysteresis, snapshot), self.outcomes.min_gain_scale()),
+            settings.replan_settings(
+                with_lead_time(settings.hysteresis, snapshot), self.outcomes.min_gain_scale(), self.layer_costs.seconds
+            ),
             current_shares=current_shares,
             last_applied_step=self.last_applied_step,
             last_full_step=self.last_full_step,

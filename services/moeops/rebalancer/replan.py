@@ -147,13 +147,17 @@ def group_data_part(
 
 
 def stage_part(
-    compute_seconds: Sequence[float], layout: JobLayout, current: Sequence[tuple[int, int]]
+    compute_seconds: Sequence[float],
+    layout: JobLayout,
+    current: Sequence[tuple[int, int]],
+    layer_costs: Sequence[float] = (),
 ) -> tuple[tuple[tuple[int, int], ...] | None, float]:
-    """A pipeline split with a faster slowest stage and its predicted gain, or (None, 0)."""
+    """A pipeline split with a faster slowest stage and its predicted gain, or (None, 0); each stage's time is
+    spread over its layers by their measured `layer_costs` when every layer has one (`LayerCosts.seconds`)."""
     measured = stage_times(compute_seconds, layout)
     if len(current) != layout.pipeline or max(measured) <= 0:
         return None, 0.0
-    plan = partition_layers(layer_seconds_from_stages(measured, current), layout.pipeline)
+    plan = partition_layers(layer_seconds_from_stages(measured, current, layer_costs), layout.pipeline)
     gain = 1.0 - plan.bottleneck_seconds / max(measured)
     if plan.ranges == tuple(current) or gain <= 0:
         return None, 0.0
@@ -178,6 +182,8 @@ class ReplanSettings:
     forecast_steps: tuple[float, float] | None = None
     """The (first, last) steps past the newest one the speeds are forecast over; None: `hysteresis.forecast_steps`
     for the data interval; (0, 0): the smoothed speeds as measured."""
+    layer_costs: Sequence[float] = ()
+    """Per layer of the model, its measured compute seconds (`stages.LayerCosts`); (): none measured."""
     min_gain_scale: Mapping[str, float] = field(default_factory=dict)
     """Per part ("data", "experts", "stages"), a factor on `hysteresis.min_gain` for that part: the closed loop's
     back-off for a kind of re-plan that did not deliver its predicted gain (outcomes.py)."""
@@ -261,7 +267,8 @@ def replan_outcome(
     stages = None
     staged_before = list(previous.stage_layers) if previous is not None else list(stage_layers)
     if full and layout.pipeline > 1:
-        stages, gains["stages"] = stage_part([load.compute_seconds for load in loads], layout, staged_before)
+        compute = [load.compute_seconds for load in loads]
+        stages, gains["stages"] = stage_part(compute, layout, staged_before, settings.layer_costs)
 
     scale = settings.min_gain_scale
     paying = {part: gain for part, gain in gains.items() if gain > hysteresis.min_gain * scale.get(part, 1.0)}

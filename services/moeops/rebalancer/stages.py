@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 
 LayerRange = tuple[int, int]
@@ -30,16 +30,47 @@ def stage_seconds(layer_seconds: Sequence[float], ranges: Sequence[LayerRange]) 
     return [math.fsum(layer_seconds[start:stop]) for start, stop in ranges]
 
 
-def layer_seconds_from_stages(measured_stage_seconds: Sequence[float], ranges: Sequence[LayerRange]) -> list[float]:
-    """Per-layer times estimated from per-stage times, spread evenly over each stage's layers.
+def layer_seconds_from_stages(
+    measured_stage_seconds: Sequence[float],
+    ranges: Sequence[LayerRange],
+    layer_costs: Sequence[float] = (),
+) -> list[float]:
+    """Per-layer times estimated from per-stage times: each stage's time spread over its layers in proportion to
+    `layer_costs` (per layer of the model, measured: `LayerCosts.seconds`), evenly without them or where a
+    stage's layers have no measured cost.
 
-    Workers report one compute time per step, not per layer, so this is the best the metrics allow: exact for
-    identical layers (a uniform MoE stack), an approximation when the embedding or head make the ends heavier.
+    Even is exact for identical layers (a uniform MoE stack), an approximation when the embedding or head make
+    the ends heavier; measured costs say which layers are heavier. The stage totals stay the measured ones (they
+    hold what no layer is timed for: embedding, head, optimizer), so a split's predicted gain is in their units.
     """
+    measured = len(layer_costs) == (ranges[-1][1] if ranges else 0)
     per_layer: list[float] = []
     for seconds, (start, stop) in zip(measured_stage_seconds, ranges, strict=True):
-        per_layer.extend([seconds / (stop - start)] * (stop - start))
+        costs = [max(0.0, float(cost)) for cost in layer_costs[start:stop]] if measured else []
+        total = math.fsum(costs)
+        if total > 0:
+            per_layer.extend(seconds * cost / total for cost in costs)
+        else:
+            per_layer.extend([seconds / (stop - start)] * (stop - start))
     return per_layer
+
+
+@dataclass
+class LayerCosts:
+    """Per layer of the model, the smoothed compute seconds the ranks running it report
+    (`WorkerMetrics.layer_compute_seconds`); a layer no rank reported stays 0 (unmeasured)."""
+
+    smoothing: float = 0.3
+    seconds: list[float] = field(default_factory=list)
+
+    def fold(self, layer_seconds: Sequence[float]) -> None:
+        """One rank's report for one step: its layers' times folded in (0: a layer another stage runs)."""
+        if len(layer_seconds) != len(self.seconds):  # the first report, or the model changed
+            self.seconds = [0.0] * len(layer_seconds)
+        for layer, sample in enumerate(layer_seconds):
+            if sample > 0:
+                before = self.seconds[layer]
+                self.seconds[layer] = sample if before <= 0 else before + self.smoothing * (sample - before)
 
 
 def partition_layers(
