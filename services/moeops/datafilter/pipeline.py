@@ -77,6 +77,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
             "quality": level1["quality"]["removed"] if level1["quality"] else 0,
         },
         "malformed": report["input"]["malformed_lines"],
+        **({"drift": report["drift"]} if report.get("drift") else {}),
     }
 
 

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from .buckets import bucket_pairs, doc_ids, sort_keys, split_id
 from .clusters import REASONS, removals
 from .config import CONFIG_FILE, FilterConfig
+from .drift import Profile, drift
 from .minhash import band_keys, permutation_coefficients, signatures
 from .normalise import exact_hash, normalise
 from .quality import ByteNgramModel
@@ -229,6 +230,15 @@ def run_stage(work: Path, stage: str, task: int) -> None:
     STAGE_FUNCTIONS[stage](work, task)
 
 
+def reference_drift(config: FilterConfig, shards: list[str]) -> dict[str, float | bool] | None:
+    """How far the kept documents' lengths and words are from the reference's (moeops.datafilter.drift); None when
+    nothing was kept."""
+    kept = Profile.of(read_texts(shards, config.text_field))
+    if not kept.documents:
+        return None
+    return drift(Profile.of(read_texts(config.reference, config.text_field)), kept)
+
+
 def write_report(work: Path, timings_s: dict[str, float] | None = None) -> dict[str, Any]:
     """Merge the filter tasks' counts and examples into <output>/report.json (and return it)."""
     config = load_config(work)
@@ -253,6 +263,7 @@ def write_report(work: Path, timings_s: dict[str, float] | None = None) -> dict[
         "tasks": config.tasks,
         "clusters": json.loads((work / "clusters" / "stats.json").read_text()),
         "stage_seconds": timings_s or {},
+        "drift": reference_drift(config, [t["shard"] for t in tasks]) if config.reference else None,
     }  # fmt: skip
     _write_json(Path(config.output) / "report.json", report)
     return report

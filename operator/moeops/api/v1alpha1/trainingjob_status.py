@@ -91,6 +91,15 @@ class FilterCounts(KubeModel):
     malformed: int = Field(default=0, ge=0, description="Lines that were no jsonl record with the text field.")
 
 
+class FilterDrift(KubeModel):
+    """How far the filtered corpus is from the trusted reference (population stability index, PSI)."""
+
+    psi_lengths: float = Field(ge=0.0, description="PSI of document lengths (log2 bytes).")
+    psi_terms: float = Field(ge=0.0, description="PSI of word use (hashed words).")
+    threshold: float = Field(ge=0.0, description="Above this on either, the corpus has drifted (condition DataDrift).")
+    drifted: bool = Field(description="Either PSI above the threshold.")
+
+
 class FilterStatus(KubeModel):
     """The data filter stage (spec.data.filter): its Job's progress, then its counts."""
 
@@ -99,6 +108,7 @@ class FilterStatus(KubeModel):
     succeeded: int = Field(default=0, ge=0, description="Pods that finished.")
     output: str = Field(description="Where the filtered shards and report.json are: what the workers train on.")
     counts: FilterCounts | None = Field(default=None, description="Set when the filter has succeeded.")
+    drift: FilterDrift | None = Field(default=None, description="With a reference: the kept corpus against it.")
     message: str | None = Field(default=None, description="Why it failed.")
 
 

@@ -1,5 +1,6 @@
 """The filter stage in a MoETrainingJob's status (pure): `status.filter` from the filter Job and its pods, state
-`Filtering` until it succeeds, `Failed` if it fails, and the condition `DataFiltered` with the counts per level.
+`Filtering` until it succeeds, `Failed` if it fails, the condition `DataFiltered` with the counts per level, and
+`DataDrift` when a reference was given: whether the filtered corpus drifted from it (PSI, moeops.datafilter.drift).
 
 The counts come from task 0's termination message (moeops.datafilter.pipeline.summary): the operator reads them
 from the pod's status, never from the data claim it does not mount.
@@ -15,6 +16,7 @@ from typing import Any
 from .conditions import Event, StatusUpdate, set_condition, timestamp
 
 CONDITION = "DataFiltered"
+DRIFT_CONDITION = "DataDrift"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -23,8 +25,8 @@ def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | No
     return next((c for c in conditions if c.get("type") == type_ and c.get("status") == "True"), None)
 
 
-def task0_counts(pods: Sequence[Mapping[str, Any]], container: str) -> dict[str, int] | None:
-    """The counts task 0 left as its termination message (flattened for status.filter.counts), or None."""
+def task0_summary(pods: Sequence[Mapping[str, Any]], container: str) -> dict[str, Any] | None:
+    """What task 0 left as its termination message: {"counts": flat counts per level, "drift"?: ...}, or None."""
     for pod in pods:
         annotations = pod["metadata"].get("annotations") or {}
         if annotations.get(COMPLETION_INDEX_ANNOTATION) != "0" or (pod.get("status") or {}).get("phase") != "Succeeded":
@@ -36,8 +38,14 @@ def task0_counts(pods: Sequence[Mapping[str, Any]], container: str) -> dict[str,
             try:
                 found = json.loads(message)
                 levels = {key: int(value) for key, value in found["level1"].items()}
-                return {"documents": int(found["documents"]), "kept": int(found["kept"]), **levels,
-                        "malformed": int(found["malformed"])}  # fmt: skip
+                counts = {"documents": int(found["documents"]), "kept": int(found["kept"]), **levels,
+                          "malformed": int(found["malformed"])}  # fmt: skip
+                drift = found.get("drift")
+                if drift is None:
+                    return {"counts": counts}
+                return {"counts": counts, "drift": {"psiLengths": float(drift["psi_lengths"]),
+                        "psiTerms": float(drift["psi_terms"]), "threshold": float(drift["threshold"]),
+                        "drifted": bool(drift["drifted"])}}  # fmt: skip
             except (ValueError, KeyError, TypeError, AttributeError):
                 return None
     return None
@@ -53,10 +61,10 @@ def filter_status(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, 
         return {**out, "state": "Failed", "message": failed.get("message") or failed.get("reason") or "failed"}
     if _job_condition(job, "Complete") is None:
         return {**out, "state": "Running"}
-    found = task0_counts(pods, container)
+    found = task0_summary(pods, container)
     if found is None:  # a Job complete without task 0's counts: its pod is gone or the message was lost
         return {**out, "state": "Succeeded", "message": "task 0 left no counts (its pod is gone)"}
-    return {**out, "state": "Succeeded", "counts": found}
+    return {**out, "state": "Succeeded", **found}
 
 
 def _summary(counts: Mapping[str, int] | None) -> str:
@@ -100,4 +108,24 @@ def filtered_update(
     events = list(update.events)
     if was is None or was.get("status") != "True":
         events.append(Event("Normal", "Filtered", message))
+    drift = found.get("drift")
+    if drift is not None:
+        conditions, drift_events = _drift_condition(previous, conditions, drift, generation=generation, now=now)
+        events += drift_events
     return StatusUpdate({**update.patch, "filter": dict(found), "conditions": conditions}, events)
+
+
+def _drift_condition(
+    previous: Mapping[str, Any], conditions: list[dict[str, Any]], drift: Mapping[str, Any], *, generation: int,
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[Event]]:  # fmt: skip
+    """DataDrift: True (a Warning event when it turns True) if the filtered corpus's lengths or words drifted from
+    the reference beyond the PSI threshold (moeops.datafilter.drift)."""
+    drifted = bool(drift["drifted"])
+    message = (f"PSI from the reference: lengths {drift['psiLengths']}, words {drift['psiTerms']}"
+               f" (threshold {drift['threshold']})")  # fmt: skip
+    reason = "DriftFromReference" if drifted else "CloseToReference"
+    was = next((c for c in previous.get("conditions") or [] if c.get("type") == DRIFT_CONDITION), None)
+    updated = set_condition(conditions, DRIFT_CONDITION, drifted, reason, message, now=now, generation=generation)
+    turned = drifted and (was is None or was.get("status") != "True")
+    return updated, [Event("Warning", reason, message)] if turned else []
