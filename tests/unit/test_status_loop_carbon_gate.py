@@ -39,7 +39,7 @@ class RecordingKube:
     def patch_custom_status(self, _plural: str, _ns: str, _name: str, patch: dict[str, Any], _rv: str) -> None:
         self.patches.append(patch)
 
-    def post_event(self, _body: Any, _type: str, reason: str, _message: str) -> None:
+    def post_event(self, _body: Any, _type: str, reason: str, _message: str, **_: Any) -> None:
         self.events.append(reason)
 
 

@@ -251,15 +251,18 @@ class Kube:
 
     # Events -------------------------------------------------------------------------------------------
 
-    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str, *, key: str = "") -> None:
         """A core/v1 Event on `involved` (apiVersion, kind, metadata), from the operator (`kubectl describe` shows
-        `moeops-operator` as its source). Best effort: a failure is logged, never raised (the status says it)."""
+        `moeops-operator` as its source). Best effort: a failure is logged, never raised (the status says it).
+
+        `key` names the event (`<object>.<key>`): posting the same key again is a no-op (the API server answers 409),
+        so an event can be posted before the status write it goes with and posted again after a crash in between."""
         meta = involved["metadata"]
         at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ref = {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
                "namespace": meta["namespace"], "uid": meta.get("uid")}  # fmt: skip
         body = {
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "metadata": {"name": f"{meta['name']}.{key or uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
             "involvedObject": ref,
             "type": type_,
             "reason": reason,
@@ -276,5 +279,7 @@ class Kube:
             core = kubernetes.client.CoreV1Api(self._client)
             core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
         except ApiException as exc:
+            if exc.status == 409 and key:
+                return  # posted already: by this transition's earlier try, or by a writer that raced us to it
             logger.warning("event %s on %s %s/%s not posted: %s", reason, involved["kind"], meta["namespace"],
                            meta["name"], _error(exc, "post event"))  # fmt: skip

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -15,7 +17,7 @@ from ..config import OperatorConfig
 from ..drift import is_subset
 from ..kube import ApiError, Kube
 from ..naming import Owner
-from ..status import StatusUpdate
+from ..status import Event, StatusUpdate
 from .observe import record_status
 
 P = ParamSpec("P")
@@ -59,25 +61,40 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+EVENT_KEYED_FIELDS = ("conditions", "state", "restarts")
+"""The status fields whose value before a transition names its events (what the events are about)."""
+
+
+def event_key(body: Mapping[str, Any], event: Event) -> str:
+    """The same for every computation of one transition from one status (a retry after a crash, a racing writer),
+    different for the same event after the status moved on (a problem that clears and comes back)."""
+    status = body.get("status") or {}
+    before = [body["metadata"].get("uid"), [status.get(k) for k in EVENT_KEYED_FIELDS], event.type, event.reason]
+    material = json.dumps([*before, event.message], sort_keys=True, default=str)
+    return hashlib.sha256(material.encode()).hexdigest()[:20]
+
+
 def post_events(kube: Kube, body: Mapping[str, Any], update: StatusUpdate) -> None:
     """The update's events, posted by the operator itself (not through kopf: its events say `kopf` as their source,
-    and kopf can post only from inside a handler, not from the status loop)."""
+    and kopf can post only from inside a handler, not from the status loop), each named by `event_key`."""
     for event in update.events:
-        kube.post_event(dict(body), event.type, event.reason, event.message)
+        kube.post_event(dict(body), event.type, event.reason, event.message, key=event_key(body, event))
 
 
 def write_status(kube: Kube, plural: str, body: Mapping[str, Any], update: StatusUpdate) -> None:
-    """Patch the status subresource unless it already says the same; then post the transitions' events.
+    """Post the transitions' events, then patch the status subresource (unless it already says the same).
 
-    The write is conditional on the resourceVersion `body` was read at, so of two handlers racing on the
-    same transition only one writes it and posts its events; the other gets a 409 and recomputes.
+    Events first: a crash between the two leaves the status as it was, so the transition is computed again and
+    its events, named by `event_key`, are not posted twice (the other order lost them: the status said it all).
+    The write is conditional on the resourceVersion `body` was read at, so of two handlers racing on the same
+    transition only one writes it; the other gets a 409 and recomputes (their events, the same keys, post once).
     """
     record_status(body, update.patch)
     if is_subset(update.patch, body.get("status") or {}):
         return
     meta = body["metadata"]
-    kube.patch_custom_status(plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"])
     post_events(kube, body, update)
+    kube.patch_custom_status(plural, meta["namespace"], meta["name"], update.patch, meta["resourceVersion"])
 
 
 def with_fresh_owner(
