@@ -9,7 +9,7 @@ import pytest
 from moeops.rebalancer import relabel
 from moeops.rebalancer.experts import place_experts
 from moeops.rebalancer.placement import holdings, place_layers, replicas_of
-from moeops.rebalancer.relabel import _held_sets, _keep_dense, _keep_sparse, keep_in_place
+from moeops.rebalancer.relabel import _held_sets, _keep_dense, _keep_one_each, _keep_sparse, keep_in_place
 
 
 def _placements(seed: int, layers: int, experts: int, ranks: int, spare: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,6 +31,13 @@ def test_the_sparse_way_labels_as_the_dense_way(experts: int, ranks: int, spare:
         sparse = [_keep_sparse(new, old) for new, old in zip(_held_sets(fresh), _held_sets(current), strict=True)]
         assert dense.tolist() == sparse
         assert (dense >= 0).any()  # experts were kept: the comparison is not between two empty labellings
+
+
+@pytest.mark.parametrize(("experts", "ranks"), [(8, 64), (16, 32), (32, 32)])
+def test_one_expert_a_rank_labels_as_the_greedy(experts: int, ranks: int) -> None:
+    for seed in range(3):
+        current, fresh = _placements(seed, 6, experts, ranks, ranks - experts)
+        assert _keep_one_each(fresh, current).tolist() == _keep_dense(fresh, current).tolist()
 
 
 def test_a_placement_kept_whole_is_not_moved_and_unshared_ranks_go_in_order() -> None:

@@ -65,6 +65,8 @@ def keep_in_place(holds: Bools, current: Bools) -> Bools:
     layers, ranks, _ = holds.shape
     if layers * ranks * ranks <= KEEP_IN_PLACE_DENSE_MAX_CELLS:
         label = _keep_dense(holds, current)
+    elif (holds.sum(axis=2) == 1).all() and (current.sum(axis=2) == 1).all():
+        label = _keep_one_each(holds, current)
     else:
         label = np.array(
             [_keep_sparse(new, old) for new, old in zip(_held_sets(holds), _held_sets(current), strict=True)]
@@ -103,6 +105,24 @@ def _keep_dense(holds: Bools, current: Bools) -> Ints:
         score[layer_index, new_rank, :] = -1
         score[layer_index, :, old_rank] = -1
         at = at[taken.any(axis=1)]
+    return label
+
+
+def _keep_one_each(holds: Bools, current: Bools) -> Ints:
+    """`_keep_sparse` where every rank holds one expert in both placements (as many slots as ranks: 10,240 ranks
+    with 256 experts), every layer at once: a pair shares that expert or nothing, so an expert's new holders
+    ascending take its old holders ascending, one each, as far as both go (the greedy's order, and no pair of
+    one expert can take a rank another expert's pairs need)."""
+    layers, ranks, experts = holds.shape
+    new_layer, new_expert, new_rank = nonzero_3d(holds.transpose(0, 2, 1))  # sorted by (layer, expert, rank)
+    old_rank = nonzero_3d(current.transpose(0, 2, 1))[2]
+    new_count, old_count = holds.sum(axis=1).ravel(), current.sum(axis=1).ravel()  # per (layer, expert)
+    group = new_layer * experts + new_expert
+    position = np.arange(len(group)) - (np.cumsum(new_count) - new_count)[group]  # among the expert's holders
+    kept = position < old_count[group]
+    label = np.full((layers, ranks), -1, dtype=np.int64)
+    old_start = np.cumsum(old_count) - old_count
+    label[new_layer[kept], new_rank[kept]] = old_rank[old_start[group[kept]] + position[kept]]
     return label
 
 
