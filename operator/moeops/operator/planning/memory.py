@@ -45,13 +45,19 @@ def bytes_per_element(precision: str) -> int:
 
 
 def model_state_bytes_per_gpu(arch: Architecture, d: Degrees) -> int:
-    """Parameters + gradients + AdamW state one rank holds (AdamW state on the host when offloaded)."""
+    """Parameters + gradients + AdamW state one rank holds on its GPU. With optimizer offload FSDP2 keeps its
+    shards in host memory (CPUOffloadPolicy: weights, gradients and the AdamW state created beside them); they are
+    still counted at their weight and gradient bytes, an upper bound that keeps a plan's host share bounded while
+    host memory is not modelled (tests/integration/test_memory_vs_trainer.py checks the bound). The routed
+    experts under expert parallelism are not FSDP's: they and their AdamW state stay on the GPU, offload or not."""
     size = model_size(arch)
-    state_per_param = MASTER_BYTES + (0 if d.optimizer_offload else ADAMW_STATE_BYTES)
+    fsdp_per_param = MASTER_BYTES + (0 if d.optimizer_offload else ADAMW_STATE_BYTES)
     if d.expert == 1:  # FSDP shards the experts with their block
-        return int(size.total_params * state_per_param / d.world_size)
+        return int(size.total_params * fsdp_per_param / d.world_size)
     experts_per_rank = size.expert_params / (d.expert * d.tensor * d.pipeline)
-    return int((size.dense_params / d.world_size + experts_per_rank) * state_per_param)
+    return int(
+        size.dense_params * fsdp_per_param / d.world_size + experts_per_rank * (MASTER_BYTES + ADAMW_STATE_BYTES)
+    )
 
 
 def estimate_bytes_per_gpu(arch: Architecture, d: Degrees, micro_batch_size: int, precision: str) -> int:
