@@ -90,7 +90,7 @@ def test_every_rank_publishes_every_step(nats_server: NatsServer, tmp_path: Path
 def test_training_outlives_a_lost_nats_server(nats_server: NatsServer, tmp_path: Path) -> None:
     asyncio.run(_ensure_stream(nats_server.url))
     steps = 300
-    config = write_config(tmp_path, data=2, steps=steps)
+    config = write_config(tmp_path, data=2, steps=steps, checkpoint_interval=steps)
     proc = subprocess.Popen(
         train_cmd(config, 2), env=train_env(**{env.NATS_URL: nats_server.url}),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -31,8 +31,11 @@ def write_config(
     source: str = "synthetic://all",
     global_batch: int = 8,
     rebalance: RebalanceSpec | None = None,
+    checkpoint_interval: int = 2,
     **training: Any,
 ) -> Path:
+    """A runtime config as the operator resolves it. Checkpoints every 2 steps by default, for the resume tests; a
+    long run that does not resume passes a larger `checkpoint_interval` (each save is a collective and files)."""
     config = TrainingRuntimeConfig(
         job_name="test",
         namespace="local",
@@ -56,7 +59,7 @@ def write_config(
             activation_checkpointing=activation_checkpointing,
         ),
         world=WorldSpec(nnodes=1, nproc_per_node=data * tensor * pipeline, rendezvous_port=29500),
-        checkpoint=CheckpointConfig(interval_steps=2, keep=5, directory=str(tmp / "ckpt")),
+        checkpoint=CheckpointConfig(interval_steps=checkpoint_interval, keep=5, directory=str(tmp / "ckpt")),
         rebalance=rebalance or RebalanceSpec(),
         carbon=CarbonSpec(),
     )
