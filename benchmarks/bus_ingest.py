@@ -16,7 +16,10 @@ cores, so that is what one core of our own would ingest.
 2. Sustained: for each of `--rates`, the producer offers that many messages/s for `--seconds`; the service
    ingests them live, with flow control (the default) and without; the lag is the time it folds a record in
    − measured_at_unix_s (one machine, one clock), p50 and p99. A consumer that falls more than 1000 steps per
-   rank behind loses the oldest to the stream's retention: `received` < `sent` says so.
+   rank behind loses the oldest to the stream's retention: `received` < `sent` says so. The curve (offered
+   against taken msgs/s, lag p99 at each) ends the output as a markdown table, with the highest offered rate
+   taken whole with a lag p99 ≤ `--p99-ms` (the sustained rate): `--rates 5000 10000 20000 30000 40000 50000
+   --flow-control on --repeats 0` measures the curve alone.
 
     .venv/bin/python benchmarks/bus_ingest.py            # 64 ranks × 900 steps, 3 repeats; 50k/s and 5k/s, 10 s
     .venv/bin/python benchmarks/bus_ingest.py --quick    # 200 steps, 1 repeat, 3 s sustained
@@ -316,6 +319,27 @@ async def sustained(
     }
 
 
+FLOW_CONTROL = {"both": (True, False), "on": (True,), "off": (False,)}
+
+
+def curve(live: dict[str, dict[str, float]], p99_ms: float) -> str:
+    """The sustained runs as a markdown table (offered, taken, lag p50/p99), and the sustained rate: the highest
+    offered rate whose messages were all taken, at the offered rate (within 5%), with a lag p99 ≤ `p99_ms`."""
+    rows = ["| asked | offered msgs/s | taken msgs/s | taken / offered | lag p50 ms | lag p99 ms | received / sent"
+            " | ingest core busy | msgs per CPU-s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    held = [0.0]
+    for name, run in sorted(live.items(), key=lambda item: (item[0].endswith("control"), float(item[0].split("/")[0]))):
+        offered, taken = run["offered_per_s"], run["ingested_per_s"]
+        ratio = taken / offered if offered > 0 else 0.0
+        rows.append(f"| {name} | {offered:,.0f} | {taken:,.0f} | {ratio:.2f} | {run['lag_p50_ms']:.0f} |"
+                    f" {run['lag_p99_ms']:.0f} | {run['received']:,.0f} / {run['sent']:,.0f} | {run['core_busy']:.2f} |"
+                    f" {run['msgs_per_cpu_s']:,.0f} |")  # fmt: skip
+        if run["received"] >= run["sent"] and ratio >= 0.95 and run["lag_p99_ms"] <= p99_ms:
+            held.append(offered)
+    rows.append(f"sustained: {max(held):,.0f} msgs/s offered with every message taken and lag p99 <= {p99_ms:.0f} ms")
+    return "\n".join(rows)
+
+
 def message_bytes(args: argparse.Namespace) -> int:
     return len(Messages("saturation", args).body(COUNTS_RANK + 1, 450, 0.5))
 
@@ -334,7 +358,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         live = {
             f"{rate:.0f}/s{'' if fc else ' no flow control'}": await sustained(server.url, args, others, rate, fc)
             for rate in args.rates
-            for fc in (True, False)
+            for fc in FLOW_CONTROL[args.flow_control]
         }
     result: dict[str, object] = {"message_bytes": message_bytes(args), "ingest_cpu": ingest_cpu}
     if rates:
@@ -368,6 +392,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="saturation runs of each variant (0: none)")
     parser.add_argument("--rates", type=float, nargs="*", default=[50_000, 5_000], help="offered msgs/s, sustained")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--flow-control", choices=sorted(FLOW_CONTROL), default="both", help="sustained variants")
+    parser.add_argument("--p99-ms", type=float, default=100.0, help="the lag p99 a sustained rate must keep")
     parser.add_argument(
         "--variants", nargs="+", default=["service", "pull-fetch", "floor"], help="saturation consumers to run"
     )
@@ -385,7 +411,9 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.repeats, args.seconds = 200, min(args.repeats, 1), 3.0
-    print(json.dumps(asyncio.run(bench(args)), indent=2))
+    result = asyncio.run(bench(args))
+    print(json.dumps(result, indent=2))
+    print(curve(result["sustained"], args.p99_ms))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

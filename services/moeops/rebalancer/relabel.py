@@ -112,17 +112,25 @@ def _keep_one_each(holds: Bools, current: Bools) -> Ints:
     """`_keep_sparse` where every rank holds one expert in both placements (as many slots as ranks: 10,240 ranks
     with 256 experts), every layer at once: a pair shares that expert or nothing, so an expert's new holders
     ascending take its old holders ascending, one each, as far as both go (the greedy's order, and no pair of
-    one expert can take a rank another expert's pairs need)."""
+    one expert can take a rank another expert's pairs need). Ranks' experts by argmax, holders by a stable sort
+    per layer: no pass over the (layers, experts, ranks) transpose."""
     layers, ranks, experts = holds.shape
-    new_layer, new_expert, new_rank = nonzero_3d(holds.transpose(0, 2, 1))  # sorted by (layer, expert, rank)
-    old_rank = nonzero_3d(current.transpose(0, 2, 1))[2]
-    new_count, old_count = holds.sum(axis=1).ravel(), current.sum(axis=1).ravel()  # per (layer, expert)
-    group = new_layer * experts + new_expert
-    position = np.arange(len(group)) - (np.cumsum(new_count) - new_count)[group]  # among the expert's holders
-    kept = position < old_count[group]
+    rows = np.arange(layers)[:, None]
+    new_expert, old_expert = holds.argmax(axis=2), current.argmax(axis=2)  # (layers, ranks)
+    new_order = np.argsort(new_expert, axis=1, kind="stable")  # ranks by (expert, rank)
+    old_order = np.argsort(old_expert, axis=1, kind="stable")
+    new_sorted = np.take_along_axis(new_expert, new_order, axis=1)
+    starts = np.arange(experts)[None, :]
+    new_start = np.stack([np.searchsorted(new_sorted[layer], starts[0]) for layer in range(layers)])
+    old_sorted = np.take_along_axis(old_expert, old_order, axis=1)
+    old_start = np.stack([np.searchsorted(old_sorted[layer], starts[0]) for layer in range(layers)])
+    old_count = np.diff(old_start, axis=1, append=ranks)  # (layers, experts)
+    position = np.arange(ranks)[None, :] - np.take_along_axis(new_start, new_sorted, axis=1)  # among its holders
+    kept = position < np.take_along_axis(old_count, new_sorted, axis=1)
+    at = np.take_along_axis(old_start, new_sorted, axis=1) + position
     label = np.full((layers, ranks), -1, dtype=np.int64)
-    old_start = np.cumsum(old_count) - old_count
-    label[new_layer[kept], new_rank[kept]] = old_rank[old_start[group[kept]] + position[kept]]
+    layer_index = np.broadcast_to(rows, kept.shape)[kept]
+    label[layer_index, new_order[kept]] = old_order[layer_index, at[kept]]
     return label
 
 
