@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
@@ -50,7 +51,11 @@ def wait_ready(proc: subprocess.Popen[str], url: str, timeout_s: float) -> None:
         with contextlib.suppress(httpx.TransportError):
             if httpx.get(f"{url}/readyz").status_code == 200:
                 return
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        exited = proc.poll() is not None
+        if exited or time.monotonic() >= deadline:
+            proc.kill()  # reading the output of a live server would block until it exits
+            output = proc.communicate(timeout=30)[0]
+            pytest.fail(f"the server {'exited' if exited else f'was not ready in {timeout_s:g} s'}: {output}")
         time.sleep(0.1)
 
 

@@ -47,6 +47,7 @@ def test_a_server_started_as_the_operator_starts_it(run_dir: Path) -> None:
         port=port,
         early_exit=EarlyExitSpec(enabled=True, threshold=0.0, min_layer=2),
         batching=BatchingSpec(max_batch_size=4, max_latency_ms=5),
+        threads=3,
     )
     environ = {**os.environ, env.SERVING_CONFIG: config.model_dump_json(by_alias=True),
                env.MODEL_DIR: str(run_dir / "checkpoints"), env.POD_NAME: "chat-0"}  # fmt: skip
@@ -57,7 +58,7 @@ def test_a_server_started_as_the_operator_starts_it(run_dir: Path) -> None:
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_ready(proc, url, timeout_s=60)
+        wait_ready(proc, url, timeout_s=180)  # a loaded CI machine imports torch slowly
         assert [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]] == ["chat"]
         body = httpx.post(f"{url}/v1/completions", json={"model": "chat", "prompt": "1+1=", "max_tokens": 3}).json()
         assert body["moeops"]["mean_exit_layer"] == 2.0  # the service's policy: exit at once from layer 2
@@ -68,6 +69,7 @@ def test_a_server_started_as_the_operator_starts_it(run_dir: Path) -> None:
     # A graceful stop: uvicorn drains, then re-raises the SIGTERM it caught (a pod's usual end).
     assert proc.returncode in (0, -15) and "Finished server process" in out, out
     assert "chat = step 1" in out and "batch ≤ 4 within 5 ms" in out
+    assert "3 intra-op thread(s) (the InferenceService's threads)" in out, out
 
 
 @pytest.mark.parametrize(
@@ -102,7 +104,7 @@ def test_a_server_started_by_hand_binds_loopback_and_sizes_its_threads(run_dir: 
         env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        wait_ready(proc, f"http://127.0.0.1:{port}", timeout_s=60)
+        wait_ready(proc, f"http://127.0.0.1:{port}", timeout_s=180)  # a loaded CI machine imports torch slowly
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)

@@ -84,7 +84,8 @@ def _fail(message: str) -> None:
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="torch intra-op threads  [default: $OMP_NUM_THREADS, else the cgroup's CPU limit (cpu.max)]",
+    help="torch intra-op threads  [default: the config's threads, else $OMP_NUM_THREADS, else the cgroup's CPU"
+    " limit (cpu.max)]",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 def serve(
@@ -155,7 +156,12 @@ def serve(
         request_timeout_s=request_timeout_s,
         body_timeout_s=body_timeout_s,
     )
-    intra_op = choose_threads(threads)
+    spec_threads = runtime.threads if runtime else None
+    intra_op = (
+        choose_threads(spec_threads, configured_by="the InferenceService's threads")
+        if threads is None and spec_threads is not None
+        else choose_threads(threads)
+    )
     torch.set_num_threads(intra_op.threads)
     click.echo(
         f"moeops serve: {name} = step {ref.step} of {ref.step_dir} ({json.dumps(ref.arch.model_dump(by_alias=True))});"

@@ -53,10 +53,11 @@ def choose_threads(
     environ: Mapping[str, str] = os.environ,
     cpu_max: Path = CGROUP_CPU_MAX,
     cpus: int | None = None,
+    configured_by: str = "--threads",
 ) -> ThreadChoice:
-    """The intra-op thread count to set, and why."""
+    """The intra-op thread count to set, and why (`configured_by`: where `configured` came from)."""
     if configured is not None:
-        return ThreadChoice(max(1, configured), "--threads")
+        return ThreadChoice(max(1, configured), configured_by)
     omp = environ.get(OMP_ENV, "").strip()
     if omp.isdigit() and int(omp) > 0:
         return ThreadChoice(int(omp), OMP_ENV)

@@ -137,6 +137,13 @@ class InferenceServiceSpec(KubeModel):
     )
     resources: ResourceRequirements | None = Field(default=None, description="CPU/memory per replica.")
     port: int = Field(default=8080, ge=1024, le=65535, description="Port the server listens on.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="torch intra-op threads per replica (`moeops serve --threads`); unset: the container's CPU"
+        " limit (else request), else the cgroup's CPU quota.",
+    )
     early_exit: EarlyExitSpec = Field(default_factory=EarlyExitSpec, description="Adaptive early exit.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
 

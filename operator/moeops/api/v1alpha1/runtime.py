@@ -64,3 +64,4 @@ class ServingRuntimeConfig(KubeModel):
     port: int = Field(ge=1, le=65535)
     early_exit: EarlyExitSpec
     batching: BatchingSpec
+    threads: int | None = Field(default=None, ge=1, description="Intra-op threads; unset: from the CPU limit.")

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from moeops.api import env
-from moeops.api.v1alpha1.common import ResourceRequirements, VolumeLocation
+from moeops.api.v1alpha1.common import VolumeLocation
 from moeops.api.v1alpha1.inferenceservice import InferenceServiceSpec
 from moeops.api.v1alpha1.runtime import ServingRuntimeConfig
 
@@ -72,11 +72,12 @@ def _server_config(owner: Owner, spec: InferenceServiceSpec) -> ServingRuntimeCo
         port=spec.port,
         early_exit=spec.early_exit,
         batching=spec.batching,
+        threads=spec.threads,
     )
 
 
 def _server_env(
-    config: str, model: VolumeLocation, cfg: OperatorConfig, resources: ResourceRequirements | None
+    config: str, model: VolumeLocation, cfg: OperatorConfig, spec: InferenceServiceSpec
 ) -> list[dict[str, Any]]:
     bus: list[dict[str, Any]] = []
     if cfg.nats_url:  # the server reports its load for the autoscaler (moeops.serving.load_reporter)
@@ -84,12 +85,16 @@ def _server_env(
         if cfg.nats_token_secret:
             secret = {"name": cfg.nats_token_secret, "key": "token"}
             bus.append({"name": env.NATS_TOKEN, "valueFrom": {"secretKeyRef": secret}})
+    # spec.threads reaches the server as its --threads (through the config); OMP_NUM_THREADS says the same to
+    # the libraries beside torch's intra-op pool. Unset: from the container's CPU figure.
+    threads = [{"name": pods.THREADS_ENV, "value": str(spec.threads)}] if spec.threads else []
+    threads = threads or pods.cpu_threads_env(CONTAINER, spec.resources)
     return [
         {"name": env.SERVING_CONFIG, "value": config},
         {"name": env.MODEL_DIR, "value": model.in_mount(MODEL_MOUNT)},
         *bus,
         pods.field_env(env.POD_NAME, "metadata.name"),  # the key of this server's load in the bus
-        *pods.cpu_threads_env(CONTAINER, resources),
+        *threads,
     ]
 
 
@@ -110,7 +115,7 @@ def deployment(
         "image": spec.image or cfg.runtime_image,
         "imagePullPolicy": cfg.image_pull_policy,
         "command": ["moeops", "serve"],
-        "env": _server_env(config, model, cfg, spec.resources),
+        "env": _server_env(config, model, cfg, spec),
         "ports": [{"name": cfg.http_port_name, "containerPort": spec.port}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "httpGet": {**probe["httpGet"], "path": "/healthz"}, "periodSeconds": 10},
