@@ -8,7 +8,7 @@ Pure planner (no NATS, no torch, no Kubernetes: import-linter's pure-planner con
     group_shares
     stages              an exact bottleneck partition of layers over pipeline stages
     experts, placement, EPLB-style replication and packing for every MoE layer at once (numpy), the cost of moving
-    packing             there, and which layers' moves pay
+    packing, relabel    there, and which layers' moves pay; ranks relabelled to keep experts where they are
     policy, replan      hysteresis and the plan every rank applies at the same step; one planning round
     outcomes            the closed loop: each plan judged on the step time it delivered; back-off when a kind misses
 Edges: `consumer` (a durable JetStream consumer of the METRICS stream), `edge` (RebalancerService: metrics in, plans
