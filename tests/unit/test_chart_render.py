@@ -94,6 +94,7 @@ def test_operator_rbac_is_what_it_calls(helm: str) -> None:
         ("", "pods"): ["list"],  # which worker failed
         ("", "persistentvolumeclaims"): ["get"],  # the checkpoint claim's existence and access modes
         ("apps", "deployments"): ["create", "get", "list", "patch", "watch"],
+        ("policy", "poddisruptionbudgets"): ["create", "delete", "get", "patch"],  # InferenceServices of max >= 2
         ("", "configmaps"): ["create", "get", "patch"],
         ("", "services"): ["create", "get", "patch"],
         ("", "events"): ["create", "list"],  # list: a worker Job's FailedCreate

@@ -263,6 +263,10 @@ each watched namespace). Each one is a call of moeops.operator.kube, the handler
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
+# An InferenceService that may run two replicas or more gets a PodDisruptionBudget; deleted when max drops below 2.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, create, patch]

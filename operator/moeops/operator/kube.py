@@ -82,6 +82,7 @@ _KINDS: dict[tuple[str, str], _Kind] = {
     ("v1", "PersistentVolumeClaim"): _Kind(kubernetes.client.CoreV1Api, "namespaced_persistent_volume_claim"),
     ("batch/v1", "Job"): _Kind(kubernetes.client.BatchV1Api, "namespaced_job"),
     ("apps/v1", "Deployment"): _Kind(kubernetes.client.AppsV1Api, "namespaced_deployment"),
+    ("policy/v1", "PodDisruptionBudget"): _Kind(kubernetes.client.PolicyV1Api, "namespaced_pod_disruption_budget"),
 }
 
 EnsureOutcome = Literal["created", "patched", "unchanged"]
@@ -156,6 +157,15 @@ class Kube:
         except ApiException as exc:
             raise _error(exc, f"patch {child.kind} {child.namespace}/{child.name}") from exc
         return "patched", _json(patched)
+
+    def delete_owned(self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str) -> bool:
+        """Delete the child `name` if it exists and `owner_uid` controls it (never another's object of that name):
+        whether there was one to delete."""
+        live = self.get(api_version, kind, namespace, name)
+        if live is None or not controlled_by(live, owner_uid):
+            return False
+        self.delete_foreground(api_version, kind, namespace, name, live["metadata"]["uid"])
+        return True
 
     def delete_foreground(self, api_version: str, kind: str, namespace: str, name: str, uid: str) -> None:
         """Delete one exact object (uid precondition) with Foreground propagation: its dependents (a Job's

@@ -18,6 +18,9 @@ from moeops.api.v1alpha1 import trainingjob
 from moeops.api.v1alpha1.common import VERSION
 from moeops.api.v1alpha1.inferenceservice import PLURAL, STOP_ANNOTATION, InferenceServiceSpec
 
+from ..children.disruption import API_VERSION as DISRUPTION_API_VERSION
+from ..children.disruption import KIND as DISRUPTION_KIND
+from ..children.disruption import disruption_budget
 from ..children.serving import model_uri, resolve_model, service_url, serving_children
 from ..config import OperatorConfig
 from ..drift import controlled_by
@@ -111,6 +114,11 @@ def reconcile_spec(
     autoscaled = (body.get("status") or {}).get("desiredReplicas")  # the autoscaler's number (handlers/autoscale)
     for child in serving_children(owner, spec, location, is_stopped(body), cfg, autoscaled):
         _, deployment = kube.ensure(child, owner.uid, likely_new=likely_new)  # the Deployment comes last
+    budget = disruption_budget(owner, spec)
+    if budget is not None:
+        kube.ensure(budget, owner.uid, likely_new=likely_new)
+    elif not likely_new:  # replicas.max edited below 2: the budget made for the larger service goes
+        kube.delete_owned(DISRUPTION_API_VERSION, DISRUPTION_KIND, owner.namespace, owner.name, owner.uid)
     return report(body, deployment, model=model_uri(location), not_ready=None), False
 
 
