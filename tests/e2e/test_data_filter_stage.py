@@ -1,6 +1,6 @@
 """`spec.data.filter` on a real control plane: the operator runs the filter as its own Indexed Job first (state
 Filtering, no worker Job yet), reads the counts per level from task 0's termination message, and only then creates
-the workers, on the filtered shards next to the data.
+the workers, on the filtered shards next to the data: Filtering -> Running -> Succeeded.
 
 There is no node here: the test is the kubelet. It runs each filter pod's own container command as a process (the
 claim's mount path mapped to a folder here, the completion index from the pod's annotation), then writes the
@@ -63,7 +63,7 @@ def _as_a_kubelet(cluster: Cluster, kubelet: FakeKubelet, pods: list[dict[str, A
         )
 
 
-def test_the_filter_runs_as_its_own_job_then_the_workers_train_on_its_shards(
+def test_the_filter_runs_as_its_own_job_then_the_workers_train_on_its_shards_to_success(
     cluster: Cluster, operator: OperatorProcess, kubelet: FakeKubelet, namespace: str, tmp_path: Path
 ) -> None:
     claim_dir = tmp_path / "claim"
@@ -86,8 +86,8 @@ def test_the_filter_runs_as_its_own_job_then_the_workers_train_on_its_shards(
     (worker,) = wait_pods(cluster, namespace, "filtered", 1)
     kubelet.run(worker)
     status = wait_state(cluster, namespace, "filtered", "Running")
+    assert status["filter"]["state"] == "Succeeded" and "counts" in status["filter"], status["filter"]
     counts = status["filter"]["counts"]
-    assert status["filter"]["state"] == "Succeeded"
     assert counts == {"documents": 52, "kept": 40, "exact": 6, "near": 6, "quality": 0, "malformed": 1}
     filtered = wait_condition(cluster, namespace, "filtered", "DataFiltered")
     assert "kept 40 of 52 documents" in filtered["message"]
@@ -100,3 +100,7 @@ def test_the_filter_runs_as_its_own_job_then_the_workers_train_on_its_shards(
     assert sorted(kept) == sorted(i for i, kind in kinds.items() if kind == "original")
     report = json.loads((claim_dir / "v1.filtered" / "report.json").read_text())
     assert report["level1"]["dedup"]["exact"] == 6 and report["level1"]["dedup"]["examples"]["near"]
+
+    kubelet.finish(worker, exit_code=0)
+    done = wait_state(cluster, namespace, "filtered", "Succeeded")
+    assert done["filter"]["counts"] == counts, "the filter's outcome stays on the finished job"

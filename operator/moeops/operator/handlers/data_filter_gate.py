@@ -63,7 +63,7 @@ def data_filter_gate(
         return Gate(spec)
     output = spec.data.filtered_source()
     recorded = (body.get("status") or {}).get("filter") or {}
-    if recorded.get("state") == "Succeeded" and recorded.get("output") == output:
+    if recorded.get("state") == "Succeeded" and recorded.get("output") == output and "counts" in recorded:
         return Gate(_filtered_spec(spec), found=recorded)
     owner = owner_of(body)
     _, job = kube.ensure(filter_job(owner, spec, cfg), owner.uid, likely_new=likely_new)
@@ -76,6 +76,12 @@ def data_filter_gate(
     generation = int(body["metadata"].get("generation") or 0)
 
     def waiting(owner_now: Mapping[str, Any]) -> Any:
-        return filtering_update(owner_now.get("status") or {}, found, generation=generation, now=now())
+        status = owner_now.get("status") or {}
+        current = status.get("filter") or {}
+        if current.get("state") == "Succeeded" and current.get("output") == output:
+            # A newer reconcile saw the Job complete and created the workers: this one read the Job before that and
+            # must not put the job back to Filtering (its write can land later, after a conflict).
+            return None
+        return filtering_update(status, found, generation=generation, now=now())
 
     return Gate(spec, waiting=waiting)
