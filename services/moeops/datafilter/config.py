@@ -10,9 +10,10 @@ from .minhash import MinHashParams
 from .ranges import FileRange, split_ranges
 
 CONFIG_FILE = "config.json"
-STAGES = ("signatures", "buckets", "clusters", "reference", "filter")
-SINGLE_TASK_STAGES = ("clusters", "reference")
-"""A union-find over all pairs; training the quality model on the reference (nothing to do without one)."""
+STAGES = ("signatures", "buckets", "clusters", "reference", "adversarial", "filter")
+SINGLE_TASK_STAGES = ("clusters", "reference", "adversarial")
+"""A union-find over all pairs; training the quality model and the level-3 classifier on the reference (nothing
+to do without one)."""
 
 
 class FilterConfig(BaseModel):
@@ -32,6 +33,10 @@ class FilterConfig(BaseModel):
     """Trusted jsonl files for the quality model; none: no quality filter."""
     max_perplexity: float | None = Field(default=None, gt=1.0)
     """Documents whose perplexity under the reference's byte n-gram model exceeds this are dropped."""
+    adversarial_drop: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """Level 3: drop this share of the corpus that a classifier finds least like the reference (needs one)."""
+    adversarial_sample: int = Field(default=5_000, ge=10)
+    """Documents of each side the classifier is trained on (16 KiB of features each: 160 MiB at the default)."""
     lm_order: int = Field(default=4, ge=2)
     examples: int = Field(default=5, ge=0)
     """Removed documents the report shows per reason."""
@@ -48,6 +53,9 @@ class FilterConfig(BaseModel):
 
     def quality_filter(self) -> bool:
         return bool(self.reference) and self.max_perplexity is not None
+
+    def adversarial(self) -> bool:
+        return bool(self.reference) and self.adversarial_drop is not None
 
     def band_names(self) -> list[str]:
         """What the buckets stage groups by: the exact hash, then each band."""

@@ -78,6 +78,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         },
         "malformed": report["input"]["malformed_lines"],
         **({"drift": report["drift"]} if report.get("drift") else {}),
+        **({"level3": {"adversarial": report["level3"]["removed"]}} if report.get("level3") else {}),
     }
 
 
@@ -132,6 +133,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--text-field", default="text")
     parser.add_argument("--reference", type=Path, default=None)
     parser.add_argument("--max-perplexity", type=float, default=None)
+    parser.add_argument(
+        "--adversarial-drop", type=float, default=None, help="level 3: share dropped (needs --reference)"
+    )
     parser.add_argument("--summary", type=Path, default=None, help="where task 0 writes the counts (JSON)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the other tasks")
     args = parser.parse_args(argv)
@@ -139,6 +143,8 @@ def main(argv: list[str]) -> int:
     options: dict[str, Any] = {"text_field": args.text_field}
     if args.max_perplexity is not None:
         options["max_perplexity"] = args.max_perplexity
+    if args.adversarial_drop is not None:
+        options["adversarial_drop"] = args.adversarial_drop
     try:
         run_task(args.source, args.output, args.work, task, args.tasks, reference=args.reference,
                  summary_path=args.summary, timeout_s=args.timeout, **options)  # fmt: skip

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 from array import array
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .adversarial import Classifier, featurize, fit_with_holdout
 from .buckets import bucket_pairs, doc_ids, sort_keys, split_id
 from .clusters import REASONS, removals
 from .config import CONFIG_FILE, FilterConfig
@@ -36,6 +38,8 @@ BATCH_BYTES = 1 << 16
 the batch's arrays (about 40 bytes per byte of text) stay a few MiB."""
 SNIPPET = 300
 LEVEL1_REASONS = (*REASONS.values(), "quality")
+ALL_REASONS = (*LEVEL1_REASONS, "adversarial")
+ADVERSARIAL_FILE = "adversarial/model.npz"
 MODEL_FILE = "reference/model.npz"
 
 
@@ -152,6 +156,29 @@ def _load_model(work: Path) -> ByteNgramModel:
         return ByteNgramModel(int(saved["order"]), saved["grams"], saved["contexts"])
 
 
+def run_adversarial(work: Path, task: int = 0) -> None:
+    """Level 3's classifier: reference against a sample of the corpus (moeops.datafilter.adversarial)."""
+    config = load_config(work)
+    if not config.adversarial() or config.adversarial_drop is None:
+        return
+    sample = config.adversarial_sample
+    reference = featurize(list(islice(read_texts(config.reference, config.text_field), sample)))
+    candidate = featurize(list(islice(read_texts(config.inputs, config.text_field), sample)))
+    model, held_out_auc, threshold = fit_with_holdout(reference, candidate, config.adversarial_drop, config.seed)
+    path = work / ADVERSARIAL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as out:
+        np.savez(out, weights=model.weights, bias=model.bias, threshold=threshold, auc=held_out_auc)
+    partial.replace(path)
+
+
+def _load_adversarial(work: Path) -> tuple[Classifier, float, float]:
+    with np.load(work / ADVERSARIAL_FILE) as saved:
+        model = Classifier(saved["weights"], float(saved["bias"]))
+        return model, float(saved["threshold"]), float(saved["auc"])
+
+
 def _location(config: FilterConfig, work: Path, doc: int) -> tuple[str, int]:
     source, ordinal = split_id(doc)
     file, offset = np.load(work / _task_file("signatures", source, "docs.npy"), mmap_mode="r")[ordinal].tolist()
@@ -175,9 +202,10 @@ def run_filter(work: Path, task: int) -> None:
     config = load_config(work)
     remove = np.load(work / _task_file("clusters", task, "remove.npy"))
     by_ordinal = {int(row[0]): (int(row[1]), int(row[2])) for row in remove}
-    counts = {"documents": 0, "kept": 0, **dict.fromkeys(LEVEL1_REASONS, 0)}
-    examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in LEVEL1_REASONS}
+    counts = {"documents": 0, "kept": 0, **dict.fromkeys(ALL_REASONS, 0)}
+    examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in ALL_REASONS}
     model = _load_model(work) if config.quality_filter() else None
+    adversarial = _load_adversarial(work) if config.adversarial() else None
     stats = ReadStats()
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -195,6 +223,15 @@ def run_filter(work: Path, task: int) -> None:
                         examples["quality"].append({"document": where, "text": line.text[:SNIPPET],
                                                     "perplexity": round(perplexity, 2)})  # fmt: skip
                     continue
+            if ordinal not in by_ordinal and adversarial is not None:
+                score = float(adversarial[0].scores(featurize([line.text]))[0])
+                if score > adversarial[1]:
+                    counts["adversarial"] += 1
+                    if len(examples["adversarial"]) < config.examples:
+                        where = f"{config.inputs[line.file]}@{line.offset}"
+                        examples["adversarial"].append({"document": where, "text": line.text[:SNIPPET],
+                                                        "score": round(score, 4)})  # fmt: skip
+                    continue
             if ordinal not in by_ordinal:
                 counts["kept"] += 1
                 out.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
@@ -206,7 +243,7 @@ def run_filter(work: Path, task: int) -> None:
                 path = config.inputs[line.file]
                 examples[reason].append(_example(config, work, line.text, path, line.offset, duplicate_of))
     partial.replace(shard)
-    if counts["documents"] != counts["kept"] + sum(counts[r] for r in LEVEL1_REASONS):
+    if counts["documents"] != counts["kept"] + sum(counts[r] for r in ALL_REASONS):
         raise RuntimeError(f"task {task}: a document was neither kept nor removed with a reason: {counts}")
     _write_json(
         work / _task_file("filter", task, "stats.json"),
@@ -219,6 +256,7 @@ STAGE_FUNCTIONS = {
     "buckets": run_buckets,
     "clusters": run_clusters,
     "reference": run_reference,
+    "adversarial": run_adversarial,
     "filter": run_filter,
 }
 
@@ -228,6 +266,12 @@ def run_stage(work: Path, stage: str, task: int) -> None:
     if not 0 <= task < config.stage_tasks(stage):
         raise ValueError(f"stage {stage} has tasks 0..{config.stage_tasks(stage) - 1}, got {task}")
     STAGE_FUNCTIONS[stage](work, task)
+
+
+def _level3(work: Path, config: FilterConfig, counts: dict[str, int], examples: dict[str, Any]) -> dict[str, Any]:
+    _, threshold, held_out_auc = _load_adversarial(work)
+    return {"removed": counts["adversarial"], "drop": config.adversarial_drop, "threshold": round(threshold, 4),
+            "auc_held_out": round(held_out_auc, 4), "examples": examples["adversarial"]}  # fmt: skip
 
 
 def reference_drift(config: FilterConfig, shards: list[str]) -> dict[str, float | bool] | None:
@@ -244,9 +288,7 @@ def write_report(work: Path, timings_s: dict[str, float] | None = None) -> dict[
     config = load_config(work)
     tasks = [json.loads((work / _task_file("filter", t, "stats.json")).read_text()) for t in range(config.tasks)]
     counts = {key: sum(t["counts"][key] for t in tasks) for key in tasks[0]["counts"]}
-    examples = {
-        reason: [e for t in tasks for e in t["examples"][reason]][: config.examples] for reason in LEVEL1_REASONS
-    }
+    examples = {reason: [e for t in tasks for e in t["examples"][reason]][: config.examples] for reason in ALL_REASONS}
     malformed = [m for t in tasks for m in t["read"]["malformed_examples"]][: config.examples]
     report = {
         "input": {"files": config.inputs, "bytes": sum(config.sizes), "documents": counts["documents"],
@@ -258,6 +300,7 @@ def write_report(work: Path, timings_s: dict[str, float] | None = None) -> dict[
                                "examples": examples["quality"]} if config.quality_filter() else None,
                    "minhash": {"shingle": config.shingle, "bands": config.bands, "rows": config.rows,
                                "threshold": round(config.params().threshold(), 3)}},
+        "level3": _level3(work, config, counts, examples) if config.adversarial() else None,
         "kept": counts["kept"],
         "shards": [t["shard"] for t in tasks],
         "tasks": config.tasks,
