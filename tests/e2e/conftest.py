@@ -96,6 +96,9 @@ def operator(
     env |= {"MOEOPS_CARBON_INTENSITY_SERIES": str(intensity_series), "MOEOPS_CARBON_GATE_INTERVAL_S": "1"}
     env["MOEOPS_AUTOSCALE_INTERVAL_S"] = "1"  # the autoscaler's timer, 5 s by default
     env["MOEOPS_PROGRESS_INTERVAL_S"] = "1"  # the progress timer's, 5 s by default
+    # The status loop's other reads (15, 30 and 10 s by default): tests wait on what they bring, not on the timer.
+    env |= {"MOEOPS_REBALANCE_STATUS_INTERVAL_S": "1", "MOEOPS_CARBON_STATUS_INTERVAL_S": "1",
+            "MOEOPS_WORKERS_INTERVAL_S": "1"}  # fmt: skip
     env |= otlp_receiver.env(interval_ms=1000)  # OpenTelemetry: spans and metrics to the receiver (test_otlp_operator)
     proc = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), env=env)
     proc.start()

@@ -17,6 +17,11 @@ OPERATOR_CARBON_GATE_INTERVAL = "MOEOPS_CARBON_GATE_INTERVAL_S"  # seconds betwe
 OPERATOR_AUTOSCALE_INTERVAL = "MOEOPS_AUTOSCALE_INTERVAL_S"
 # Training progress (needs NATS_URL): seconds between two reads of each running job's progress (default 5).
 OPERATOR_PROGRESS_INTERVAL = "MOEOPS_PROGRESS_INTERVAL_S"
+# The status loop's other reads, in seconds: the rebalancer's reports (default 15), the carbon totals (default 30),
+# the workers' and the checkpoint claim's health while a job is not Running yet (default 10).
+OPERATOR_REBALANCE_STATUS_INTERVAL = "MOEOPS_REBALANCE_STATUS_INTERVAL_S"
+OPERATOR_CARBON_STATUS_INTERVAL = "MOEOPS_CARBON_STATUS_INTERVAL_S"
+OPERATOR_WORKERS_INTERVAL = "MOEOPS_WORKERS_INTERVAL_S"
 # The kopf peering object the replicas share (default `moeops`); the Helm chart names one per release.
 OPERATOR_PEERING_NAME = "MOEOPS_PEERING_NAME"
 # The grid region whose carbon intensity applies (a key of the static table): the carbon agent's node, or the

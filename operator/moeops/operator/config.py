@@ -38,6 +38,12 @@ class OperatorConfig:
     """How often the autoscaler reads each InferenceService's load (only with a bus: `nats_url`)."""
     progress_interval_s: float = 5.0
     """How often each running MoETrainingJob's progress is read into its status (only with a bus: `nats_url`)."""
+    rebalance_status_interval_s: float = 15.0
+    """How often the rebalancer's last report for each job is copied into its status (only with a bus)."""
+    carbon_status_interval_s: float = 30.0
+    """How often each workload's carbon totals are read into its status (only with a bus)."""
+    workers_interval_s: float = 10.0
+    """How often a job that is not Running yet has its workers and checkpoint claim looked at (a pod list each)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorConfig:
@@ -54,4 +60,7 @@ class OperatorConfig:
             carbon_gate_interval_s=float(environ.get(env.OPERATOR_CARBON_GATE_INTERVAL, "30")),
             autoscale_interval_s=float(environ.get(env.OPERATOR_AUTOSCALE_INTERVAL, "5")),
             progress_interval_s=float(environ.get(env.OPERATOR_PROGRESS_INTERVAL, "5")),
+            rebalance_status_interval_s=float(environ.get(env.OPERATOR_REBALANCE_STATUS_INTERVAL, "15")),
+            carbon_status_interval_s=float(environ.get(env.OPERATOR_CARBON_STATUS_INTERVAL, "30")),
+            workers_interval_s=float(environ.get(env.OPERATOR_WORKERS_INTERVAL, "10")),
         )

@@ -38,9 +38,6 @@ from .common import CONFLICT_RETRIES, config_of, kube_of, now, write_status
 from .observe import traced
 from .serving import SERVING
 from .status_sources import (
-    CARBON_INTERVAL_S,
-    REBALANCE_INTERVAL_S,
-    WORKERS_INTERVAL_S,
     Context,
     SourceFn,
     carbon_fields,
@@ -145,8 +142,9 @@ async def leading(ctx: Context, settings: kopf.OperatorSettings) -> bool:
 async def status_loop(memo: kopf.Memo, indexes: Mapping[str, Index], settings: kopf.OperatorSettings) -> None:
     cfg = OperatorConfig.from_env(os.environ)  # as `setup.configure` reads it
     ctx: Context | None = None
-    intervals = {"progress": cfg.progress_interval_s, "rebalance": REBALANCE_INTERVAL_S, "carbon": CARBON_INTERVAL_S,
-                 "autoscale": cfg.autoscale_interval_s, "workers": WORKERS_INTERVAL_S, "storage": WORKERS_INTERVAL_S,
+    intervals = {"progress": cfg.progress_interval_s, "rebalance": cfg.rebalance_status_interval_s,
+                 "carbon": cfg.carbon_status_interval_s, "autoscale": cfg.autoscale_interval_s,
+                 "workers": cfg.workers_interval_s, "storage": cfg.workers_interval_s,
                  "carbon_gate": cfg.carbon_gate_interval_s}  # fmt: skip
     schedule = Schedule(intervals, started_at=time.monotonic())
     while True:

@@ -8,18 +8,20 @@ patches those that differ, once per object). The figures' mapping is pure (`stat
   `moeops-training-progress` bucket (key `<namespace>.<job>`, `moeops.bus.progress_putter`), and the newest complete
   checkpoint it names. A finished job is read once more, so that its last step shows, and then no more; a Succeeded
   job's step is never lowered (its status already says every step was done).
-- rebalance (MoETrainingJob, every 15 s): the rebalancer's latest report; not for a finished job or one with
-  `spec.rebalance.enabled: false`.
-- workers (MoETrainingJob, every 10 s): what keeps the workers of an active job from starting
-  (`status/blocked.py`: unschedulable pods, image and container-config errors, the Job's FailedCreate), read only
-  for a job whose workers are not all ready BLOCKED_AFTER_S after it was created (a list of its pods; of the Job's
-  events when it has no pod), or that is shown blocked (to clear it).
-- storage (MoETrainingJob, every 10 s): whether the checkpoint claim (`spec.checkpoint.storage.claimName`) exists,
-  has its volume, and is ReadWriteMany when the workers run on several nodes (`status/storage.py`); read only for a
-  job that names a claim and is not Running yet (or is shown blocked, to clear it): a running job has mounted it.
-- carbon (both kinds, every 30 s): the carbon aggregator's totals (`workload.<namespace>.<kind>.<name>` in the
-  `moeops-carbon` bucket); not with `spec.carbon.enabled: false`, nor for a job finished more than SETTLE_S ago (the
-  last deltas of its pods reach the ledger within seconds of the pods ending).
+- rebalance (MoETrainingJob, every 15 s by default: MOEOPS_REBALANCE_STATUS_INTERVAL_S): the rebalancer's latest
+  report; not for a finished job or one with `spec.rebalance.enabled: false`.
+- workers (MoETrainingJob, every 10 s by default: MOEOPS_WORKERS_INTERVAL_S): what keeps the workers of an active job
+  from starting (`status/blocked.py`: unschedulable pods, image and container-config errors, the Job's FailedCreate),
+  read only for a job whose workers are not all ready BLOCKED_AFTER_S after it was created (a list of its pods; of the
+  Job's events when it has no pod), or that is shown blocked (to clear it).
+- storage (MoETrainingJob, as often as workers): whether the checkpoint claim (`spec.checkpoint.storage.claimName`)
+  exists, has its volume, and is ReadWriteMany when the workers run on several nodes (`status/storage.py`); read only
+  for a job that names a claim and is not Running yet (or is shown blocked, to clear it): a running job has mounted
+  it.
+- carbon (both kinds, every 30 s by default: MOEOPS_CARBON_STATUS_INTERVAL_S): the carbon aggregator's totals
+  (`workload.<namespace>.<kind>.<name>` in the `moeops-carbon` bucket); not with `spec.carbon.enabled: false`, nor for
+  a job finished more than SETTLE_S ago (the last deltas of its pods reach the ledger within seconds of the pods
+  ending).
 
 Why the operator writes these and not the services: least privilege (they need NATS only, no Kubernetes client, no
 RBAC) and one writer of `.status`. Failures (no NATS, no bucket, a malformed value) are logged by the reader or
@@ -61,12 +63,9 @@ logger = logging.getLogger(__name__)
 
 Fields = StatusUpdate | None
 """What a source makes of one object: status fields (and the events their change deserves), or None."""
-REBALANCE_INTERVAL_S = 15.0
-WORKERS_INTERVAL_S = 10.0
 BLOCKED_AFTER_S = 20.0
 """Workers not ready this long after the job's children were created are looked at (pulls and scheduling take a
 while; a burst of new jobs must not cost a pod list each)."""
-CARBON_INTERVAL_S = 30.0
 SETTLE_S = 600.0
 """How long after a job finished its carbon totals are still read."""
 KINDS = {trainingjob.PLURAL: trainingjob.KIND, inferenceservice.PLURAL: inferenceservice.KIND}
