@@ -70,12 +70,14 @@ FILTER_NEEDS = (
     " it: use a pvc://<claim>/<path> source with format jsonl"
 )
 QUALITY_PAIR = "data.filter: reference and maxPerplexity go together (the quality model and its threshold)"
+ADVERSARIAL_NEEDS = "data.filter: adversarialDrop needs a reference (the classifier tells the corpus from it)"
 
 
 class DataFilterSpec(KubeModel):
     """The data filter run before training, as its own Indexed Job over the corpus (moeops.datafilter.pipeline):
     level 1 (exact and MinHash near-duplicate removal; with a reference, a perplexity threshold under a byte
-    n-gram model trained on it). The workers then train on the filtered shards."""
+    n-gram model trained on it) and level 3 (adversarial validation against the reference). The workers then train
+    on the filtered shards."""
 
     enabled: bool = Field(default=True, description="Run the filter stage before training (false: as if unset).")
     tasks: int = Field(
@@ -99,16 +101,27 @@ class DataFilterSpec(KubeModel):
         description="Documents whose perplexity under the reference's model exceeds this are dropped. With reference.",
     )
 
+    adversarial_drop: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Level 3 (adversarial validation): drop this share of the corpus that a classifier trained to"
+        " tell it from the reference finds least like it (0.05 = 5%), with examples in the report. Needs reference.",
+    )
+
     _no_parent_segments = field_validator("reference")(reject_parent_segments)
 
     @model_validator(mode="after")
     def _quality_pair(self) -> DataFilterSpec:
         if (self.reference is None) != (self.max_perplexity is None):
             raise ValueError(QUALITY_PAIR)
+        if self.adversarial_drop is not None and self.reference is None:
+            raise ValueError(ADVERSARIAL_NEEDS)
         return self
 
 
 _QUALITY_PAIR_RULE = cel("has(self.reference) == has(self.maxPerplexity)", QUALITY_PAIR)
+_ADVERSARIAL_RULE = cel("!has(self.adversarialDrop) || has(self.reference)", ADVERSARIAL_NEEDS)
 
 
 class DataSpec(KubeModel):
@@ -145,7 +158,7 @@ class DataSpec(KubeModel):
         default=None,
         description="The data filter, run as its own Indexed Job before the workers start (state Filtering); the"
         " workers then train on `<source>.filtered`. Needs a pvc:// source in the jsonl format.",
-        json_schema_extra={"x-kubernetes-validations": [_QUALITY_PAIR_RULE]},
+        json_schema_extra={"x-kubernetes-validations": [_QUALITY_PAIR_RULE, _ADVERSARIAL_RULE]},
     )
     tokenizer: str | None = Field(
         default=None,

@@ -58,6 +58,8 @@ def filter_command(owner: Owner, spec: MoETrainingJobSpec, options: DataFilterSp
     if options.reference is not None and options.max_perplexity is not None:
         reference = posixpath.join(pvc_mount_path(claim), options.reference.lstrip("/"))
         command += ["--reference", reference, "--max-perplexity", str(options.max_perplexity)]
+    if options.adversarial_drop is not None:
+        command += ["--adversarial-drop", str(options.adversarial_drop)]
     return command
 
 

@@ -38,6 +38,7 @@ def task0_summary(pods: Sequence[Mapping[str, Any]], container: str) -> dict[str
             try:
                 found = json.loads(message)
                 levels = {key: int(value) for key, value in found["level1"].items()}
+                levels.update({key: int(value) for key, value in (found.get("level3") or {}).items()})
                 counts = {"documents": int(found["documents"]), "kept": int(found["kept"]), **levels,
                           "malformed": int(found["malformed"])}  # fmt: skip
                 drift = found.get("drift")
@@ -70,8 +71,9 @@ def filter_status(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, 
 def _summary(counts: Mapping[str, int] | None) -> str:
     if not counts:
         return "filtered"
+    level3 = f"; level 3 removed {counts['adversarial']} unlike the reference" if counts.get("adversarial") else ""
     return (f"kept {counts['kept']} of {counts['documents']} documents: level 1 removed {counts['exact']} exact and"
-            f" {counts['near']} near duplicates, {counts['quality']} of low quality")  # fmt: skip
+            f" {counts['near']} near duplicates, {counts['quality']} of low quality{level3}")  # fmt: skip
 
 
 def filtering_update(
