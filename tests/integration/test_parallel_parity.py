@@ -70,6 +70,8 @@ class Run:
     max_steps: int | None = None
     shared: str | None = None
     """A folder for checkpoints and metrics that runs share (the halves of a resharded run)."""
+    offload: bool = False
+    """The plan asks for optimizer offload (FSDP2's CPUOffloadPolicy)."""
 
     @property
     def world_size(self) -> int:
@@ -109,6 +111,9 @@ RUNS = {
         ),
         # Into expert parallelism with tensor-parallel expert columns and a spare slot: each rank reads only its
         # slots' rows and columns (ExpertStateSharding.local_placeholders), one expert per rank when saved.
+        # Optimizer offload: FSDP's shards and AdamW state in host memory, saved and resumed without it.
+        Run("offload-first", LAYOUTS["DP2"], max_steps=2, shared="offload", offload=True),
+        Run("offload-rest", LAYOUTS["EP2"], shared="offload"),
         Run("EP4-save", LAYOUTS["EP4"], max_steps=2, shared="from-EP4"),
         Run("EP4-resumed", LAYOUTS["TP2xEP2"], {"rebalance": RebalanceSpec(expert_spare_slots=1)}, shared="from-EP4"),
     ]
@@ -138,6 +143,10 @@ class Launches:
                 self._mkdir(run.name), data=data, tensor=tensor, pipeline=pipeline, expert=expert, steps=STEPS,
                 arch=ARCH, **run.options,
             )  # fmt: skip
+            if run.offload:
+                resolved = json.loads(config.read_text())
+                resolved["plan"]["optimizerOffload"] = True
+                config.write_text(json.dumps(resolved))
             shared = self._mkdir(run.folder)
             entries.append({"name": run.name, "config": str(config), "checkpoint_dir": str(shared / "ckpt"),
                             "metrics": str(shared / "metrics.jsonl"), "max_steps": run.max_steps})  # fmt: skip
@@ -208,8 +217,15 @@ def test_balancing_loss_through_the_pipeline(launches: Launches) -> None:
 @pytest.mark.parametrize("layout", ["DP2", "EP2"])
 def test_the_balancing_loss_counts_the_global_batch(launches: Launches, layout: str) -> None:
     """Megatron's global-batch balancing: each rank's loss takes the expert counts of every data rank's tokens
-    (moe.MoE.count_reducer); with a rank's own counts the data-parallel run would drift from the whole batch's."""
+    (moe.MoE.count_reducer), so the balancing loss the run reports (the mean over data ranks) is the single
+    process's on the whole batch, step after step; with each rank's own counts it is not (a few % off)."""
     _assert_follows(launches.losses(f"{layout}-aux"), launches.losses("single-aux-whole"))
+    _assert_follows(_aux_losses(launches, f"{layout}-aux"), _aux_losses(launches, "single-aux-whole"))
+
+
+def _aux_losses(launches: Launches, name: str) -> dict[int, float]:
+    path = launches.root / RUNS[name].folder / "metrics.rank0.jsonl"
+    return {r["step"]: r["aux_loss"] for r in map(json.loads, path.read_text().splitlines())}
 
 
 def test_a_checkpoint_resumes_in_another_layout(launches: Launches, single_process: dict[int, float]) -> None:
@@ -221,6 +237,13 @@ def test_a_checkpoint_resumes_in_another_layout(launches: Launches, single_proce
     ]
     assert steps == list(range(1, STEPS + 1)), steps  # the second half went on from step 2, it did not start over
     _assert_follows(both, single_process)
+
+
+def test_optimizer_offload_changes_nothing_and_its_checkpoint_resumes_without_it(
+    launches: Launches, single_process: dict[int, float]
+) -> None:
+    """2 steps as DP2 with FSDP's state in host memory, the rest as EP2 from that checkpoint."""
+    _assert_follows(launches.losses("offload-rest"), single_process)
 
 
 def test_an_expert_parallel_checkpoint_resumes_in_another_expert_layout(
