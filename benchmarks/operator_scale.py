@@ -1,12 +1,17 @@
 """Operator scale: apply N MoETrainingJobs at once to a local control plane and measure, per job, the time
-from its apply to all of its children existing, plus the operator's peak RSS.
+from its apply to all of its children existing, plus the operator's peak RSS and the API server's writes per job.
 
 Baseline, run in the same process against the same control plane: a hand-rolled watch loop that builds the
 same children with the same pure builders and creates them from a thread pool as large as the operator's
 (no kopf, no status, no events): the floor set by the API server and the builders on this machine.
 
-    .venv/bin/python benchmarks/operator_scale.py --jobs 500             # all at once
-    .venv/bin/python benchmarks/operator_scale.py --jobs 500 --rate 10   # a steady 10 applies/s
+The two alternate in rounds (baseline then operator, then operator then baseline, ...), each round in its own
+namespace, so that a machine shared with other work and a store that grows weigh on both alike; the ratios are
+of the figures pooled over the rounds. Writes per job: the API server's own count of mutating requests
+(`apiserver_request_total`, POST/PUT/PATCH/DELETE) from the apply to the end of the settle time, less the apply.
+
+    .venv/bin/python benchmarks/operator_scale.py --jobs 500 --rounds 2   # all at once, 2 rounds of each
+    .venv/bin/python benchmarks/operator_scale.py --jobs 500 --rate 10    # a steady 10 applies/s
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -21,6 +27,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,25 +149,75 @@ def baseline_controller(api: kubernetes.client.ApiClient, namespace: str, stop: 
     pool.shutdown(wait=True)
 
 
-def run_baseline(api: kubernetes.client.ApiClient, n: int, rate: float | None, timeout: float) -> list[float]:
-    namespace = "bench-baseline"
+SETTLE_S = 5.0
+"""After the last worker Job: the status writes and events that follow the children (both sides wait as long)."""
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+REQUESTS = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<count>[0-9.e+]+)$", re.M)
+
+
+def api_writes(kubeconfig: Path) -> float:
+    """Mutating requests the API server has served so far (its own counter, every client)."""
+    raw = subprocess.run([str(ROOT / ".cache/bin/kubectl"), "--kubeconfig", str(kubeconfig), "get", "--raw",
+                          "/metrics"], check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return sum(float(m["count"]) for m in REQUESTS.finditer(raw)
+               if any(f'verb="{verb}"' in m["labels"] for verb in WRITE_VERBS))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Round:
+    """One side's measurement in one round."""
+
+    latencies: list[float]
+    writes_per_job: float
+    load: tuple[float, float]
+    """The 1-minute load average before the apply and after the settle time."""
+
+
+def measured(
+    api: kubernetes.client.ApiClient, kubeconfig: Path, namespace: str, n: int, rate: float | None, timeout: float
+) -> Round:
+    """Apply n jobs into `namespace` (a controller already watching it), wait for every worker Job and the settle
+    time: the latencies, the API server's writes per job beyond the apply, the 1-min load average before/after."""
+    watcher = JobWatcher(api, namespace)
+    # One job first, waited for: the controller has started and listed (an operator's start-up under load is not
+    # what is measured), and both sides meet the burst warm.
+    kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "moeops.dev", "v1alpha1", namespace, "moetrainingjobs", manifest("warmup", namespace), _preload_content=False
+    )
+    wait_all(watcher, {"warmup"}, timeout)
+    time.sleep(1)
+    load_before = os.getloadavg()[0]
+    writes_before = api_writes(kubeconfig)
+    applied = apply_all(api, namespace, n, rate)
+    wait_all(watcher, set(applied), timeout)
+    time.sleep(SETTLE_S)
+    writes = api_writes(kubeconfig) - writes_before - n
+    watcher.stop()
+    return Round(latencies(applied, watcher.seen), round(writes / n, 2), (load_before, os.getloadavg()[0]))
+
+
+def run_baseline(
+    api: kubernetes.client.ApiClient, kubeconfig: Path, namespace: str, n: int, rate: float | None, timeout: float
+) -> Round:
     kubernetes.client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     stop = threading.Event()
     controller = threading.Thread(target=baseline_controller, args=(api, namespace, stop), daemon=True)
     controller.start()
-    watcher = JobWatcher(api, namespace)
-    time.sleep(1)
-    applied = apply_all(api, namespace, n, rate)
-    wait_all(watcher, set(applied), timeout)
-    stop.set()
-    watcher.stop()
-    return latencies(applied, watcher.seen)
+    try:
+        return measured(api, kubeconfig, namespace, n, rate, timeout)
+    finally:
+        stop.set()
 
 
 def run_operator(
-    api: kubernetes.client.ApiClient, kubeconfig: Path, n: int, rate: float | None, timeout: float, log: Path
-) -> tuple[list[float], int, int, float]:
-    namespace = "bench-operator"
+    api: kubernetes.client.ApiClient,
+    kubeconfig: Path,
+    namespace: str,
+    n: int,
+    rate: float | None,
+    timeout: float,
+    log: Path,
+) -> tuple[Round, int, int, float]:
     kubernetes.client.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     cmd = [sys.executable, "-m", "moeops.cli", "operator", "run", "--standalone", "-n", namespace]
@@ -178,49 +235,90 @@ def run_operator(
                     return
 
         threading.Thread(target=sample, daemon=True).start()
-        watcher = JobWatcher(api, namespace)
-        time.sleep(4)  # the operator's start-up (imports, first listing)
+        time.sleep(4)  # the operator's start-up (imports, first listing); `measured` waits for a first job too
         idle_rss = peak[0]
-        applied = apply_all(api, namespace, n, rate)
-        wait_all(watcher, set(applied), timeout)
-        time.sleep(5)  # the status writes and events that follow the children
-        done.set()
-        watcher.stop()
-        times = psutil.Process(proc.pid).cpu_times()
-        proc.terminate()
-        proc.wait(timeout=30)
-    return latencies(applied, watcher.seen), idle_rss, peak[0], times.user + times.system
+        try:
+            result = measured(api, kubeconfig, namespace, n, rate, timeout)
+        finally:
+            done.set()
+            times = psutil.Process(proc.pid).cpu_times()
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # kopf's graceful stop can outlast 30 s on a loaded machine
+                proc.kill()
+                proc.wait()
+    return result, idle_rss, peak[0], times.user + times.system
+
+
+def report(run: Round) -> str:
+    """One side's round in a line (printed as it ends: a run cut short still says what it measured)."""
+    p50, p99 = pct(run.latencies, 0.5), pct(run.latencies, 0.99)
+    load = f"load {run.load[0]:.1f}->{run.load[1]:.1f}"
+    return f"p50 {p50:.2f} s, p99 {p99:.2f} s, {run.writes_per_job} writes/job, {load}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--jobs", type=int, default=500, help="jobs applied per round and side")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each side, alternated")
     parser.add_argument("--rate", type=float, default=None, help="applies per second (default: all at once)")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
+    base: list[Round] = []
+    ours: list[Round] = []
+    rss: list[tuple[int, int]] = []
+    cpu: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, ControlPlane(Path(tmp) / "cp") as plane:
         subprocess.run([str(ROOT / ".cache/bin/kubectl"), "--kubeconfig", str(plane.kubeconfig), "apply", "-f",
                         str(ROOT / "crds")], check=True, capture_output=True)  # fmt: skip
         time.sleep(2)
         api = kubernetes.config.new_client_from_config(config_file=str(plane.kubeconfig))
         api.configuration.connection_pool_maxsize = 32
-        base = run_baseline(api, args.jobs, args.rate, args.timeout)
-        log = Path(tmp) / "op.log"
-        ours, idle_rss, peak_rss, cpu_s = run_operator(api, plane.kubeconfig, args.jobs, args.rate, args.timeout, log)
+        for i in range(args.rounds):
+            sides = ["baseline", "operator"] if i % 2 == 0 else ["operator", "baseline"]
+            for side in sides:
+                namespace = f"bench-{side}-{i}"
+                if side == "baseline":
+                    run = run_baseline(api, plane.kubeconfig, namespace, args.jobs, args.rate, args.timeout)
+                    base.append(run)
+                    print(f"round {i} {side}: {report(run)}", file=sys.stderr, flush=True)
+                    continue
+                log = Path(tmp) / f"op-{i}.log"
+                run, idle, peak, cpu_s = run_operator(
+                    api, plane.kubeconfig, namespace, args.jobs, args.rate, args.timeout, log
+                )
+                ours.append(run)
+                rss.append((idle, peak))
+                cpu.append(cpu_s)
+                print(f"round {i} {side}: {report(run)}, peak RSS {peak / 2**20:.0f} MB, CPU {cpu_s:.1f} s",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    op_all = sorted(t for r in ours for t in r.latencies)
+    base_all = sorted(t for r in base for t in r.latencies)
     result = {
-        "jobs": args.jobs,
+        "jobs_per_round": args.jobs,
+        "rounds": args.rounds,
+        "order": "alternated: baseline first in even rounds, operator first in odd ones",
         "rate_per_s": args.rate or "burst",
         "cpus": os.cpu_count(),
-        "operator_p50_s": round(pct(ours, 0.5), 2),
-        "operator_p99_s": round(pct(ours, 0.99), 2),
-        "operator_max_s": round(ours[-1], 2),
-        "baseline_p50_s": round(pct(base, 0.5), 2),
-        "baseline_p99_s": round(pct(base, 0.99), 2),
-        "ratio_p50_operator_over_baseline": round(statistics.median(ours) / statistics.median(base), 2),
-        "ratio_p99_operator_over_baseline": round(pct(ours, 0.99) / pct(base, 0.99), 2),
-        "operator_idle_rss_mb": round(idle_rss / 2**20, 1),
-        "operator_peak_rss_mb": round(peak_rss / 2**20, 1),
-        "operator_cpu_s": round(cpu_s, 1),
+        "operator_p50_s": round(pct(op_all, 0.5), 2),
+        "operator_p99_s": round(pct(op_all, 0.99), 2),
+        "operator_max_s": round(op_all[-1], 2),
+        "baseline_p50_s": round(pct(base_all, 0.5), 2),
+        "baseline_p99_s": round(pct(base_all, 0.99), 2),
+        "ratio_p50_operator_over_baseline": round(statistics.median(op_all) / statistics.median(base_all), 2),
+        "ratio_p99_operator_over_baseline": round(pct(op_all, 0.99) / pct(base_all, 0.99), 2),
+        "per_round_p99_operator_baseline": [
+            [round(pct(o.latencies, 0.99), 2), round(pct(b.latencies, 0.99), 2)]
+            for o, b in zip(ours, base, strict=True)
+        ],
+        "api_writes_per_job_operator": [r.writes_per_job for r in ours],
+        "api_writes_per_job_baseline": [r.writes_per_job for r in base],
+        "load_1min_before_after_operator": [[round(x, 1) for x in r.load] for r in ours],
+        "load_1min_before_after_baseline": [[round(x, 1) for x in r.load] for r in base],
+        "operator_idle_rss_mb": round(max(i for i, _ in rss) / 2**20, 1),
+        "operator_peak_rss_mb": round(max(p for _, p in rss) / 2**20, 1),
+        "operator_cpu_s_per_round": [round(c, 1) for c in cpu],
     }
     print(json.dumps(result, indent=2))
 
