@@ -43,7 +43,7 @@ def test_expert_plans_with_spare_slots_are_applied_and_acknowledged(nats_server:
     # APPLY_LEAD_S after it is made, which was past the end of a 40-step run whose steps were fast (the flaky
     # clean-clone CI run). It is stopped (SIGTERM: checkpoint, exit 143) once rank 0 acknowledged an expert plan.
     spare = RebalanceSpec(expert_spare_slots=1, min_gain=0.001, interval_steps=10)
-    config = write_config(tmp_path, data=2, expert=2, steps=2000, rebalance=spare)
+    config = write_config(tmp_path, data=2, expert=2, steps=2000, rebalance=spare, checkpoint_interval=2000)
     with logs["trainer"].open("w") as out:
         trainer = subprocess.Popen(train_cmd(config, 2), env=bus_env, stdout=subprocess.DEVNULL, stderr=out)
     try:
