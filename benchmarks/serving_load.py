@@ -1,33 +1,24 @@
-"""The model server under concurrent load on loopback: throughput and latency, batched against unbatched.
+"""The model server under concurrent load on loopback: TTFT, inter-token latency, end-to-end latency and tokens/s
+at 1 / 8 / 32 users, the server's defaults against the same server unbatched.
 
 Starts the real server (`python -m moeops.serving`, uvicorn, one process per configuration) on a checkpoint —
 given, or a random-init MoE saved with the trainer's checkpoint.save — and drives it from this process with a
-closed-loop load generator: N users on one asyncio httpx client, each sending its next /v1/completions as soon as
-the last one answered, for --duration seconds per concurrency level (after a warm-up). Reported per configuration
-and concurrency: requests/s, generated tokens/s, p50/p99 end-to-end latency, p50 time to first token (requests are
-streamed as server-sent events; --no-stream: whole JSON answers, no TTFT), and the mean number of sequences per
-engine round (from /metrics). The baseline is the same server with maxBatchSize 1 (no batching), run in the same
-invocation; configurations alternate per concurrency level:
+closed-loop load generator: N users, each sending its next streamed /v1/completions (with
+stream_options.include_usage) as soon as the last one answered, through the official `openai` client
+(--client httpx: raw bytes, a lighter generator), for --duration seconds per level after a 2-s warm-up.
+Configurations alternate per level (drift hits both alike):
 
-  batched           continuous batching, and a round's full-depth sequences in one pass (serving/decoding/batched.py);
-  scheduling-only   continuous batching, each sequence its own decode_step (what early-exiting sequences get);
-  unbatched         maxBatchSize 1: one request at a time, first come first served.
+  defaults          the server as `moeops serve` starts it: continuous batching, maxBatchSize 16 within 10 ms,
+                    a round's full-depth sequences in one pass;
+  scheduling-only   (--scheduling-only) continuous batching, each sequence its own decode_step;
+  unbatched         maxBatchSize 1: one request at a time, first come first served (the named baseline).
 
-Measured (2 shared CPU cores, busy machine: other jobs ran meanwhile; random-init 4-layer d=128 8-expert MoE,
-16-token prompts, 32 tokens each; load generator on the same 2 cores), tokens/s and p99 vs unbatched:
+Reported per configuration and level: requests/s, tokens/s, TTFT p50/p99, inter-token latency p50/p99 (gaps
+between a stream's consecutive token chunks), end-to-end p50/p99, each request's own decoding speed (p50 and
+its slowest 1%), and the mean sequences per engine round (/metrics). Figures: docs/benchmarks.md.
 
-                    users  JSON answers              SSE streams               TTFT p50 (SSE)
-  batched              16  384 tok/s x3.27, p99 x0.35  328 tok/s x2.55, p99 x0.62  180 ms
-  scheduling-only      16  144 tok/s x1.22, p99 x0.77   91 tok/s x0.71, p99 x1.72  609 ms
-  unbatched            16  117 tok/s                   129 tok/s                  3393 ms
-  batched               4  236 tok/s x1.77, p99 x0.92  145 tok/s x1.19, p99 x0.64  108 ms (unbatched 648)
-  all three             1  163-167 tok/s, p50 ~180 ms  122-133 tok/s               ~30 ms
-
-The engine alone (no HTTP) advances 16 rows in 13 ms per round (1,235 tok/s) against 102 ms one by one: over HTTP
-on two cores the event loop and the load generator take most of the rest.
-
-    .venv/bin/python benchmarks/serving_load.py                          # random-init 4-layer MoE, 10 s per level
-    .venv/bin/python benchmarks/serving_load.py --duration 3 --levels 1 4   # smoke run
+    .venv/bin/python benchmarks/serving_load.py                            # random-init 4-layer MoE, 10 s per level
+    .venv/bin/python benchmarks/serving_load.py --duration 3 --levels 1 8   # smoke run
     .venv/bin/python benchmarks/serving_load.py --checkpoint .tmp/train/moe-debug-trainingjob/checkpoints
 """
 
@@ -39,18 +30,20 @@ import json
 import os
 import random
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import torch
 
+from moeops.api.v1alpha1.inferenceservice import BatchingSpec
 from moeops.api.v1alpha1.presets import Architecture
 from moeops.model import Transformer
 from moeops.trainer import checkpoint
@@ -82,15 +75,13 @@ def free_port() -> int:
 class Server:
     """`python -m moeops.serving` in a subprocess, until closed."""
 
-    def __init__(self, checkpoint_dir: Path, max_batch: int, max_latency_ms: float, fused: bool = True) -> None:
+    def __init__(self, checkpoint_dir: Path, flags: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "moeops.serving", "--checkpoint", str(checkpoint_dir), "--host", "127.0.0.1",
-               "--port", str(self.port), "--model-name", "bench", "--max-batch-size", str(max_batch),
-               "--max-latency-ms", str(max_latency_ms), "--log-level", "warning",
-               "--batched-matmuls" if fused else "--no-batched-matmuls"]  # fmt: skip
+               "--port", str(self.port), "--model-name", "bench", "--log-level", "warning", *flags]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
@@ -101,7 +92,7 @@ class Server:
                 pass
             time.sleep(0.1)
         self.close()
-        raise RuntimeError("the server did not become ready in 120 s")
+        raise RuntimeError("the server did not become ready in 300 s")
 
     def counters(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -128,7 +119,11 @@ class Result:
     seconds: float
     latencies_s: list[float]
     ttft_s: list[float]
-    mean_round: float
+    itl_s: list[float]
+    """Inter-token latency: the gaps between a stream's consecutive tokens (after the first), all requests."""
+    user_tps: list[float]
+    """Each request's own decoding speed: its tokens after the first over the time they took."""
+    mean_round: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -139,70 +134,98 @@ class Result:
         return self.tokens / self.seconds
 
     def pct(self, q: float) -> float:
-        data = sorted(self.latencies_s)
-        return data[min(len(data) - 1, int(q * len(data)))] * 1000 if data else float("nan")
+        return percentile(self.latencies_s, q) * 1000
 
 
-async def _one(client: httpx.AsyncClient, body: dict[str, object]) -> tuple[float, float, int]:
-    """(latency, time to first token, completion tokens) of one completion (TTFT NaN when not streamed)."""
+def percentile(values: list[float], q: float) -> float:
+    data = sorted(values)
+    return data[min(len(data) - 1, int(q * len(data)))] if data else float("nan")
+
+
+@dataclass
+class Answer:
+    latency_s: float
+    ttft_s: float
+    token_times_s: list[float]
+    tokens: int
+
+
+async def _one_openai(client: Any, body: dict[str, Any]) -> Answer:
+    """One streamed completion through the official client (`openai.AsyncOpenAI`), timing each token's chunk."""
     start = time.perf_counter()
-    if not body["stream"]:
-        r = await client.post("/v1/completions", json=body)
-        if r.status_code != 200:
-            raise RuntimeError(f"HTTP {r.status_code}: {r.text}")
-        return time.perf_counter() - start, float("nan"), int(r.json()["usage"]["completion_tokens"])
-    first, tail = float("nan"), b""
+    times: list[float] = []
+    tokens = 0
+    stream = await client.completions.create(**body, stream=True, stream_options={"include_usage": True})
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].text is not None:
+            times.append(time.perf_counter() - start)
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    return Answer(time.perf_counter() - start, times[0] if times else float("nan"), times, tokens)
+
+
+async def _one_httpx(client: httpx.AsyncClient, body: dict[str, Any]) -> Answer:
+    """The same over raw httpx bytes (cheaper for the load generator; a token's time is its chunk's arrival,
+    and chunks that arrive together count as one)."""
+    start, times, tail = time.perf_counter(), [], b""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
     async with client.stream("POST", "/v1/completions", json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread()).decode()}")
-        async for data in r.aiter_raw():  # raw bytes: the generator must cost less than the server it measures
-            if first != first:  # NaN: the first chunk
-                first = time.perf_counter() - start
+        async for data in r.aiter_raw():
+            times.append(time.perf_counter() - start)
             tail = (tail + data)[-4096:]
     events = [e for e in tail.decode(errors="replace").split("\n\n") if e.startswith("data: {")]
     tokens = int(json.loads(events[-1][6:])["usage"]["completion_tokens"])
-    return time.perf_counter() - start, first, tokens
+    return Answer(time.perf_counter() - start, times[0] if times else float("nan"), times[:-2], tokens)
 
 
 async def drive(
     url: str, concurrency: int, duration_s: float, prompts: list[list[int]], args: argparse.Namespace
 ) -> Result:
     stop_at = time.perf_counter() + duration_s
-    latencies: list[float] = []
-    ttft: list[float] = []
-    tokens = 0
+    answers: list[Answer] = []
 
-    async def user(u: int, client: httpx.AsyncClient) -> None:
-        nonlocal tokens
+    async def user(u: int, send: Callable[[dict[str, Any]], Awaitable[Answer]]) -> None:
         i = u
         while time.perf_counter() < stop_at:
-            body = {"model": "bench", "prompt": prompts[i % len(prompts)], "max_tokens": args.max_tokens,
-                    "stream": args.stream}  # fmt: skip
-            latency, first, n = await _one(client, body)
-            latencies.append(latency)
-            if first == first:
-                ttft.append(first)
-            tokens += n
+            body = {"model": "bench", "prompt": prompts[i % len(prompts)], "max_tokens": args.max_tokens}
+            answers.append(await send(body))
             i += concurrency
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(user(u, client) for u in range(concurrency)))
-        seconds = time.perf_counter() - started
-    return Result("", concurrency, len(latencies), tokens, seconds, latencies, ttft, 0.0)
+    started = time.perf_counter()
+    if args.client == "openai":
+        import openai
+
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120) as oc:
+            await asyncio.gather(*(user(u, lambda b: _one_openai(oc, b)) for u in range(concurrency)))
+    else:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as hc:
+            await asyncio.gather(*(user(u, lambda b: _one_httpx(hc, b)) for u in range(concurrency)))
+    seconds = time.perf_counter() - started
+    itl = [b - a for x in answers for a, b in zip(x.token_times_s, x.token_times_s[1:], strict=False)]
+    user_tps = [
+        (len(x.token_times_s) - 1) / (x.token_times_s[-1] - x.token_times_s[0])
+        for x in answers
+        if len(x.token_times_s) > 1 and x.token_times_s[-1] > x.token_times_s[0]
+    ]
+    return Result("", concurrency, len(answers), sum(x.tokens for x in answers), seconds,
+                  [x.latency_s for x in answers], [x.ttft_s for x in answers if x.ttft_s == x.ttft_s], itl,
+                  user_tps)  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None, help="default: a random-init 4-layer MoE")
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16], help="concurrent users")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32], help="concurrent users")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per level and configuration")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--max-batch", type=int, default=16)
-    parser.add_argument("--no-stream", dest="stream", action="store_false", help="whole JSON answers (no TTFT)")
-    parser.add_argument("--max-latency-ms", type=float, default=10.0)
+    parser.add_argument("--client", choices=["openai", "httpx"], default="openai",
+                        help="the official client (default) or raw httpx bytes (a lighter load generator)")  # fmt: skip
+    parser.add_argument("--scheduling-only", action="store_true",
+                        help="also: continuous batching with each sequence its own pass")  # fmt: skip
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,18 +233,21 @@ def main() -> None:
         rng = random.Random(0)
         # Synthetic-corpus ids (BOS ... SEP) of printable characters: any model trained on it takes them.
         prompts = [[1, *(rng.randrange(4, 56) for _ in range(args.prompt_len - 2)), 3] for _ in range(64)]
-        window = f"≤{args.max_batch}, {args.max_latency_ms:g} ms"
-        configs = {f"batched({window})": (args.max_batch, args.max_latency_ms, True),
-                   f"scheduling-only({window})": (args.max_batch, args.max_latency_ms, False),
-                   BASELINE: (1, 0.0, True)}  # fmt: skip
-        servers = {name: Server(ckpt, b, ms, fused) for name, (b, ms, fused) in configs.items()}
+        defaults = BatchingSpec()
+        configs: dict[str, list[str]] = {
+            f"defaults (batch ≤{defaults.max_batch_size}, {defaults.max_latency_ms} ms)": []
+        }
+        if args.scheduling_only:
+            configs["scheduling-only"] = ["--no-batched-matmuls"]
+        configs[BASELINE] = ["--max-batch-size", "1", "--max-latency-ms", "0"]
+        servers = {name: Server(ckpt, flags) for name, flags in configs.items()}
         machine = f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
         print(f"checkpoint {ckpt}; {machine}; prompts {args.prompt_len} tokens, max_tokens {args.max_tokens},"
-              f" {args.duration:g} s per level, {'streamed (SSE)' if args.stream else 'JSON'} answers")  # fmt: skip
+              f" {args.duration:g} s per level, streamed through the {args.client} client")  # fmt: skip
         results: list[Result] = []
         try:
             for level in args.levels:
-                for name, server in servers.items():
+                for name, server in servers.items():  # alternating: drift hits every configuration alike
                     results.append(measure(server, name, level, args, prompts))
         finally:
             for server in servers.values():
@@ -241,17 +267,22 @@ def measure(server: Server, name: str, level: int, args: argparse.Namespace, pro
 
 
 def report(results: list[Result]) -> None:
-    head = f"{'configuration':<32}{'users':>6}{'req/s':>8}{'tok/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'TTFT p50':>10}"
-    print(head + f"{'seq/round':>10}{'vs ' + BASELINE:>22}")
+    head = (f"{'configuration':<30}{'users':>6}{'req/s':>7}{'tok/s':>7}{'TTFT p50/p99 ms':>17}{'ITL p50/p99 ms':>16}"
+            f"{'e2e p50/p99 ms':>17}{'user tok/s p50/1%':>20}{'seq/round':>10}  vs {BASELINE}")  # fmt: skip
+    print(head)
     base = {r.concurrency: r for r in results if r.config == BASELINE}
     for r in results:
         b = base.get(r.concurrency)
         versus = "" if b is None or r.config == BASELINE else (
-            f"tok/s x{r.tps / b.tps:.2f}, p99 x{r.pct(0.99) / b.pct(0.99):.2f}"
+            f"tok/s x{r.tps / b.tps:.2f}, TTFT p99 x{percentile(r.ttft_s, 0.99) / percentile(b.ttft_s, 0.99):.2f},"
+            f" e2e p99 x{r.pct(0.99) / b.pct(0.99):.2f}"
         )  # fmt: skip
-        ttft = statistics.median(r.ttft_s) * 1000 if r.ttft_s else float("nan")
-        print(f"{r.config:<32}{r.concurrency:>6}{r.rps:>8.1f}{r.tps:>8.0f}{r.pct(0.5):>9.0f}{r.pct(0.99):>9.0f}"
-              f"{ttft:>10.0f}{r.mean_round:>10.2f}{versus:>22}")  # fmt: skip
+        ttft = f"{percentile(r.ttft_s, 0.5) * 1e3:.0f} / {percentile(r.ttft_s, 0.99) * 1e3:.0f}"
+        itl = f"{percentile(r.itl_s, 0.5) * 1e3:.1f} / {percentile(r.itl_s, 0.99) * 1e3:.1f}"
+        e2e = f"{r.pct(0.5):.0f} / {r.pct(0.99):.0f}"
+        utps = f"{percentile(r.user_tps, 0.5):.0f} / {percentile(r.user_tps, 0.01):.0f}"
+        print(f"{r.config:<30}{r.concurrency:>6}{r.rps:>7.1f}{r.tps:>7.0f}{ttft:>17}{itl:>16}{e2e:>17}{utps:>20}"
+              f"{r.mean_round:>10.2f}  {versus}")  # fmt: skip
 
 
 if __name__ == "__main__":
