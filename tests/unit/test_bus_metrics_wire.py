@@ -163,6 +163,7 @@ def test_per_layer_times_travel_as_json_and_the_record_without_them_stays_compac
     assert decode(timed.subject, data) == timed
     plain = worker_metrics()
     assert metrics_wire.is_record(encode_metrics(plain)) and decode(plain.subject, encode_metrics(plain)) == plain
-    assert decode(plain.subject, encode_metrics(plain)).layer_compute_seconds == []
+    decoded = decode(plain.subject, encode_metrics(plain))
+    assert isinstance(decoded, WorkerMetrics) and decoded.layer_compute_seconds == []
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         worker_metrics(layer_compute_seconds=[-1.0])
