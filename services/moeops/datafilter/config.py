@@ -10,8 +10,8 @@ from .minhash import MinHashParams
 from .ranges import FileRange, split_ranges
 
 CONFIG_FILE = "config.json"
-STAGES = ("signatures", "buckets", "clusters", "reference", "adversarial", "filter")
-SINGLE_TASK_STAGES = ("clusters", "reference", "adversarial")
+STAGES = ("signatures", "buckets", "clusters", "reference", "adversarial", "domains", "filter")
+SINGLE_TASK_STAGES = ("clusters", "reference", "adversarial", "domains")
 """A union-find over all pairs; training the quality model and the level-3 classifier on the reference (nothing
 to do without one)."""
 
@@ -37,6 +37,10 @@ class FilterConfig(BaseModel):
     """Level 3: drop this share of the corpus that a classifier finds least like the reference (needs one)."""
     adversarial_sample: int = Field(default=5_000, ge=10)
     """Documents of each side the classifier is trained on (16 KiB of features each: 160 MiB at the default)."""
+    domain_weights: dict[str, float] | None = Field(default=None, min_length=1)
+    """Level 2: target share per domain, each named by a seed word (moeops.datafilter.domains)."""
+    domain_sample: int = Field(default=5_000, ge=10)
+    """Documents the domains are fitted on."""
     lm_order: int = Field(default=4, ge=2)
     examples: int = Field(default=5, ge=0)
     """Removed documents the report shows per reason."""

@@ -84,9 +84,9 @@ def filter_corpus(
     write_config(work, config)
     timings: dict[str, float] = {}
     for stage in STAGES:
-        if (stage == "reference" and not config.quality_filter()) or (
-            stage == "adversarial" and not config.adversarial()
-        ):
+        skip = {"reference": not config.quality_filter(), "adversarial": not config.adversarial(),
+                "domains": config.domain_weights is None}  # fmt: skip
+        if skip.get(stage):
             continue
         started = time.perf_counter()
         run_tasks(work, stage, load_config(work).stage_tasks(stage))

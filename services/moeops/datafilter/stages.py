@@ -26,6 +26,15 @@ from .adversarial import Classifier, featurize, fit_with_holdout
 from .buckets import bucket_pairs, doc_ids, sort_keys, split_id
 from .clusters import REASONS, removals
 from .config import CONFIG_FILE, FilterConfig
+from .domains import (
+    assign,
+    domain_summary,
+    inverse_document_frequency,
+    kept_by_hash,
+    seeded_centroids,
+    term_counts,
+    tfidf,
+)
 from .drift import Profile, drift
 from .minhash import band_keys, permutation_coefficients, signatures
 from .normalise import exact_hash, normalise
@@ -38,7 +47,8 @@ BATCH_BYTES = 1 << 16
 the batch's arrays (about 40 bytes per byte of text) stay a few MiB."""
 SNIPPET = 300
 LEVEL1_REASONS = (*REASONS.values(), "quality")
-ALL_REASONS = (*LEVEL1_REASONS, "adversarial")
+ALL_REASONS = (*LEVEL1_REASONS, "adversarial", "rebalance")
+DOMAINS_FILE = "domains/model.npz"
 ADVERSARIAL_FILE = "adversarial/model.npz"
 MODEL_FILE = "reference/model.npz"
 
@@ -179,6 +189,28 @@ def _load_adversarial(work: Path) -> tuple[Classifier, float, float]:
         return model, float(saved["threshold"]), float(saved["auc"])
 
 
+def run_domains(work: Path, task: int = 0) -> None:
+    """Level 2: domains seeded by the spec's words, fitted on a sample; what share of each to keep."""
+    config = load_config(work)
+    if config.domain_weights is None:
+        return
+    names = list(config.domain_weights)
+    texts = list(islice(read_texts(config.inputs, config.text_field), config.domain_sample))
+    counts = term_counts(texts)
+    idf = inverse_document_frequency(counts)
+    rows = tfidf(counts, idf)
+    centroids = seeded_centroids(names, rows)
+    summary = domain_summary(names, assign(rows, centroids), texts, config.domain_weights)
+    keep = np.array([summary[name]["keep"] for name in names], dtype=np.float64)
+    path = work / DOMAINS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as out:
+        np.savez(out, idf=idf, centroids=centroids, keep=keep)
+    partial.replace(path)
+    _write_json(work / "domains" / "summary.json", summary)
+
+
 def _location(config: FilterConfig, work: Path, doc: int) -> tuple[str, int]:
     source, ordinal = split_id(doc)
     file, offset = np.load(work / _task_file("signatures", source, "docs.npy"), mmap_mode="r")[ordinal].tolist()
@@ -206,6 +238,9 @@ def run_filter(work: Path, task: int) -> None:
     examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in ALL_REASONS}
     model = _load_model(work) if config.quality_filter() else None
     adversarial = _load_adversarial(work) if config.adversarial() else None
+    domains = dict(np.load(work / DOMAINS_FILE)) if config.domain_weights is not None else None
+    names = list(config.domain_weights or {})
+    domain_kept = dict.fromkeys(names, 0)
     stats = ReadStats()
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -232,6 +267,13 @@ def run_filter(work: Path, task: int) -> None:
                         examples["adversarial"].append({"document": where, "text": line.text[:SNIPPET],
                                                         "score": round(score, 4)})  # fmt: skip
                     continue
+            if ordinal not in by_ordinal and domains is not None:
+                row = tfidf(term_counts([line.text]), domains["idf"])
+                domain = int(assign(row, domains["centroids"])[0])
+                if not kept_by_hash(line.text, float(domains["keep"][domain])):
+                    counts["rebalance"] += 1
+                    continue
+                domain_kept[names[domain]] += 1
             if ordinal not in by_ordinal:
                 counts["kept"] += 1
                 out.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
@@ -247,7 +289,7 @@ def run_filter(work: Path, task: int) -> None:
         raise RuntimeError(f"task {task}: a document was neither kept nor removed with a reason: {counts}")
     _write_json(
         work / _task_file("filter", task, "stats.json"),
-        {"counts": counts, "examples": examples, "read": stats.__dict__, "shard": str(shard)},
+        {"counts": counts, "examples": examples, "read": stats.__dict__, "shard": str(shard), "domains": domain_kept},
     )
 
 
@@ -257,6 +299,7 @@ STAGE_FUNCTIONS = {
     "clusters": run_clusters,
     "reference": run_reference,
     "adversarial": run_adversarial,
+    "domains": run_domains,
     "filter": run_filter,
 }
 
@@ -266,6 +309,13 @@ def run_stage(work: Path, stage: str, task: int) -> None:
     if not 0 <= task < config.stage_tasks(stage):
         raise ValueError(f"stage {stage} has tasks 0..{config.stage_tasks(stage) - 1}, got {task}")
     STAGE_FUNCTIONS[stage](work, task)
+
+
+def _level2(work: Path, config: FilterConfig, tasks: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
+    kept = {name: sum(t["domains"][name] for t in tasks) for name in config.domain_weights or {}}
+    total = sum(kept.values()) or 1
+    return {"removed": counts["rebalance"], "domains": json.loads((work / "domains" / "summary.json").read_text()),
+            "kept_share": {name: round(n / total, 4) for name, n in kept.items()}}  # fmt: skip
 
 
 def _level3(work: Path, config: FilterConfig, counts: dict[str, int], examples: dict[str, Any]) -> dict[str, Any]:
@@ -300,6 +350,7 @@ def write_report(work: Path, timings_s: dict[str, float] | None = None) -> dict[
                                "examples": examples["quality"]} if config.quality_filter() else None,
                    "minhash": {"shingle": config.shingle, "bands": config.bands, "rows": config.rows,
                                "threshold": round(config.params().threshold(), 3)}},
+        "level2": _level2(work, config, tasks, counts) if config.domain_weights is not None else None,
         "level3": _level3(work, config, counts, examples) if config.adversarial() else None,
         "kept": counts["kept"],
         "shards": [t["shard"] for t in tasks],
