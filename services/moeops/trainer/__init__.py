@@ -19,5 +19,7 @@ only runs downwards: import-linter's trainer contract in pyproject.toml):
                         all-to-all), `expert_placement` and `expert_replicas` (moving and replicating experts),
                         `stage` (a rank's contiguous range of layers for pipeline parallelism)
     process group       `topology` (pipeline × data × tensor mesh, expert parallel carved out of data),
-                        `distributed` (gloo on CPU, NCCL on GPU), `errors` (exit codes)
+                        `distributed` (gloo on CPU, NCCL on GPU), `preflight` and `failure_line` (torch-free: a
+                        config refused before any rank starts; the one line a failed run ends with), `errors`
+                        (exit codes)
 """
