@@ -25,6 +25,10 @@ REFUSED: list[tuple[str, dict[str, Any], list[str]]] = [
      ["spec.data", "the filter stage reads jsonl from a PersistentVolumeClaim"]),
     ("a filter on text files", {"source": "pvc://corpus/v3", "format": "text", "filter": {"tasks": 2}},
      ["spec.data", "the filter stage reads jsonl from a PersistentVolumeClaim"]),
+    ("a negative domain weight", {"source": "pvc://corpus/v3", "filter": {"domainWeights": {"code": -1, "prose": 1}}},
+     ["spec.data.filter.domainWeights", "weights are not negative"]),
+    ("level 3 without a reference", {"source": "pvc://corpus/v3", "filter": {"adversarialDrop": 0.1}},
+     ["spec.data.filter", "adversarialDrop needs a reference"]),
     ("a reference without its threshold", {"source": "pvc://corpus/v3", "filter": {"reference": "/trusted"}},
      ["spec.data.filter", "reference and maxPerplexity go together"]),
     ("a claim that is no DNS name", {"source": "pvc://Corpus_1/v3"},
@@ -78,3 +82,15 @@ def test_the_workers_mount_the_data_claim_read_only(
     assert mounts["data"] == {"name": "data", "mountPath": "/data/corpus", "readOnly": True}
     config = wait_for("the ConfigMap", lambda: cluster.read("ConfigMap", namespace, "pvc-data-config"))
     assert json.loads(config["data"]["config.json"])["data"]["source"] == "pvc://corpus/v3"  # resolved by the trainer
+
+
+def test_a_filter_with_every_level_is_accepted_on_a_claim(cluster: Cluster) -> None:
+    """Integer weights too: CEL reads a `number` field as a double either way."""
+    levels = {"tasks": 4, "reference": "/trusted", "maxPerplexity": 40, "adversarialDrop": 0.05,
+              "domainWeights": {"code": 1, "prose": 2.5}}  # fmt: skip
+    data = {"source": "pvc://corpus/v3", "filter": levels}
+    result = cluster.kubectl.apply(
+        training_job("filtered", "default", {"data": data}), "--dry-run=server", "-o", "json"
+    )
+    stored = json.loads(result.stdout)["spec"]["data"]["filter"]
+    assert stored == {"enabled": True, **levels}

@@ -31,7 +31,15 @@ def spec_with(filter_: dict[str, Any], source: str = "pvc://corpus/v1") -> MoETr
 def test_the_filter_job_runs_the_pipeline_on_the_claim_it_may_write() -> None:
     body = filter_job(
         OWNER,
-        spec_with({"tasks": 3, "reference": "/trusted", "maxPerplexity": 30, "adversarialDrop": 0.05}),
+        spec_with(
+            {
+                "tasks": 3,
+                "reference": "/trusted",
+                "maxPerplexity": 30,
+                "adversarialDrop": 0.05,
+                "domainWeights": {"python": 1, "recipe": 3},
+            }
+        ),
         OperatorConfig(),
     ).body
     job = body["spec"]
@@ -45,7 +53,7 @@ def test_the_filter_job_runs_the_pipeline_on_the_claim_it_may_write() -> None:
         "python", "-m", "moeops.datafilter.pipeline", "/data/corpus/v1", "/data/corpus/v1.filtered",
         "/data/corpus/v1.filtered/.work/uid-1", "--tasks", "3", "--text-field", "body",
         "--summary", "/dev/termination-log", "--reference", "/data/corpus/trusted", "--max-perplexity", "30.0",
-        "--adversarial-drop", "0.05",
+        "--adversarial-drop", "0.05", "--domain-weight", "python=1.0", "--domain-weight", "recipe=3.0",
     ]  # fmt: skip
     assert {"name": "data", "mountPath": "/data/corpus"} in container["volumeMounts"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "corpus"}} in pod["volumes"]
@@ -71,9 +79,9 @@ def test_the_status_follows_the_filter_job_and_reads_task_0s_counts() -> None:
     done = partial_status(_job("Complete", succeeded=2), pods)
     assert done["state"] == "Succeeded"
     assert done["counts"] == {"documents": 52, "kept": 40, "exact": 6, "near": 6, "quality": 0, "malformed": 1}
-    with_level3 = {**SUMMARY, "level3": {"adversarial": 2}}
-    done3 = partial_status(_job("Complete", succeeded=2), [_pod("0", json.dumps(with_level3))])
-    assert done3["counts"]["adversarial"] == 2
+    with_levels = {**SUMMARY, "level2": {"rebalance": 4}, "level3": {"adversarial": 2}}
+    done3 = partial_status(_job("Complete", succeeded=2), [_pod("0", json.dumps(with_levels))])
+    assert done3["counts"]["adversarial"] == 2 and done3["counts"]["rebalance"] == 4
     lost = partial_status(_job("Complete", succeeded=2), [_pod("0", "not json")])
     assert lost["state"] == "Succeeded" and "counts" not in lost
     failed = partial_status(_job("Failed"), pods)

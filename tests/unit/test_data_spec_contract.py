@@ -127,6 +127,8 @@ def test_the_filter_needs_a_jsonl_source_on_a_claim_and_its_options_the_pipeline
             DataSpec.model_validate({"source": source, "format": fmt, "filter": {}})
     with pytest.raises(ValidationError, match="reference and maxPerplexity go together"):
         DataSpec.model_validate({"source": "pvc://c/v3", "filter": {"reference": "/trusted"}})
+    with pytest.raises(ValidationError, match="weights are not negative"):
+        DataSpec.model_validate({"source": "pvc://c/v3", "filter": {"domainWeights": {"a": -1, "b": 2}}})
     with pytest.raises(ValidationError, match="adversarialDrop needs a reference"):
         DataSpec.model_validate({"source": "pvc://c/v3", "filter": {"adversarialDrop": 0.1}})
     spec = DataSpec.model_validate({"source": "pvc://c/v3/", "filter": {"tasks": 4, "reference": "/trusted",

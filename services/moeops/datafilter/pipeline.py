@@ -78,6 +78,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         },
         "malformed": report["input"]["malformed_lines"],
         **({"drift": report["drift"]} if report.get("drift") else {}),
+        **({"level2": {"rebalance": report["level2"]["removed"]}} if report.get("level2") else {}),
         **({"level3": {"adversarial": report["level3"]["removed"]}} if report.get("level3") else {}),
     }
 
@@ -136,6 +137,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--adversarial-drop", type=float, default=None, help="level 3: share dropped (needs --reference)"
     )
+    parser.add_argument("--domain-weight", action="append", default=[], metavar="WORD=WEIGHT",
+                        help="level 2: a domain seeded by WORD and its target weight (repeat per domain)")  # fmt: skip
     parser.add_argument("--summary", type=Path, default=None, help="where task 0 writes the counts (JSON)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the other tasks")
     args = parser.parse_args(argv)
@@ -145,6 +148,9 @@ def main(argv: list[str]) -> int:
         options["max_perplexity"] = args.max_perplexity
     if args.adversarial_drop is not None:
         options["adversarial_drop"] = args.adversarial_drop
+    if args.domain_weight:
+        pairs = [item.partition("=") for item in args.domain_weight]
+        options["domain_weights"] = {word: float(weight) for word, _, weight in pairs}
     try:
         run_task(args.source, args.output, args.work, task, args.tasks, reference=args.reference,
                  summary_path=args.summary, timeout_s=args.timeout, **options)  # fmt: skip

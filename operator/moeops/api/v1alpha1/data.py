@@ -71,6 +71,10 @@ FILTER_NEEDS = (
 )
 QUALITY_PAIR = "data.filter: reference and maxPerplexity go together (the quality model and its threshold)"
 ADVERSARIAL_NEEDS = "data.filter: adversarialDrop needs a reference (the classifier tells the corpus from it)"
+DOMAIN_WEIGHTS_RULE = cel(
+    "self.all(k, self[k] >= 0.0) && self.exists(k, self[k] > 0.0)",
+    "data.filter.domainWeights: weights are not negative and one at least is above 0",
+)
 
 
 class DataFilterSpec(KubeModel):
@@ -109,7 +113,24 @@ class DataFilterSpec(KubeModel):
         " tell it from the reference finds least like it (0.05 = 5%), with examples in the report. Needs reference.",
     )
 
+    domain_weights: dict[str, float] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=16,
+        description="Level 2: the domain mix to move toward, one entry per domain named by a seed word (its TF-IDF"
+        " cluster starts there), e.g. {python: 0.3, recipe: 0.7}. Over-represented domains are thinned; the report"
+        " shows each domain's share, keep share and word co-occurrence graph.",
+        json_schema_extra={"x-kubernetes-validations": [DOMAIN_WEIGHTS_RULE]},
+    )
+
     _no_parent_segments = field_validator("reference")(reject_parent_segments)
+
+    @field_validator("domain_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None and (any(w < 0 for w in value.values()) or not sum(value.values()) > 0):
+            raise ValueError(DOMAIN_WEIGHTS_RULE["message"])
+        return value
 
     @model_validator(mode="after")
     def _quality_pair(self) -> DataFilterSpec:

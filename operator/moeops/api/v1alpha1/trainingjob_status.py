@@ -88,6 +88,7 @@ class FilterCounts(KubeModel):
     exact: int = Field(default=0, ge=0, description="Level 1: exact duplicates removed.")
     near: int = Field(default=0, ge=0, description="Level 1: near duplicates (MinHash-LSH) removed.")
     quality: int = Field(default=0, ge=0, description="Level 1: removed above the reference's perplexity threshold.")
+    rebalance: int = Field(default=0, ge=0, description="Level 2: removed to move the domain mix toward its targets.")
     adversarial: int = Field(default=0, ge=0, description="Level 3: removed as least like the reference.")
     malformed: int = Field(default=0, ge=0, description="Lines that were no jsonl record with the text field.")
 

@@ -60,6 +60,8 @@ def filter_command(owner: Owner, spec: MoETrainingJobSpec, options: DataFilterSp
         command += ["--reference", reference, "--max-perplexity", str(options.max_perplexity)]
     if options.adversarial_drop is not None:
         command += ["--adversarial-drop", str(options.adversarial_drop)]
+    for word, weight in (options.domain_weights or {}).items():
+        command += ["--domain-weight", f"{word}={weight}"]
     return command
 
 

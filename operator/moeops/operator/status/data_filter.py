@@ -38,7 +38,8 @@ def task0_summary(pods: Sequence[Mapping[str, Any]], container: str) -> dict[str
             try:
                 found = json.loads(message)
                 levels = {key: int(value) for key, value in found["level1"].items()}
-                levels.update({key: int(value) for key, value in (found.get("level3") or {}).items()})
+                for level in ("level2", "level3"):
+                    levels.update({key: int(value) for key, value in (found.get(level) or {}).items()})
                 counts = {"documents": int(found["documents"]), "kept": int(found["kept"]), **levels,
                           "malformed": int(found["malformed"])}  # fmt: skip
                 drift = found.get("drift")
@@ -71,7 +72,10 @@ def filter_status(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], *, 
 def _summary(counts: Mapping[str, int] | None) -> str:
     if not counts:
         return "filtered"
-    level3 = f"; level 3 removed {counts['adversarial']} unlike the reference" if counts.get("adversarial") else ""
+    level2 = f"; level 2 removed {counts['rebalance']} to re-weight the domains" if counts.get("rebalance") else ""
+    level3 = level2 + (
+        f"; level 3 removed {counts['adversarial']} unlike the reference" if counts.get("adversarial") else ""
+    )
     return (f"kept {counts['kept']} of {counts['documents']} documents: level 1 removed {counts['exact']} exact and"
             f" {counts['near']} near duplicates, {counts['quality']} of low quality{level3}")  # fmt: skip
 
