@@ -18,6 +18,7 @@ from moeops.datafilter.domains import (
     term_counts,
     tfidf,
 )
+from moeops.datafilter.pipeline import main
 from moeops.datafilter.stages import run_stage, write_config, write_report
 
 CODE = ["python", "function", "return", "variable", "compile", "loop", "class", "import", "debug", "module"]
@@ -63,3 +64,17 @@ def test_the_domains_stage_rebalances_the_corpus_and_reports_each_domains_graph(
     assert abs(shares["python"] - 0.5) < 0.1 and report["kept"] == 200 - level2["removed"]
     graph = level2["domains"]["recipe"]["graph"]
     assert set(graph["terms"]) <= set(FOOD) and graph["edges"] and all(n > 0 for _, _, n in graph["edges"])
+
+
+def test_the_pipeline_takes_the_domain_weights_as_a_pod_is_given_them(tmp_path: Path) -> None:
+    rng = random.Random(10)
+    (tmp_path / "in").mkdir()
+    texts = _docs(rng, CODE, 30) + _docs(rng, FOOD, 10)
+    (tmp_path / "in" / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    weights = ["--domain-weight", "python=1", "--domain-weight", "recipe=1"]
+    args = [str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "work"), "--tasks", "1", "--task", "0",
+            *weights, "--summary", str(tmp_path / "summary")]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert set(report["level2"]["domains"]) == {"python", "recipe"}
+    assert json.loads((tmp_path / "summary").read_text())["level2"] == {"rebalance": report["level2"]["removed"]}
