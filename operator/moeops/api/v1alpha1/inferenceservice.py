@@ -13,19 +13,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from .carbon import CarbonStatus
 from .common import (
     DNS_1035_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
     TRAINING_JOB_NAME_MAX,
     Conditions,
     KubeModel,
+    LabelValue,
     PrinterColumn,
     ResourceInfo,
     ResourceRequirements,
+    Toleration,
     VolumeLocation,
     cel,
+    check_label_keys,
+    label_keys_rule,
     name_rules,
 )
 
@@ -135,7 +140,25 @@ class InferenceServiceSpec(KubeModel):
         max_length=1024,
         description="Server image; the operator's default if unset.",
     )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy of the server container; the operator's default if unset."
+    )
     resources: ResourceRequirements | None = Field(default=None, description="CPU/memory per replica.")
+    node_selector: dict[str, LabelValue] | None = Field(
+        default=None,
+        max_length=32,
+        description="Node labels the model servers must run on (e.g. a GPU type).",
+        json_schema_extra={"x-kubernetes-validations": [label_keys_rule("nodeSelector")]},
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, max_length=32, description="Taints the model servers tolerate."
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="PriorityClass of the model servers.",
+    )
     port: int = Field(default=8080, ge=1024, le=65535, description="Port the server listens on.")
     threads: int | None = Field(
         default=None,
@@ -146,6 +169,12 @@ class InferenceServiceSpec(KubeModel):
     )
     early_exit: EarlyExitSpec = Field(default_factory=EarlyExitSpec, description="Adaptive early exit.")
     batching: BatchingSpec = Field(default_factory=BatchingSpec, description="Dynamic batching.")
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, selector: dict[str, str] | None) -> dict[str, str] | None:
+        check_label_keys("nodeSelector", selector)
+        return selector
 
 
 class AutoscalingStatus(KubeModel):

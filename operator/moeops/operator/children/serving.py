@@ -113,7 +113,7 @@ def deployment(
     container = {
         "name": CONTAINER,
         "image": spec.image or cfg.runtime_image,
-        "imagePullPolicy": cfg.image_pull_policy,
+        "imagePullPolicy": spec.image_pull_policy or cfg.image_pull_policy,
         "command": ["moeops", "serve"],
         "env": _server_env(config, model, cfg, spec),
         "ports": [{"name": cfg.http_port_name, "containerPort": spec.port}],
@@ -123,14 +123,19 @@ def deployment(
         "securityContext": pods.CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}, *pods.scratch_mounts()],
     }
-    template = {
-        "metadata": {"labels": {**labels, **selector}},
-        "spec": {
-            "securityContext": pods.POD_SECURITY_CONTEXT,
-            "containers": [container],
-            "volumes": [pods.storage_volume("model", model, read_only=True), *pods.scratch_volumes()],
-        },
+    pod: dict[str, Any] = {
+        "securityContext": pods.POD_SECURITY_CONTEXT,
+        "automountServiceAccountToken": False,  # the server never calls the API server: no token to steal
+        "containers": [container],
+        "volumes": [pods.storage_volume("model", model, read_only=True), *pods.scratch_volumes()],
     }
+    optional = {  # as on the training job's workers
+        "nodeSelector": spec.node_selector,
+        "tolerations": [t.to_wire() for t in spec.tolerations] if spec.tolerations else None,
+        "priorityClassName": spec.priority_class_name,
+    }
+    pod.update({k: v for k, v in optional.items() if v})
+    template = {"metadata": {"labels": {**labels, **selector}}, "spec": pod}
     replicas = desired_replicas(spec, stopped, autoscaled)
     body = {
         "apiVersion": "apps/v1",
