@@ -5,6 +5,23 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
+
+from moeops.datafilter.config import STAGES, FilterConfig
+from moeops.datafilter.stages import run_stage, write_config, write_report
+
+PROSE = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "in", "park", "we", "read", "book", "at", "home", "it",
+         "is", "fine", "day", "and", "then"]  # fmt: skip
+"""Words of the trusted reference's kind of text."""
+
+
+def run_all_stages(config: FilterConfig, work: Path) -> dict[str, Any]:
+    """Every stage's tasks in this process, one after another; the report."""
+    write_config(work, config)
+    for stage in STAGES:
+        for task in range(config.stage_tasks(stage)):
+            run_stage(work, stage, task)
+    return write_report(work)
 
 
 def random_text(rng: random.Random, words: int = 120) -> str:

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datafilter_corpus import PROSE, run_all_stages
 from moeops.datafilter.adversarial import auc, featurize, fit_with_holdout
-from moeops.datafilter.config import STAGES, plan
+from moeops.datafilter.config import plan
 from moeops.datafilter.pipeline import summary
-from moeops.datafilter.stages import run_stage, write_config, write_report
 
-PROSE = "the cat sat on a mat dog ran in park we read book at home it is fine day and then".split()  # noqa: SIM905
 SPAM = "buy cheap pills now click here free offer winner casino bonus".split()  # noqa: SIM905
 
 
@@ -46,12 +45,7 @@ def test_the_adversarial_stage_drops_the_unlike_documents_with_examples(tmp_path
     reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in _docs(rng, PROSE, 60)))
     config = plan([str(corpus)], [corpus.stat().st_size], 2, str(tmp_path / "out"), reference=[str(reference)],
                   max_perplexity=1e9, adversarial_drop=0.1)  # fmt: skip
-    work = tmp_path / "work"
-    write_config(work, config)
-    for stage in STAGES:
-        for task in range(config.stage_tasks(stage)):
-            run_stage(work, stage, task)
-    report = write_report(work)
+    report = run_all_stages(config, tmp_path / "work")
     level3 = report["level3"]
     assert level3["removed"] == 5 and report["kept"] == 45
     assert all(set(e["text"].split()) <= set(SPAM) for e in level3["examples"]) and level3["examples"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from moeops.datafilter.config import STAGES, plan
+from datafilter_corpus import run_all_stages
+from moeops.datafilter.config import plan
 from moeops.datafilter.domains import (
     assign,
     inverse_document_frequency,
@@ -19,7 +20,6 @@ from moeops.datafilter.domains import (
     tfidf,
 )
 from moeops.datafilter.pipeline import main
-from moeops.datafilter.stages import run_stage, write_config, write_report
 
 CODE = ["python", "function", "return", "variable", "compile", "loop", "class", "import", "debug", "module"]
 FOOD = ["recipe", "flour", "sugar", "butter", "oven", "bake", "salt", "onion", "garlic", "simmer"]
@@ -49,12 +49,7 @@ def test_the_domains_stage_rebalances_the_corpus_and_reports_each_domains_graph(
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     config = plan([str(corpus)], [corpus.stat().st_size], 2, str(tmp_path / "out"),
                   domain_weights={"python": 0.5, "recipe": 0.5})  # fmt: skip
-    work = tmp_path / "work"
-    write_config(work, config)
-    for stage in STAGES:
-        for task in range(config.stage_tasks(stage)):
-            run_stage(work, stage, task)
-    report = write_report(work)
+    report = run_all_stages(config, tmp_path / "work")
     level2 = report["level2"]
     assert level2["domains"]["python"]["sample_share"] == pytest.approx(0.75)
     assert level2["domains"]["recipe"]["keep"] == 1.0 and level2["domains"]["python"]["keep"] == pytest.approx(

@@ -11,35 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moeops.datafilter.config import STAGES, plan
+from datafilter_corpus import PROSE, run_all_stages
+from moeops.datafilter.config import plan
 from moeops.datafilter.drift import DRIFT_PSI, Profile, drift, psi
-from moeops.datafilter.stages import run_stage, write_config, write_report
 from moeops.operator.status.conditions import StatusUpdate
 from moeops.operator.status.data_filter import filter_status, filtered_update
 
-PROSE = [
-    "the",
-    "cat",
-    "sat",
-    "on",
-    "a",
-    "mat",
-    "dog",
-    "ran",
-    "in",
-    "park",
-    "we",
-    "read",
-    "book",
-    "at",
-    "home",
-    "it",
-    "is",
-    "fine",
-    "day",
-    "and",
-    "then",
-]
 CODE = [
     "def",
     "return",
@@ -84,11 +61,7 @@ def _filter(tmp_path: Path, candidate: list[str], reference: list[str]) -> dict[
     ref.write_text("".join(json.dumps({"text": t}) + "\n" for t in reference))
     config = plan([str(corpus)], [corpus.stat().st_size], 1, str(tmp_path / "out"), reference=[str(ref)],
                   max_perplexity=1e9)  # fmt: skip
-    work = tmp_path / "work"
-    write_config(work, config)
-    for stage in STAGES:
-        run_stage(work, stage, 0)
-    return write_report(work)
+    return run_all_stages(config, tmp_path / "work")
 
 
 def test_the_report_says_whether_the_kept_corpus_drifted_from_the_reference(tmp_path: Path) -> None:

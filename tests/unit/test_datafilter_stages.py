@@ -9,22 +9,18 @@ from typing import Any
 
 import pytest
 
+from datafilter_corpus import PROSE, run_all_stages
 from datafilter_corpus import corpus as _corpus
-from moeops.datafilter.config import STAGES, plan
+from moeops.datafilter.config import plan
 from moeops.datafilter.reader import ReadStats, read_shard
-from moeops.datafilter.stages import load_config, run_stage, write_config, write_report
+from moeops.datafilter.stages import load_config, run_stage, write_config
 
 
 def _run(tmp_path: Path, tasks: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     _corpus(tmp_path / "in")
     files = sorted((tmp_path / "in").glob("*.jsonl"))
     config = plan([str(f) for f in files], [f.stat().st_size for f in files], tasks, str(tmp_path / "out"))
-    work = tmp_path / "work"
-    write_config(work, config)
-    for stage in STAGES:
-        for task in range(config.stage_tasks(stage)):
-            run_stage(work, stage, task)
-    report = write_report(work)
+    report = run_all_stages(config, tmp_path / "work")
     kept = [json.loads(line) for shard in report["shards"] for line in Path(shard).read_text().splitlines()]
     return report, kept
 
@@ -68,29 +64,7 @@ def test_a_stage_refuses_a_task_it_does_not_have(tmp_path):
 
 def test_the_quality_stage_drops_what_is_unlike_the_reference(tmp_path):
     rng = random.Random(2)
-    words = [
-        "the",
-        "cat",
-        "sat",
-        "on",
-        "a",
-        "mat",
-        "dog",
-        "ran",
-        "in",
-        "park",
-        "we",
-        "read",
-        "book",
-        "at",
-        "home",
-        "it",
-        "is",
-        "fine",
-        "day",
-        "and",
-        "then",
-    ]
+    words = PROSE
     prose = [" ".join(rng.choice(words) for _ in range(40)) for _ in range(12)]  # distinct: no near dups
     noise = ["".join(rng.choice("qxzjv#@%$&*") for _ in range(200)) for _ in range(3)]
     sentences = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(40)]
@@ -99,12 +73,7 @@ def test_the_quality_stage_drops_what_is_unlike_the_reference(tmp_path):
     reference.write_text("".join(json.dumps({"text": sentence}) + "\n" for sentence in sentences))
     config = plan([str(corpus)], [corpus.stat().st_size], 2, str(tmp_path / "out"), reference=[str(reference)],
                   max_perplexity=30.0)  # fmt: skip
-    work = tmp_path / "work"
-    write_config(work, config)
-    for stage in STAGES:
-        for task in range(config.stage_tasks(stage)):
-            run_stage(work, stage, task)
-    report = write_report(work)
+    report = run_all_stages(config, tmp_path / "work")
     kept = [json.loads(line)["text"] for shard in report["shards"] for line in Path(shard).read_text().splitlines()]
     assert kept == prose
     quality = report["level1"]["quality"]

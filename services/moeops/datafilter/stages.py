@@ -76,6 +76,14 @@ def _write_array(path: Path, array: NDArray[Any]) -> None:
     partial.replace(path)
 
 
+def _write_npz(path: Path, **arrays: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with partial.open("wb") as out:
+        np.savez(out, **arrays)
+    partial.replace(path)
+
+
 def _write_json(path: Path, data: object) -> None:
     _write_bytes(path, json.dumps(data, indent=1).encode())
 
@@ -153,12 +161,7 @@ def run_reference(work: Path, task: int = 0) -> None:
         return
     texts = (normalise(text) for text in read_texts(config.reference, config.text_field))
     model = ByteNgramModel.train(texts, config.lm_order)
-    path = work / MODEL_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as out:
-        np.savez(out, grams=model.grams, contexts=model.contexts, order=model.order)
-    partial.replace(path)
+    _write_npz(work / MODEL_FILE, grams=model.grams, contexts=model.contexts, order=model.order)
 
 
 def _load_model(work: Path) -> ByteNgramModel:
@@ -175,12 +178,7 @@ def run_adversarial(work: Path, task: int = 0) -> None:
     reference = featurize(list(islice(read_texts(config.reference, config.text_field), sample)))
     candidate = featurize(list(islice(read_texts(config.inputs, config.text_field), sample)))
     model, held_out_auc, threshold = fit_with_holdout(reference, candidate, config.adversarial_drop, config.seed)
-    path = work / ADVERSARIAL_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as out:
-        np.savez(out, weights=model.weights, bias=model.bias, threshold=threshold, auc=held_out_auc)
-    partial.replace(path)
+    _write_npz(work / ADVERSARIAL_FILE, weights=model.weights, bias=model.bias, threshold=threshold, auc=held_out_auc)
 
 
 def _load_adversarial(work: Path) -> tuple[Classifier, float, float]:
@@ -202,12 +200,7 @@ def run_domains(work: Path, task: int = 0) -> None:
     centroids = seeded_centroids(names, rows)
     summary = domain_summary(names, assign(rows, centroids), texts, config.domain_weights)
     keep = np.array([summary[name]["keep"] for name in names], dtype=np.float64)
-    path = work / DOMAINS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("wb") as out:
-        np.savez(out, idf=idf, centroids=centroids, keep=keep)
-    partial.replace(path)
+    _write_npz(work / DOMAINS_FILE, idf=idf, centroids=centroids, keep=keep)
     _write_json(work / "domains" / "summary.json", summary)
 
 
