@@ -16,6 +16,10 @@ the figures printed are whatever this run measures.
     .venv/bin/python benchmarks/early_exit.py                 # 4 layers, d=64, 1500 steps × 16 (~6 minutes)
     .venv/bin/python benchmarks/early_exit.py --steps 50 --eval-per-domain 5     # smoke run
     .venv/bin/python benchmarks/early_exit.py --checkpoint CKPT/step-00001000 --config CKPT/../config.json
+    .venv/bin/python benchmarks/early_exit.py --save /tmp/ee          # keep the trained model, then measure it
+    .venv/bin/python benchmarks/early_exit.py --model /tmp/ee --ab-propagation   # again, without training
+
+The 2026-12-07 curve (the default setting, min layer 1 and 2, K/V propagation A/B) is in docs/benchmarks.md.
 
 Measured 2026-11-29, defaults (2 shared, busy CPU cores; 30 test prompts per domain, one seed; EM = mean
 exact match over the six domains; ratios: p50 per-token latency against `full`):
@@ -39,6 +43,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,12 +65,16 @@ from moeops.data.synthetic import (
     prompt_ids,
 )
 from moeops.model import Transformer
+from moeops.model.kv_cache import KVCache
+from moeops.serving.decoding import decode
 from moeops.serving.decoding.decode import generate
 from moeops.serving.decoding.early_exit import NEVER_EXIT, ExitPolicy
 from moeops.trainer.distributed import World
 from moeops.trainer.loop import Trainer
 from moeops.trainer.metrics import NullSink
 
+PER_LAYER = ", K/V per layer"
+"""Suffix of the A/B rows whose skipped layers' K/V are written layer by layer (--ab-propagation)."""
 SEED_LATENCY_CHANGE = -0.31
 BASELINE = "full"
 CPU = World(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -147,6 +156,27 @@ def timed(tokens: Iterator[tuple[int, int]]) -> tuple[list[int], list[float], li
 Runner = Callable[[list[int], int], Iterator[tuple[int, int]]]
 
 
+class _PerLayerKV:
+    """The layer-by-layer propagation that moeops.model.early_exit_kv replaced, for the A/B rows."""
+
+    def __init__(self, model: Transformer) -> None:
+        self.model = model
+
+    def fill(self, h_BSD: torch.Tensor, first: int, cache: KVCache, start: int) -> None:
+        self.model.propagate_kv(h_BSD, range(first, self.model.arch.layers), cache, start)
+
+
+@contextmanager
+def per_layer_propagation(model: Transformer) -> Iterator[None]:
+    """decode_step writing the skipped layers' K/V layer by layer (Transformer.propagate_kv) meanwhile."""
+    fused = getattr(decode, "skipped_layers_kv")  # noqa: B009 (a module global the decoder looks up per token)
+    setattr(decode, "skipped_layers_kv", lambda _model: _PerLayerKV(model))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(decode, "skipped_layers_kv", fused)  # noqa: B010
+
+
 def runners(model: Transformer, policies: dict[str, ExitPolicy]) -> dict[str, Runner]:
     depth = model.arch.layers
 
@@ -160,13 +190,16 @@ def runners(model: Transformer, policies: dict[str, ExitPolicy]) -> dict[str, Ru
                 return
             tokens = torch.cat([tokens, torch.tensor([[token]])], dim=1)
 
-    def with_policy(policy: ExitPolicy) -> Runner:
+    def with_policy(policy: ExitPolicy, per_layer: bool) -> Runner:
         def run(prompt: list[int], budget: int) -> Iterator[tuple[int, int]]:
-            return ((d.token, d.exit_layer) for d in generate(model, prompt, budget, policy))
+            with per_layer_propagation(model) if per_layer else nullcontext():
+                yield from ((d.token, d.exit_layer) for d in generate(model, prompt, budget, policy))
 
         return run
 
-    return {"full, no cache": no_cache} | {name: with_policy(p) for name, p in policies.items()}
+    return {"full, no cache": no_cache} | {
+        name: with_policy(p, name.endswith(PER_LAYER)) for name, p in policies.items()
+    }
 
 
 def answer(tokenizer: CharTokenizer, ids: list[int]) -> str:
@@ -218,22 +251,36 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="a trainer checkpoint directory (step-NNNNNNNN)")
     parser.add_argument("--config", type=Path, help="with --checkpoint: its run's config.json")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--ab-propagation", action="store_true",
+                        help="also the calibrated threshold, skipped layers' K/V written layer by layer")  # fmt: skip
+    parser.add_argument("--save", type=Path, help="keep the trained model here (config.json, model.pt)")
+    parser.add_argument("--model", type=Path, help="a model kept by --save: measure it without training")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
+    trained: dict[str, float]
     with tempfile.TemporaryDirectory() as tmp:
-        if args.checkpoint is not None:
+        if args.model is not None:
+            config = TrainingRuntimeConfig.model_validate_json((args.model / "config.json").read_text())
+            model = Transformer(config.architecture)
+            model.load_state_dict(torch.load(args.model / "model.pt", weights_only=True))
+            trained = {}
+        elif args.checkpoint is not None:
             if args.config is None:
                 parser.error("--checkpoint needs --config (the architecture and data of its run)")
             config = TrainingRuntimeConfig.model_validate_json(args.config.read_text())
             model = Transformer(config.architecture)
             load_model_weights(args.checkpoint, model)
-            trained: dict[str, float] = {}
+            trained = {}
         else:
             config = config_from(args, Path(tmp))
             print(f"training {args.steps} steps (exit loss weight {args.exit_weight}) ...", flush=True)
             model, trained = train(config, Path(tmp))
+            if args.save is not None:
+                args.save.mkdir(parents=True, exist_ok=True)
+                (args.save / "config.json").write_text(config.model_dump_json())
+                torch.save(model.state_dict(), args.save / "model.pt")
     model.eval()
     arch = config.architecture
     # The trainer's corpus (same seed), so that the prompts here are held out of what it trained on.
@@ -257,6 +304,8 @@ def main() -> None:
     policies: dict[str, ExitPolicy] = {BASELINE: NEVER_EXIT}
     policies |= {f"exit@{t:g}" + (" (calibrated)" if t == calibration.threshold else ""):
                  base.override(threshold=t) for t in thresholds}  # fmt: skip
+    if args.ab_propagation:
+        policies[f"exit@{calibration.threshold:g}{PER_LAYER}"] = base.override(threshold=calibration.threshold)
     results = measure(model, corpus, tests, runners(model, policies))
     rows = {name: m.summary(args.eval_per_domain, corpus.domains) for name, m in results.items()}
     report(rows, corpus.domains, arch, trained, args)
