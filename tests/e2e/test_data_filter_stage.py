@@ -88,12 +88,15 @@ def test_the_filter_runs_as_its_own_job_then_the_workers_train_on_its_shards_to_
     status = wait_state(cluster, namespace, "filtered", "Running")
     assert status["filter"]["state"] == "Succeeded" and "counts" in status["filter"], status["filter"]
     counts = status["filter"]["counts"]
-    assert counts == {"documents": 52, "kept": 40, "exact": 6, "near": 6, "quality": 0, "malformed": 1}
+    assert counts == {"documents": 52, "kept": 40, "exact": 6, "near": 6, "quality": 0, "malformed": 1,
+                      "rebalance": 0, "adversarial": 0}  # fmt: skip
     filtered = wait_condition(cluster, namespace, "filtered", "DataFiltered")
     assert "kept 40 of 52 documents" in filtered["message"]
     assert {"Filtering", "Filtered"} <= event_reasons(cluster, namespace, "filtered")
     # The workers read the filtered shards, as a plain jsonl source on the same claim (mounted read-only).
-    config = json.loads(cluster.read("ConfigMap", namespace, "filtered-config")["data"]["config.json"])
+    config_map = cluster.read("ConfigMap", namespace, "filtered-config")
+    assert config_map is not None
+    config = json.loads(config_map["data"]["config.json"])
     assert config["data"]["source"] == "pvc://corpus/v1.filtered" and not config["data"].get("filter")
     kept = [json.loads(line)["id"] for shard in sorted((claim_dir / "v1.filtered").glob("part-*.jsonl"))
             for line in shard.read_text().splitlines()]  # fmt: skip
