@@ -43,7 +43,6 @@ import contextlib
 import importlib
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -55,6 +54,7 @@ from nats.aio.client import Client
 from moeops import telemetry as otel
 from moeops.api import env
 from moeops.bus.connection import BusConfigError, ConnectionOptions
+from moeops.bus.graceful_stop import run_until_stopped, stop_on_signals
 from moeops.bus.health import HealthSettings, add_health_arguments, health_settings
 from moeops.bus.health_server import HealthServer, jetstream_reachable, nats_connected, started
 from moeops.bus.subjects import CARBON_BUCKET, CARBON_STREAM
@@ -212,14 +212,16 @@ def _setting(environ: Mapping[str, str], name: str, default: str | None = None) 
     return value
 
 
-def _serve(run: Callable[[asyncio.Event], Awaitable[None]], health: HealthServer) -> None:
+def _serve(
+    run: Callable[[asyncio.Event], Awaitable[None]], health: HealthServer, what: str, ready: asyncio.Event | None = None
+) -> None:
+    """Until SIGTERM/SIGINT, however far `run` got (see `moeops.bus.graceful_stop`)."""
+
     async def serve() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        stop_on_signals(stop, what)
         async with health:
-            await run(stop)
+            await run_until_stopped(run, stop, what=what, ready=ready)
 
     asyncio.run(serve())
 
@@ -258,7 +260,7 @@ def run_agent(environ: Mapping[str, str], health: HealthSettings | None = None) 
             logger.info("carbon agent on %s: %d GPU(s)", node, len(reader.gpus))
             source = attributed_source(reader, kubelet, environ, node, region, CarbonTelemetry(carbon_meter()))
         agent = NodeAgent(source, spool, options, settings)
-        _serve(agent.run, agent_health(agent, health or HealthSettings.from_env(environ)))
+        _serve(agent.run, agent_health(agent, health or HealthSettings.from_env(environ)), "carbon agent")
 
 
 def make_aggregator(environ: Mapping[str, str], telemetry: CarbonTelemetry | None = None) -> CarbonAggregator:
@@ -273,7 +275,12 @@ def run_aggregator(environ: Mapping[str, str], health: HealthSettings | None = N
     aggregator = make_aggregator(environ)
     logger.info("carbon aggregator: stream %s → ledger (PUE %s) → bucket %s", CARBON_STREAM, aggregator.ledger.pue,
                 CARBON_BUCKET)  # fmt: skip
-    _serve(aggregator.run, aggregator_health(aggregator, health or HealthSettings.from_env(environ)))
+    _serve(
+        aggregator.run,
+        aggregator_health(aggregator, health or HealthSettings.from_env(environ)),
+        "carbon aggregator",
+        aggregator.ready,
+    )
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:

@@ -7,11 +7,11 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Sequence
 
 from moeops import telemetry
 from moeops.bus.connection import ConnectionOptions
+from moeops.bus.graceful_stop import run_until_stopped, stop_on_signals
 from moeops.bus.health import HealthSettings, add_health_arguments, health_settings
 from moeops.bus.health_server import HealthServer, nats_connected, started
 
@@ -92,11 +92,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def serve() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+        stop_on_signals(stop, "rebalancer")
         async with health:
-            await service.run(stop)
+            await run_until_stopped(service.run, stop, what="rebalancer", ready=service.ready)
 
     try:
         asyncio.run(serve())
