@@ -2,8 +2,9 @@
 #
 # moeops-carbon-agent: the carbon node agent (a DaemonSet, one pod per GPU node): `moeops-carbon agent`.
 # Same Python environment as moeops-operator (extras bus,carbon,telemetry; no torch), and the same builder stage
-# word for word (tests/unit/test_images.py checks it), so BuildKit builds it once for both images. A separate file
-# rather than a build target of operator.Dockerfile: one Dockerfile per image, each buildable without --target.
+# word for word (tests/unit/test_images_dockerfiles.py checks it), so BuildKit builds it once for both images.
+# A separate file rather than a build target of operator.Dockerfile: one Dockerfile per image, each buildable
+# without --target.
 #
 # NVML (libnvidia-ml.so) is not in the image: the NVIDIA container toolkit mounts the host driver's copy when
 # NVIDIA_VISIBLE_DEVICES and NVIDIA_DRIVER_CAPABILITIES are set (below: every GPU of the node, the `utility`
