@@ -103,7 +103,15 @@ class TrainingSpec(KubeModel):
     grad_clip: float = Field(default=1.0, gt=0.0, le=1000.0, description="Global gradient-norm clip.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(default="bf16", description="Compute precision.")
     aux_loss_coef: float = Field(
-        default=0.01, ge=0.0, le=1.0, description="Weight of the Switch/GShard load-balancing loss (0 disables)."
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Weight of the Switch/GShard load-balancing loss (0 disables), in Hugging Face's normalisation"
+            " (Mixtral's load_balancing_loss_func: E * sum_e f_e * P_e with f_e not divided by top-k, so the loss"
+            " is K at balance): an HF router_aux_loss_coef carries over as is; Megatron's coefficient is K times"
+            " this one. Computed over the global batch (expert counts summed over the data-parallel ranks)."
+        ),
     )
     z_loss_coef: float = Field(default=0.001, ge=0.0, le=1.0, description="Weight of the router z-loss.")
     bias_update_rate: float = Field(
