@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow  # every test runs `moeops train` (torchrun and it
 
 @pytest.mark.parametrize("expert", [1, 2], ids=["DP", "DPxEP"])
 def test_a_killed_worker_resumes_from_the_checkpoint_on_the_same_trajectory(tmp_path: Path, expert: int) -> None:
+    """Every checkpoint is saved asynchronously (checkpoint.AsyncSaver): the one resumed from was written by the
+    background writer while training went on, and it restores the trajectory exactly."""
     reference, interrupted = tmp_path / "ref", tmp_path / "int"
     for d in (reference, interrupted):
         d.mkdir()

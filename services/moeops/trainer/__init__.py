@@ -9,7 +9,7 @@ only runs downwards: import-linter's trainer contract in pyproject.toml):
                         preemption (SIGTERM → checkpoint → exit)
     step pieces         `runners` (micro-batches: local accumulation or the pipeline schedule), `grads` (gradients
                         FSDP does not own, global norm clip), `schedule` (learning rate), `early_exit_loss`
-                        (LayerSkip), `corpus` (the job's data), `checkpoint` (DCP save and resume in
+                        (LayerSkip), `corpus` (the job's data), `checkpoint` (DCP async save and resume in
                         `moeops.checkpoint`'s format), `metrics` and `otel` (per-step metrics, never blocking),
                         `rebalance` and `plans` (follow the rebalancer's plans, all ranks at the same step),
                         `faults` (a rank made slow, for tests and demos), `model_state` (bytes of weights,

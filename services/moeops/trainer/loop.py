@@ -121,6 +121,7 @@ class Trainer:
         self.topo = build_topology(world, plan)
 
         self.follower = PlanFollower(world, plans)
+        self.saver = checkpoint.AsyncSaver(world)
         self.step = 0
         self.preempt_requested = False
         found = latest(checkpoint_root)
@@ -262,30 +263,30 @@ class Trainer:
         flat = all_reduce_sum(torch.cat([head, counts_LE.flatten()]), self.world)
         return flat[0], float(flat[1]) / topo.dp.size, flat[2:].view_as(counts_LE)
 
-    def save(self, loss: float) -> Path:
+    def save(self, loss: float) -> None:
+        """Start this step's checkpoint (written in the background: `checkpoint.AsyncSaver`)."""
         cfg = self.config.checkpoint
         meta = {"loss": loss, "job": self.config.job_name, "stage_layers": [list(r) for r in self.stage_layers]}
         with otel.span("checkpoint save", self.world.rank, step=self.step):
-            return checkpoint.save(
-                self.checkpoint_root, self.step, self.model, self.optimizer, self.world, meta, cfg.keep, self.sharding
-            )
+            self.saver.save(self.checkpoint_root, self.step, self.model, self.optimizer, meta, cfg.keep, self.sharding)
 
     def fit(self, max_steps: int | None = None) -> FitResult:
         """Train to `training.steps` (or `max_steps`), checkpointing every interval, at the end, and when
-        preemption was requested (SIGTERM) — then stop with `preempted`."""
+        preemption was requested (SIGTERM) — then stop with `preempted`. Returns once the last checkpoint is
+        complete on disk."""
         total = min(self.config.training.steps, max_steps or self.config.training.steps)
         interval = self.config.checkpoint.interval_steps
         loss = float("nan")
-        while self.step < total:
+        preempt = False
+        while self.step < total and not preempt:
             metrics = self.train_step()
             loss = metrics.loss
             self.sink.publish(metrics)
             preempt = self.follower.agree(self.preempt_requested, self.shape)
             if preempt or self.step % interval == 0 or self.step == total:
                 self.save(loss)
-            if preempt:
-                return FitResult(self.step, preempted=True)
-        return FitResult(self.step, preempted=False)
+        self.saver.wait()
+        return FitResult(self.step, preempted=preempt)
 
     def shape(self) -> TrainerShape:
         plan, arch = self.config.plan, self.config.architecture
@@ -313,7 +314,9 @@ class Trainer:
                 moe.dispatcher.placement = new
         if changes.stage_layers is not None:
             # Layers change hands with their optimizer state: through a checkpoint, which is layout-free.
-            path = self.save(float("nan"))
+            self.save(float("nan"))
+            path = self.saver.wait()
+            assert path is not None
             self._build(changes.stage_layers)
             self.step = checkpoint.load(path, self.model, self.optimizer, self.world, self.sharding)
         if self.world.is_main:
