@@ -21,6 +21,8 @@ from .quantity import parse_quantity
 
 SANDBOX = Path(__file__).with_name("sandbox.py")
 START_ERROR = 128
+MESSAGE_BYTES = 4096
+"""The most of a termination message a kubelet keeps per container."""
 
 
 def now_rfc3339() -> str:
@@ -55,6 +57,9 @@ class Container:
     resources: dict[str, Any]
     hostname: str
     log_dir: Path
+    termination_path: str = "/dev/termination-log"
+    """The container's terminationMessagePath: a file of its own, bound there, whose text becomes the message."""
+    termination_policy: str = "File"
     restarts: int = 0
     id: str = ""
     started_at: str = ""
@@ -83,6 +88,12 @@ class Container:
         memory = int(parse_quantity(str(limits["memory"]))) if "memory" in limits else None
         cpus = parse_quantity(str(limits["cpu"])) if "cpu" in limits else None
         self._cgroup.limit(memory, cpus)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        # As a kubelet does: an empty file per run, writable by the container's user, bound at its path.
+        message_file = self._termination_file()
+        message_file.write_bytes(b"")
+        os.chown(message_file, self.plan.uid, self.plan.gid)
+        binds = [*binds, {"source": str(message_file), "target": self.termination_path, "readOnly": False}]
         spec = {
             "cgroups": self._cgroup.join_paths(),
             "hostname": self.hostname,
@@ -128,12 +139,29 @@ class Container:
         message = ""
         if code == START_ERROR and self._start_failed():
             reason, message = "StartError", self._last_log_line()
+        else:
+            message = self._termination_message(code)
         self._cgroup.remove()
         if self._log:
             self._log.close()
         self._proc = None
         self.last = Termination(code, reason, self.started_at, now_rfc3339(), message)
         return self.last
+
+    def _termination_file(self) -> Path:
+        return self.log_dir / f"{self.restarts}.termination-log"
+
+    def _termination_message(self, code: int) -> str:
+        """The file's text (at most 4 KiB, the kubelet's limit); with FallbackToLogsOnError and an empty file after
+        a failure, the log's last 80 lines."""
+        try:
+            text = self._termination_file().read_bytes()[:MESSAGE_BYTES].decode(errors="replace")
+        except OSError:
+            text = ""
+        if not text and code != 0 and self.termination_policy == "FallbackToLogsOnError":
+            lines = self.log_path.read_text(errors="replace").splitlines()[-80:]
+            text = "\n".join(lines)[-MESSAGE_BYTES:]
+        return text
 
     def _last_log_line(self) -> str:
         lines = self.log_path.read_text(errors="replace").strip().splitlines()

@@ -150,6 +150,8 @@ class PodWorker:
                 slot.spec.get("resources") or {},
                 pod_hostname(self.pod),
                 self.dir / "logs" / slot.spec["name"],
+                slot.spec.get("terminationMessagePath") or "/dev/termination-log",
+                slot.spec.get("terminationMessagePolicy") or "File",
             )
         for slot in self.slots:
             self._start(slot)
