@@ -31,21 +31,21 @@ from moeops.datafilter.quality import ByteNgramModel
 SPAM = "buy {x} now at the best price click here for {x} free shipping on {x} today only limited offer on {x}"
 
 
-def _vocabulary(rng: random.Random, size: int) -> list[str]:
+def vocabulary(rng: random.Random, size: int) -> list[str]:
     syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
     return sorted({"".join(rng.choice(syllables) for _ in range(rng.randint(1, 3))) for _ in range(size * 2)})[:size]
 
 
-def _prose(rng: random.Random, vocab: list[str], weights: list[float]) -> str:
+def prose(rng: random.Random, vocab: list[str], weights: list[float]) -> str:
     return " ".join(rng.choices(vocab, weights, k=rng.randint(80, 200)))
 
 
 def make_corpus(folder: Path, originals: int, seed: int = 0) -> tuple[Path, Path, set[str]]:
     """corpus.jsonl ({"id", "kind", "text"}), reference.jsonl and the reference's vocabulary."""
     rng = random.Random(seed)
-    vocab = _vocabulary(rng, 3000)
+    vocab = vocabulary(rng, 3000)
     weights = [1.0 / (rank + 1) for rank in range(len(vocab))]
-    texts = [_prose(rng, vocab, weights) for _ in range(originals)]
+    texts = [prose(rng, vocab, weights) for _ in range(originals)]
     docs = [("original", t) for t in texts]
     docs += [("exact", "  " + t.upper()) for t in rng.sample(texts, originals // 10)]
     for text in rng.sample(texts, 3 * originals // 20):
@@ -64,7 +64,7 @@ def make_corpus(folder: Path, originals: int, seed: int = 0) -> tuple[Path, Path
     with corpus.open("w") as out:
         for i, (kind, text) in enumerate(docs):
             out.write(json.dumps({"id": f"{kind}-{i}", "kind": kind, "text": text}) + "\n")
-    reference_texts = [_prose(rng, vocab, weights) for _ in range(originals // 2)]
+    reference_texts = [prose(rng, vocab, weights) for _ in range(originals // 2)]
     reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in reference_texts))
     return corpus, reference, {w for t in reference_texts for w in t.split()}
 
