@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,3 +197,16 @@ def test_the_balancing_loss_takes_the_counts_the_reducer_gives() -> None:
     expected = balancing_loss(mine.tokens_per_expert_E.float() + other_E, probs_TE, K)
     torch.testing.assert_close(both.aux_loss, expected)
     assert not torch.allclose(both.aux_loss, mine.aux_loss)
+
+
+def test_a_model_server_builds_the_model_without_importing_dtensor() -> None:
+    """torch.distributed.tensor is the trainer's (tensor parallelism): importing it added seconds to every model
+    server's start. The model still unwraps a DTensor weight where one exists (test_parallel_parity's TP layouts)."""
+    code = (
+        "import sys, torch; from moeops.model import Transformer; from moeops.api.v1alpha1 import PRESETS;"
+        " m = Transformer(PRESETS['moe-debug'].model_copy(update={'layers': 1}));"
+        " m(torch.zeros(1, 4, dtype=torch.long));"
+        " print('torch.distributed.tensor' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]

@@ -21,6 +21,7 @@ a dropped assignment passes through the residual connection only.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -28,7 +29,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
 
 # Rows of the sorted assignments processed at once, to bound the (rows × F) temporaries. Measured on 2 CPU
 # cores (benchmarks/moe_layer.py): slices of 1-8k rows were 5-40% *slower* than one pass at d=512, F=1024 —
@@ -71,7 +71,11 @@ class _ContiguousGrad(torch.autograd.Function):
 
 
 def _local(w: Tensor) -> Tensor:
-    return w.to_local() if isinstance(w, DTensor) else w
+    """This rank's part of a tensor-parallel weight, or the weight itself. DTensor is looked up only where it is
+    loaded already (a weight cannot be one otherwise): importing torch.distributed.tensor costs a model server
+    seconds of start-up for nothing."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return w.to_local() if dtensor is not None and isinstance(w, dtensor.DTensor) else w
 
 
 def _grouped_mm(a_RX: Tensor, b_EXY: Tensor, offs_E: Tensor) -> Tensor:
