@@ -130,6 +130,7 @@ def no_leftovers(tasks: list[Running]) -> Iterator[None]:
             running.task.cancel()
 
 
+@pytest.mark.slow
 async def test_kill_nats_agents_and_aggregator_mid_run_loses_and_doubles_nothing(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:

@@ -124,6 +124,7 @@ def test_an_aggregator_whose_fetch_hangs_fails_liveness_injected(
         assert_healthy_then_stale(health, "carbon aggregator's main loop")
 
 
+@pytest.mark.slow
 def test_an_agent_whose_energy_read_blocks_the_event_loop_fails_liveness_injected(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:

@@ -38,6 +38,7 @@ def _wait_for_line(log: Path, text: str, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "what"),
     [

@@ -126,6 +126,7 @@ def _exit_accuracy(trainer: Trainer, layer: int) -> float:
     return float((predicted == targets)[answers].float().mean())
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_thread")
 def test_the_exit_loss_makes_an_early_exit_more_accurate(tmp_path: Path) -> None:
     accuracy = {}

@@ -8,6 +8,8 @@ import random
 import struct
 from dataclasses import dataclass
 
+import pytest
+
 from moeops.bus import metrics_wire
 from moeops.bus.messages import WorkerMetrics, encode, encode_metrics
 from moeops.bus.subjects import metrics_subject
@@ -113,6 +115,7 @@ def state_of(target: Ingest) -> tuple[object, ...]:
     return (target.counters, job.aggregator.snapshot(), dict(target.undescribed))
 
 
+@pytest.mark.slow
 def test_runs_give_what_one_message_at_a_time_gives() -> None:
     runs_taken = 0
     for seed in range(12):

@@ -48,6 +48,7 @@ def tokens(batch: int, seq: int) -> torch.Tensor:
     return torch.randint(0, TINY.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(3))
 
 
+@pytest.mark.slow
 def test_torch_export_of_the_newest_checkpoint(run: tuple[Path, Transformer], tmp_path: Path) -> None:
     run_dir, model = run
     out = tmp_path / "model.pt2"

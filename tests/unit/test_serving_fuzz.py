@@ -123,6 +123,7 @@ valid_bodies = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=60)  # each may generate up to 34 tokens
 @given(body=valid_bodies)
 def test_valid_bodies_and_context_edges_never_get_a_5xx(client: httpx.Client, body: dict[str, Any]) -> None:
@@ -178,6 +179,7 @@ chat_bodies = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=60)
 @given(body=chat_bodies)
 def test_chat_bodies_never_get_a_5xx(client: httpx.Client, body: dict[str, Any]) -> None:
