@@ -10,7 +10,7 @@ in-process with such a stale body; no operator process runs, so nothing else tou
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from harness import Cluster, wait_for
@@ -28,7 +28,9 @@ NAME = "stale"
 def handle(cluster: Cluster, body: dict[str, Any]) -> None:
     """kopf's resume/update handler, called the way kopf calls it (keyword arguments, the body it holds)."""
     memo = kopf.Memo(kube=Kube(cluster.api_client), config=OperatorConfig())
-    reconcile_training_job(body=kopf.Body(body), spec=kopf.Spec(kopf.Body(body)), memo=memo)
+    handler: Any = reconcile_training_job  # kopf passes ~20 keyword arguments; the handler reads these three
+    raw = cast(kopf.RawBody, body)
+    handler(body=kopf.Body(raw), spec=kopf.Spec(kopf.Body(raw)), memo=memo)
 
 
 def test_a_resume_with_a_body_older_than_the_recorded_restart_builds_the_current_attempt(

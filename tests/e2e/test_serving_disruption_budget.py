@@ -5,6 +5,7 @@ drain could evict every model server of a service at once."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from harness import Cluster, OperatorProcess, wait_for
 from manifests import inference_service
@@ -12,7 +13,7 @@ from manifests import inference_service
 NAME = "spread"
 
 
-def budget(cluster: Cluster, namespace: str) -> dict[str, object] | None:
+def budget(cluster: Cluster, namespace: str) -> dict[str, Any] | None:
     found = cluster.kubectl("get", "pdb", NAME, "-n", namespace, "-o", "json", check=False)
     return json.loads(found.stdout) if found.returncode == 0 else None
 
