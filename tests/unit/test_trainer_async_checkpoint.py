@@ -5,6 +5,7 @@ killed mid-run: tests/integration/test_trainer_cpu.py.)"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,17 @@ def test_the_next_save_completes_the_previous_one_first(tmp_path: Path) -> None:
     assert not step_dir(tmp_path, 2).exists()  # still being written or awaiting its rename
     saver.wait()
     assert step_dir(tmp_path, 2).is_dir()
+
+
+def test_a_finished_write_is_completed_by_the_next_steps_poll_not_by_the_next_save(tmp_path: Path) -> None:
+    """A worker killed between two saves resumes from the last one: its directory has its final name as soon as its
+    files are written (the trainer polls every step), not only when the next save begins an interval later."""
+    model, optimizer = _model_and_optimizer(0)
+    saver = checkpoint.AsyncSaver(CPU)
+    saver.save(tmp_path, 4, model, optimizer, {}, keep=5)
+    deadline = time.monotonic() + 60
+    while (path := saver.poll()) is None:
+        assert time.monotonic() < deadline, "the write never ended"
+        time.sleep(0.01)
+    assert path == step_dir(tmp_path, 4) and latest(tmp_path) is not None and latest(tmp_path)[0] == 4  # type: ignore[index]
+    assert saver.poll() is None and saver.wait() is None  # completed once

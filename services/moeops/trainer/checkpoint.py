@@ -6,7 +6,8 @@ name and renamed by rank 0 once every rank has finished, so a directory with the
 worker killed mid-save leaves only a temporary directory, which the next save overwrites and `latest` ignores.
 
 Saves are asynchronous (`AsyncSaver`, DCP's `async_save`): the state is copied to host memory before training
-goes on, the files are written by a background thread, and the rename waits for that write. The trainer awaits
+goes on, the files are written by a background thread, and the rename waits for that write (`poll`, every step
+while one is pending, renames it as soon as every rank's write has ended). The trainer awaits
 a save before it starts the next, before it reloads (a pipeline re-split), and before it returns (end of training
 or preemption), so a checkpoint the run reports is always complete on disk.
 """
@@ -40,7 +41,7 @@ from moeops.checkpoint.layout import (
     step_dirs,
 )
 
-from .distributed import World, barrier
+from .distributed import World, all_reduce_sum, barrier
 
 
 def _rng_state() -> dict[str, Any]:
@@ -124,6 +125,17 @@ class AsyncSaver:
                                 async_stager=_AlreadyStaged())  # fmt: skip
         assert isinstance(future, Future), "DCP's default stager returns a future"
         self._pending = (future, root, step, meta, keep)
+
+    def poll(self) -> Path | None:
+        """Complete the checkpoint being written if every rank has written its part; its path, or None. A
+        collective while a save is pending (every rank calls it at the same step): a checkpoint gets its final name
+        within a step of its write ending, not at the next save, so a worker killed in between resumes from it."""
+        if self._pending is None:
+            return None
+        written = torch.tensor([1.0 if self._pending[0].done() else 0.0], device=self.world.device)
+        if int(all_reduce_sum(written, self.world).item()) < self.world.world_size:
+            return None
+        return self.wait()
 
     def wait(self) -> Path | None:
         """Complete the checkpoint being written (rename it to its final name); its path, or None if none was."""

@@ -285,6 +285,8 @@ class Trainer:
             preempt = self.follower.agree(self.preempt_requested, self.shape)
             if preempt or self.step % interval == 0 or self.step == total:
                 self.save(loss)
+            else:
+                self.saver.poll()  # the last checkpoint complete on disk as soon as its files are
         self.saver.wait()
         return FitResult(self.step, preempted=preempt)
 
