@@ -172,9 +172,9 @@ def test_replicated_hot_experts_keep_the_loss(nats_server: NatsServer, tmp_path:
         torch.testing.assert_close(after[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _rebalancer(url: str) -> subprocess.Popen[str]:
+def _rebalancer(url: str, min_samples: int = 4) -> subprocess.Popen[str]:
     """The cluster-wide rebalancer: no job flags, it learns the job from the description rank 0 writes."""
-    command = [sys.executable, "-m", "moeops.rebalancer", "--min-samples", "4"]
+    command = [sys.executable, "-m", "moeops.rebalancer", "--min-samples", str(min_samples)]
     return subprocess.Popen(command, env=train_env(**{env.NATS_URL: url}), stderr=subprocess.PIPE, text=True)
 
 
@@ -189,13 +189,16 @@ async def _report(url: str) -> RebalanceReport | None:
 def test_a_straggler_gets_less_data_and_the_step_gets_faster(nats_server: NatsServer, tmp_path: Path) -> None:
     steps, global_batch = 60, 32
     asyncio.run(_store(nats_server.url))
-    rebalancer = _rebalancer(nats_server.url)
+    rebalancer = _rebalancer(nats_server.url, min_samples=8)  # past step 8: steps 3.. before the plan to compare
     try:
         # One data plan in this run (data shares every 50 steps, not the default 2): on 4 processes sharing 2
         # cores the step times jitter by tens of percent, and at the default cadence 4 more plans followed in 50
         # steps, each predicting just over the 5% minimum gain from that noise (issue: a noise-aware minimum).
         spec = RebalanceSpec(min_gain=0.05, data_interval_steps=50)
-        config = write_config(tmp_path, data=4, steps=steps, global_batch=global_batch, rebalance=spec)
+        # One checkpoint, at the end: a save every 2 steps (write_config's default, for the resume tests) puts a
+        # background writer beside the steps whose times are compared.
+        config = write_config(tmp_path, data=4, steps=steps, global_batch=global_batch, rebalance=spec,
+                              checkpoint_interval=steps)  # fmt: skip
         slowed = train_env(**{env.NATS_URL: nats_server.url, SEQUENCE_DELAY_ENV: "3:0.03"})
         result = train(config, 4, env=slowed)
         report = asyncio.run(_report(nats_server.url))
@@ -216,7 +219,7 @@ def test_a_straggler_gets_less_data_and_the_step_gets_faster(nats_server: NatsSe
     before = [seconds[s] for s in range(max(3, at_step - 12), at_step)]
     after = [seconds[s] for s in range(at_step + 1, min(steps, at_step + 12) + 1)]
     if len(after) < 5 or len(before) < 5:
-        pytest.fail(f"the plan applied at step {at_step}, too late to measure its effect")
+        pytest.fail(f"the plan applied at step {at_step}: too few steps on one side to measure its effect")
     ratio = statistics.median(after) / statistics.median(before)
     print(f"step time after/before the plan: {ratio:.2f} (shares {shares})")
     # Rank 3 spends 30 ms more per sequence: 240 ms a step on a quarter of the batch, which sets the pace; with

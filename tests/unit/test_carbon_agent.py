@@ -56,7 +56,10 @@ async def test_polls_go_on_while_no_server_answers(tmp_path: Path) -> None:
     agent = NodeAgent(lambda: [delta()], Spool(tmp_path), options, settings)
     stop = asyncio.Event()
     running = asyncio.ensure_future(agent.run(stop))
-    await asyncio.sleep(0.5)
+    for _ in range(200):  # up to 10 s for 20 polls of 10 ms, not a fixed 0.5 s: a busy machine slows the loop
+        if agent.counters.polls >= 20 or running.done():
+            break
+        await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(running, 5)
     assert agent.counters.polls >= 20
