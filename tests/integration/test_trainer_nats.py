@@ -45,8 +45,8 @@ async def _stored(url: str) -> list[WorkerMetrics]:
         found: list[WorkerMetrics] = []
         while True:
             try:
-                batch = await subscription.fetch(100, timeout=1)
-            except nats.errors.TimeoutError:
+                batch = await subscription.fetch(100, timeout=3)
+            except (nats.errors.TimeoutError, TimeoutError):  # asyncio's too, raised from inside the fetch
                 break
             for msg in batch:
                 message = decode(msg.subject, msg.data)
