@@ -35,7 +35,7 @@ SUMMARY_BYTES = 4096
 
 
 class StageTimeout(RuntimeError):
-    pass
+    """The other tasks of a stage did not finish in time (a pod that never started, or died): this task gives up."""
 
 
 def _done(work: Path, stage: str, task: int) -> Path:
